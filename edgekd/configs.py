@@ -1,0 +1,161 @@
+"""Typed, strict configuration of every stage (pydantic, unknown keys rejected).
+
+Kept free of torch imports so that a recipe is validated in a fraction of a second, before
+any heavy library is loaded or any work starts.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainConfig(Strict):
+    """Optimisation settings shared by every training loop (fine-tune, distill, recovery, QAT)."""
+
+    epochs: float = Field(1.0, gt=0, le=1000, description="passes over the training split; fractions allowed")
+    batch_size: int = Field(32, ge=1, le=4096)
+    lr: float = Field(5e-5, gt=0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0, le=1.0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1.0)
+    max_train_examples: int | None = Field(None, ge=1, description="use only the first N training examples")
+    checkpoint_every: int = Field(200, ge=1, description="optimizer steps between resumable checkpoints")
+
+
+class KDConfig(TrainConfig):
+    """Logit distillation: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    temperature: float = Field(2.0, gt=0, le=100)
+    alpha: float = Field(0.9, ge=0, le=1)
+
+
+class FinetuneConfig(TrainConfig):
+    lr: float = Field(5e-5, gt=0, le=1.0)
+
+
+class TeacherConfig(Strict):
+    """Where the teacher comes from: exactly one of path, hub, config."""
+
+    path: str | None = Field(None, description="local Hugging Face folder, or pkg://python_package/subdir")
+    hub: str | None = Field(None, description="Hugging Face hub id (needs the internet)")
+    config: dict | None = Field(None, description="build from a transformers config (random init); needs finetune")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    finetune: FinetuneConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("path", "hub", "config") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of teacher.path, teacher.hub or teacher.config (got {given or 'none'})")
+        if self.config is not None and self.finetune is None:
+            raise ValueError("a teacher built from a config has random weights: add teacher.finetune")
+        return self
+
+
+class DataConfig(Strict):
+    """The task data: a local folder of TSV/CSV/JSONL files, a hub data set, or a bundled scikit-learn set."""
+
+    path: str | None = None
+    hub: str | None = None
+    hub_config: str | None = None
+    sklearn: Literal["digits"] | None = None
+    format: Literal["auto", "tsv", "csv", "jsonl"] = "auto"
+    text_column: str = "sentence"
+    label_column: str = "label"
+    train_split: str = "train"
+    dev_split: str = "dev"
+    test_split: str = "test"
+    max_length: int = Field(128, ge=8, le=4096, description="tokens per text; longer texts are truncated")
+    eval_max_examples: int | None = Field(None, ge=1, description="cap dev/test examples (tests, smoke runs)")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        given = [k for k in ("path", "hub", "sklearn") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of data.path, data.hub or data.sklearn (got {given or 'none'})")
+        return self
+
+
+class StudentConfig(Strict):
+    """The student architecture.
+
+    - layers: the teacher's architecture with a subset of its layers, initialised from them;
+    - config: the teacher's family with a smaller config (overrides), randomly initialised;
+    - cnn: a cross-architecture convolutional student (image or text).
+    """
+
+    kind: Literal["layers", "config", "cnn"] = "layers"
+    layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers)")
+    overrides: dict | None = Field(None, description="config changes (kind=config), e.g. hidden_size")
+    channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
+    kernel_size: int = Field(3, ge=1, le=15)
+    embedding_dim: int = Field(128, ge=8, le=4096, description="token embedding width of a text CNN")
+    init_embeddings_from_teacher: bool = True
+
+    @model_validator(mode="after")
+    def _kind_fields(self):
+        if self.kind == "layers" and not self.layers:
+            raise ValueError("student.kind=layers needs student.layers, e.g. [0, 5]")
+        if self.layers is not None and (len(set(self.layers)) != len(self.layers) or min(self.layers) < 0):
+            raise ValueError("student.layers must be distinct, non-negative layer indices")
+        return self
+
+
+class DistillConfig(KDConfig):
+    pass
+
+
+class RecoveryConfig(KDConfig):
+    epochs: float = Field(1.0, gt=0, le=1000)
+
+
+class PruneConfig(Strict):
+    """Structured pruning with torch-pruning: attention heads and FFN channels (transformers), conv channels (CNNs)."""
+
+    ratio: float = Field(0.3, gt=0, lt=1, description="share of FFN / conv channels removed")
+    head_ratio: float | None = Field(None, gt=0, lt=1, description="share of attention heads removed (default: ratio)")
+    importance: Literal["magnitude", "taylor"] = "magnitude"
+    global_pruning: bool = Field(True, description="rank channels across layers (uneven widths) rather than per layer")
+    max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more than this share of one layer")
+    recovery: RecoveryConfig | None = Field(default_factory=RecoveryConfig)
+
+
+class QATConfig(KDConfig):
+    """INT8 quantization-aware training of Linear/Conv layers.
+
+    Weights: per-channel symmetric int8. Activations (inputs of Linear/Conv): per-tensor; uint8
+    (asymmetric) by default because on x86 signed 8-bit QDQ activations fall off onnxruntime's
+    fast integer kernels (measured: slower than FP32, see DESIGN.md).
+    """
+
+    epochs: float = Field(1.0, gt=0, le=1000)
+    lr: float = Field(2e-5, gt=0, le=1.0)
+    weight_bits: Literal[8] = 8
+    activation_bits: Literal[8] = 8
+    activation_dtype: Literal["uint8", "int8"] = "uint8"
+    weight_range: Literal["auto", "int8", "int7"] = Field(
+        "auto", description="int7 avoids int16 saturation of u8s8 kernels on x86 without VNNI; auto decides from the target")
+    calibration_batches: int = Field(16, ge=1, le=10000)
+    ema_decay: float = Field(0.99, gt=0, lt=1, description="moving-average factor of activation ranges")
+
+
+class ExportConfig(Strict):
+    opset: int = Field(17, ge=13, le=21)
+    validation_examples: int = Field(512, ge=8)
+    min_agreement: float = Field(0.99, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which export fails")
+    static_shapes: bool | None = Field(None, description="default: what the first profile demands")
+    seq_len: int | None = Field(None, ge=1, description="sequence length of a static-shape export")
+
+
+class ProfileStageConfig(Strict):
+    compare_teacher: bool = Field(True, description="also export and measure the teacher in FP32")
+    compare_fp32: bool = Field(True, description="also measure the final model's own FP32 export")
+    warmup: int = Field(10, ge=0)
+    runs: int = Field(100, ge=5)
+    natural_lengths: bool = Field(True, description="also time each test text at its own length (text tasks)")
+    natural_max_examples: int = Field(300, ge=1)

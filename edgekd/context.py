@@ -1,0 +1,105 @@
+"""What the stages of one run share: the recipe, the data, the teacher, caches and folders.
+
+The engine owns paths: a stage writes only into the output folder it is given and keeps
+resumable state only in `ctx.work_dir(key)`.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifact import Artifact, stable_hash
+from .data import TaskData, load_data
+from .data.batching import Encoded, encode
+from .recipe import Recipe
+
+# Files that travel with a model from artifact to artifact (tokenizer and preprocessing).
+PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                       "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "preprocess.json")
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    run_dir: Path
+    _data: TaskData | None = None
+    teacher: Artifact | None = None
+    _tokenizer: object = None
+    _encoded: dict = field(default_factory=dict)
+    _teacher_logits: dict = field(default_factory=dict)
+    _teacher_model: object = None
+
+    @property
+    def seed(self) -> int:
+        return self.recipe.seed
+
+    @property
+    def task(self) -> str:
+        return self.recipe.task
+
+    @property
+    def data(self) -> TaskData:
+        if self._data is None:
+            self._data = load_data(self.recipe.data, self.recipe.task)
+        return self._data
+
+    def work_dir(self, key: str) -> Path:
+        return self.run_dir / "work" / key
+
+    def cache_dir(self) -> Path:
+        d = self.run_dir / "cache"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None and self.task == "text-classification":
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.teacher.path))
+        return self._tokenizer
+
+    def encoded(self, split: str, max_examples: int | None = None) -> Encoded:
+        key = (split, max_examples)
+        if key not in self._encoded:
+            s = getattr(self.data, split).head(max_examples)
+            self._encoded[key] = encode(s, self.tokenizer, self.recipe.data.max_length)
+        return self._encoded[key]
+
+    def teacher_model(self):
+        if self._teacher_model is None:
+            from .models.spec import load_model_from_artifact
+
+            self._teacher_model = load_model_from_artifact(self.teacher)
+        return self._teacher_model
+
+    def teacher_logits(self, split: str, max_examples: int | None = None) -> np.ndarray:
+        """The teacher's logits on a split, computed once per run and cached on disk (safetensors)."""
+        key = (split, max_examples)
+        if key in self._teacher_logits:
+            return self._teacher_logits[key]
+        from safetensors.numpy import load_file, save_file
+
+        name = stable_hash({"teacher": self.teacher.id, "data": self.data.fingerprint, "split": split,
+                            "n": max_examples, "max_length": self.recipe.data.max_length})
+        path = self.cache_dir() / f"teacher-logits-{split}-{name}.safetensors"
+        if path.is_file():
+            logits = load_file(str(path))["logits"]
+        else:
+            from .distill.trainer import predict_logits
+
+            logits = predict_logits(self.teacher_model(), self.encoded(split, max_examples), desc=f"teacher outputs ({split})")
+            tmp = path.with_name("." + path.name + ".tmp")
+            save_file({"logits": logits}, str(tmp))
+            tmp.replace(path)
+        self._teacher_logits[key] = logits
+        return logits
+
+
+def copy_preprocessing(src: Path, dst: Path) -> None:
+    for name in PREPROCESSING_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

@@ -1,0 +1,214 @@
+"""Load the train/dev/test splits of a classification task into memory.
+
+Sources: a local folder of TSV/CSV/JSONL files (`<split>.tsv` etc.), a Hugging Face hub data set
+(needs the `datasets` package and the internet), or scikit-learn's bundled handwritten digits
+(offline; used by the quickstart). Every problem is reported with the file and column it concerns.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..artifact import file_hash, stable_hash
+from ..configs import DataConfig
+from ..errors import DataError
+
+FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl"}
+
+
+@dataclass
+class Split:
+    name: str
+    labels: np.ndarray  # int64 class indices
+    texts: list[str] | None = None
+    images: np.ndarray | None = None  # float32 [N, C, H, W], already normalised
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def head(self, n: int | None) -> "Split":
+        if n is None or n >= len(self):
+            return self
+        return Split(self.name, self.labels[:n], None if self.texts is None else self.texts[:n],
+                     None if self.images is None else self.images[:n])
+
+
+@dataclass
+class TaskData:
+    task: str
+    train: Split
+    dev: Split
+    test: Split
+    label_names: list[str]
+    fingerprint: str  # changes when the data or how it is read changes: part of every cache key
+    preprocess: dict  # how raw inputs become model inputs (shipped with the ONNX model)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+
+def load_data(cfg: DataConfig, task: str) -> TaskData:
+    if cfg.sklearn is not None:
+        data = _load_sklearn_digits(cfg)
+    elif cfg.hub is not None:
+        data = _load_hub(cfg, task)
+    else:
+        data = _load_folder(cfg, task)
+    _check_classes(data)
+    if cfg.eval_max_examples:
+        data.dev = data.dev.head(cfg.eval_max_examples)
+        data.test = data.test.head(cfg.eval_max_examples)
+    return data
+
+
+def _check_classes(data: TaskData) -> None:
+    for split in (data.train, data.dev, data.test):
+        if len(split) == 0:
+            raise DataError(f"The {split.name} split is empty; every split needs labelled examples.")
+    if len(np.unique(data.train.labels)) < 2:
+        raise DataError(
+            f"The train split has a single class ({data.label_names[int(data.train.labels[0])]!r}); a classifier "
+            "needs at least two. Check data.label_column and the file's contents."
+        )
+
+
+# ---------------------------------------------------------------- local folder
+def _find_split_file(folder: Path, split: str, fmt: str) -> Path:
+    candidates = [folder / f"{split}.{ext}" for ext in (["tsv", "csv", "jsonl"] if fmt == "auto" else [fmt])]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise DataError(
+        f"No file for the {split!r} split in {str(folder)!r} (looked for {', '.join(c.name for c in candidates)}). "
+        "Set data.path to a folder with train/dev/test files, or rename the split with data.<split>_split."
+    )
+
+
+def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict]]:
+    fmt = FORMATS.get(path.suffix.lower(), "tsv") if fmt == "auto" else fmt
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{str(path)!r} is not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8."
+        ) from None
+    except OSError as e:
+        raise DataError(f"Cannot read {str(path)!r}: {e.strerror}. Check the path and its permissions.") from None
+    if not text.strip():
+        raise DataError(f"{str(path)!r} is empty; it needs a header line and labelled rows.")
+    if fmt == "jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{str(path)!r} line {i} is not valid JSON ({e.msg}).") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{str(path)!r} line {i} is not a JSON object.")
+            rows.append(row)
+        columns = list(rows[0].keys()) if rows else []
+        return columns, rows
+    delimiter = "\t" if fmt == "tsv" else ","
+    # QUOTE_NONE for TSV: SST-2 sentences contain bare quote characters that are not CSV quoting.
+    reader = csv.DictReader(text.splitlines(), delimiter=delimiter,
+                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
+
+
+def _load_folder(cfg: DataConfig, task: str) -> TaskData:
+    folder = Path(cfg.path)
+    if not folder.is_dir():
+        raise DataError(f"data.path {cfg.path!r} is not a folder. Give the folder that holds the train/dev/test files.")
+    if task != "text-classification":
+        raise DataError("Local-folder data is supported for text-classification; use data.sklearn for the image quickstart.")
+    raw, fingerprints = {}, {}
+    for split in (cfg.train_split, cfg.dev_split, cfg.test_split):
+        path = _find_split_file(folder, split, cfg.format)
+        columns, rows = _read_rows(path, cfg.format)
+        for col, what in ((cfg.text_column, "text"), (cfg.label_column, "label")):
+            if col not in columns:
+                raise DataError(
+                    f"{str(path)!r} has no {what} column {col!r} (columns: {', '.join(map(repr, columns)) or 'none'}). "
+                    f"Set data.{what}_column to one of them."
+                )
+        if not rows:
+            raise DataError(f"{str(path)!r} has a header but no rows.")
+        texts, labels = [], []
+        for i, row in enumerate(rows, 2):
+            t, lab = row.get(cfg.text_column), row.get(cfg.label_column)
+            if t is None or lab is None or str(lab).strip() == "":
+                raise DataError(f"{str(path)!r} line {i}: missing {cfg.text_column!r} or {cfg.label_column!r} value.")
+            texts.append(str(t))
+            labels.append(str(lab).strip())
+        raw[split] = (texts, labels, path)
+        fingerprints[split] = file_hash(path)
+    label_names = _label_names(raw[cfg.train_split][1])
+    index = {name: i for i, name in enumerate(label_names)}
+    splits = {}
+    for split, (texts, labels, path) in raw.items():
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise DataError(
+                f"{str(path)!r} has labels {unknown[:5]} that the train split does not have "
+                f"(train labels: {label_names}). Fix the labels or the split files."
+            )
+        splits[split] = Split(split, np.array([index[x] for x in labels], dtype=np.int64), texts=texts)
+    return TaskData(task, splits[cfg.train_split], splits[cfg.dev_split], splits[cfg.test_split], label_names,
+                    stable_hash({"cfg": cfg.model_dump(), "files": fingerprints}),
+                    {"type": "text", "max_length": cfg.max_length})
+
+
+def _label_names(labels: list[str]) -> list[str]:
+    uniq = sorted(set(labels))
+    if all(x.lstrip("-").isdigit() for x in uniq):  # integer labels keep their numeric order
+        uniq = sorted(uniq, key=int)
+    return uniq
+
+
+# ---------------------------------------------------------------- hub
+def _load_hub(cfg: DataConfig, task: str) -> TaskData:  # pragma: no cover - needs the internet
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.hub needs the `datasets` package: pip install datasets (or use a local data.path).") from None
+    ds = datasets.load_dataset(cfg.hub, cfg.hub_config)
+    splits = {}
+    for split in (cfg.train_split, cfg.dev_split, cfg.test_split):
+        if split not in ds:
+            raise DataError(f"Hub data set {cfg.hub!r} has no split {split!r} (has: {list(ds)}).")
+        d = ds[split]
+        for col in (cfg.text_column, cfg.label_column):
+            if col not in d.column_names:
+                raise DataError(f"Hub data set {cfg.hub!r} split {split!r} has no column {col!r} (has: {d.column_names}).")
+        splits[split] = Split(split, np.asarray(d[cfg.label_column], dtype=np.int64), texts=list(d[cfg.text_column]))
+    n = int(max(s.labels.max() for s in splits.values())) + 1
+    return TaskData(task, splits[cfg.train_split], splits[cfg.dev_split], splits[cfg.test_split],
+                    [str(i) for i in range(n)], stable_hash({"cfg": cfg.model_dump(), "hub": cfg.hub}),
+                    {"type": "text", "max_length": cfg.max_length})
+
+
+# ---------------------------------------------------------------- scikit-learn digits
+def _load_sklearn_digits(cfg: DataConfig) -> TaskData:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    # Pixels are 0..16; scale to [0, 1] then normalise to [-1, 1] (recorded as preprocessing).
+    x = ((d.images.astype(np.float32) / 16.0) - 0.5) / 0.5
+    x = x[:, None, :, :]
+    y = d.target.astype(np.int64)
+    # Fixed stratified 70/15/15 split so every run and every machine sees the same sets.
+    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.3, random_state=0, stratify=y)
+    x_dev, x_te, y_dev, y_te = train_test_split(x_rest, y_rest, test_size=0.5, random_state=0, stratify=y_rest)
+    pre = {"type": "image", "input_shape": [1, 8, 8], "scale": 1 / 16.0, "mean": [0.5], "std": [0.5]}
+    return TaskData("image-classification", Split("train", y_tr, images=x_tr), Split("dev", y_dev, images=x_dev),
+                    Split("test", y_te, images=x_te), [str(i) for i in range(10)],
+                    stable_hash({"cfg": cfg.model_dump(), "sklearn": "digits"}), pre)

@@ -1,0 +1,1 @@
+"""Distillation: KD losses, the training loop, and the teacher-output cache."""

@@ -1,0 +1,1 @@
+"""ONNX export: QDQ graphs, weight folding, validation against PyTorch."""

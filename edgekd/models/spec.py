@@ -1,0 +1,167 @@
+"""Architecture spec <-> module.
+
+A spec is plain JSON: the model family and its base config, plus the shape of every
+shape-carrying leaf module (Linear, Conv, norms, Embedding). Rebuilding = build the base model
+from its config, swap in modules whose recorded shape differs (pruning leaves uneven heads and
+FFN widths per layer), wrap the quantized ones, then load the safetensors weights. No module is
+ever pickled; this is the "manifest replays, weights load" idea.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model as st_load_model
+from safetensors.torch import save_model as st_save_model
+from torch import nn
+
+from ..artifact import WEIGHTS
+from ..errors import ModelError
+
+SPEC_VERSION = 1
+
+
+def _shape_of(m: nn.Module) -> dict | None:
+    if isinstance(m, nn.Linear):
+        return {"type": "Linear", "in": m.in_features, "out": m.out_features, "bias": m.bias is not None}
+    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+        # isinstance, not type(): a quantized subclass (QuantConv2d) records the same shape
+        return {"type": "Conv1d" if isinstance(m, nn.Conv1d) else "Conv2d",
+                "in": m.in_channels, "out": m.out_channels, "kernel": list(m.kernel_size), "stride": list(m.stride),
+                "padding": list(m.padding) if not isinstance(m.padding, str) else m.padding,
+                "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None}
+    if isinstance(m, nn.LayerNorm):
+        return {"type": "LayerNorm", "shape": list(m.normalized_shape), "eps": m.eps, "affine": m.elementwise_affine}
+    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return {"type": "BatchNorm1d" if isinstance(m, nn.BatchNorm1d) else "BatchNorm2d", "num": m.num_features, "eps": m.eps}
+    if isinstance(m, nn.Embedding):
+        return {"type": "Embedding", "num": m.num_embeddings, "dim": m.embedding_dim, "padding_idx": m.padding_idx}
+    if isinstance(m, nn.Identity):  # e.g. a BatchNorm folded into its conv before QAT
+        return {"type": "Identity"}
+    return None
+
+
+def capture_shapes(model: nn.Module) -> dict[str, dict]:
+    return {name: s for name, m in model.named_modules() if (s := _shape_of(m)) is not None}
+
+
+def _make(shape: dict) -> nn.Module:
+    t = shape["type"]
+    if t == "Linear":
+        return nn.Linear(shape["in"], shape["out"], bias=shape["bias"])
+    if t in ("Conv1d", "Conv2d"):
+        cls = nn.Conv1d if t == "Conv1d" else nn.Conv2d
+        pad = shape["padding"] if isinstance(shape["padding"], str) else tuple(shape["padding"])
+        return cls(shape["in"], shape["out"], tuple(shape["kernel"]), stride=tuple(shape["stride"]), padding=pad,
+                   dilation=tuple(shape["dilation"]), groups=shape["groups"], bias=shape["bias"])
+    if t == "LayerNorm":
+        return nn.LayerNorm(shape["shape"], eps=shape["eps"], elementwise_affine=shape["affine"])
+    if t == "BatchNorm1d":
+        return nn.BatchNorm1d(shape["num"], eps=shape["eps"])
+    if t == "BatchNorm2d":
+        return nn.BatchNorm2d(shape["num"], eps=shape["eps"])
+    if t == "Identity":
+        return nn.Identity()
+    if t == "Embedding":
+        return nn.Embedding(shape["num"], shape["dim"], padding_idx=shape["padding_idx"])
+    raise ModelError(f"spec names an unknown module type {t!r}; the artifact was written by a newer edgekd?")
+
+
+def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
+    """Replace every module whose shape differs from the recorded one (pruned layers)."""
+    for name, shape in shapes.items():
+        try:
+            current = model.get_submodule(name)
+        except AttributeError:
+            raise ModelError(f"spec names module {name!r}, which the rebuilt model does not have.") from None
+        if _shape_of(current) != shape:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, _make(shape))
+    sync_attention_heads(model)
+
+
+def sync_attention_heads(model: nn.Module) -> None:
+    """Keep attention modules' head counts equal to their (possibly pruned) projection widths.
+
+    HF BERT/ViT attention reshapes with -1 heads, but code that reads num_attention_heads or
+    all_head_size (and our manifest) must see the pruned numbers.
+    """
+    for m in model.modules():
+        q = getattr(m, "query", None)
+        if isinstance(q, nn.Linear) and hasattr(m, "attention_head_size") and hasattr(m, "num_attention_heads"):
+            m.num_attention_heads = q.out_features // m.attention_head_size
+            m.all_head_size = q.out_features
+
+
+def architecture_summary(model: nn.Module) -> dict:
+    """Per-layer heads and FFN widths (transformers) or channel widths (CNNs) for the manifest."""
+    heads, ffn, channels = [], [], []
+    for name, m in model.named_modules():
+        if hasattr(m, "attention_head_size") and isinstance(getattr(m, "query", None), nn.Linear):
+            heads.append(m.query.out_features // m.attention_head_size)
+        if name.endswith("intermediate.dense") and isinstance(m, nn.Linear):
+            ffn.append(m.out_features)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            channels.append(m.out_channels)
+    out = {"params": sum(p.numel() for p in model.parameters())}
+    if heads:
+        out["heads_per_layer"] = heads
+    if ffn:
+        out["ffn_per_layer"] = ffn
+    if channels:
+        out["conv_channels"] = channels
+    return out
+
+
+def make_spec(model: nn.Module, base: dict) -> dict:
+    """`base` says how to build the unpruned model: {"family": ..., ...}; see build_base."""
+    spec = {"spec_version": SPEC_VERSION, **base, "shapes": capture_shapes(model), "summary": architecture_summary(model)}
+    quant = getattr(model, "edgekd_quant", None)
+    if quant:
+        spec["quant"] = quant
+    return spec
+
+
+def build_base(spec: dict) -> nn.Module:
+    family = spec.get("family")
+    if family == "hf":
+        from .hf import build_hf_from_spec
+
+        return build_hf_from_spec(spec)
+    if family in ("cnn-image", "cnn-text"):
+        from .cnn import build_cnn
+
+        return build_cnn(spec)
+    raise ModelError(f"unknown model family {family!r} in the artifact's spec.")
+
+
+def build_model(spec: dict) -> nn.Module:
+    model = build_base(spec)
+    apply_shapes(model, spec.get("shapes", {}))
+    if spec.get("quant"):
+        from ..quantize.fakequant import wrap_quantized
+
+        wrap_quantized(model, spec["quant"])
+    return model
+
+
+def save_weights(model: nn.Module, folder: Path) -> Path:
+    path = Path(folder) / WEIGHTS
+    st_save_model(model, str(path))
+    return path
+
+
+def load_weights(model: nn.Module, folder: Path) -> nn.Module:
+    path = Path(folder) / WEIGHTS
+    if not path.is_file():
+        raise ModelError(f"{str(path)!r} is missing; edgekd loads weights only from safetensors.")
+    missing, unexpected = st_load_model(model, str(path), strict=False)
+    if missing or unexpected:
+        raise ModelError(f"weights in {str(path)!r} do not match the spec (missing {missing[:5]}, unexpected {unexpected[:5]}).")
+    return model
+
+
+def load_model_from_artifact(artifact) -> nn.Module:
+    model = build_model(artifact.spec)
+    load_weights(model, artifact.path)
+    return model.eval()

@@ -1,0 +1,69 @@
+"""The `teacher` stage: load a Hugging Face classifier, fine-tune it on the task if asked."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.nn.functional as F
+
+from ..configs import TeacherConfig
+from ..context import Context
+from ..distill.trainer import accuracy, fit, predict_logits
+from ..errors import ModelError
+from ..progress import log
+from .hf import build_hf_from_config, check_model_folder, hf_base_spec, load_hf_classifier, logits_of, resolve_model_path
+from .spec import make_spec, save_weights
+
+
+def run_teacher(cfg: TeacherConfig, ctx: Context, out: Path, key: str) -> dict:
+    data = ctx.data
+    tokenizer_src = None
+    if cfg.config is not None:
+        model = build_hf_from_config(cfg.config, ctx.task, data.num_labels)
+        head_is_new = True
+    else:
+        if cfg.path is not None:
+            folder = resolve_model_path(cfg.path)
+            check_model_folder(folder)
+            source = str(folder)
+        else:
+            source = cfg.hub
+        model, head_is_new = load_hf_classifier(source, ctx.task, data.num_labels, revision=cfg.revision,
+                                                trust_remote_code=cfg.trust_remote_code)
+        tokenizer_src = source
+    if head_is_new and cfg.finetune is None:
+        raise ModelError(
+            "The teacher has no trained classification head for this task (it is a pretrained encoder or was "
+            "built from a config). Add teacher.finetune (e.g. epochs: 2) so edgekd trains it on the task first."
+        )
+    model.eval()
+
+    # The tokenizer / preprocessing travel with the model from the first artifact on.
+    if ctx.task == "text-classification":
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer_src, trust_remote_code=cfg.trust_remote_code)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"Cannot load the tokenizer of {tokenizer_src!r}: {str(e).splitlines()[0]}") from None
+        tok.save_pretrained(str(out))
+        ctx._tokenizer = tok
+    (out / "preprocess.json").write_text(json.dumps({**data.preprocess, "labels": data.label_names}, indent=2))
+
+    metrics: dict = {}
+    if cfg.finetune is not None:
+        ft = cfg.finetune
+        train = ctx.encoded("train", ft.max_train_examples)
+
+        def loss_fn(m, batch, idx, labels):
+            return F.cross_entropy(logits_of(m, batch), labels)
+
+        log(f"teacher: fine-tuning on {len(train)} examples for {ft.epochs} epoch(s)")
+        metrics["train"] = fit(model, train, ft, loss_fn, seed=ctx.seed, desc="teacher fine-tune",
+                               work_dir=ctx.work_dir(key))
+    for split in ("dev", "test"):
+        enc = ctx.encoded(split)
+        metrics[f"{split}_accuracy"] = accuracy(predict_logits(model, enc, desc=f"teacher eval ({split})"), enc.labels)
+    save_weights(model, out)
+    spec = make_spec(model, hf_base_spec(model, ctx.task))
+    return {"metrics": metrics, "spec": spec}

@@ -1,0 +1,1 @@
+"""Device profiles (YAML data), host detection and onnxruntime latency/memory measurement."""

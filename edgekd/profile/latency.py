@@ -1,0 +1,208 @@
+"""Latency, memory and throughput of an ONNX file, measured with onnxruntime in a fresh process.
+
+Each measurement runs in a spawned child so that its memory is the model's alone (not the
+parent's torch, data and caches) and that sessions measured one after another cannot warm each
+other's caches or thread pools. Only light modules are imported at top level so spawning is fast;
+onnxruntime is imported in the child.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import sys
+import time
+import traceback
+from multiprocessing.connection import wait
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+
+
+def _peak_rss_kb() -> float:
+    """Peak resident memory of this process, in KB.
+
+    On Linux VmHWM, not ru_maxrss: a spawned child's ru_maxrss starts at the *parent's* peak
+    (the kernel folds the pre-exec memory into it), so a parent holding 800 MB made a child
+    report 813 MB while it used 14 MB.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 if sys.platform == "darwin" else float(peak)  # macOS reports bytes
+
+
+def _reset_peak_rss() -> None:
+    # Linux: "5" resets VmHWM to the current RSS, so the import's transient peak is not counted.
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _measure(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs: int, providers: list[str]) -> dict:
+    """Runs in the child process."""
+    import onnxruntime as ort
+    import psutil
+
+    # Baseline after importing onnxruntime: the runtime library is the same for every model,
+    # so peak_memory_mb is what this model's session and inferences add.
+    _reset_peak_rss()
+    baseline_kb = psutil.Process().memory_info().rss / 1024
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    start = time.perf_counter()
+    session = ort.InferenceSession(onnx_path, sess_options=options, providers=providers)
+    session_create_ms = (time.perf_counter() - start) * 1000
+
+    for i in range(warmup):
+        session.run(None, feeds[i % len(feeds)])
+    times = np.empty(runs)
+    for i in range(runs):
+        feed = feeds[i % len(feeds)]
+        start = time.perf_counter()
+        session.run(None, feed)
+        times[i] = time.perf_counter() - start
+    times *= 1000
+
+    p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
+    return {
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "mean": float(times.mean()),
+        "std": float(times.std()),
+        "runs": runs,
+        "threads": threads,
+        "session_create_ms": session_create_ms,
+        "peak_memory_mb": max(0.0, _peak_rss_kb() - baseline_kb) / 1024,
+        "baseline_rss_mb": baseline_kb / 1024,
+        "spread": (p90 - p50) / p50 if p50 > 0 else 0.0,
+    }
+
+
+def _worker(conn, *args) -> None:
+    try:
+        conn.send(("ok", _measure(*args)))
+    except Exception:  # noqa: BLE001 — any failure goes back to the parent, which re-raises it
+        conn.send(("error", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+def _run_in_child(*args) -> dict:
+    ctx = mp.get_context("spawn")
+    parent_conn, child_conn = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_worker, args=(child_conn, *args), daemon=True)
+    proc.start()
+    child_conn.close()  # so that a child that dies unannounced shows as EOF here
+    try:
+        wait([parent_conn, proc.sentinel])
+        message = parent_conn.recv() if parent_conn.poll() else None
+    except EOFError:
+        message = None
+    finally:
+        proc.join()
+        parent_conn.close()
+    if message is None:
+        # A spawned child re-imports the caller's __main__ module: an unguarded script ends up here.
+        raise RuntimeError(
+            f"latency measurement process died without a result (exit code {proc.exitcode}); if it was started "
+            "from a script, put the script's code under `if __name__ == '__main__':` (multiprocessing spawn)"
+        )
+    status, payload = message
+    if status != "ok":
+        raise RuntimeError(f"latency measurement failed in the child process:\n{payload}")
+    return payload
+
+
+def measure_latency(
+    onnx_path: str | Path,
+    feeds: list[dict[str, np.ndarray]],
+    threads: int,
+    warmup: int = 10,
+    runs: int = 100,
+    providers: list[str] | None = None,
+) -> dict:
+    """Milliseconds per inference (p50/p90/p99/mean/std), session creation time and peak memory.
+
+    Timed run i uses feeds[i % len(feeds)]; warm-up runs are not counted.
+    """
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ModelError(f"ONNX file {str(path)!r} does not exist; export the model first.")
+    if not feeds:
+        raise ValueError("measure_latency needs at least one feed")
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise ValueError(f"need threads >= 1, runs >= 1, warmup >= 0; got {threads}, {runs}, {warmup}")
+    return _run_in_child(str(path), list(feeds), threads, warmup, runs, list(providers or ["CPUExecutionProvider"]))
+
+
+def throughput(onnx_path: str | Path, feed_batch: dict[str, np.ndarray], threads: int, runs: int = 20) -> dict:
+    """Items per second when the model is fed whole batches (batch size = first dim of the inputs)."""
+    if not feed_batch:
+        raise ValueError("throughput needs a feed with at least one input")
+    batch_size = int(next(iter(feed_batch.values())).shape[0])
+    stats = measure_latency(onnx_path, [feed_batch], threads, warmup=min(3, runs), runs=runs)
+    return {
+        "batch_size": batch_size,
+        "items_per_s": batch_size / (stats["mean"] / 1000),
+        "ms_per_batch": stats["mean"],
+        "threads": threads,
+        "runs": runs,
+        "peak_memory_mb": stats["peak_memory_mb"],
+    }
+
+
+def text_feeds(
+    token_ids: list[list[int]], input_names: list[str], seq_len: int | None, pad_id: int = 0
+) -> list[dict[str, np.ndarray]]:
+    """Batch-1 int64 feeds; padded/truncated to seq_len, or each text at its own length if None."""
+    known = {"input_ids", "attention_mask", "token_type_ids"}
+    unknown = [n for n in input_names if n not in known]
+    if unknown:
+        raise ValueError(f"cannot build text feeds for model inputs {unknown}; known: {sorted(known)}")
+    feeds = []
+    for i, ids in enumerate(token_ids):
+        ids = list(ids)[:seq_len] if seq_len is not None else list(ids)
+        if not ids:
+            raise ValueError(f"text {i} has no tokens")
+        mask = [1] * len(ids)
+        if seq_len is not None:
+            pad = seq_len - len(ids)
+            ids, mask = ids + [pad_id] * pad, mask + [0] * pad
+        # token_type_ids: BERT-style exports may take it as an input; one segment -> zeros.
+        arrays = {
+            "input_ids": np.asarray([ids], dtype=np.int64),
+            "attention_mask": np.asarray([mask], dtype=np.int64),
+            "token_type_ids": np.zeros((1, len(ids)), dtype=np.int64),
+        }
+        feeds.append({name: arrays[name] for name in input_names})
+    return feeds
+
+
+def image_feeds(images: np.ndarray, input_name: str = "pixel_values") -> list[dict[str, np.ndarray]]:
+    """Batch-1 float32 feeds, one per image (images: [N, ...])."""
+    images = np.asarray(images, dtype=np.float32)
+    return [{input_name: np.ascontiguousarray(images[i : i + 1])} for i in range(len(images))]
+
+
+def model_input_names(onnx_path: str | Path) -> list[str]:
+    """The graph's real inputs (older exports also list initializers as inputs: those are skipped)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]

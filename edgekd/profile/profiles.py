@@ -1,0 +1,192 @@
+"""Device profiles as data: `profiles/<name>.yaml` -> a validated, frozen `DeviceProfile`.
+
+A profile says how a device wants to be fed (threads, shapes, quantization scheme, operators)
+and, for a device that is not present, the public peak figures an estimate is built from.
+Loading errors name the file, the field path and the bad value, and say what to do.
+"""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import psutil
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from ..configs import Strict
+from ..errors import ProfileError
+
+PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class QuantScheme(Strict):
+    """The INT8 layout a device runs fast (and accurately)."""
+
+    activation_dtype: Literal["uint8", "int8"]
+    weight_granularity: Literal["per-channel", "per-tensor"] = "per-channel"
+    # linear: only MatMul/Gemm/Conv inputs are quantized (Softmax, LayerNorm, GELU stay float);
+    # full: every activation, attention MatMuls included, as integer-only NPUs need.
+    scope: Literal["linear", "full"] = "linear"
+    reason: str = ""
+
+
+class DeviceProfile(Strict):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    description: str
+    measured: bool = Field(..., description="True: measured here (host); False: estimated from peak figures")
+    execution_provider: str = "CPUExecutionProvider"
+    fallback_providers: list[str] = Field(default_factory=list)
+    threads: list[PositiveInt] = Field(..., min_length=1)
+    batch_sizes: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1)
+    seq_lens: list[PositiveInt] = Field(..., min_length=1)
+    quantization: QuantScheme
+    static_shapes: bool = False
+    supported_ops: list[str] | None = Field(None, description="None: everything onnxruntime's CPU provider runs")
+    # Required (null allowed) so that every profile states them explicitly.
+    peak_int8_gops: PositiveFloat | None
+    peak_fp32_gflops: PositiveFloat | None
+    memory_bandwidth_gbs: PositiveFloat | None
+    memory_budget_mb: PositiveFloat | None
+    sources: list[str] = Field(default_factory=list, description="public sources of the figures")
+
+    @model_validator(mode="after")
+    def _estimable(self):
+        # An estimated device is only as good as its figures: without compute and bandwidth
+        # there is nothing to estimate from, and without sources nobody can check them.
+        if not self.measured:
+            if self.peak_int8_gops is None and self.peak_fp32_gflops is None:
+                raise ValueError("an estimated profile (measured: false) needs peak_int8_gops or peak_fp32_gflops")
+            if self.memory_bandwidth_gbs is None:
+                raise ValueError("an estimated profile (measured: false) needs memory_bandwidth_gbs")
+            if not self.sources:
+                raise ValueError("an estimated profile (measured: false) needs sources for its figures")
+        return self
+
+
+def profiles_dir() -> Path:
+    env = os.environ.get("EDGEKD_PROFILES_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2] / "profiles"
+
+
+def _available(directory: Path) -> list[str]:
+    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
+
+
+def _resolve(name_or_path: str) -> Path:
+    looks_like_path = name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path
+    if looks_like_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ProfileError(f"Profile file {str(path)!r} does not exist; give a profile name or the path of a YAML profile.")
+        return path
+    directory = profiles_dir()
+    path = directory / f"{name_or_path}.yaml"
+    if not path.is_file():
+        names = _available(directory)
+        known = ", ".join(names) if names else f"none — {str(directory)!r} has no *.yaml files"
+        raise ProfileError(
+            f"Unknown device profile {name_or_path!r}: no file {str(path)!r}. Available profiles: {known}. "
+            "Use one of these names, give the path of a YAML profile, or set EDGEKD_PROFILES_DIR."
+        )
+    return path
+
+
+def _field_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else ("." if path else "") + str(part)
+    return path or "<profile>"
+
+
+def _format_errors(err: ValidationError, path: Path) -> str:
+    parts = []
+    for e in err.errors():
+        msg = e["msg"].removeprefix("Value error, ")
+        value = e.get("input")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelled?); remove it"
+        shown = "" if e["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
+        parts.append(f"{_field_path(e['loc'])}: {msg}{shown}")
+    return (
+        f"Invalid device profile {str(path)!r}: " + "; ".join(parts)
+        + ". Fix these fields (see profiles/host-cpu.yaml for a complete example)."
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"Profile file {str(path)!r} is not UTF-8 text ({e.reason}); save it as UTF-8.") from None
+    except OSError as e:
+        raise ProfileError(f"Profile file {str(path)!r} cannot be read ({e.strerror}); check it exists and is readable.") from None
+    except yaml.YAMLError as e:
+        raise ProfileError(f"Profile file {str(path)!r} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise ProfileError(
+            f"Profile file {str(path)!r} must be a YAML mapping with keys name, description, measured, threads, "
+            f"seq_lens, quantization, …; got {type(raw).__name__}."
+        )
+    return raw
+
+
+def load_profile(name_or_path: str) -> DeviceProfile:
+    """A profile by name (`<profiles_dir()>/<name>.yaml`) or by path to a YAML file."""
+    path = _resolve(str(name_or_path))
+    raw = _read_yaml(path)
+    try:
+        profile = DeviceProfile.model_validate(raw)
+    except ValidationError as e:
+        raise ProfileError(_format_errors(e, path)) from None
+    if profile.name != path.stem:
+        # The name is how recipes refer to a profile: a file whose stem differs would be unreachable by it.
+        raise ProfileError(
+            f"Profile file {str(path)!r}: name: {profile.name!r} does not match the file name {path.stem!r}; "
+            f"rename the file to {profile.name}.yaml or set name: {path.stem}."
+        )
+    return profile
+
+
+def list_profiles() -> list[DeviceProfile]:
+    directory = profiles_dir()
+    return sorted((load_profile(str(p)) for p in directory.glob("*.yaml")), key=lambda p: p.name)
+
+
+def _cpuinfo() -> tuple[str | None, set[str]]:
+    """CPU model name and ISA flags from /proc/cpuinfo (x86 `flags`, ARM `Features`)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None, set()
+    model, flags = None, set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if model is None and key in ("model name", "hardware", "cpu model", "processor") and not value.strip().isdigit():
+            model = value.strip() or None
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    return model, flags
+
+
+def detect_host() -> dict:
+    model, flags = _cpuinfo()
+    return {
+        "cpu": model or platform.processor() or "unknown",
+        "cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "isa": {
+            "avx2": "avx2" in flags,
+            "avx512": "avx512f" in flags,
+            "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
+            "amx": "amx_tile" in flags,
+            "neon": "asimd" in flags or "neon" in flags,
+        },
+        "arch": platform.machine(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 2),
+    }

@@ -1,0 +1,1 @@
+"""Structured pruning with torch-pruning: attention heads, FFN channels, conv channels."""

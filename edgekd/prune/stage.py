@@ -1,0 +1,43 @@
+"""The `prune` stage: structured pruning to a target ratio, then a short recovery distillation."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..configs import PruneConfig
+from ..context import Context
+from ..distill.losses import logit_kd_loss
+from ..distill.stage import evaluate, kd_train
+from ..models.hf import logits_of
+from ..models.spec import architecture_summary, load_model_from_artifact, make_spec, save_weights
+from ..progress import log
+from .structured import prune_structured
+
+
+def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> dict:
+    model = load_model_from_artifact(parent)
+    before = architecture_summary(model)
+    train = ctx.encoded("train")
+    idx = np.arange(min(32, len(train)))
+    example = train.batch(idx)
+
+    def importance_loss(m):
+        # Taylor importance is scored on the distillation objective the student is trained with.
+        teacher = torch.from_numpy(ctx.teacher_logits("train")[idx])
+        return logit_kd_loss(logits_of(m, example), teacher, torch.from_numpy(train.labels[idx]), 2.0, 0.5)
+
+    model.eval()
+    prune_structured(model, example, cfg, parent.spec["family"], importance_loss)
+    after = architecture_summary(model)
+    log(f"prune: {before['params'] / 1e6:.3f}M -> {after['params'] / 1e6:.3f}M parameters "
+        f"({1 - after['params'] / before['params']:.1%} removed)")
+    metrics: dict = {"params_before": before["params"], "params_after": after["params"],
+                     "before": before, "after": after}
+    if cfg.recovery is not None:
+        metrics["recovery"] = kd_train(model, cfg.recovery, ctx, "prune recovery", key)
+    metrics.update(evaluate(model, ctx, "pruned"))
+    save_weights(model, out)
+    base = {k: v for k, v in parent.spec.items() if k not in ("shapes", "summary", "quant", "spec_version")}
+    return {"metrics": metrics, "spec": make_spec(model, base)}

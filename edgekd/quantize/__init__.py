@@ -1,0 +1,1 @@
+"""Quantization-aware training: fake-quant layers, calibration, freezing."""

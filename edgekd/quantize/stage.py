@@ -1,0 +1,73 @@
+"""The `qat` stage: fake-quantize Linear/Conv layers, calibrate ranges, fine-tune with KD, freeze."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..configs import QATConfig
+from ..context import Context
+from ..data.batching import batch_indices
+from ..distill.stage import evaluate, kd_train
+from ..models.hf import logits_of
+from ..models.spec import load_model_from_artifact, make_spec, save_weights
+from ..progress import log, progress
+from .fakequant import convert, fold_batchnorm, quantizable_modules, set_mode
+
+
+@torch.no_grad()
+def calibrate(model: torch.nn.Module, ctx: Context, cfg: QATConfig) -> int:
+    train = ctx.encoded("train", cfg.max_train_examples)
+    rng = np.random.default_rng([ctx.seed, 7919])
+    batches = batch_indices(len(train), cfg.batch_size, shuffle=True, rng=rng)[: cfg.calibration_batches]
+    set_mode(model, "calibrate")
+    model.eval()
+    with progress(len(batches), "qat calibration") as advance:
+        for idx in batches:
+            logits_of(model, train.batch(idx))
+            advance()
+    return len(batches)
+
+
+def resolve_weight_range(cfg: QATConfig, profiles: list[str]) -> tuple[int, str]:
+    """int8 or int7 weights. `auto`: int7 when the first target is a measured x86 CPU without VNNI."""
+    if cfg.weight_range != "auto":
+        return (127 if cfg.weight_range == "int8" else 63), f"qat.weight_range={cfg.weight_range}"
+    from ..profile.profiles import detect_host, load_profile
+
+    if profiles and load_profile(profiles[0]).measured:
+        host = detect_host()
+        if host["arch"] in ("x86_64", "AMD64") and not host["isa"]["vnni"]:
+            return 63, ("host x86 CPU without VNNI: onnxruntime's u8s8 kernels saturate int16 with full-range "
+                        "int8 weights, so weights use 7 bits (onnxruntime's reduce_range)")
+    return 127, "target has VNNI, an NPU or ARM integer dot products: full int8 weights"
+
+
+def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
+    model = load_model_from_artifact(parent)
+    if parent.spec.get("quant"):
+        from ..errors import EdgekdError
+
+        raise EdgekdError("qat: the input model is already quantized; QAT runs once, on a float model.")
+    folded = fold_batchnorm(model)
+    names = quantizable_modules(model)
+    weight_qmax, range_reason = resolve_weight_range(cfg, ctx.recipe.profiles)
+    convert(model, names, cfg.activation_dtype, cfg.ema_decay, weight_qmax)
+    log(f"qat: {len(names)} Linear/Conv layers fake-quantized (weights int8 per-channel, "
+        f"activations {cfg.activation_dtype} per-tensor){'; folded ' + str(len(folded)) + ' BatchNorm' if folded else ''}")
+    n_cal = calibrate(model, ctx, cfg)
+    set_mode(model, "train")
+    metrics: dict = {"calibration_batches": n_cal, "train": kd_train(model, cfg, ctx, "qat", key)}
+    ranges = {name: model.get_submodule(name).freeze(name) for name in names}
+    model.edgekd_quant = {
+        "scheme": {"weights": "int8 per-channel symmetric", "weight_qmax": weight_qmax,
+                   "weight_range_reason": range_reason, "activation_dtype": cfg.activation_dtype,
+                   "activations": "per-tensor", "scope": "linear"},
+        "modules": names,
+        "ranges": ranges,
+    }
+    metrics.update(evaluate(model, ctx, "qat"))
+    save_weights(model, out)
+    base = {k: v for k, v in parent.spec.items() if k not in ("shapes", "summary", "quant", "spec_version")}
+    return {"metrics": metrics, "spec": make_spec(model, base)}

@@ -1,0 +1,198 @@
+"""Recipes: YAML -> validated pydantic models, with errors that name the field path.
+
+A recipe describes the whole run: teacher, data, student, the ordered stages and their configs,
+the device profiles to target and the output folder. It is checked completely (including the
+stage order) before any work starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .configs import (
+    DataConfig,
+    DistillConfig,
+    ExportConfig,
+    ProfileStageConfig,
+    PruneConfig,
+    QATConfig,
+    Strict,
+    StudentConfig,
+    TeacherConfig,
+)
+from .errors import RecipeError
+
+STAGE_CONFIGS = {
+    "distill": DistillConfig,
+    "prune": PruneConfig,
+    "qat": QATConfig,
+    "export": ExportConfig,
+    "profile": ProfileStageConfig,
+}
+
+# Which stage may follow which ("teacher" is the implicit first stage). Checked up front so a run
+# never fails halfway because, say, `prune` was put after `export`.
+ALLOWED_AFTER = {
+    "distill": {"teacher"},
+    "prune": {"teacher", "distill"},
+    "qat": {"teacher", "distill", "prune"},
+    "export": {"teacher", "distill", "prune", "qat"},
+    "profile": {"export"},
+}
+
+
+class StageEntry(Strict):
+    """One item of `stages:` — a mapping with exactly one key, the stage name."""
+
+    distill: DistillConfig | None = None
+    prune: PruneConfig | None = None
+    qat: QATConfig | None = None
+    export: ExportConfig | None = None
+    profile: ProfileStageConfig | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_key(cls, value: Any):
+        if isinstance(value, str):  # "- export" with default config
+            value = {value: {}}
+        if not isinstance(value, dict) or len(value) != 1:
+            raise ValueError(f"each stage is a mapping with one key, one of {sorted(STAGE_CONFIGS)}; got {value!r}")
+        (name, cfg), = value.items()
+        if name not in STAGE_CONFIGS:
+            raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(sorted(STAGE_CONFIGS))}")
+        return {name: {} if cfg is None else cfg}
+
+    @property
+    def name(self) -> str:
+        return next(k for k in STAGE_CONFIGS if getattr(self, k) is not None)
+
+    @property
+    def config(self):
+        return getattr(self, self.name)
+
+
+class Recipe(Strict):
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
+    task: Literal["text-classification", "image-classification"]
+    seed: int = 0
+    output: str = Field(..., min_length=1, description="run folder; stage artifacts go under output/stages")
+    data: DataConfig
+    teacher: TeacherConfig
+    student: StudentConfig | None = None
+    stages: list[StageEntry] = Field(default_factory=list)
+    profiles: list[str] = Field(default_factory=lambda: ["host-cpu"])
+
+    @field_validator("stages")
+    @classmethod
+    def _order(cls, stages: list[StageEntry]):
+        previous = "teacher"
+        seen = set()
+        for i, entry in enumerate(stages):
+            name = entry.name
+            if name in seen:
+                raise ValueError(f"stage {name!r} appears twice (stages[{i}])")
+            if previous not in ALLOWED_AFTER[name]:
+                allowed = " or ".join(sorted(ALLOWED_AFTER[name]))
+                raise ValueError(f"stages[{i}] {name!r} cannot follow {previous!r}; it must come after {allowed}")
+            seen.add(name)
+            previous = name
+        return stages
+
+    @model_validator(mode="after")
+    def _cross_fields(self):
+        names = [s.name for s in self.stages]
+        if "distill" in names and self.student is None:
+            raise ValueError("the distill stage needs a `student:` section")
+        if self.task == "image-classification" and self.data.sklearn is None and self.data.path is None and self.data.hub is None:
+            raise ValueError("image-classification needs data")
+        if self.task == "text-classification" and self.data.sklearn is not None:
+            raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
+        return self
+
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    """One paragraph: every failing field as a path like `stages[2].prune.ratio`, its value and the rule."""
+    lines = []
+    for e in err.errors():
+        path = ""
+        for part in e["loc"]:
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += ("." if path else "") + str(part)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (misspelled?) — remove it or check the README's recipe reference"
+        value = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(value, (dict, list)) else f" (got {value!r})"
+        lines.append(f"{path or '<recipe>'}: {msg}{shown}")
+    return f"Invalid recipe {source}: " + "; ".join(lines) + "."
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected key=value, e.g. --set data.path=../shared/data/sst2")
+    key, raw = item.split("=", 1)
+    if not key:
+        raise RecipeError(f"--set {item!r}: empty key")
+    return key.split("."), yaml.safe_load(raw) if raw else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`--set a.b.c=value` (YAML-typed value); `stages.0.prune.ratio=0.5` indexes lists."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node: Any = raw
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise RecipeError(f"--set {item!r}: {'.'.join(path[:i + 1])} is not a valid list index")
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise RecipeError(f"--set {item!r}: {'.'.join(path[:i])} is not a mapping")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise RecipeError(f"--set {item!r}: {last} is not a valid list index")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise RecipeError(f"--set {item!r}: parent of {last!r} is not a mapping")
+    return raw
+
+
+def load_recipe_dict(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"Recipe file {str(p)!r} does not exist; give the path of a YAML recipe (see recipes/).")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"Recipe file {str(p)!r} is not UTF-8 text ({e.reason}); save it as UTF-8.") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"Recipe file {str(p)!r} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Recipe file {str(p)!r} must be a YAML mapping with keys name, task, data, teacher, stages, …")
+    return raw
+
+
+def validate_recipe(raw: dict, source: str = "<recipe>") -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as e:
+        raise RecipeError(format_validation_error(e, source)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    raw = apply_overrides(load_recipe_dict(path), overrides or [])
+    recipe = validate_recipe(raw, repr(str(path)))
+    return recipe

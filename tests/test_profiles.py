@@ -1,0 +1,173 @@
+"""Device profiles (every shipped YAML loads; bad ones fail with a useful message) and latency measurement."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from edgekd.errors import ProfileError
+from edgekd.profile.latency import image_feeds, measure_latency, model_input_names, text_feeds
+from edgekd.profile.profiles import DeviceProfile, detect_host, list_profiles, load_profile, profiles_dir
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml"))
+
+VALID = {
+    "name": "toy",
+    "description": "a test device",
+    "measured": True,
+    "threads": [1],
+    "seq_lens": [16],
+    "quantization": {"activation_dtype": "uint8"},
+    "peak_int8_gops": None,
+    "peak_fp32_gflops": None,
+    "memory_bandwidth_gbs": None,
+    "memory_budget_mb": None,
+}
+
+
+def write_profile(directory: Path, stem: str, data) -> Path:
+    path = directory / f"{stem}.yaml"
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def pdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_PROFILES_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_host_cpu_is_shipped():
+    assert "host-cpu" in [p.stem for p in SHIPPED]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_shipped_profile_loads_and_round_trips(path):
+    profile = load_profile(str(path))
+    assert profile == load_profile(path.stem)
+    assert DeviceProfile.model_validate(profile.model_dump()) == profile
+    assert DeviceProfile.model_validate(yaml.safe_load(yaml.safe_dump(profile.model_dump()))) == profile
+
+
+def test_host_cpu_scheme():
+    p = load_profile("host-cpu")
+    assert p.measured and p.threads == [1, 2] and p.seq_lens == [128]
+    assert (p.quantization.activation_dtype, p.quantization.weight_granularity, p.quantization.scope) == (
+        "uint8", "per-channel", "linear")
+    assert "uint8" in p.quantization.reason
+
+
+def test_list_profiles_sorted(pdir):
+    write_profile(pdir, "zeta", {**VALID, "name": "zeta"})
+    write_profile(pdir, "alpha", {**VALID, "name": "alpha"})
+    assert [p.name for p in list_profiles()] == ["alpha", "zeta"]
+    assert profiles_dir() == pdir
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ({"treads": [1]}, ["treads", "unknown key"]),
+        ({"quantization": {"activation_dtype": "fp8"}}, ["quantization.activation_dtype", "'fp8'"]),
+        ({"threads": [1, 0]}, ["threads[1]", "0"]),
+        ({"measured": "sometimes"}, ["measured", "'sometimes'"]),
+        ({"measured": False}, ["peak_int8_gops"]),
+    ],
+)
+def test_bad_field_named(pdir, change, expected):
+    path = write_profile(pdir, "toy", {**VALID, **change})
+    with pytest.raises(ProfileError) as err:
+        load_profile("toy")
+    message = str(err.value)
+    assert str(path) in message
+    for part in expected:
+        assert part in message
+
+
+def test_missing_field_named(pdir):
+    data = {k: v for k, v in VALID.items() if k != "seq_lens"}
+    write_profile(pdir, "toy", data)
+    with pytest.raises(ProfileError, match=r"toy\.yaml.*seq_lens: Field required"):
+        load_profile("toy")
+
+
+def test_name_must_match_file(pdir):
+    write_profile(pdir, "toy", {**VALID, "name": "other"})
+    with pytest.raises(ProfileError, match=r"toy\.yaml.*'other'.*'toy'"):
+        load_profile("toy")
+
+
+def test_unknown_name_lists_available(pdir):
+    write_profile(pdir, "toy", VALID)
+    with pytest.raises(ProfileError, match=r"Unknown device profile 'nope'.*Available profiles: toy"):
+        load_profile("nope")
+
+
+@pytest.mark.parametrize("text", ["name: [unclosed", "- just\n- a list\n", ""])
+def test_bad_yaml(pdir, text):
+    write_profile(pdir, "toy", text)
+    with pytest.raises(ProfileError, match="toy.yaml"):
+        load_profile("toy")
+
+
+def test_not_utf8(pdir):
+    (pdir / "toy.yaml").write_bytes(b"name: \xff\xfe\n")
+    with pytest.raises(ProfileError, match="not UTF-8"):
+        load_profile("toy")
+
+
+def test_detect_host():
+    host = detect_host()
+    assert set(host) == {"cpu", "cores", "physical_cores", "isa", "arch", "memory_gb"}
+    assert set(host["isa"]) == {"avx2", "avx512", "vnni", "amx", "neon"}
+    assert host["memory_gb"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = 64
+    weight = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_measure_latency(tiny_onnx):
+    assert model_input_names(tiny_onnx) == ["x"]
+    feeds = image_feeds(np.ones((3, 64), dtype=np.float64), input_name="x")
+    stats = measure_latency(tiny_onnx, feeds, threads=1, warmup=2, runs=20)
+    assert 0 < stats["p50"] <= stats["p90"] <= stats["p99"]
+    assert stats["mean"] > 0 and stats["session_create_ms"] > 0
+    assert isinstance(stats["peak_memory_mb"], float) and stats["peak_memory_mb"] >= 0
+    assert stats["runs"] == 20 and stats["threads"] == 1 and stats["spread"] >= 0
+
+
+def test_measure_latency_child_error_is_raised(tiny_onnx):
+    with pytest.raises(RuntimeError, match="child process"):
+        measure_latency(tiny_onnx, [{"wrong_name": np.ones((1, 64), np.float32)}], threads=1, warmup=0, runs=1)
+
+
+def test_text_feeds():
+    ids = [[101, 7, 8, 102], [101, 102]]
+    padded = text_feeds(ids, ["input_ids", "attention_mask"], seq_len=3, pad_id=0)
+    assert padded[0]["input_ids"].tolist() == [[101, 7, 8]] and padded[0]["attention_mask"].tolist() == [[1, 1, 1]]
+    assert padded[1]["input_ids"].tolist() == [[101, 102, 0]] and padded[1]["attention_mask"].tolist() == [[1, 1, 0]]
+    assert padded[0]["input_ids"].dtype == np.int64
+    natural = text_feeds(ids, ["input_ids"], seq_len=None)
+    assert [f["input_ids"].shape for f in natural] == [(1, 4), (1, 2)]
+    assert set(natural[0]) == {"input_ids"}
