@@ -80,6 +80,22 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
     sync_attention_heads(model)
 
 
+# transformers names: BERT-style (query/key/value, attention_head_size) and the newer
+# q_proj/k_proj/v_proj + head_dim (ViT in transformers 5).
+QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
+FFN_SUFFIXES = ("intermediate.dense", "mlp.fc1")
+
+
+def attention_projections(m: nn.Module) -> tuple[list[nn.Linear], int] | None:
+    """(q, k, v) projections and head size if `m` is a self-attention module, else None."""
+    head = getattr(m, "attention_head_size", None) or getattr(m, "head_dim", None)
+    for names in QKV_NAMES:
+        projs = [getattr(m, n, None) for n in names]
+        if head and all(isinstance(p, nn.Linear) for p in projs):
+            return projs, int(head)
+    return None
+
+
 def sync_attention_heads(model: nn.Module) -> None:
     """Keep attention modules' head counts equal to their (possibly pruned) projection widths.
 
@@ -87,19 +103,22 @@ def sync_attention_heads(model: nn.Module) -> None:
     all_head_size (and our manifest) must see the pruned numbers.
     """
     for m in model.modules():
-        q = getattr(m, "query", None)
-        if isinstance(q, nn.Linear) and hasattr(m, "attention_head_size") and hasattr(m, "num_attention_heads"):
-            m.num_attention_heads = q.out_features // m.attention_head_size
-            m.all_head_size = q.out_features
+        found = attention_projections(m)
+        if found and hasattr(m, "num_attention_heads"):
+            (q, _, _), head = found
+            m.num_attention_heads = q.out_features // head
+            if hasattr(m, "all_head_size"):
+                m.all_head_size = q.out_features
 
 
 def architecture_summary(model: nn.Module) -> dict:
     """Per-layer heads and FFN widths (transformers) or channel widths (CNNs) for the manifest."""
     heads, ffn, channels = [], [], []
     for name, m in model.named_modules():
-        if hasattr(m, "attention_head_size") and isinstance(getattr(m, "query", None), nn.Linear):
-            heads.append(m.query.out_features // m.attention_head_size)
-        if name.endswith("intermediate.dense") and isinstance(m, nn.Linear):
+        found = attention_projections(m)
+        if found:
+            heads.append(found[0][0].out_features // found[1])
+        if name.endswith(FFN_SUFFIXES) and isinstance(m, nn.Linear):
             ffn.append(m.out_features)
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             channels.append(m.out_channels)

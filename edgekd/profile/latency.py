@@ -1,17 +1,17 @@
 """Latency, memory and throughput of an ONNX file, measured with onnxruntime in a fresh process.
 
-Each measurement runs in a spawned child so that its memory is the model's alone (not the
+Each measurement runs in a fresh child process so that its memory is the model's alone (not the
 parent's torch, data and caches) and that sessions measured one after another cannot warm each
 other's caches or thread pools. Only light modules are imported at top level so spawning is fast;
 onnxruntime is imported in the child.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
+import subprocess
 import sys
+import tempfile
 import time
-import traceback
-from multiprocessing.connection import wait
 from pathlib import Path
 
 import numpy as np
@@ -93,39 +93,36 @@ def _measure(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs:
     }
 
 
-def _worker(conn, *args) -> None:
-    try:
-        conn.send(("ok", _measure(*args)))
-    except Exception:  # noqa: BLE001 — any failure goes back to the parent, which re-raises it
-        conn.send(("error", traceback.format_exc()))
-    finally:
-        conn.close()
+def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs: int,
+                  providers: list[str]) -> dict:
+    """Run `_measure` in a fresh interpreter (`python -m edgekd.profile.latency`).
+
+    A plain subprocess rather than multiprocessing: spawn re-imports the caller's __main__ (an
+    unguarded user script would run again) and sends arguments by pickle. Feeds travel as an
+    .npz (loaded with allow_pickle=False), the result comes back as JSON on stdout.
+    """
+    with tempfile.TemporaryDirectory(prefix="edgekd-latency-") as tmp:
+        arrays = {f"{i}/{name}": np.ascontiguousarray(v) for i, feed in enumerate(feeds) for name, v in feed.items()}
+        np.savez(Path(tmp) / "feeds.npz", **arrays)
+        args = {"onnx_path": onnx_path, "feeds": str(Path(tmp) / "feeds.npz"), "n_feeds": len(feeds),
+                "threads": threads, "warmup": warmup, "runs": runs, "providers": providers}
+        proc = subprocess.run([sys.executable, "-m", "edgekd.profile.latency", json.dumps(args)],
+                              capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"latency measurement failed in the child process (exit {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _run_in_child(*args) -> dict:
-    ctx = mp.get_context("spawn")
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_worker, args=(child_conn, *args), daemon=True)
-    proc.start()
-    child_conn.close()  # so that a child that dies unannounced shows as EOF here
-    try:
-        wait([parent_conn, proc.sentinel])
-        message = parent_conn.recv() if parent_conn.poll() else None
-    except EOFError:
-        message = None
-    finally:
-        proc.join()
-        parent_conn.close()
-    if message is None:
-        # A spawned child re-imports the caller's __main__ module: an unguarded script ends up here.
-        raise RuntimeError(
-            f"latency measurement process died without a result (exit code {proc.exitcode}); if it was started "
-            "from a script, put the script's code under `if __name__ == '__main__':` (multiprocessing spawn)"
-        )
-    status, payload = message
-    if status != "ok":
-        raise RuntimeError(f"latency measurement failed in the child process:\n{payload}")
-    return payload
+def _child_main(raw: str) -> None:
+    args = json.loads(raw)
+    with np.load(args["feeds"], allow_pickle=False) as z:
+        feeds: list[dict] = [{} for _ in range(args["n_feeds"])]
+        for key in z.files:
+            i, name = key.split("/", 1)
+            feeds[int(i)][name] = z[key]
+    result = _measure(args["onnx_path"], feeds, args["threads"], args["warmup"], args["runs"], args["providers"])
+    print(json.dumps(result))
 
 
 def measure_latency(
@@ -206,3 +203,7 @@ def model_input_names(onnx_path: str | Path) -> list[str]:
     model = onnx.load(str(onnx_path), load_external_data=False)
     initializers = {t.name for t in model.graph.initializer}
     return [i.name for i in model.graph.input if i.name not in initializers]
+
+
+if __name__ == "__main__":
+    _child_main(sys.argv[1])

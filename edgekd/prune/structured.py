@@ -13,19 +13,20 @@ import torch_pruning as tp
 from torch import nn
 
 from ..configs import PruneConfig
-from ..models.spec import sync_attention_heads
+from ..models.spec import FFN_SUFFIXES, attention_projections, sync_attention_heads
 
 
 def _transformer_roots(model: nn.Module) -> tuple[dict, list[nn.Module]]:
     num_heads: dict[nn.Module, int] = {}
     roots: list[nn.Module] = []
     for name, m in model.named_modules():
-        if hasattr(m, "attention_head_size") and isinstance(getattr(m, "query", None), nn.Linear):
-            heads = m.query.out_features // m.attention_head_size
-            for proj in (m.query, m.key, m.value):
-                num_heads[proj] = heads
+        found = attention_projections(m)
+        if found:
+            projs, head = found
+            for proj in projs:
+                num_heads[proj] = proj.out_features // head
                 roots.append(proj)
-        elif name.endswith("intermediate.dense") and isinstance(m, nn.Linear):
+        elif name.endswith(FFN_SUFFIXES) and isinstance(m, nn.Linear):
             roots.append(m)
     return num_heads, roots
 

@@ -1,0 +1,164 @@
+"""`edgekd` command line: a thin layer over the Python API.
+
+Exit codes: 0 success, 2 bad input (recipe, data, model, profile — one-paragraph message, no
+traceback), 1 internal error (traceback with --debug).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import EdgekdError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill, prune, quantize and export models for edge devices, with measured numbers.")
+profiles_app = typer.Typer(add_completion=False, invoke_without_command=True, help="List or show device profiles.")
+app.add_typer(profiles_app, name="profiles")
+out = Console()
+err = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgekdError as e:
+            if STATE["debug"]:
+                traceback.print_exc()
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:  # noqa: BLE001 — the CLI's last line of defence: report, exit 1
+            if STATE["debug"]:
+                traceback.print_exc()
+            err.print(f"[bold red]internal error:[/] {type(e).__name__}: {e}\n"
+                      "Run again with --debug for the traceback, and please report it.", highlight=False)
+            raise typer.Exit(1)
+
+    return wrapper
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")):
+    STATE["debug"] = debug
+
+
+@app.command()
+@handle_errors
+def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
+        out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the recipe's output)"),
+        set_: list[str] = typer.Option([], "--set", help="override a recipe field: key.path=value")):
+    """Run a whole recipe: teacher -> distill -> prune -> qat -> export -> profile -> report."""
+    from .pipeline import Pipeline
+
+    pipe = Pipeline.from_yaml(recipe, set_, out_dir)
+    result = pipe.run()
+    s = result["summary"]
+    out.print(f"\n[bold green]done[/] — {pipe.run_dir}/report.md")
+    if s.get("accuracy") is not None:
+        out.print(f"final ONNX accuracy {100 * s['accuracy']:.2f}% vs teacher {100 * s['teacher_accuracy']:.2f}%")
+
+
+@app.command()
+@handle_errors
+def export(artifact: Path = typer.Argument(..., help="a stage artifact folder (with model.safetensors)"),
+           profile: str = typer.Option(..., "--profile", help="device profile name or YAML path"),
+           out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: exports/<name>)"),
+           opset: int = typer.Option(17, "--opset")):
+    """Export a stage artifact to ONNX the way a device profile needs it, validated against PyTorch."""
+    from .standalone import export_artifact
+
+    path = export_artifact(artifact, profile, out_dir, opset)
+    out.print(f"[bold green]exported[/] {path}/model.onnx")
+
+
+@app.command()
+@handle_errors
+def profile(model: Path = typer.Argument(..., help="an .onnx file"),
+            profile: str = typer.Option("host-cpu", "--profile", help="device profile name or YAML path"),
+            data: Optional[Path] = typer.Option(None, "--data", help="labelled data folder for accuracy (test split)"),
+            split: str = typer.Option("test", "--split"),
+            text_column: str = typer.Option("sentence", "--text-column"),
+            label_column: str = typer.Option("label", "--label-column"),
+            runs: int = typer.Option(100, "--runs", min=5),
+            json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON here")):
+    """Measure an ONNX model on a device profile: latency p50/p90/p99, memory, size (and accuracy with --data)."""
+    from .standalone import profile_onnx
+
+    result = profile_onnx(model, profile, data, split, text_column, label_column, runs)
+    table = Table(title=f"{model} on {profile}")
+    for col in ("case", "p50 ms", "p90 ms", "p99 ms", "peak MB"):
+        table.add_column(col)
+    for case, x in result["latency_ms"].items():
+        table.add_row(case, f"{x['p50']:.2f}", f"{x['p90']:.2f}", f"{x['p99']:.2f}", f"{x['peak_memory_mb']:.1f}")
+    out.print(table)
+    out.print(f"size {result['size_mb']:.2f} MB" + (f", accuracy {100 * result['accuracy']:.2f}% on "
+                                                     f"{result['examples']} examples" if "accuracy" in result else ""))
+    if json_out:
+        json_out.write_text(json.dumps(result, indent=2))
+
+
+@app.command()
+@handle_errors
+def report(run_dir: Path = typer.Argument(..., help="a run folder written by `edgekd run`")):
+    """Rebuild a run's manifest.json and report.md from its artifacts."""
+    from .report.run_summary import load_run, write_run_outputs
+
+    recipe, artifacts = load_run(run_dir)
+    write_run_outputs(run_dir, recipe, artifacts)
+    out.print(f"[bold green]wrote[/] {run_dir}/report.md and {run_dir}/manifest.json")
+
+
+@profiles_app.callback()
+@handle_errors
+def profiles_list(ctx: typer.Context):
+    """List the device profiles."""
+    if ctx.invoked_subcommand:
+        return
+    from .profile.profiles import list_profiles
+
+    table = Table(title="device profiles")
+    for col in ("name", "measured", "provider", "threads", "seq lens", "activations", "description"):
+        table.add_column(col)
+    for p in list_profiles():
+        table.add_row(p.name, "measured" if p.measured else "estimated", p.execution_provider,
+                      ",".join(map(str, p.threads)), ",".join(map(str, p.seq_lens)), p.quantization.activation_dtype,
+                      p.description.strip()[:60])
+    out.print(table)
+
+
+@profiles_app.command("show")
+@handle_errors
+def profiles_show(name: str = typer.Argument(..., help="profile name or YAML path")):
+    """Print one profile (and, for the host, what was detected)."""
+    import yaml
+
+    from .profile.profiles import detect_host, load_profile
+
+    p = load_profile(name)
+    out.print(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False).rstrip())
+    if p.measured:
+        out.print("# detected host:")
+        out.print(yaml.safe_dump(detect_host(), sort_keys=False).rstrip())
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The `profile` stage: measure what ships, next to the teacher, on every measured profile.
+
+Accuracy is that of the exported ONNX model under onnxruntime on the held-out test split, not
+of the PyTorch model that is thrown away. Models: the final export, its own FP32 export (same
+architecture, quantization off) and the teacher exported in FP32.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..configs import ProfileStageConfig
+from ..context import Context
+from ..export.onnx_export import example_inputs, export_onnx
+from ..progress import log
+from .measure import accuracy_on, latency_on
+from .profiles import detect_host, load_profile
+
+
+def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: str) -> dict:
+    models: dict[str, dict] = {}
+    if cfg.compare_teacher:
+        facts = export_onnx(ctx.teacher_model(), example_inputs(ctx.task, ctx.data.preprocess),
+                            out / "teacher.onnx", parent.manifest["onnx"]["opset"])
+        models["teacher-fp32"] = {"path": out / "teacher.onnx", "params": ctx.teacher.spec["summary"]["params"],
+                                  "size_mb": facts["size_mb"]}
+    params = parent.spec.get("summary", {}).get("params")
+    if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():
+        models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params}
+    models["final"] = {"path": parent.path / "model.onnx", "params": params}
+
+    test = ctx.encoded("test")
+    # Agreement is with the teacher as it ships (its FP32 ONNX export) when measured, else with
+    # the PyTorch teacher.
+    teacher_pred = None if "teacher-fp32" in models else ctx.teacher_logits("test").argmax(-1)
+    results: dict[str, dict] = {}
+    for name, m in models.items():  # teacher first: its predictions define agreement
+        acc, pred = accuracy_on(m["path"], test, teacher_pred, f"accuracy {name}")
+        if name == "teacher-fp32":
+            teacher_pred = pred
+            acc["agreement"] = 1.0
+        results[name] = {**acc, "params": m["params"], "size_mb": os.path.getsize(m["path"]) / 1e6,
+                         "file": m["path"].name, "artifact": key if m["path"].parent == out else parent.id,
+                         "latency_ms": {}}
+        log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples")
+
+    for pname in ctx.recipe.profiles:
+        profile = load_profile(pname)
+        if not profile.measured:
+            log(f"[yellow]profile {pname}: not present on this machine; latency estimation is not available yet[/]")
+            continue
+        for name, m in models.items():
+            log(f"profile: timing {name} on {pname}")
+            results[name]["latency_ms"][pname] = latency_on(
+                m["path"], test, profile, warmup=cfg.warmup, runs=cfg.runs,
+                natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples)
+    metrics = {"models": results, "machine": detect_host(), "test_examples": len(test)}
+    return {"metrics": metrics, "spec": parent.spec}

@@ -1,0 +1,84 @@
+"""Markdown report: one table across all stages, then the measured models on each profile."""
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x, fmt="{:.2f}") -> str:
+    return "—" if x is None else fmt.format(x)
+
+
+def _params(n) -> str:
+    return "—" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k")
+
+
+def _latency_cases(systems: dict) -> list[tuple[str, str]]:
+    cases = []
+    for sysm in systems.values():
+        for prof, lat in sysm.get("latency_ms", {}).items():
+            for case in lat:
+                if (prof, case) not in cases:
+                    cases.append((prof, case))
+    return cases
+
+
+def render_markdown(s: dict) -> str:
+    out = [f"# edgekd report — {s.get('name')}", ""]
+    if s.get("accuracy") is not None:
+        out += [f"Final model (`{s.get('model', 'model.onnx')}`, ONNX Runtime) accuracy on the test split: "
+                f"**{_pct(s['accuracy'])}%** vs teacher **{_pct(s.get('teacher_accuracy'))}%** "
+                f"(agreement with the teacher {_pct(s.get('agreement'))}%).", ""]
+    systems = s.get("systems", {})
+    onnx_acc = {"export": systems.get("final", {}).get("accuracy")}
+    onnx_agr = {"export": systems.get("final", {}).get("agreement")}
+    out += ["## Stages", "",
+            "| stage | params | size MB | test accuracy % | agreement with teacher % | architecture |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    for st in s.get("stages", []):
+        if st["stage"] == "profile":
+            continue
+        m = st["metrics"]
+        acc = onnx_acc.get(st["stage"], m.get("test_accuracy"))
+        agr = onnx_agr.get(st["stage"], m.get("test_agreement", 1.0 if st["stage"] == "teacher" else None))
+        arch = "; ".join(f"{k}={v}" for k, v in st.get("architecture", {}).items())
+        note = " (ONNX)" if st["stage"] == "export" else ""
+        out.append(f"| {st['stage']}{note} | {_params(st.get('params'))} | {_num(st.get('size_mb'))} | {_pct(acc)} | "
+                   f"{_pct(agr)} | {arch or '—'} |")
+    out.append("")
+    out.append("Accuracy of the torch stages is measured in PyTorch; the export row is the ONNX model under "
+               "ONNX Runtime. Size: safetensors (torch stages) or the .onnx file.")
+    out.append("")
+    if systems:
+        cases = _latency_cases(systems)
+        out += ["## Measured models", ""]
+        head = "| model | accuracy % | agreement % | size MB | params | " + " | ".join(
+            f"{p} {c} p50/p90 ms" for p, c in cases) + " | peak memory MB |"
+        out += [head, "| " + " | ".join(["---"] * (6 + len(cases))) + " |"]
+        for name, m in systems.items():
+            lat = m.get("latency_ms", {})
+            cells = []
+            peak = None
+            for p, c in cases:
+                x = lat.get(p, {}).get(c)
+                cells.append("—" if x is None else f"{x['p50']:.2f} / {x['p90']:.2f}")
+                if x is not None:
+                    peak = max(peak or 0.0, x.get("peak_memory_mb", 0.0))
+            out.append(f"| {name} | {_pct(m.get('accuracy'))} | {_pct(m.get('agreement'))} | {_num(m.get('size_mb'))} | "
+                       f"{_params(m.get('params'))} | " + " | ".join(cells) + f" | {_num(peak, '{:.1f}')} |")
+        out += ["", "Latency: ONNX Runtime CPU, batch 1, warm-up excluded; `seqN_tT` = padded to N tokens with T "
+                "threads, `natural_t1` = each test text at its own length, 1 thread; measured (not estimated).", ""]
+    v = s.get("export_validation")
+    if v:
+        out += ["## Export validation", "",
+                f"ONNX Runtime vs PyTorch on {v['examples']} dev examples: argmax agreement "
+                f"{_pct(v.get('argmax_agreement'))}%, max |Δlogit| {_num(v.get('max_abs_logit_diff'), '{:.4g}')}, "
+                f"failures: {len(v.get('failures', []))}.", ""]
+    mach = s.get("machine")
+    if mach:
+        isa = ", ".join(k for k, on in mach.get("isa", {}).items() if on) or "none detected"
+        out += ["## Machine", "", f"{mach.get('cpu')} — {mach.get('cores')} logical cores, {mach.get('arch')}, "
+                f"ISA: {isa}, {_num(mach.get('memory_gb'), '{:.0f}')} GB.", ""]
+    out += [f"_edgekd {s.get('edgekd_version')}_", ""]
+    return "\n".join(out)

@@ -1,0 +1,87 @@
+"""Collect a run's artifacts into one summary, and write the run folder's shipped files.
+
+The run folder gets: manifest.json (the summary), report.md, model.onnx (+ preprocessing files)
+and run.json (the artifact folders of the latest run, which `edgekd report` re-reads).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from .. import __version__
+from ..artifact import Artifact, write_json_atomic
+from ..context import PREPROCESSING_FILES
+from ..errors import EdgekdError
+from .markdown import render_markdown
+
+RUN_INDEX = "run.json"
+
+
+def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
+    stages = []
+    for a in artifacts:
+        weights = a.path / "model.safetensors"
+        onnx = a.path / "model.onnx"
+        size = onnx.stat().st_size if onnx.is_file() else (weights.stat().st_size if weights.is_file() else None)
+        stages.append({"stage": a.stage, "id": a.id, "path": str(a.path.relative_to(run_dir)),
+                       "params": a.spec.get("summary", {}).get("params"),
+                       "architecture": {k: v for k, v in a.spec.get("summary", {}).items() if k != "params"},
+                       "size_mb": size / 1e6 if size else None, "metrics": a.metrics})
+    summary = {"edgekd_version": __version__, "name": recipe.get("name"), "task": recipe.get("task"),
+               "recipe": recipe, "stages": stages}
+    teacher = next((s for s in stages if s["stage"] == "teacher"), None)
+    if teacher:
+        summary["teacher_accuracy_pytorch"] = teacher["metrics"].get("test_accuracy")
+    profile = next((s for s in stages if s["stage"] == "profile"), None)
+    if profile:
+        models = profile["metrics"]["models"]
+        final = models.get("final", {})
+        summary["accuracy"] = final.get("accuracy")  # of the shipped ONNX model, on the test split
+        summary["agreement"] = final.get("agreement")
+        summary["teacher_accuracy"] = models.get("teacher-fp32", {}).get("accuracy", summary.get("teacher_accuracy_pytorch"))
+        summary["systems"] = models
+        summary["machine"] = profile["metrics"].get("machine")
+    export = next((s for s in stages if s["stage"] == "export"), None)
+    if export:
+        summary["model"] = "model.onnx"
+        summary["export_validation"] = export["metrics"].get("validation")
+    return summary
+
+
+def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact]) -> dict:
+    run_dir = Path(run_dir)
+    recipe_dict = recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else recipe
+    write_json_atomic(run_dir / RUN_INDEX, {"recipe": recipe_dict,
+                                            "artifacts": [str(a.path.relative_to(run_dir)) for a in artifacts]})
+    summary = summarize(run_dir, recipe_dict, artifacts)
+    export = next((a for a in reversed(artifacts) if a.stage == "export"), None)
+    if export is not None:  # ship the model and what is needed to feed it next to the report
+        for name in ("model.onnx", *PREPROCESSING_FILES):
+            if (export.path / name).is_file():
+                _copy_atomic(export.path / name, run_dir / name)
+    write_json_atomic(run_dir / "manifest.json", summary)
+    _write_text_atomic(run_dir / "report.md", render_markdown(summary))
+    return summary
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[Artifact]]:
+    index = Path(run_dir) / RUN_INDEX
+    if not index.is_file():
+        raise EdgekdError(f"{str(run_dir)!r} is not an edgekd run folder (no {RUN_INDEX}); give the `output` folder "
+                          "of a recipe run by `edgekd run`.")
+    data = json.loads(index.read_text(encoding="utf-8"))
+    return data["recipe"], [Artifact.load(Path(run_dir) / p) for p in data["artifacts"]]
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
