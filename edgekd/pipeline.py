@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import __version__
 from .artifact import Artifact, is_complete, stable_hash, write_json_atomic, write_manifest, writing
-from .context import Context
+from .context import Context, copy_preprocessing
 from .errors import EdgekdError
 from .progress import log
 from .recipe import Recipe, load_recipe
@@ -58,8 +58,13 @@ class Pipeline:
             art = Artifact.load(final)
         else:
             log(f"[bold cyan]▶ {name}[/]")
+            seed_everything(self.recipe.seed, name)
             with writing(final) as tmp:
-                result = fn(cfg, parent, self.ctx, tmp, key) if parent is not None else fn(cfg, self.ctx, tmp, key)
+                if parent is not None:
+                    copy_preprocessing(parent.path, tmp)  # tokenizer / preprocessing travel with the model
+                    result = fn(cfg, parent, self.ctx, tmp, key)
+                else:
+                    result = fn(cfg, self.ctx, tmp, key)
                 write_manifest(tmp, id=key, stage=name, config=cfg_dict, metrics=result.get("metrics", {}),
                                parent=parent.id if parent else None, spec=result.get("spec"), extra=result.get("extra"))
             art = Artifact.load(final)
@@ -88,6 +93,23 @@ class Pipeline:
 
         summary = write_run_outputs(self.run_dir, self.recipe, self.artifacts)
         return {a.stage: a.metrics for a in self.artifacts} | {"summary": summary}
+
+
+def seed_everything(seed: int, stage: str) -> None:
+    """Seed every RNG at the start of a stage, from the recipe seed and the stage name.
+
+    Per stage, not once per run: a stage then draws the same random numbers (weight init,
+    dropout, shuffles) whether the stages before it ran now or were taken from the cache.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    s = int(stable_hash({"seed": seed, "stage": stage}, 8), 16)
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    torch.manual_seed(s)
 
 
 def _check_output_folder(run_dir: Path) -> None:

@@ -59,7 +59,8 @@ class StageEntry(Strict):
         if isinstance(value, str):  # "- export" with default config
             value = {value: {}}
         if not isinstance(value, dict) or len(value) != 1:
-            raise ValueError(f"each stage is a mapping with one key, one of {sorted(STAGE_CONFIGS)}; got {value!r}")
+            got = sorted(map(str, value)) if isinstance(value, dict) else repr(value)
+            raise ValueError(f"each stage is a mapping with one key, one of {sorted(STAGE_CONFIGS)}; got {got}")
         (name, cfg), = value.items()
         if name not in STAGE_CONFIGS:
             raise ValueError(f"unknown stage {name!r}; known stages: {', '.join(sorted(STAGE_CONFIGS))}")
@@ -111,6 +112,10 @@ class Recipe(Strict):
         if self.task == "text-classification" and self.data.sklearn is not None:
             raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
         return self
+
+    def to_dict(self) -> dict:
+        """Plain data that validates back to the same recipe (unused stage slots dropped)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
     def stage_names(self) -> list[str]:
         return [s.name for s in self.stages]

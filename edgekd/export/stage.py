@@ -37,7 +37,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         set_mode(model, "off")
         extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
         set_mode(model, "frozen")
-    copy_preprocessing(parent.path, out)
+    copy_preprocessing(parent.path, out)  # also when called outside the engine (edgekd export)
     if validation["failures"]:
         kinds = ", ".join(f["type"] for f in validation["failures"])
         raise ExportValidationError(

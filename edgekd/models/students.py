@@ -13,9 +13,9 @@ from .hf import hf_base_spec
 
 
 def _encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
-    """The ModuleList of transformer blocks (`*.encoder.layer` in BERT/ViT/RoBERTa/DeBERTa…)."""
+    """The ModuleList of transformer blocks (`bert.encoder.layer`, `vit.layers` in transformers 5, …)."""
     for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and name.endswith(("encoder.layer", "encoder.layers", "transformer.layer")):
+        if isinstance(m, nn.ModuleList) and name.endswith(("encoder.layer", "encoder.layers", "transformer.layer", ".layers")):
             parent_name, _, attr = name.rpartition(".")
             return model.get_submodule(parent_name), attr, m
     raise ModelError(f"Cannot find the encoder layers of {type(model).__name__}; use student.kind=config or cnn.")

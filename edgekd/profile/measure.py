@@ -10,6 +10,7 @@ import numpy as np
 
 from ..data.batching import Encoded
 from ..export.runtime import onnx_logits
+from ..progress import log
 from .latency import image_feeds, measure_latency, model_input_names, text_feeds
 from .profiles import DeviceProfile
 
@@ -28,15 +29,22 @@ def accuracy_on(path: Path, data: Encoded, teacher_pred: np.ndarray | None, desc
 
 
 def latency_on(path: Path, data: Encoded, profile: DeviceProfile, *, warmup: int, runs: int,
-               natural: bool, natural_max: int) -> dict:
-    """{case: stats}; case = seq{L}_t{T} (text), t{T} (images), natural_t1 (texts at their own length)."""
+               natural: bool, natural_max: int, max_positions: int | None = None) -> dict:
+    """{case: stats}; case = seq{L}_t{T} (text), t{T} (images), natural_t1 (texts at their own length).
+
+    Sequence lengths beyond the model's position table (max_positions) cannot run and are skipped.
+    """
     names = model_input_names(path)
     out: dict[str, dict] = {}
+    seq_lens = [s for s in profile.seq_lens if max_positions is None or s <= max_positions]
+    if len(seq_lens) < len(profile.seq_lens):
+        log(f"[yellow]profile {profile.name}: sequence lengths {sorted(set(profile.seq_lens) - set(seq_lens))} "
+            f"exceed the model's {max_positions} positions and are not measured[/]")
     for threads in profile.threads:
         if data.images is not None:
             out[f"t{threads}"] = measure_latency(path, image_feeds(data.images[:FIXED_FEEDS]), threads, warmup, runs)
             continue
-        for seq in profile.seq_lens:
+        for seq in seq_lens:
             feeds = text_feeds(data.ids[:FIXED_FEEDS], names, seq, data.pad_id)
             out[f"seq{seq}_t{threads}"] = measure_latency(path, feeds, threads, warmup, runs)
     if natural and data.ids is not None:

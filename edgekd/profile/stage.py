@@ -53,6 +53,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
             log(f"profile: timing {name} on {pname}")
             results[name]["latency_ms"][pname] = latency_on(
                 m["path"], test, profile, warmup=cfg.warmup, runs=cfg.runs,
-                natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples)
+                natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
+                max_positions=parent.spec.get("hf_config", {}).get("max_position_embeddings"))
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test)}
     return {"metrics": metrics, "spec": parent.spec}

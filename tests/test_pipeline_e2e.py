@@ -1,0 +1,102 @@
+"""End to end: the CLI on a tiny text recipe, the Python API on a tiny image recipe."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import yaml
+
+from conftest import tiny_image_recipe, tiny_text_recipe
+from edgekd.pipeline import Pipeline
+from edgekd.recipe import validate_recipe
+
+
+def edgekd(*args, quiet=True):
+    env = {**os.environ, "EDGEKD_QUIET": "1" if quiet else "0"}
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory, tiny_bert_dir, text_data_dir):
+    root = tmp_path_factory.mktemp("text-run")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_text_recipe(tiny_bert_dir, text_data_dir, root / "out")))
+    proc = edgekd("run", recipe)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, recipe, proc
+
+
+def test_cli_run_writes_a_validated_int8_onnx_model_and_report(text_run):
+    root, _, _ = text_run
+    out = root / "out"
+    g = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in g.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    m = json.loads((out / "manifest.json").read_text())
+    assert [s["stage"] for s in m["stages"]] == ["teacher", "distill", "prune", "qat", "export", "profile"]
+    assert m["teacher_accuracy"] > 0.8  # the tiny task is learnable: the run really trained
+    assert m["accuracy"] >= m["teacher_accuracy"] - 0.15
+    assert m["export_validation"]["failures"] == [] and m["export_validation"]["argmax_agreement"] >= 0.95
+    final = m["systems"]["final"]
+    assert set(final["latency_ms"]["host-cpu"]) == {"seq128_t1", "seq128_t2", "natural_t1"}
+    assert final["latency_ms"]["host-cpu"]["seq128_t1"]["p50"] > 0
+    assert (out / "tokenizer.json").is_file() and (out / "preprocess.json").is_file()
+    report = (out / "report.md").read_text()
+    assert "| prune |" in report and "teacher-fp32" in report
+    pruned = next(s for s in m["stages"] if s["stage"] == "prune")
+    assert pruned["params"] < next(s for s in m["stages"] if s["stage"] == "distill")["params"]
+
+
+def test_cli_rerun_resumes_from_cache(text_run):
+    root, recipe, first = text_run
+    before = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "stages").iterdir()}
+    proc = edgekd("run", recipe, quiet=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("cached") == 6, proc.stderr  # all six stages skipped
+    after = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "stages").iterdir()}
+    assert before == after  # completed artifacts are never rewritten
+
+
+def test_cli_report_export_and_profile(text_run, tmp_path, text_data_dir):
+    root, _, _ = text_run
+    out = root / "out"
+    assert edgekd("report", out).returncode == 0
+    qat = next(p for p in (out / "stages").iterdir() if p.name.split("-")[1] == "qat")
+    proc = edgekd("export", qat, "--profile", "host-cpu", "--out", tmp_path / "exp")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "exp" / "model.onnx").is_file() and (tmp_path / "exp" / "tokenizer.json").is_file()
+    res = tmp_path / "p.json"
+    proc = edgekd("profile", tmp_path / "exp" / "model.onnx", "--data", text_data_dir, "--runs", "5", "--json", res)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(res.read_text())
+    assert 0.5 <= result["accuracy"] <= 1.0 and result["examples"] == 60
+    assert result["latency_ms"]["seq128_t1"]["p90"] >= result["latency_ms"]["seq128_t1"]["p50"]
+
+
+def test_python_api_runs_the_image_path_cross_architecture(tmp_path):
+    recipe = validate_recipe(tiny_image_recipe(tmp_path / "img"))
+    result = Pipeline(recipe).run()
+    assert set(result) >= {"teacher", "distill", "prune", "qat", "export", "profile", "summary"}
+    assert result["distill"]["test_accuracy"] > 0.5  # a CNN learned from a ViT teacher
+    assert result["prune"]["params_after"] < result["prune"]["params_before"]
+    s = result["summary"]
+    assert s["systems"]["final"]["accuracy"] > 0.5
+    assert (tmp_path / "img" / "model.onnx").is_file()
+
+
+def _teacher_only(out):
+    r = {**tiny_image_recipe(out), "stages": []}
+    r["teacher"]["finetune"]["epochs"] = 3
+    return validate_recipe(r)
+
+
+def test_same_recipe_and_seed_give_the_same_metrics(tmp_path):
+    a = Pipeline(_teacher_only(tmp_path / "a")).run()
+    b = Pipeline(_teacher_only(tmp_path / "b")).run()
+    assert a["teacher"]["test_accuracy"] == b["teacher"]["test_accuracy"]
+    assert a["teacher"]["train"]["final_loss"] == b["teacher"]["train"]["final_loss"]

@@ -1,0 +1,120 @@
+"""Unit tests of the stage internals on tiny random models."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import BertConfig, BertForSequenceClassification
+
+from edgekd.data.batching import Encoded
+from edgekd.distill.losses import logit_kd_loss
+from edgekd.errors import EdgekdError
+from edgekd.export.onnx_export import export_onnx
+from edgekd.export.validate import validate_export
+from edgekd.quantize.fakequant import QuantLinear, convert, quantizable_modules, set_mode
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, num_labels=2, attn_implementation="eager")
+    return BertForSequenceClassification(cfg).eval()
+
+
+def encoded(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    ids = [list(rng.integers(5, 50, rng.integers(3, 12))) for _ in range(n)]
+    return Encoded(np.zeros(n, dtype=np.int64), ids=ids)
+
+
+def quantized_bert(qmax=127):
+    model = tiny_bert()
+    names = quantizable_modules(model)
+    convert(model, names, "uint8", weight_qmax=qmax)
+    set_mode(model, "calibrate")
+    data = encoded()
+    with torch.no_grad():
+        model(**data.batch(np.arange(len(data))))
+    for n in names:
+        model.get_submodule(n).freeze(n)
+    return model, names
+
+
+# ------------------------------------------------------------------ distillation loss
+def test_kd_loss_is_zero_for_identical_soft_targets_and_matches_formula():
+    s = torch.tensor([[2.0, -1.0, 0.5]])
+    y = torch.tensor([0])
+    assert logit_kd_loss(s, s.clone(), y, temperature=3.0, alpha=1.0).item() == pytest.approx(0.0, abs=1e-7)
+    t = torch.tensor([[0.0, 1.0, 0.0]])
+    T, a = 2.0, 0.7
+    p_t = torch.softmax(t / T, -1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(s / T, -1))).sum()
+    expected = a * T * T * kl + (1 - a) * torch.nn.functional.cross_entropy(s, y)
+    assert logit_kd_loss(s, t, y, T, a).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# ------------------------------------------------------------------ QAT
+@pytest.mark.parametrize("qmax", [127, 63])
+def test_frozen_weights_lie_on_the_per_channel_int_grid(qmax):
+    model, names = quantized_bert(qmax)
+    layer = model.get_submodule(names[0])
+    w = layer._quant_weight().detach()
+    levels = w / layer.w_scale[:, None]
+    assert torch.allclose(levels, levels.round(), atol=1e-3)
+    assert levels.abs().max() <= qmax + 1e-3
+    assert levels.abs().max() >= qmax - 1e-3  # the range is used fully (max |w| maps to qmax)
+
+
+def test_activation_fake_quant_uses_uint8_with_zero_exact():
+    model, names = quantized_bert()
+    layer = model.get_submodule(names[0])
+    scale, zp = layer.act_qparams()
+    assert 0 <= zp <= 255 and scale > 0
+    x = torch.tensor([0.0, float(layer.act_max) * 0.5])
+    y = layer._quant_input(x)
+    assert y[0].item() == 0.0  # padding zeros stay exactly zero
+
+
+def test_collapsed_activation_range_is_refused_with_the_layer_name():
+    layer = torch.nn.Linear(4, 3)
+    convert(torch.nn.Sequential(layer), ["0"], "uint8")
+    assert isinstance(layer, QuantLinear)
+    set_mode(layer, "calibrate")
+    layer(torch.ones(2, 4))  # constant input: min == max
+    with pytest.raises(EdgekdError, match=r"layer 'dense_x'.*collapsed"):
+        layer.freeze("dense_x")
+
+
+# ------------------------------------------------------------------ export
+def test_qat_export_has_qdq_int8_weights_dynamic_axes_and_agrees(tmp_path):
+    model, names = quantized_bert(qmax=63)
+    inputs = {"input_ids": torch.full((1, 8), 7), "attention_mask": torch.ones(1, 8, dtype=torch.long)}
+    facts = export_onnx(model, inputs, tmp_path / "m.onnx", 17)
+    g = onnx.load(str(tmp_path / "m.onnx"))
+    ops = [n.op_type for n in g.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    assert facts["quantized_weights"] == len(names)
+    int8 = [i for i in g.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+    assert len(int8) == len(names)
+    # the float copies of quantized weights are gone
+    assert all(i.name.endswith("_quantized") or numpy_helper.to_array(i).ndim < 2 or "embeddings" in i.name
+               for i in g.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    for b, s in ((1, 5), (3, 17)):  # dynamic batch and sequence
+        out = sess.run(None, {"input_ids": np.full((b, s), 9, np.int64), "attention_mask": np.ones((b, s), np.int64)})[0]
+        assert out.shape == (b, 2)
+    report = validate_export(model, tmp_path / "m.onnx", encoded(), 0.99, ["input_ids", "attention_mask"])
+    assert report["failures"] == [] and report["argmax_agreement"] >= 0.99
+
+
+def test_validation_reports_typed_failures_when_models_disagree(tmp_path):
+    a, b = tiny_bert(0), tiny_bert(1)
+    inputs = {"input_ids": torch.full((1, 8), 7), "attention_mask": torch.ones(1, 8, dtype=torch.long)}
+    export_onnx(b, inputs, tmp_path / "other.onnx", 17)
+    report = validate_export(a, tmp_path / "other.onnx", encoded(200), 0.99, ["input_ids", "attention_mask"])
+    kinds = {f["type"] for f in report["failures"]}
+    assert "argmax_agreement" in kinds
+    assert report["argmax_agreement"] < 0.99
