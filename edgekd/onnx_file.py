@@ -12,6 +12,8 @@ def check_onnx_file(path: Path):
     from google.protobuf.message import DecodeError
 
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"{str(path)!r} is a folder; give the path of an .onnx file (e.g. <export>/model.onnx).")
     if not path.is_file():
         raise ModelError(f"ONNX file {str(path)!r} does not exist.")
     try:

