@@ -44,6 +44,13 @@ class Pipeline:
             check_model_folder(resolve_model_path(t.path))
         _check_output_folder(self.run_dir)
 
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary artifact folders left by a killed run are never complete: drop them."""
+        stages = self.run_dir / "stages"
+        if stages.is_dir():
+            for tmp in stages.glob(".tmp-*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+
     # ------------------------------------------------------------------ running
     def _key(self, stage: str, cfg: dict, parent: str | None, extra: dict | None = None) -> str:
         return stable_hash({"stage": stage, "config": cfg, "parent": parent, "data": self.ctx.data.fingerprint,
@@ -77,6 +84,7 @@ class Pipeline:
         from .models.teacher_stage import run_teacher
 
         self.preflight()
+        self._remove_stale_temporaries()
         self.artifacts = []
         teacher = self._run_stage("teacher", self.recipe.teacher, None, run_teacher)
         self.ctx.teacher = teacher

@@ -118,3 +118,21 @@ def test_validation_reports_typed_failures_when_models_disagree(tmp_path):
     kinds = {f["type"] for f in report["failures"]}
     assert "argmax_agreement" in kinds
     assert report["argmax_agreement"] < 0.99
+
+
+def test_static_shape_export_fixes_every_input_dimension(tmp_path):
+    model, _ = quantized_bert()
+    inputs = {"input_ids": torch.full((1, 24), 7), "attention_mask": torch.ones(1, 24, dtype=torch.long)}
+    export_onnx(model, inputs, tmp_path / "s.onnx", 17, static_shapes=True)
+    g = onnx.load(str(tmp_path / "s.onnx"))
+    for inp in g.graph.input:
+        dims = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+        assert dims == [1, 24], (inp.name, dims)  # NPUs need every dimension known
+
+
+def test_every_registered_stage_is_exercised_end_to_end():
+    from conftest import tiny_image_recipe, tiny_text_recipe
+    from edgekd.stages import STAGES
+
+    for recipe in (tiny_text_recipe("t", "d", "o"), tiny_image_recipe("o")):
+        assert {next(iter(s)) for s in recipe["stages"]} == set(STAGES)

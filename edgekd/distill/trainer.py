@@ -24,6 +24,7 @@ from ..models.hf import logits_of
 from ..progress import log, progress
 from .checkpoint import load_checkpoint, save_checkpoint
 
+LOSS_WINDOW = 50  # final_loss = mean of the last 50 steps (kept in checkpoints so a resumed run reports the same)
 LossFn = Callable[[torch.nn.Module, dict, np.ndarray, torch.Tensor], torch.Tensor]
 
 
@@ -49,10 +50,12 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
 
     step = 0
+    losses: list[float] = []
     if work_dir is not None:
         pos = load_checkpoint(work_dir, model, optimizer, scheduler)
         if pos is not None:
             step = pos["step"]
+            losses = pos.get("recent_losses", [])
             log(f"[yellow]{desc}: resuming from the checkpoint at step {step}/{total}[/]")
 
     interrupted = {"flag": False}
@@ -62,7 +65,6 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
 
     previous_handler = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
     model.train()
-    losses: list[float] = []
     try:
         with progress(total, desc) as advance:
             advance(step)
@@ -96,7 +98,9 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                     losses.append(loss.item())
                     advance(1, loss=float(np.mean(losses[-20:])))
                     if work_dir is not None and (step % cfg.checkpoint_every == 0 or interrupted["flag"]):
-                        save_checkpoint(work_dir, model, optimizer, scheduler, {"step": step})
+                        losses = losses[-LOSS_WINDOW:]
+                        save_checkpoint(work_dir, model, optimizer, scheduler,
+                                        {"step": step, "recent_losses": losses})
                     if interrupted["flag"]:
                         raise Interrupted(
                             f"{desc}: interrupted at step {step}/{total}; a checkpoint was saved"
@@ -106,7 +110,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
     model.eval()
-    return {"steps": total, "final_loss": float(np.mean(losses[-50:])) if losses else None}
+    return {"steps": total, "final_loss": float(np.mean(losses[-LOSS_WINDOW:])) if losses else None}
 
 
 def _main_thread() -> bool:

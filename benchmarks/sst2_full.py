@@ -1,0 +1,65 @@
+"""Record a finished flagship run (recipes/sst2-minilm.yaml) as benchmarks/results/sst2-full.json.
+
+    edgekd run recipes/sst2-minilm.yaml --set data.path=../shared/data/sst2
+    python benchmarks/sst2_full.py runs/sst2-minilm
+
+Shape (later benchmarks extend it with peer systems):
+{"systems": {"teacher-fp32": {...}, "edgekd-int8": {...}, "edgekd-fp32": {...}}, "machine": {...},
+ "versions": {...}, "commit": str}; each system has accuracy, agreement (with the teacher), size_mb,
+params and latency_ms -> seq128_t1 / seq128_t2 / natural_t1 -> p50 / p90 (ONNX Runtime, batch 1).
+All numbers are measured on the exported ONNX files; accuracy is on test.tsv (872 sentences).
+"""
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+NAMES = {"teacher-fp32": "teacher-fp32", "final": "edgekd-int8", "final-fp32": "edgekd-fp32"}
+CASES = ("seq128_t1", "seq128_t2", "natural_t1")
+
+
+def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
+    m = json.loads((Path(run_dir) / "manifest.json").read_text())
+    systems = {}
+    for src, dst in NAMES.items():
+        s = m["systems"][src]
+        lat = s["latency_ms"]["host-cpu"]
+        systems[dst] = {
+            "accuracy": s["accuracy"], "agreement": s["agreement"], "size_mb": s["size_mb"], "params": s["params"],
+            "examples": s["examples"],
+            "latency_ms": {c: {"p50": lat[c]["p50"], "p90": lat[c]["p90"], "p99": lat[c]["p99"],
+                               "runs": lat[c]["runs"], "peak_memory_mb": lat[c]["peak_memory_mb"]} for c in CASES},
+        }
+    int8, fp32, teacher = systems["edgekd-int8"], systems["edgekd-fp32"], systems["teacher-fp32"]
+    result = {
+        "benchmark": "sst2-full: recipes/sst2-minilm.yaml end to end, measured on the exported ONNX models",
+        "data": "SST-2 test.tsv (GLUE validation set, 872 sentences); natural_t1 over the first "
+                f"{int8['latency_ms']['natural_t1']['runs']} test sentences at their own lengths",
+        "systems": systems,
+        "derived": {
+            "int8_speedup_vs_own_fp32_seq128_t1": fp32["latency_ms"]["seq128_t1"]["p50"] / int8["latency_ms"]["seq128_t1"]["p50"],
+            "int8_speedup_vs_teacher_seq128_t1": teacher["latency_ms"]["seq128_t1"]["p50"] / int8["latency_ms"]["seq128_t1"]["p50"],
+            "accuracy_retained": int8["accuracy"] / teacher["accuracy"],
+            "size_ratio_vs_teacher": teacher["size_mb"] / int8["size_mb"],
+        },
+        "stages": [{"stage": s["stage"], "params": s["params"], "test_accuracy_pytorch": s["metrics"].get("test_accuracy"),
+                    "architecture": s.get("architecture")} for s in m["stages"] if s["stage"] != "profile"],
+        "machine": {**m["machine"], "python": platform.python_version()},
+        "versions": {p: version(p) for p in ("edgekd", "torch", "transformers", "onnx", "onnxruntime", "torch-pruning")},
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    }
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    d = result["derived"]
+    print(f"teacher {teacher['accuracy']:.4f}  int8 {int8['accuracy']:.4f} (retained {d['accuracy_retained']:.1%}); "
+          f"seq128 t1: int8 {int8['latency_ms']['seq128_t1']['p50']:.2f} ms vs own fp32 "
+          f"{fp32['latency_ms']['seq128_t1']['p50']:.2f} ms ({d['int8_speedup_vs_own_fp32_seq128_t1']:.2f}x), "
+          f"teacher {teacher['latency_ms']['seq128_t1']['p50']:.2f} ms; size {int8['size_mb']:.1f} MB -> {out}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
