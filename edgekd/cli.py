@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import EdgekdError
+from .errors import EdgekdError, Interrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill, prune, quantize and export models for edge devices, with measured numbers.")
@@ -32,6 +32,9 @@ def handle_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Interrupted as e:  # Ctrl-C during training: a checkpoint was saved
+            err.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(130)
         except EdgekdError as e:
             if STATE["debug"]:
                 traceback.print_exc()

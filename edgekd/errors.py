@@ -33,3 +33,11 @@ class ExportValidationError(EdgekdError):
     def __init__(self, message: str, failures: list[dict]):
         super().__init__(message)
         self.failures = failures
+
+
+class Interrupted(EdgekdError):
+    """Ctrl-C during training: a checkpoint was saved; the same command resumes."""
+
+
+class TrainingFault(EdgekdError):
+    """Training diverged (NaN/Inf loss or exploding gradients); the last good checkpoint is kept."""

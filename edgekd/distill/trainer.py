@@ -19,21 +19,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from ..configs import TrainConfig
 from ..data.batching import Encoded, batch_indices
-from ..errors import EdgekdError
+from ..errors import Interrupted, TrainingFault
 from ..models.hf import logits_of
 from ..progress import log, progress
 from .checkpoint import load_checkpoint, save_checkpoint
 
 LOSS_WINDOW = 50  # final_loss = mean of the last 50 steps (kept in checkpoints so a resumed run reports the same)
 LossFn = Callable[[torch.nn.Module, dict, np.ndarray, torch.Tensor], torch.Tensor]
-
-
-class TrainingFault(EdgekdError):
-    """Training diverged (NaN/Inf loss or exploding gradients)."""
-
-
-class Interrupted(EdgekdError):
-    """Ctrl-C: a checkpoint was saved; the same command resumes."""
 
 
 def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossFn, *, seed: int, desc: str,
