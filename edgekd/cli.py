@@ -135,13 +135,14 @@ def profiles_list(ctx: typer.Context):
     from .profile.profiles import list_profiles
 
     table = Table(title="device profiles")
-    for col in ("name", "measured", "provider", "threads", "seq lens", "activations", "description"):
-        table.add_column(col)
+    for col in ("name", "latency", "execution provider", "threads", "seq lens", "activations", "static shapes"):
+        table.add_column(col, no_wrap=True)
     for p in list_profiles():
         table.add_row(p.name, "measured" if p.measured else "estimated", p.execution_provider,
                       ",".join(map(str, p.threads)), ",".join(map(str, p.seq_lens)), p.quantization.activation_dtype,
-                      p.description.strip()[:60])
+                      "yes" if p.static_shapes else "no")
     out.print(table)
+    out.print("`edgekd profiles show NAME` prints one profile with its sources.")
 
 
 @profiles_app.command("show")

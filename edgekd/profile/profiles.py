@@ -26,6 +26,9 @@ class QuantScheme(Strict):
     """The INT8 layout a device runs fast (and accurately)."""
 
     activation_dtype: Literal["uint8", "int8"]
+    # int8: symmetric signed weights (x86/ARM CPU kernels); uint8: what the device's own tooling
+    # emits (e.g. onnxruntime's QNN config defaults to uint8 weights for the Hexagon NPU).
+    weight_dtype: Literal["int8", "uint8"] = "int8"
     weight_granularity: Literal["per-channel", "per-tensor"] = "per-channel"
     # linear: only MatMul/Gemm/Conv inputs are quantized (Softmax, LayerNorm, GELU stay float);
     # full: every activation, attention MatMuls included, as integer-only NPUs need.
@@ -44,7 +47,15 @@ class DeviceProfile(Strict):
     seq_lens: list[PositiveInt] = Field(..., min_length=1)
     quantization: QuantScheme
     static_shapes: bool = False
-    supported_ops: list[str] | None = Field(None, description="None: everything onnxruntime's CPU provider runs")
+    supported_ops: list[str] | None = Field(
+        None, description="ONNX op types the device runs ('domain:Op' outside the default domain); "
+                          "None: everything onnxruntime's CPU provider runs")
+    # The target's CPU features that select onnxruntime's integer kernels (/proc/cpuinfo names:
+    # avx512_vnni, asimddp, i8mm, ...). Empty for the host (detected at run time) and for NPUs.
+    isa: list[str] = Field(default_factory=list)
+    # Cores the peak figures are summed over, so an estimate for `threads` cores can scale them;
+    # None: the figures are for the whole accelerator (an NPU has no thread count to scale by).
+    compute_units: PositiveInt | None = None
     # Required (null allowed) so that every profile states them explicitly.
     peak_int8_gops: PositiveFloat | None
     peak_fp32_gflops: PositiveFloat | None

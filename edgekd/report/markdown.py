@@ -69,6 +69,15 @@ def render_markdown(s: dict) -> str:
                        f"{_params(m.get('params'))} | " + " | ".join(cells) + f" | {_num(peak, '{:.1f}')} |")
         out += ["", "Latency: ONNX Runtime CPU, batch 1, warm-up excluded; `seqN_tT` = padded to N tokens with T "
                 "threads, `natural_t1` = each test text at its own length, 1 thread; measured (not estimated).", ""]
+    speed = s.get("int8_speedup_vs_fp32")
+    if speed:
+        out += ["## INT8 vs the same model in FP32", "",
+                "Speed-up of the INT8 model over its own FP32 export (p50 ratio, same run, same machine): "
+                + ", ".join(f"{k} {v:.2f}x" for k, v in speed.items()) + ".", ""]
+        slow = [k for k, v in speed.items() if v < 1.0]
+        if slow:
+            out += [f"**Warning:** INT8 is slower than FP32 for {', '.join(slow)}: on this device the quantized "
+                    "graph does not reach fast integer kernels (or the model is too small to benefit); ship FP32 there.", ""]
     v = s.get("export_validation")
     if v:
         out += ["## Export validation", "",

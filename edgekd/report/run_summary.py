@@ -43,11 +43,24 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
         summary["teacher_accuracy"] = models.get("teacher-fp32", {}).get("accuracy", summary.get("teacher_accuracy_pytorch"))
         summary["systems"] = models
         summary["machine"] = profile["metrics"].get("machine")
+        summary["int8_speedup_vs_fp32"] = int8_speedups(models)
     export = next((s for s in stages if s["stage"] == "export"), None)
     if export:
         summary["model"] = "model.onnx"
         summary["export_validation"] = export["metrics"].get("validation")
     return summary
+
+
+def int8_speedups(models: dict) -> dict:
+    """p50(own FP32 export) / p50(INT8 model) for every measured case: INT8 must earn its place."""
+    int8, fp32 = models.get("final", {}), models.get("final-fp32", {})
+    out = {}
+    for prof, cases in int8.get("latency_ms", {}).items():
+        for case, x in cases.items():
+            ref = fp32.get("latency_ms", {}).get(prof, {}).get(case)
+            if ref and not x.get("estimated") and x.get("p50"):
+                out[f"{prof}/{case}"] = ref["p50"] / x["p50"]
+    return out
 
 
 def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact]) -> dict:

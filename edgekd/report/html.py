@@ -1,0 +1,234 @@
+"""The device report: one self-contained HTML file (+ the same table and recommendation as Markdown and JSON).
+
+Self-contained means it can be mailed or archived as one file: plots are inline base64 PNGs,
+the CSS is inline, and nothing is fetched from anywhere.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from .. import __version__
+from ..artifact import write_json_atomic
+from ..errors import EdgekdError
+from . import plots
+from .recommend import device_info, normalize_accuracy, pareto, profile_names, recommend, run_labels
+
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#222;margin:0 auto;
+ max-width:1200px;padding:16px 24px}
+h1{font-size:22px;margin:8px 0}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border:1px solid #d4d4d4;padding:3px 7px;
+ text-align:right;vertical-align:top}th{background:#f3f3f3}td.l,th.l{text-align:left}
+tr.est td{background:#fff6f6;font-style:italic}.wrap{overflow-x:auto}
+.badge{display:inline-block;padding:0 5px;border-radius:3px;font-size:11px;font-style:normal;color:#fff}
+.m{background:#1f77b4}.e{background:#d62728}.ok{color:#2a7d2a}.bad{color:#b00}
+.rec{border:2px solid #2ca02c;background:#f3fbf3;padding:10px 14px;border-radius:6px}
+.rec.none{border-color:#d62728;background:#fdf3f3}.note{color:#666;font-size:12.5px}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;max-width:100%}img{max-width:100%;height:auto}
+figcaption{font-size:12px;color:#555}
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _n(x, fmt="{:.3g}") -> str:
+    return "—" if not isinstance(x, (int, float)) else fmt.format(x)
+
+
+def _img(png: bytes, alt: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}"><figcaption>{_e(alt)}</figcaption></figure>'
+
+
+def _source(c: dict) -> str:
+    if not c["estimated"]:
+        return '<span class="badge m">measured</span>'
+    err = "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%"
+    return f'<span class="badge e">estimated{err}</span>'
+
+
+def _pareto_flags(rows: list[dict]) -> set[int]:
+    """ids of rows on their device's Pareto frontier."""
+    on = set()
+    for dev in {r["device"] for r in rows}:
+        sub = [r for r in rows if r["device"] == dev and r["accuracy"] is not None]
+        on |= {id(sub[i]) for i in pareto([(r["p50_ms"], r["accuracy"]) for r in sub])}
+    return on
+
+
+def _table(rec: dict) -> str:
+    rows = rec["candidates"]
+    if not rows:
+        return '<p class="note">No latency measurements or estimates in these runs.</p>'
+    front = _pareto_flags(rows)
+    head = ["run/model", "device (class)", "source", "case", "p50 ms", "p90 ms", "throughput /s", "peak memory MB",
+            "size MB", "accuracy %", "other cases, p50 ms", "Pareto", "constraints"]
+    out = ['<div class="wrap"><table><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    for c in rows:
+        est = " (estimated)" if c["estimated"] else ""
+        other = ", ".join(f"{k}: {_n(v)}" for k, v in c["other_cases"].items()) or "—"
+        fails = c.get("failures") or []
+        verdict = '<span class="ok">meets</span>' if not fails else f'<span class="bad">{_e("; ".join(fails))}</span>'
+        cells = [f'<td class="l">{_e(c["label"])}</td>', f'<td class="l">{_e(c["device"])} ({_e(c["device_class"])})</td>',
+                 f'<td class="l">{_source(c)}</td>', f'<td class="l">{_e(c["case"])}</td>',
+                 f"<td>{_n(c['p50_ms'])}{est}</td>", f"<td>{_n(c['p90_ms'])}</td>", f"<td>{_n(c['throughput'])}</td>",
+                 f"<td>{_n(c['peak_memory_mb'], '{:.1f}')}</td>", f"<td>{_n(c['size_mb'], '{:.2f}')}</td>",
+                 f"<td>{_n(None if c['accuracy'] is None else 100 * c['accuracy'], '{:.2f}')}</td>",
+                 f'<td class="l">{_e(other)}{est if other != "—" else ""}</td>',
+                 f"<td>{'✓' if id(c) in front else ''}</td>", f'<td class="l">{verdict}</td>']
+        out.append(f'<tr class="{"est" if c["estimated"] else ""}">' + "".join(cells) + "</tr>")
+    out.append("</table></div>")
+    out.append('<p class="note">Latency: batch 1 at the reference case; p50/p90 over the timed runs, warm-up excluded. '
+               "Rows marked <em>estimated</em> (pink, italic) are computed from the device's published peak figures, "
+               "not measured; their p90, memory and throughput are not estimated. Accuracy: the model's test accuracy "
+               "under ONNX Runtime on the host (the same weights on every device).</p>")
+    return "\n".join(out)
+
+
+def _recommendation(rec: dict) -> str:
+    cls = "rec" if rec["qualified"] else "rec none"
+    lim = [f"max latency {rec['max_latency_ms']:g} ms" if rec["max_latency_ms"] is not None else "no latency limit",
+           f"min accuracy {100 * rec['min_accuracy']:g}%" if rec["min_accuracy"] is not None else "no accuracy minimum"]
+    return (f'<div class="{cls}" id="recommendation"><strong>{_e(rec["text"])}</strong><br>'
+            f'<span class="note">Constraints: {_e(", ".join(lim))}. {rec["qualifying"]} of {len(rec["candidates"])} '
+            f"candidates qualify.</span></div><p class=\"note\"><strong>Rule.</strong> {_e(rec['rule'])}</p>")
+
+
+def _pareto_section(rec: dict) -> str:
+    devices = list(dict.fromkeys(c["device"] for c in rec["candidates"]))
+    if not devices:
+        return '<p class="note">No latency data: no Pareto plot.</p>'
+    figs = [_img(plots.pareto_png(d, [c for c in rec["candidates"] if c["device"] == d], rec["max_latency_ms"],
+                                  rec["min_accuracy"]), f"Pareto plot: accuracy vs p50 latency on {d}")
+            for d in devices]
+    return ('<p class="note">Filled points are measured, hollow red points estimated. The green line is the Pareto '
+            'frontier: the models no other model beats on both latency and accuracy.</p><div class="grid">'
+            + "".join(figs) + "</div>")
+
+
+def _op_section(summaries, labels) -> str:
+    figs = [_img(plots.op_breakdown_png(f"{lab}/final: per-operator latency (host)", s["op_breakdown"]),
+                 f"Per-operator latency breakdown of {lab}/final, measured on the host")
+            for lab, s in zip(labels, summaries) if isinstance(s.get("op_breakdown"), dict) and s["op_breakdown"]]
+    return ('<div class="grid">' + "".join(figs) + "</div>") if figs else \
+        '<p class="note">No per-operator breakdown in these runs (no <code>op_breakdown</code>).</p>'
+
+
+def _compat_section(summaries, labels) -> str:
+    rows = []
+    for lab, s in zip(labels, summaries):
+        for prof, c in (s.get("compat") or {}).items():
+            if not isinstance(c, dict):
+                continue
+            ok = '<span class="ok">compatible</span>' if c.get("ok") else '<span class="bad">not compatible</span>'
+            ops = ", ".join(map(str, c.get("unsupported_ops") or [])) or "none"
+            share = lambda k: _n(None if c.get(k) is None else 100 * c[k], "{:.1f}%")  # noqa: E731
+            rows.append(f'<tr><td class="l">{_e(lab)}</td><td class="l">{_e(prof)}</td><td class="l">{ok}</td>'
+                        f'<td class="l">{_e(ops)}</td><td>{share("fallback_nodes_share")}</td>'
+                        f'<td>{share("fallback_flops_share")}</td></tr>')
+    if not rows:
+        return '<p class="note">No compatibility checks in these runs (no <code>compat</code>).</p>'
+    return ('<table><tr><th class="l">run</th><th class="l">profile</th><th class="l">result</th>'
+            '<th class="l">unsupported ops</th><th>fallback nodes</th><th>fallback FLOPs</th></tr>'
+            + "".join(rows) + "</table>")
+
+
+def _estimator_section(summaries, labels) -> str:
+    parts = []
+    for lab, s in zip(labels, summaries):
+        est = s.get("estimator")
+        if isinstance(est, dict):
+            kv = ", ".join(f"{k} = {_n(v, '{:.4g}') if isinstance(v, (int, float)) else _e(v)}"
+                           for k, v in est.items() if not isinstance(v, (dict, list)))
+            err = est.get("max_abs_rel_error")
+            head = f"max |relative error| {_n(None if err is None else 100 * err, '{:.1f}')}% " if err is not None else ""
+            parts.append(f"<li>{_e(lab)}: {head}(measured on the host against real timings) — {kv}</li>")
+    if not parts:
+        return '<p class="note">No estimator error in these runs (no <code>estimator</code>).</p>'
+    return ("<p>How far the latency estimator was off where it could be checked against a measurement; "
+            "estimated rows above carry this uncertainty.</p><ul>" + "".join(parts) + "</ul>")
+
+
+def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_accuracy: float | None = None,
+                devices: dict[str, dict] | None = None) -> str:
+    """The whole report as one HTML string. `devices`: profile fields (default: read from the profile files)."""
+    devices = device_info(profile_names(summaries)) if devices is None else devices
+    rec = recommend(summaries, max_latency_ms, min_accuracy, devices)
+    labels = run_labels(summaries)
+    title = f"edgekd device report — {', '.join(labels)}"
+    body = [f"<h1>{_e(title)}</h1>",
+            "<h2>Recommendation</h2>", _recommendation(rec),
+            "<h2>Models × devices</h2>", _table(rec),
+            "<h2>Pareto plots</h2>", _pareto_section(rec),
+            "<h2>Per-operator breakdown</h2>", _op_section(summaries, labels),
+            "<h2>Compatibility per profile</h2>", _compat_section(summaries, labels),
+            "<h2>Latency estimator error</h2>", _estimator_section(summaries, labels),
+            f'<p class="note">edgekd {_e(__version__)}. Every number marked <em>estimated</em> is computed, '
+            "not measured.</p>"]
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render_devices_markdown(rec: dict, labels: list[str]) -> str:
+    out = [f"# edgekd device report — {', '.join(labels)}", "", "## Recommendation", "", rec["text"], "",
+           f"**Rule.** {rec['rule']}", "", "## Models × devices", "",
+           "| run/model | device (class) | source | case | p50 ms | p90 ms | peak memory MB | size MB | accuracy % | constraints |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in rec["candidates"]:
+        src = "measured" if not c["estimated"] else "estimated" + (
+            "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%")
+        p50 = _n(c["p50_ms"]) + (" (estimated)" if c["estimated"] else "")
+        acc = _n(None if c["accuracy"] is None else 100 * c["accuracy"], "{:.2f}")
+        out.append(f"| {c['label']} | {c['device']} ({c['device_class']}) | {src} | {c['case']} | {p50} | "
+                   f"{_n(c['p90_ms'])} | {_n(c['peak_memory_mb'], '{:.1f}')} | {_n(c['size_mb'], '{:.2f}')} | {acc} | "
+                   f"{'; '.join(c['failures']) or 'meets'} |")
+    out += ["", "Estimated rows are computed from published peak figures, not measured.", ""]
+    return "\n".join(out)
+
+
+def load_summaries(run_dirs) -> list[dict]:
+    out = []
+    for d in map(Path, run_dirs):
+        path = d / "manifest.json"
+        try:
+            out.append(json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise EdgekdError(f"{str(d)!r} has no manifest.json; give a run folder written by `edgekd run`.") from None
+        except (OSError, ValueError) as e:
+            raise EdgekdError(f"Cannot read {str(path)!r} ({e}); rebuild it with `edgekd report {d}`.") from None
+    return out
+
+
+def write_reports(run_dirs, out_html: Path, max_latency_ms: float | None = None,
+                  min_accuracy: float | None = None) -> dict:
+    """Write out_html, and next to it report-devices.md and report-devices.json; return their paths + recommendation."""
+    if max_latency_ms is not None and not max_latency_ms > 0:
+        raise EdgekdError(f"--max-latency-ms must be a positive number of milliseconds (got {max_latency_ms}).")
+    if min_accuracy is not None and not 0 <= min_accuracy <= 100:
+        raise EdgekdError(f"--min-accuracy must be a fraction (0.9) or a percentage (90) (got {min_accuracy}).")
+    summaries = load_summaries(run_dirs)
+    devices = device_info(profile_names(summaries))
+    rec = recommend(summaries, max_latency_ms, normalize_accuracy(min_accuracy), devices)
+    labels = run_labels(summaries)
+    out_html = Path(out_html)
+    out_html.parent.mkdir(parents=True, exist_ok=True)
+    md, js = out_html.with_name("report-devices.md"), out_html.with_name("report-devices.json")
+    _write(out_html, render_html(summaries, max_latency_ms, min_accuracy, devices))
+    _write(md, render_devices_markdown(rec, labels))
+    write_json_atomic(js, {"edgekd_version": __version__, "runs": [{"label": lab, "folder": str(d)} for lab, d in
+                                                                   zip(labels, run_dirs)],
+                           "constraints": {"max_latency_ms": max_latency_ms, "min_accuracy": rec["min_accuracy"]},
+                           "rule": rec["rule"], "recommendation": {k: rec[k] for k in ("qualified", "text", "choice")},
+                           "qualifying": rec["qualifying"], "rows": rec["candidates"]})
+    return {"html": out_html, "markdown": md, "json": js, "recommendation": rec}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")  # atomic: a reader never sees half a report
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

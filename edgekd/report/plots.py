@@ -1,0 +1,84 @@
+"""Report figures as PNG bytes (matplotlib, Agg: no display needed, same output everywhere)."""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")  # before pyplot: a headless CI machine has no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .recommend import pareto  # noqa: E402
+
+_MEASURED, _ESTIMATED, _FRONTIER = "#1f77b4", "#d62728", "#2ca02c"
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)  # figures are not garbage-collected while pyplot holds them
+    return buf.getvalue()
+
+
+def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = None,
+               min_accuracy: float | None = None) -> bytes:
+    """Accuracy vs p50 latency of one device's candidates (rows from recommend.candidates).
+
+    Measured points are filled, estimated points hollow and labelled "(estimated)"; the line is
+    the Pareto frontier (nothing else is both faster and more accurate); dotted lines are the
+    constraints when given.
+    """
+    pts = [r for r in rows if r["accuracy"] is not None]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    if not pts:
+        ax.text(0.5, 0.5, "no candidate with a known accuracy", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return _png(fig)
+    xy = [(r["p50_ms"], 100 * r["accuracy"]) for r in pts]
+    front = pareto(xy)
+    fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
+    # A step line: between two frontier points the best reachable accuracy is the slower one's only
+    # once its latency is allowed.
+    ax.step(fx, fy, where="post", color=_FRONTIER, lw=1.5, label="Pareto frontier", zorder=1)
+    for (x, y), r in zip(xy, pts):
+        est = r["estimated"]
+        ax.scatter([x], [y], s=60, zorder=3, edgecolors=_ESTIMATED if est else _MEASURED,
+                   facecolors="none" if est else _MEASURED, linewidths=1.6)
+        ax.annotate(r["label"] + (" (estimated)" if est else ""), (x, y), textcoords="offset points",
+                    xytext=(6, 4), fontsize=7.5, color=_ESTIMATED if est else "#222")
+    xs = [x for x, _ in xy]
+    if max(xs) / max(min(xs), 1e-9) > 20:  # a teacher 100x slower than the student squashes a linear axis
+        ax.set_xscale("log")
+    if max_latency_ms is not None:
+        ax.axvline(max_latency_ms, color="#888", ls=":", lw=1, label=f"max latency {max_latency_ms:g} ms")
+    if min_accuracy is not None:
+        ax.axhline(100 * min_accuracy, color="#888", ls="--", lw=1, label=f"min accuracy {100 * min_accuracy:g}%")
+    # Legend proxies so that both marker kinds are explained even when only one is present.
+    ax.scatter([], [], s=60, color=_MEASURED, label="measured")
+    ax.scatter([], [], s=60, facecolors="none", edgecolors=_ESTIMATED, label="estimated (hollow)")
+    case = pts[0]["case"]
+    ax.set_title(f"Pareto: accuracy vs latency on {device} ({case})", fontsize=10)
+    ax.set_xlabel("p50 latency, ms" + (" (log scale)" if ax.get_xscale() == "log" else ""))
+    ax.set_ylabel("test accuracy, %")
+    ax.margins(x=0.25, y=0.15)  # room for the point labels
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="lower right")
+    return _png(fig)
+
+
+def op_breakdown_png(title: str, op_ms: dict[str, float], top: int = 12) -> bytes:
+    """Horizontal bars of per-operator latency, largest first; the tail is summed into "other"."""
+    items = sorted(((k, float(v)) for k, v in op_ms.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])
+    if len(items) > top:
+        items = items[:top - 1] + [(f"other ({len(items) - top + 1} ops)", sum(v for _, v in items[top - 1:]))]
+    total = sum(v for _, v in items) or 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(items) + 1.2))
+    names, vals = [k for k, _ in items][::-1], [v for _, v in items][::-1]
+    ax.barh(names, vals, color=_MEASURED)
+    for i, v in enumerate(vals):
+        ax.text(v, i, f" {v:.3g} ms ({100 * v / total:.0f}%)", va="center", fontsize=7.5)
+    ax.set_xlabel("latency, ms (measured, host CPU)")
+    ax.set_title(title, fontsize=10)
+    ax.margins(x=0.3)
+    ax.tick_params(axis="y", labelsize=8)
+    return _png(fig)

@@ -1,0 +1,235 @@
+"""Which device and model to ship: candidates, the Pareto frontier and the recommendation.
+
+Everything here is a pure function over run summaries (manifest.json dicts) except
+`device_info`, which reads the profile files once so that the rest stays unit-testable.
+
+The rule (also printed in every report, from RULE_TEXT):
+- a candidate is (run, model, device profile) at the reference case (batch 1, 1 thread, 128
+  tokens for text: `seq128_t1`, else `t1`, else the first `*_t1` case, else the first case);
+- it qualifies when p50 latency <= --max-latency-ms, test accuracy >= --min-accuracy and the
+  profile's compatibility check (when present) did not fail; an *estimated* latency must meet
+  the limit with its error bar added, p50 x (1 + estimator_error), because an estimate that
+  fits only by its central value is not something to ship on;
+- among qualifying candidates the cheapest wins: cheapest device first (by cost_usd when every
+  candidate device states one, otherwise by device class, cost_usd breaking ties), then the
+  smallest model (MB), then the lowest p50 latency;
+- when nothing qualifies the closest candidate is shown: the smallest total relative shortfall
+  (latency over the limit / limit + accuracy under the minimum / minimum), then cheapest.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+# Device classes, cheapest first. The phone is the device the user already carries, a Pi is a
+# small purchase, an NPU board costs more, an x86 server is the most expensive to run.
+CLASSES = ["phone CPU", "Raspberry Pi / SBC", "NPU", "x86 server"]
+_KEYWORDS = [  # checked in this order: "phone NPU" is an NPU, not a phone CPU
+    ("NPU", ("npu", "nnapi", "qnn", "hexagon", "coreml", "neural engine", "edgetpu", "edge-tpu", "coral",
+             "tpu", "vitis", "rknn", "ethos", "dsp")),
+    ("Raspberry Pi / SBC", ("raspberry", "rpi", "pi4", "pi5", "pi-4", "pi-5", "sbc", "single-board")),
+    ("phone CPU", ("phone", "android", "iphone", "ios", "pixel", "snapdragon", "mobile", "galaxy")),
+    ("x86 server", ("x86", "xeon", "epyc", "server", "host", "desktop", "laptop", "avx")),
+]
+REFERENCE_CASES = ("seq128_t1", "t1")
+MODEL_ORDER = ("teacher-fp32", "final-fp32", "final")
+
+RULE_TEXT = (
+    "Candidates are every (run, model, device) at the reference case (batch 1, 1 thread, 128 tokens: "
+    "`seq128_t1`, or `t1` for images). A candidate qualifies when its p50 latency is at most the latency "
+    "limit, its test accuracy is at least the accuracy minimum and the device's compatibility check did not "
+    "fail; an estimated latency must fit with its error bar added (p50 × (1 + estimator error)). "
+    "\"Cheapest\" means: cheapest device first — by `cost_usd` when every candidate device states one, "
+    "otherwise by device class (phone CPU < Raspberry Pi / SBC < NPU < x86 server, `cost_usd` breaking "
+    "ties; a profile matching no class counts as an x86 server) — then the smallest model file (MB), then "
+    "the lowest p50 latency. When nothing qualifies, the closest candidate is shown: the smallest total "
+    "relative shortfall (latency over the limit ÷ limit + accuracy under the minimum ÷ minimum)."
+)
+
+
+def device_class(name: str, info: dict | None = None) -> tuple[int, str]:
+    """(rank, class) of a profile from an explicit `cost_rank`, else keywords in its name/description/provider."""
+    info = info or {}
+    if isinstance(info.get("cost_rank"), (int, float)):
+        r = int(info["cost_rank"])
+        return r, CLASSES[r] if 0 <= r < len(CLASSES) else f"cost rank {r}"
+    text = " ".join(str(info.get(k, "")) for k in ("description", "execution_provider")).lower()
+    text = f"{name.lower()} {text}"
+    provider = str(info.get("execution_provider", "CPUExecutionProvider"))
+    for cls, words in _KEYWORDS:
+        # An NPU keyword only in the description of a plain-CPU profile ("unlike an NPU, …") is
+        # not enough: the name or a non-CPU execution provider must say so.
+        where = text if cls != "NPU" or provider != "CPUExecutionProvider" else name.lower()
+        if any(w in where for w in words):
+            return CLASSES.index(cls), cls
+    return CLASSES.index("x86 server"), "x86 server"
+
+
+def device_info(names) -> dict[str, dict]:
+    """Profile fields the rule uses, read from the profile files; unknown profiles get {}."""
+    import yaml
+
+    from ..profile.profiles import profiles_dir
+
+    info = {}
+    for name in names:
+        # Read the YAML directly rather than via load_profile: a cost field the strict profile
+        # model does not know yet must not make the report fail.
+        path = Path(name) if name.endswith((".yaml", ".yml")) else profiles_dir() / f"{name}.yaml"
+        path = path if path.is_file() else None
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
+        except (OSError, ValueError, yaml.YAMLError):
+            raw = None
+        raw = raw if isinstance(raw, dict) else {}
+        cost = next((raw[k] for k in ("cost_usd", "price_usd", "cost") if isinstance(raw.get(k), (int, float))), None)
+        info[name] = {"description": raw.get("description", ""), "execution_provider": raw.get("execution_provider", ""),
+                      "measured": raw.get("measured"), "cost_usd": cost, "cost_rank": raw.get("cost_rank")}
+    return info
+
+
+def run_labels(summaries: list[dict]) -> list[str]:
+    """A short unique label per run: its recipe name, numbered when two runs share one."""
+    names = [str(s.get("name") or f"run{i + 1}") for i, s in enumerate(summaries)]
+    return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
+
+
+def reference_case(latency: dict) -> str | None:
+    for c in REFERENCE_CASES:
+        if c in latency:
+            return c
+    return next((c for c in latency if c.endswith("_t1")), next(iter(latency), None))
+
+
+def _est_error(entry: dict, summary: dict) -> float | None:
+    err = entry.get("estimator_error")
+    if not isinstance(err, (int, float)):
+        err = (summary.get("estimator") or {}).get("max_abs_rel_error")
+    return float(err) if isinstance(err, (int, float)) else None
+
+
+def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) -> list[dict]:
+    """One row per (run, model, profile) with a latency at the profile's reference case."""
+    devices = devices or {}
+    rows = []
+    for label, s in zip(run_labels(summaries), summaries):
+        systems = s.get("systems") or {}
+        order = [m for m in MODEL_ORDER if m in systems] + [m for m in systems if m not in MODEL_ORDER]
+        for model in order:
+            m = systems[model] or {}
+            for prof, lat in (m.get("latency_ms") or {}).items():
+                case = reference_case(lat or {})
+                entry = (lat or {}).get(case) or {}
+                if not isinstance(entry.get("p50"), (int, float)):
+                    continue
+                estimated = bool(entry.get("estimated"))
+                rank, cls = device_class(prof, devices.get(prof))
+                compat = (s.get("compat") or {}).get(prof)
+                rows.append({
+                    "run": label, "model": model, "label": f"{label}/{model}", "device": prof,
+                    "device_class": cls, "cost_rank": rank, "cost_usd": (devices.get(prof) or {}).get("cost_usd"),
+                    "case": case, "p50_ms": float(entry["p50"]), "p90_ms": entry.get("p90"),
+                    "throughput": entry.get("throughput", entry.get("throughput_per_s")),
+                    "peak_memory_mb": entry.get("peak_memory_mb"), "size_mb": m.get("size_mb"),
+                    "params": m.get("params"), "accuracy": m.get("accuracy"), "estimated": estimated,
+                    "estimator_error": _est_error(entry, s) if estimated else None,
+                    "compat_ok": None if not isinstance(compat, dict) else compat.get("ok"),
+                    "other_cases": {c: e.get("p50") for c, e in lat.items() if c != case and isinstance(e, dict)},
+                })
+    return rows
+
+
+def pareto(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the (latency, accuracy) points no other point beats on both (lower, higher)."""
+    keep = []
+    for i, (x, y) in enumerate(points):
+        if not any((x2 <= x and y2 >= y) and (x2 < x or y2 > y) for j, (x2, y2) in enumerate(points) if j != i):
+            keep.append(i)
+    return sorted(keep, key=lambda i: points[i][0])
+
+
+def _latency_bound(c: dict) -> float:
+    return c["p50_ms"] * (1 + (c["estimator_error"] or 0.0)) if c["estimated"] else c["p50_ms"]
+
+
+def _failures(c: dict, max_latency_ms, min_accuracy) -> list[str]:
+    why = []
+    if max_latency_ms is not None and _latency_bound(c) > max_latency_ms:
+        what = "estimated p50 with its error bar" if c["estimated"] else "p50"
+        why.append(f"{what} {_latency_bound(c):.3g} ms > {max_latency_ms:g} ms")
+    if min_accuracy is not None and (c["accuracy"] is None or c["accuracy"] < min_accuracy):
+        acc = "unknown" if c["accuracy"] is None else f"{100 * c['accuracy']:.2f}%"
+        why.append(f"accuracy {acc} < {100 * min_accuracy:.2f}%")
+    if c["compat_ok"] is False:
+        why.append("the model fails the device's compatibility check")
+    return why
+
+
+def _cost_key(rows: list[dict]):
+    all_priced = rows and all(isinstance(r["cost_usd"], (int, float)) for r in rows)
+
+    def key(c):
+        usd = c["cost_usd"] if isinstance(c["cost_usd"], (int, float)) else math.inf
+        device = (usd,) if all_priced else (c["cost_rank"], usd)
+        return (*device, c["size_mb"] if c["size_mb"] is not None else math.inf, c["p50_ms"], c["device"], c["label"])
+    return key
+
+
+def _shortfall(c: dict, max_latency_ms, min_accuracy) -> float:
+    s = 0.0
+    if max_latency_ms:
+        s += max(0.0, _latency_bound(c) / max_latency_ms - 1)
+    if min_accuracy:
+        s += max(0.0, (min_accuracy - (c["accuracy"] or 0.0)) / min_accuracy)
+    return s + (1.0 if c["compat_ok"] is False else 0.0)  # an incompatible device is far away
+
+
+def normalize_accuracy(min_accuracy: float | None) -> float | None:
+    """Accept 0.9 or 90 for 90 %: summaries hold fractions."""
+    return None if min_accuracy is None else (min_accuracy / 100 if min_accuracy > 1 else min_accuracy)
+
+
+def recommend(summaries: list[dict], max_latency_ms: float | None = None, min_accuracy: float | None = None,
+              devices: dict[str, dict] | None = None) -> dict:
+    """The cheapest qualifying candidate, or (qualified=False) the closest one; see RULE_TEXT."""
+    min_accuracy = normalize_accuracy(min_accuracy)
+    rows = candidates(summaries, devices)
+    for c in rows:
+        c["failures"] = _failures(c, max_latency_ms, min_accuracy)
+    result = {"max_latency_ms": max_latency_ms, "min_accuracy": min_accuracy, "rule": RULE_TEXT,
+              "candidates": rows, "qualifying": sum(not c["failures"] for c in rows), "choice": None}
+    if not rows:
+        result.update(qualified=False, text="No candidate: no run has latency measurements or estimates.")
+        return result
+    key = _cost_key(rows)
+    ok = sorted((c for c in rows if not c["failures"]), key=key)
+    if ok:
+        choice = ok[0]
+        result.update(qualified=True, choice=choice, text=f"Recommended: {describe(choice)}.")
+    else:
+        choice = min(rows, key=lambda c: (_shortfall(c, max_latency_ms, min_accuracy), key(c)))
+        result.update(qualified=False, choice=choice,
+                      text=f"No device and model meet the constraints. Closest candidate: {describe(choice)} — "
+                           + "; ".join(choice["failures"]) + ".")
+    return result
+
+
+def describe(c: dict) -> str:
+    acc = "accuracy unknown" if c["accuracy"] is None else f"accuracy {100 * c['accuracy']:.2f}%"
+    size = "" if c["size_mb"] is None else f", {c['size_mb']:.2f} MB"
+    if c["estimated"]:
+        err = "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%"
+        lat = f"p50 {c['p50_ms']:.3g} ms (estimated{err}, not measured)"
+    else:
+        lat = f"p50 {c['p50_ms']:.3g} ms (measured)"
+    return f"model {c['label']} on {c['device']} ({c['device_class']}) — {lat} at {c['case']}, {acc}{size}"
+
+
+def profile_names(summaries: list[dict]) -> list[str]:
+    names = []
+    for s in summaries:
+        for m in (s.get("systems") or {}).values():
+            for p in (m or {}).get("latency_ms") or {}:
+                if p not in names:
+                    names.append(p)
+    return names

@@ -1,0 +1,170 @@
+"""Device report: recommendation rule on synthetic summaries, the HTML/MD/JSON files, and the
+HTML as a real browser renders it (headless Chromium, skipped where it is not installed)."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from edgekd.report.html import render_html, write_reports
+from edgekd.report.recommend import candidates, device_class, pareto, recommend
+
+CHROMIUM = Path("/usr/bin/chromium")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _measured(p50, peak=20.0):
+    return {"p50": p50, "p90": p50 * 1.1, "p99": p50 * 1.3, "mean": p50, "std": 0.01, "peak_memory_mb": peak,
+            "session_create_ms": 5.0, "spread": 0.1, "runs": 100}
+
+
+def _system(acc, size, lat):
+    return {"accuracy": acc, "agreement": 0.99, "size_mb": size, "params": int(size * 250_000), "latency_ms": lat}
+
+
+def summary(name="quick", estimated_pi=True, compat=None, op_breakdown=True):
+    """teacher (big, accurate, slow), final-fp32 and final (small); host measured, a Pi estimated."""
+    def lat(host_ms, pi_ms):
+        out = {"host-cpu": {"t1": _measured(host_ms), "t2": _measured(host_ms * 0.6)}}
+        if estimated_pi:
+            out["rpi4"] = {"t1": {"p50": pi_ms, "estimated": True, "estimator_error": 0.12}}
+        return out
+    s = {"name": name, "task": "image-classification", "edgekd_version": "test",
+         "systems": {"teacher-fp32": _system(0.97, 0.45, lat(2.0, 30.0)),
+                     "final-fp32": _system(0.96, 0.20, lat(0.30, 4.0)),
+                     "final": _system(0.955, 0.06, lat(0.12, 1.5))}}
+    if compat is not None:
+        s["compat"] = compat
+    if op_breakdown:
+        s["op_breakdown"] = {"ConvInteger": 0.05, "MatMulInteger": 0.03, "DequantizeLinear": 0.01, "Relu": 0.004}
+        s["estimator"] = {"max_abs_rel_error": 0.12, "checked_on": "host-cpu"}
+    return s
+
+
+DEVICES = {"host-cpu": {"description": "This machine's CPU", "execution_provider": "CPUExecutionProvider"},
+           "rpi4": {"description": "Raspberry Pi 4", "execution_provider": "CPUExecutionProvider"}}
+
+
+def test_device_classes_follow_the_documented_order():
+    assert device_class("pixel7-cpu")[1] == "phone CPU"
+    assert device_class("rpi4")[1] == "Raspberry Pi / SBC"
+    assert device_class("phone-npu", {"execution_provider": "QNNExecutionProvider"})[1] == "NPU"
+    assert device_class("host-cpu")[1] == "x86 server"
+    assert [device_class(n)[0] for n in ("pixel7-cpu", "rpi4", "hexagon-npu", "xeon")] == [0, 1, 2, 3]
+
+
+def test_pareto_keeps_only_undominated_points():
+    pts = [(1.0, 90.0), (2.0, 95.0), (3.0, 94.0), (0.5, 80.0), (2.0, 93.0)]
+    assert pareto(pts) == [3, 0, 1]
+
+
+def test_cheapest_qualifying_device_then_smallest_model():
+    # The Pi is cheaper than the host; on it, final (0.06 MB) fits 2 ms with its error bar (1.5 x 1.12).
+    rec = recommend([summary()], max_latency_ms=2.0, min_accuracy=0.95, devices=DEVICES)
+    assert rec["qualified"] and rec["choice"]["device"] == "rpi4" and rec["choice"]["model"] == "final"
+    assert rec["choice"]["estimated"] and "estimated" in rec["text"] and "not measured" in rec["text"]
+    # Accepts a percentage as well as a fraction; a higher minimum forces the bigger model.
+    rec = recommend([summary()], max_latency_ms=5.0, min_accuracy=96, devices=DEVICES)
+    assert (rec["choice"]["device"], rec["choice"]["model"]) == ("rpi4", "final-fp32")
+
+
+def test_estimated_latency_must_fit_with_its_error_bar():
+    # 1.5 ms estimated ±12% -> 1.68 ms: over a 1.6 ms limit, so the measured host wins.
+    rec = recommend([summary()], max_latency_ms=1.6, min_accuracy=0.95, devices=DEVICES)
+    assert rec["choice"]["device"] == "host-cpu" and not rec["choice"]["estimated"]
+    pi_final = next(c for c in rec["candidates"] if c["device"] == "rpi4" and c["model"] == "final")
+    assert any("estimated p50 with its error bar" in f for f in pi_final["failures"])
+
+
+def test_none_qualifies_shows_the_closest_candidate():
+    rec = recommend([summary()], max_latency_ms=0.05, min_accuracy=0.99, devices=DEVICES)
+    assert not rec["qualified"] and rec["qualifying"] == 0
+    assert rec["text"].startswith("No device and model meet the constraints. Closest candidate:")
+    assert rec["choice"]["label"] == "quick/final" and rec["choice"]["device"] == "host-cpu"
+
+
+def test_incompatible_device_does_not_qualify_and_cost_usd_overrides_class():
+    compat = {"rpi4": {"ok": False, "unsupported_ops": ["ConvInteger"], "fallback_nodes_share": 0.2}}
+    rec = recommend([summary(compat=compat)], max_latency_ms=10, devices=DEVICES)
+    assert rec["choice"]["device"] == "host-cpu"
+    priced = {"host-cpu": {**DEVICES["host-cpu"], "cost_usd": 20}, "rpi4": {**DEVICES["rpi4"], "cost_usd": 75}}
+    assert recommend([summary()], max_latency_ms=10, devices=priced)["choice"]["device"] == "host-cpu"
+
+
+def test_missing_optional_keys_are_tolerated():
+    s = summary(estimated_pi=False, op_breakdown=False)
+    s["systems"]["final"]["latency_ms"]["host-cpu"] = {"seq128_t1": _measured(0.2), "natural_t1": {"p50": 0.1}}
+    assert {c["case"] for c in candidates([s, {"name": "empty"}])} == {"t1", "seq128_t1"}
+    page = render_html([s, {"name": "empty"}], None, None, devices={})
+    assert "No compatibility checks" in page and "No per-operator breakdown" in page
+    page = render_html([{}], None, None, devices={})  # a run that never reached the profile stage
+    assert "No candidate" in page and "No latency data" in page
+
+
+def _pngs(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
+
+
+def test_html_is_self_contained_with_pareto_plots_and_recommendation():
+    compat = {"rpi4": {"ok": True, "unsupported_ops": [], "fallback_nodes_share": 0.0, "fallback_flops_share": 0.0}}
+    page = render_html([summary(compat=compat), summary("other")], 2.0, 0.95, devices=DEVICES)
+    imgs = _pngs(page)
+    assert len(imgs) == 2 + 2 and all(b.startswith(PNG_MAGIC) for b in imgs)  # 2 devices, 2 op breakdowns
+    assert "Pareto" in page and 'id="recommendation"' in page
+    assert "Recommended: model other/final on rpi4" in page  # two identical runs: the tie goes by label
+    assert "estimated ±12%" in page and "max |relative error| 12.0%" in page and "compatible" in page
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+def test_write_reports_writes_html_markdown_and_json(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps(summary()))
+    res = write_reports([run], tmp_path / "out" / "report.html", 2.0, 95)
+    assert res["html"].is_file() and res["markdown"].name == "report-devices.md"
+    md = res["markdown"].read_text()
+    assert "Recommended: model quick/final on rpi4" in md  # rpi4 has no profile file: classed by its name
+    assert "(estimated)" in md
+    data = json.loads(res["json"].read_text())
+    assert data["constraints"] == {"max_latency_ms": 2.0, "min_accuracy": 0.95}
+    assert data["recommendation"]["qualified"] and any(r["estimated"] for r in data["rows"])
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_renders_the_plots_and_recommendation(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps(summary()))
+    report = write_reports([run], tmp_path / "report.html", 2.0, 0.95)["html"]
+    # A copy with a probe script: after load, each <img> records whether the browser decoded it.
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace(
+        "</body>", "<script>for (const i of document.images) i.dataset.decoded = "
+                   "(i.complete && i.naturalWidth > 0) ? i.naturalWidth : 'no';</script></body>"))
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    proc = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", probe.as_uri()],
+                          capture_output=True, text=True, timeout=120)
+    dom = proc.stdout
+    assert "<img" in dom, proc.stderr[-2000:]
+    imgs = re.findall(r"<img[^>]*>", dom)
+    assert len(imgs) == 3  # 2 Pareto plots (host, Pi) + 1 operator breakdown
+    for tag in imgs:
+        src = re.search(r'src="data:image/png;base64,([^"]+)"', tag).group(1)
+        assert base64.b64decode(src).startswith(PNG_MAGIC)
+        assert re.search(r'data-decoded="\d+"', tag), tag[:80] + "… was not decoded by the browser"
+        assert 'alt="' in tag
+    assert "Recommended: model quick/final on rpi4" in dom and "Pareto" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([str(CHROMIUM), *flags, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+                   capture_output=True, timeout=120)
+    assert shot.read_bytes().startswith(PNG_MAGIC)
+    if os.environ.get("EDGEKD_SCREENSHOT_DIR"):  # for a human to look at the rendering after the run
+        shutil.copy(shot, Path(os.environ["EDGEKD_SCREENSHOT_DIR"]) / "report-screenshot.png")
