@@ -139,6 +139,8 @@ def check_compatibility(model: onnx.ModelProto | str | Path, profile: DeviceProf
     """Operator, shape and quantization compatibility of `model` with `profile` (see the module doc).
 
     `seq_len` fixes the symbolic dims after the first (default: the profile's first sequence length).
+    Operators are checked on the model with its inputs so fixed, i.e. as a static-shape device must
+    get it; a dynamic input is still reported in `dynamic_inputs` when the profile needs static shapes.
     """
     seq_len = seq_len or profile.seq_lens[0]
     fixed, dynamic = _fix_inputs(_load(model), seq_len)

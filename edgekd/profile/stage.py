@@ -17,6 +17,20 @@ from .measure import accuracy_on, latency_on
 from .profiles import detect_host, load_profile
 
 
+def final_op_breakdown(path: Path, test, ctx: Context) -> dict:
+    """Where the shipped model's time goes on the host (1 thread; seq 128 or the largest the model takes)."""
+    from .latency import image_feeds, model_input_names, text_feeds
+    from .op_profile import op_breakdown
+
+    names = model_input_names(path)
+    if test.images is not None:
+        feed = image_feeds(test.images[:1])[0]
+    else:
+        feed = text_feeds(test.ids[:1], names, min(128, ctx.recipe.data.max_length), test.pad_id)[0]
+    return {"case": "t1" if test.images is not None else f"seq{len(feed['input_ids'][0])}_t1",
+            "ms_per_op_type": op_breakdown(path, feed, threads=1)}
+
+
 def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     models: dict[str, dict] = {}
     if cfg.compare_teacher:
@@ -55,5 +69,6 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                 m["path"], test, profile, warmup=cfg.warmup, runs=cfg.runs,
                 natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
                 max_positions=parent.spec.get("hf_config", {}).get("max_position_embeddings"))
-    metrics = {"models": results, "machine": detect_host(), "test_examples": len(test)}
+    metrics = {"models": results, "machine": detect_host(), "test_examples": len(test),
+               "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx)}
     return {"metrics": metrics, "spec": parent.spec}

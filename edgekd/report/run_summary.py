@@ -44,6 +44,9 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
         summary["systems"] = models
         summary["machine"] = profile["metrics"].get("machine")
         summary["int8_speedup_vs_fp32"] = int8_speedups(models)
+        if "op_breakdown" in profile["metrics"]:
+            summary["op_breakdown"] = profile["metrics"]["op_breakdown"]["ms_per_op_type"]
+            summary["op_breakdown_case"] = profile["metrics"]["op_breakdown"]["case"]
     export = next((s for s in stages if s["stage"] == "export"), None)
     if export:
         summary["model"] = "model.onnx"
