@@ -117,13 +117,30 @@ def profile(model: Path = typer.Argument(..., help="an .onnx file"),
 
 @app.command()
 @handle_errors
-def report(run_dir: Path = typer.Argument(..., help="a run folder written by `edgekd run`")):
-    """Rebuild a run's manifest.json and report.md from its artifacts."""
+def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR",
+                                                  help="one or more run folders written by `edgekd run`"),
+           html_out: Optional[Path] = typer.Option(
+               None, "--out", help="device report HTML file (default: RUN_DIR/report.html for one run, "
+                                   "./report.html for several); report-devices.md and .json are written next to it"),
+           max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms",
+                                                          help="latency limit (p50, ms) for the recommendation"),
+           min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy",
+                                                        help="accuracy minimum for the recommendation: 0.9 or 90")):
+    """Rebuild each run's manifest.json and report.md, then write the device report (HTML, MD, JSON) across the runs.
+
+    The device report compares every model on every device profile (Pareto plots) and recommends the cheapest device and model meeting --max-latency-ms and --min-accuracy.
+    """  # one line per paragraph: the help renderer keeps the line breaks
+    from .report.html import write_reports
     from .report.run_summary import load_run, write_run_outputs
 
-    recipe, artifacts = load_run(run_dir)
-    write_run_outputs(run_dir, recipe, artifacts)
-    out.print(f"[bold green]wrote[/] {run_dir}/report.md and {run_dir}/manifest.json")
+    for run_dir in run_dirs:
+        recipe, artifacts = load_run(run_dir)
+        write_run_outputs(run_dir, recipe, artifacts)
+        out.print(f"[bold green]wrote[/] {run_dir}/report.md and {run_dir}/manifest.json")
+    html_out = html_out or (run_dirs[0] / "report.html" if len(run_dirs) == 1 else Path("report.html"))
+    res = write_reports(run_dirs, html_out, max_latency_ms, min_accuracy)
+    out.print(f"[bold green]wrote[/] {res['html']}, {res['markdown']} and {res['json']}")
+    out.print(res["recommendation"]["text"], highlight=False, soft_wrap=True)
 
 
 @profiles_app.callback()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 
 from .. import __version__
@@ -27,13 +28,18 @@ tr.est td{background:#fff6f6;font-style:italic}.wrap{overflow-x:auto}
 .m{background:#1f77b4}.e{background:#d62728}.ok{color:#2a7d2a}.bad{color:#b00}
 .rec{border:2px solid #2ca02c;background:#f3fbf3;padding:10px 14px;border-radius:6px}
 .rec.none{border-color:#d62728;background:#fdf3f3}.note{color:#666;font-size:12.5px}
-.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;max-width:100%}img{max-width:100%;height:auto}
+.grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;flex:1 1 520px;max-width:600px}img{max-width:100%;height:auto}
 figcaption{font-size:12px;color:#555}
 """
 
 
 def _e(x) -> str:
     return html.escape(str(x))
+
+
+def _code(text: str) -> str:
+    """Escape, then show the Markdown `code` spans of the shared rule text as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))
 
 
 def _n(x, fmt="{:.3g}") -> str:
@@ -96,7 +102,7 @@ def _recommendation(rec: dict) -> str:
            f"min accuracy {100 * rec['min_accuracy']:g}%" if rec["min_accuracy"] is not None else "no accuracy minimum"]
     return (f'<div class="{cls}" id="recommendation"><strong>{_e(rec["text"])}</strong><br>'
             f'<span class="note">Constraints: {_e(", ".join(lim))}. {rec["qualifying"]} of {len(rec["candidates"])} '
-            f"candidates qualify.</span></div><p class=\"note\"><strong>Rule.</strong> {_e(rec['rule'])}</p>")
+            f"candidates qualify.</span></div><p class=\"note\"><strong>Rule.</strong> {_code(rec['rule'])}</p>")
 
 
 def _pareto_section(rec: dict) -> str:

@@ -29,7 +29,7 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     constraints when given.
     """
     pts = [r for r in rows if r["accuracy"] is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(5.6, 3.9))
     if not pts:
         ax.text(0.5, 0.5, "no candidate with a known accuracy", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
@@ -42,6 +42,9 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     ax.step(fx, fy, where="post", color=_FRONTIER, lw=1.5, label="Pareto frontier", zorder=1)
     for (x, y), r in zip(xy, pts):
         est = r["estimated"]
+        if est and r["estimator_error"]:  # the estimate's own error bar, so nobody reads it as exact
+            ax.errorbar([x], [y], xerr=[[x * r["estimator_error"]], [x * r["estimator_error"]]], fmt="none",
+                        ecolor=_ESTIMATED, elinewidth=1, capsize=3, zorder=2)
         ax.scatter([x], [y], s=60, zorder=3, edgecolors=_ESTIMATED if est else _MEASURED,
                    facecolors="none" if est else _MEASURED, linewidths=1.6)
         ax.annotate(r["label"] + (" (estimated)" if est else ""), (x, y), textcoords="offset points",
@@ -61,8 +64,10 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     ax.set_xlabel("p50 latency, ms" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("test accuracy, %")
     ax.margins(x=0.25, y=0.15)  # room for the point labels
+    if ax.get_xscale() == "linear":
+        ax.set_xlim(left=0)  # latency is never negative; the margin must not suggest it
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="lower right")
+    ax.legend(fontsize=7, loc="best", framealpha=0.85)
     return _png(fig)
 
 
