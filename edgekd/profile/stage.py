@@ -17,6 +17,19 @@ from .measure import accuracy_on, latency_on
 from .profiles import detect_host, load_profile
 
 
+def compatibility_summary(path: Path, profile) -> dict:
+    """Which operators / quantization choices of the shipped model the device cannot run as-is."""
+    from .compat import check_compatibility
+
+    c = check_compatibility(path, profile, seq_len=max(profile.seq_lens))
+    keep = ("ok", "unsupported_ops", "fallback_nodes_share", "fallback_flops_share", "dynamic_inputs", "seq_len")
+    out = {k: c[k] for k in keep if k in c}
+    violations = c.get("quantization_violations", [])
+    out["quantization_violations"] = len(violations)
+    out["violation_kinds"] = sorted({v.get("kind", "?") for v in violations})
+    return out
+
+
 def final_op_breakdown(path: Path, test, ctx: Context) -> dict:
     """Where the shipped model's time goes on the host (1 thread; seq 128 or the largest the model takes)."""
     from .latency import image_feeds, model_input_names, text_feeds
@@ -58,8 +71,10 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                          "latency_ms": {}}
         log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples")
 
+    compat = {}
     for pname in ctx.recipe.profiles:
         profile = load_profile(pname)
+        compat[pname] = compatibility_summary(models["final"]["path"], profile)
         if not profile.measured:
             log(f"[yellow]profile {pname}: not present on this machine; latency estimation is not available yet[/]")
             continue
@@ -69,6 +84,6 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                 m["path"], test, profile, warmup=cfg.warmup, runs=cfg.runs,
                 natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
                 max_positions=parent.spec.get("hf_config", {}).get("max_position_embeddings"))
-    metrics = {"models": results, "machine": detect_host(), "test_examples": len(test),
+    metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
                "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx)}
     return {"metrics": metrics, "spec": parent.spec}

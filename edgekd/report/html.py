@@ -74,7 +74,9 @@ def _table(rec: dict) -> str:
     front = _pareto_flags(rows)
     head = ["run/model", "device (class)", "source", "case", "p50 ms", "p90 ms", "throughput /s", "peak memory MB",
             "size MB", "accuracy %", "other cases, p50 ms", "Pareto", "constraints"]
-    out = ['<div class="wrap"><table><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr>"]
+    left = {0, 1, 2, 3, 10, 12}  # text columns; the numbers stay right-aligned
+    out = ['<div class="wrap"><table><tr>' + "".join(
+        f'<th{" class=l" if i in left else ""}>{_e(h)}</th>' for i, h in enumerate(head)) + "</tr>"]
     for c in rows:
         est = " (estimated)" if c["estimated"] else ""
         other = ", ".join(f"{k}: {_n(v)}" for k, v in c["other_cases"].items()) or "—"

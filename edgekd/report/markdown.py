@@ -78,6 +78,17 @@ def render_markdown(s: dict) -> str:
         if slow:
             out += [f"**Warning:** INT8 is slower than FP32 for {', '.join(slow)}: on this device the quantized "
                     "graph does not reach fast integer kernels (or the model is too small to benefit); ship FP32 there.", ""]
+    compat = s.get("compat")
+    if compat:
+        out += ["## Device compatibility of the shipped model", "",
+                "| profile | runs as-is | unsupported ops | fallback nodes % | fallback FLOPs % | dynamic inputs | quantization violations |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for prof, c in compat.items():
+            out.append(f"| {prof} | {'yes' if c.get('ok') else 'no'} | {', '.join(c.get('unsupported_ops', [])) or '—'} | "
+                       f"{_pct(c.get('fallback_nodes_share'))} | {_pct(c.get('fallback_flops_share'))} | "
+                       f"{len(c.get('dynamic_inputs', [])) or '—'} | {c.get('quantization_violations', 0)}"
+                       f"{' (' + ', '.join(c.get('violation_kinds', [])) + ')' if c.get('violation_kinds') else ''} |")
+        out.append("")
     v = s.get("export_validation")
     if v:
         out += ["## Export validation", "",

@@ -47,8 +47,7 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
                         ecolor=_ESTIMATED, elinewidth=1, capsize=3, zorder=2)
         ax.scatter([x], [y], s=60, zorder=3, edgecolors=_ESTIMATED if est else _MEASURED,
                    facecolors="none" if est else _MEASURED, linewidths=1.6)
-        ax.annotate(r["label"] + (" (estimated)" if est else ""), (x, y), textcoords="offset points",
-                    xytext=(6, 4), fontsize=7.5, color=_ESTIMATED if est else "#222")
+    _annotate(ax, xy, pts)
     xs = [x for x, _ in xy]
     if max(xs) / max(min(xs), 1e-9) > 20:  # a teacher 100x slower than the student squashes a linear axis
         ax.set_xscale("log")
@@ -59,7 +58,7 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     # Legend proxies so that both marker kinds are explained even when only one is present.
     ax.scatter([], [], s=60, color=_MEASURED, label="measured")
     ax.scatter([], [], s=60, facecolors="none", edgecolors=_ESTIMATED, label="estimated (hollow)")
-    case = pts[0]["case"]
+    case = ", ".join(dict.fromkeys(r["case"] for r in pts))  # runs of different tasks use different cases
     ax.set_title(f"Pareto: accuracy vs latency on {device} ({case})", fontsize=10)
     ax.set_xlabel("p50 latency, ms" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("test accuracy, %")
@@ -69,6 +68,18 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
     return _png(fig)
+
+
+def _annotate(ax, xy, pts) -> None:
+    """One label per position (identical runs share a point), staggered up/down so neighbours stay readable."""
+    groups: dict[tuple, list[dict]] = {}
+    for (x, y), r in zip(xy, pts):
+        groups.setdefault((float(f"{x:.3g}"), round(y, 2)), []).append(r)
+    for i, ((x, y), rs) in enumerate(sorted(groups.items())):
+        est = all(r["estimated"] for r in rs)
+        text = "\n".join(r["label"] + (" (estimated)" if r["estimated"] else "") for r in rs)
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, 5 if i % 2 == 0 else -6),
+                    va="bottom" if i % 2 == 0 else "top", fontsize=7, color=_ESTIMATED if est else "#222")
 
 
 def op_breakdown_png(title: str, op_ms: dict[str, float], top: int = 12) -> bytes:

@@ -19,17 +19,17 @@ The rule (also printed in every report, from RULE_TEXT):
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 # Device classes, cheapest first. The phone is the device the user already carries, a Pi is a
 # small purchase, an NPU board costs more, an x86 server is the most expensive to run.
 CLASSES = ["phone CPU", "Raspberry Pi / SBC", "NPU", "x86 server"]
-_KEYWORDS = [  # checked in this order: "phone NPU" is an NPU, not a phone CPU
-    ("NPU", ("npu", "nnapi", "qnn", "hexagon", "coreml", "neural engine", "edgetpu", "edge-tpu", "coral",
-             "tpu", "vitis", "rknn", "ethos", "dsp")),
-    ("Raspberry Pi / SBC", ("raspberry", "rpi", "pi4", "pi5", "pi-4", "pi-5", "sbc", "single-board")),
-    ("phone CPU", ("phone", "android", "iphone", "ios", "pixel", "snapdragon", "mobile", "galaxy")),
-    ("x86 server", ("x86", "xeon", "epyc", "server", "host", "desktop", "laptop", "avx")),
+_KEYWORDS = [  # whole words; checked in this order: a "phone-npu" is an NPU, not a phone CPU
+    ("NPU", re.compile(r"npu|nnapi|qnn|hexagon|coreml|ane|edgetpu|tpu|coral|vitis\w*|rknn|rknpu|ethos\w*|dsp|hailo\w*")),
+    ("Raspberry Pi / SBC", re.compile(r"raspberry|rpi\d*|pi\d?|sbc|orangepi\w*|rock\d\w*")),
+    ("phone CPU", re.compile(r"\w*phone|android|ios|pixel\d*|snapdragon|mobile|galaxy|exynos|dimensity")),
+    ("x86 server", re.compile(r"x86\w*|amd64|xeon|epyc|server|host|desktop|laptop|avx\w*")),
 ]
 REFERENCE_CASES = ("seq128_t1", "t1")
 MODEL_ORDER = ("teacher-fp32", "final-fp32", "final")
@@ -40,8 +40,9 @@ RULE_TEXT = (
     "limit, its test accuracy is at least the accuracy minimum and the device's compatibility check did not "
     "fail; an estimated latency must fit with its error bar added (p50 × (1 + estimator error)). "
     "\"Cheapest\" means: cheapest device first — by `cost_usd` when every candidate device states one, "
-    "otherwise by device class (phone CPU < Raspberry Pi / SBC < NPU < x86 server, `cost_usd` breaking "
-    "ties; a profile matching no class counts as an x86 server) — then the smallest model file (MB), then "
+    "otherwise by device class (phone CPU < Raspberry Pi / SBC < NPU < x86 server, recognised from the "
+    "profile's name, execution provider or description, or given by its `cost_rank` 0–3; a profile matching "
+    "no class counts as an x86 server; `cost_usd` breaks ties) — then the smallest model file (MB), then "
     "the lowest p50 latency. When nothing qualifies, the closest candidate is shown: the smallest total "
     "relative shortfall (latency over the limit ÷ limit + accuracy under the minimum ÷ minimum)."
 )
@@ -53,15 +54,16 @@ def device_class(name: str, info: dict | None = None) -> tuple[int, str]:
     if isinstance(info.get("cost_rank"), (int, float)):
         r = int(info["cost_rank"])
         return r, CLASSES[r] if 0 <= r < len(CLASSES) else f"cost rank {r}"
-    text = " ".join(str(info.get(k, "")) for k in ("description", "execution_provider")).lower()
-    text = f"{name.lower()} {text}"
-    provider = str(info.get("execution_provider", "CPUExecutionProvider"))
-    for cls, words in _KEYWORDS:
-        # An NPU keyword only in the description of a plain-CPU profile ("unlike an NPU, …") is
-        # not enough: the name or a non-CPU execution provider must say so.
-        where = text if cls != "NPU" or provider != "CPUExecutionProvider" else name.lower()
-        if any(w in where for w in words):
-            return CLASSES.index(cls), cls
+    provider = str(info.get("execution_provider") or "CPUExecutionProvider").lower().replace("executionprovider", "")
+    # The name says most, then the execution provider, then the description. In a description an
+    # NPU word ("unlike an NPU, …") counts only when the provider is not the plain CPU one.
+    for source, text in (("name", name), ("provider", provider), ("description", str(info.get("description", "")))):
+        words = set(re.split(r"[^a-z0-9]+", text.lower())) - {""}
+        for cls, pattern in _KEYWORDS:
+            if source == "description" and cls == "NPU" and provider == "cpu":
+                continue
+            if any(pattern.fullmatch(w) for w in words):
+                return CLASSES.index(cls), cls
     return CLASSES.index("x86 server"), "x86 server"
 
 
