@@ -130,9 +130,10 @@ def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR",
 
     The device report compares every model on every device profile (Pareto plots) and recommends the cheapest device and model meeting --max-latency-ms and --min-accuracy.
     """  # one line per paragraph: the help renderer keeps the line breaks
-    from .report.html import write_reports
+    from .report.html import check_constraints, write_reports
     from .report.run_summary import load_run, write_run_outputs
 
+    check_constraints(max_latency_ms, min_accuracy)  # before the slow part: fail fast on a typo
     for run_dir in run_dirs:
         recipe, artifacts = load_run(run_dir)
         write_run_outputs(run_dir, recipe, artifacts)

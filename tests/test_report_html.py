@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,19 @@ def test_headless_chromium_renders_the_plots_and_recommendation(tmp_path):
     assert shot.read_bytes().startswith(PNG_MAGIC)
     if os.environ.get("EDGEKD_SCREENSHOT_DIR"):  # for a human to look at the rendering after the run
         shutil.copy(shot, Path(os.environ["EDGEKD_SCREENSHOT_DIR"]) / "report-screenshot.png")
+
+
+def test_device_info_reads_cost_fields_from_profile_files(tmp_path, monkeypatch):
+    from edgekd.report.recommend import device_info
+
+    (tmp_path / "board.yaml").write_text("name: board\ndescription: a Raspberry Pi 5\ncost_usd: 80\n")
+    monkeypatch.setenv("EDGEKD_PROFILES_DIR", str(tmp_path))
+    info = device_info(["board", "missing"])
+    assert info["board"]["cost_usd"] == 80 and device_class("board", info["board"])[1] == "Raspberry Pi / SBC"
+    assert info["missing"]["cost_usd"] is None
+
+
+def test_cli_rejects_bad_constraints_with_exit_code_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "report", str(tmp_path), "--min-accuracy", "150"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "--min-accuracy" in proc.stderr

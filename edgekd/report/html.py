@@ -85,7 +85,7 @@ def _table(rec: dict) -> str:
         cells = [f'<td class="l">{_e(c["label"])}</td>', f'<td class="l">{_e(c["device"])} ({_e(c["device_class"])})</td>',
                  f'<td class="l">{_source(c)}</td>', f'<td class="l">{_e(c["case"])}</td>',
                  f"<td>{_n(c['p50_ms'])}{est}</td>", f"<td>{_n(c['p90_ms'])}</td>", f"<td>{_n(c['throughput'])}</td>",
-                 f"<td>{_n(c['peak_memory_mb'], '{:.1f}')}</td>", f"<td>{_n(c['size_mb'], '{:.2f}')}</td>",
+                 f"<td>{_n(c['peak_memory_mb'], '{:.1f}')}</td>", f"<td>{_n(c['size_mb'], '{:.3g}')}</td>",
                  f"<td>{_n(None if c['accuracy'] is None else 100 * c['accuracy'], '{:.2f}')}</td>",
                  f'<td class="l">{_e(other)}{est if other != "—" else ""}</td>',
                  f"<td>{'✓' if id(c) in front else ''}</td>", f'<td class="l">{verdict}</td>']
@@ -114,15 +114,20 @@ def _pareto_section(rec: dict) -> str:
     figs = [_img(plots.pareto_png(d, [c for c in rec["candidates"] if c["device"] == d], rec["max_latency_ms"],
                                   rec["min_accuracy"]), f"Pareto plot: accuracy vs p50 latency on {d}")
             for d in devices]
-    return ('<p class="note">Filled points are measured, hollow red points estimated. The green line is the Pareto '
+    return ('<p class="note">Filled points are measured, hollow red points estimated. The green line and rings mark the Pareto '
             'frontier: the models no other model beats on both latency and accuracy.</p><div class="grid">'
             + "".join(figs) + "</div>")
 
 
 def _op_section(summaries, labels) -> str:
-    figs = [_img(plots.op_breakdown_png(f"{lab}/final: per-operator latency (host)", s["op_breakdown"]),
-                 f"Per-operator latency breakdown of {lab}/final, measured on the host")
-            for lab, s in zip(labels, summaries) if isinstance(s.get("op_breakdown"), dict) and s["op_breakdown"]]
+    figs = []
+    for lab, s in zip(labels, summaries):
+        ops = s.get("op_breakdown")
+        if isinstance(ops, dict) and ops:
+            case = f" at {s['op_breakdown_case']}" if s.get("op_breakdown_case") else ""
+            total = f", total {ops['_total']:.3g} ms" if isinstance(ops.get("_total"), (int, float)) else ""
+            figs.append(_img(plots.op_breakdown_png(f"{lab}/final: per-operator latency (host{case}{total})", ops),
+                             f"Per-operator latency breakdown of {lab}/final, measured on the host{case}"))
     return ('<div class="grid">' + "".join(figs) + "</div>") if figs else \
         '<p class="note">No per-operator breakdown in these runs (no <code>op_breakdown</code>).</p>'
 
@@ -193,7 +198,7 @@ def render_devices_markdown(rec: dict, labels: list[str]) -> str:
         p50 = _n(c["p50_ms"]) + (" (estimated)" if c["estimated"] else "")
         acc = _n(None if c["accuracy"] is None else 100 * c["accuracy"], "{:.2f}")
         out.append(f"| {c['label']} | {c['device']} ({c['device_class']}) | {src} | {c['case']} | {p50} | "
-                   f"{_n(c['p90_ms'])} | {_n(c['peak_memory_mb'], '{:.1f}')} | {_n(c['size_mb'], '{:.2f}')} | {acc} | "
+                   f"{_n(c['p90_ms'])} | {_n(c['peak_memory_mb'], '{:.1f}')} | {_n(c['size_mb'], '{:.3g}')} | {acc} | "
                    f"{'; '.join(c['failures']) or 'meets'} |")
     out += ["", "Estimated rows are computed from published peak figures, not measured.", ""]
     return "\n".join(out)
@@ -212,13 +217,17 @@ def load_summaries(run_dirs) -> list[dict]:
     return out
 
 
-def write_reports(run_dirs, out_html: Path, max_latency_ms: float | None = None,
-                  min_accuracy: float | None = None) -> dict:
-    """Write out_html, and next to it report-devices.md and report-devices.json; return their paths + recommendation."""
+def check_constraints(max_latency_ms: float | None, min_accuracy: float | None) -> None:
     if max_latency_ms is not None and not max_latency_ms > 0:
         raise EdgekdError(f"--max-latency-ms must be a positive number of milliseconds (got {max_latency_ms}).")
     if min_accuracy is not None and not 0 <= min_accuracy <= 100:
         raise EdgekdError(f"--min-accuracy must be a fraction (0.9) or a percentage (90) (got {min_accuracy}).")
+
+
+def write_reports(run_dirs, out_html: Path, max_latency_ms: float | None = None,
+                  min_accuracy: float | None = None) -> dict:
+    """Write out_html, and next to it report-devices.md and report-devices.json; return their paths + recommendation."""
+    check_constraints(max_latency_ms, min_accuracy)
     summaries = load_summaries(run_dirs)
     devices = device_info(profile_names(summaries))
     rec = recommend(summaries, max_latency_ms, normalize_accuracy(min_accuracy), devices)

@@ -39,7 +39,10 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     fx, fy = [xy[i][0] for i in front], [xy[i][1] for i in front]
     # A step line: between two frontier points the best reachable accuracy is the slower one's only
     # once its latency is allowed.
-    ax.step(fx, fy, where="post", color=_FRONTIER, lw=1.5, label="Pareto frontier", zorder=1)
+    ax.step(fx, fy, where="post", color=_FRONTIER, lw=1.5, zorder=1)
+    # Rings too: a frontier of one point draws no line.
+    ax.scatter(fx, fy, s=180, facecolors="none", edgecolors=_FRONTIER, linewidths=1.5, zorder=2,
+               label="Pareto frontier (ringed)")
     for (x, y), r in zip(xy, pts):
         est = r["estimated"]
         if est and r["estimator_error"]:  # the estimate's own error bar, so nobody reads it as exact
@@ -51,10 +54,20 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     xs = [x for x, _ in xy]
     if max(xs) / max(min(xs), 1e-9) > 20:  # a teacher 100x slower than the student squashes a linear axis
         ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)  # room for the point labels
+    if ax.get_xscale() == "linear":
+        ax.set_xlim(left=0)  # latency is never negative; the margin must not suggest it
+    # Constraint lines must not rescale the axes (a 100 ms limit would squash 0.1 ms points into a
+    # corner): the view stays on the data, and a limit outside it says so in the legend.
+    xlim, ylim = ax.get_xlim(), ax.get_ylim()
     if max_latency_ms is not None:
-        ax.axvline(max_latency_ms, color="#888", ls=":", lw=1, label=f"max latency {max_latency_ms:g} ms")
+        ax.axvline(max_latency_ms, color="#888", ls=":", lw=1,
+                   label=f"max latency {max_latency_ms:g} ms" + _off(max_latency_ms, xlim, "right", "left"))
     if min_accuracy is not None:
-        ax.axhline(100 * min_accuracy, color="#888", ls="--", lw=1, label=f"min accuracy {100 * min_accuracy:g}%")
+        y = 100 * min_accuracy
+        ax.axhline(y, color="#888", ls="--", lw=1, label=f"min accuracy {y:g}%" + _off(y, ylim, "above", "below"))
+    ax.set_xlim(xlim)
+    ax.set_ylim(ylim)
     # Legend proxies so that both marker kinds are explained even when only one is present.
     ax.scatter([], [], s=60, color=_MEASURED, label="measured")
     ax.scatter([], [], s=60, facecolors="none", edgecolors=_ESTIMATED, label="estimated (hollow)")
@@ -62,12 +75,13 @@ def pareto_png(device: str, rows: list[dict], max_latency_ms: float | None = Non
     ax.set_title(f"Pareto: accuracy vs latency on {device} ({case})", fontsize=10)
     ax.set_xlabel("p50 latency, ms" + (" (log scale)" if ax.get_xscale() == "log" else ""))
     ax.set_ylabel("test accuracy, %")
-    ax.margins(x=0.25, y=0.15)  # room for the point labels
-    if ax.get_xscale() == "linear":
-        ax.set_xlim(left=0)  # latency is never negative; the margin must not suggest it
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best", framealpha=0.85)
     return _png(fig)
+
+
+def _off(v: float, lim: tuple, high: str, low: str) -> str:
+    return f" (off the chart, {high})" if v > lim[1] else f" (off the chart, {low})" if v < lim[0] else ""
 
 
 def _annotate(ax, xy, pts) -> None:
@@ -84,7 +98,9 @@ def _annotate(ax, xy, pts) -> None:
 
 def op_breakdown_png(title: str, op_ms: dict[str, float], top: int = 12) -> bytes:
     """Horizontal bars of per-operator latency, largest first; the tail is summed into "other"."""
-    items = sorted(((k, float(v)) for k, v in op_ms.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])
+    # Keys starting with "_" are bookkeeping (e.g. "_total"), not operators.
+    items = sorted(((k, float(v)) for k, v in op_ms.items() if isinstance(v, (int, float)) and not k.startswith("_")),
+                   key=lambda kv: -kv[1])
     if len(items) > top:
         items = items[:top - 1] + [(f"other ({len(items) - top + 1} ops)", sum(v for _, v in items[top - 1:]))]
     total = sum(v for _, v in items) or 1.0

@@ -218,7 +218,7 @@ def recommend(summaries: list[dict], max_latency_ms: float | None = None, min_ac
 
 def describe(c: dict) -> str:
     acc = "accuracy unknown" if c["accuracy"] is None else f"accuracy {100 * c['accuracy']:.2f}%"
-    size = "" if c["size_mb"] is None else f", {c['size_mb']:.2f} MB"
+    size = "" if c["size_mb"] is None else f", {c['size_mb']:.3g} MB"
     if c["estimated"]:
         err = "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%"
         lat = f"p50 {c['p50_ms']:.3g} ms (estimated{err}, not measured)"

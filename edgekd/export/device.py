@@ -1,0 +1,415 @@
+"""Export for a device profile: what an integer NPU needs, or the CPU path for CPU profiles.
+
+For a profile with quantization scope `full` (an integer-only NPU such as the Hexagon HTP behind
+onnxruntime's QNN execution provider), the model must reach the device with static shapes and
+*every* activation quantized — attention MatMuls, Softmax, LayerNorm and GELU included — in the
+device's scheme (uint8 activations, per-tensor weights). edgekd's own QAT export quantizes only
+the inputs of Linear/Conv layers (per-channel int8 weights, the CPU scheme), so for such a device
+we follow onnxruntime's QNN tooling instead:
+
+1. export the network in float (fake quantization switched off), inputs fixed to [1, seq_len];
+2. `qnn_preprocess_model` (fuses the Erf form of GELU into Gelu, ReduceMean chains into
+   LayerNormalization, folds the static shape arithmetic);
+3. `quantize_static` with `get_qnn_qdq_config` in the profile's scheme, calibrated (MinMax) on
+   real examples the caller passes; where the QAT model learned the range of a layer's input,
+   that range is used for that tensor instead of the calibrated one (TensorQuantOverrides);
+4. `check_compatibility` with the profile: an unsupported operator or a dynamic input is refused
+   with the list of offending operators — edgekd does not ship a model that silently falls back.
+
+The attention mask (why the export does not use the model's own mask construction)
+---------------------------------------------------------------------------------------
+transformers 5 builds BERT's additive attention mask from the 0/1 `attention_mask` input as
+`Where(keep, 0, finfo(float32).min)`. The exported operators are all on the device's list, but
+the mask is not quantizable: its range is [-3.4e38, 0], so its uint8 scale is 1.3e36, and the
+attention-score Add that consumes it inherits that range under MinMax calibration (measured:
+scale 1.33e36 on a tiny BERT) — every real score then rounds to the same level and attention
+becomes uniform over the unmasked tokens. Its float constants also reach the device as float
+inputs that no DequantizeLinear produces (a full-scope violation).
+
+So for text models the export wrapper builds the additive mask itself, in float arithmetic the
+quantizer handles like any activation: `mask4d = (attention_mask - 1) * M`, i.e. 0 for kept and
+-M for padded keys, passed as a 4D mask (transformers adds a 4D mask to the scores as-is). In
+float this equals HF's mask up to exp(-M) per padded key; the wrapper is checked against the
+unwrapped model on padded inputs before export and not used if they disagree. M and the range of
+each score+mask Add are then chosen from the measured score range [s_min, s_max] (per layer) so
+that uint8 attention stays exact in the one way that matters:
+
+- Softmax's uint8 output has step 1/255; a padded key contributes nothing visible when its
+  total weight is below half a step, i.e. when it sits at least K = ln(2 * 255 * seq_len) below
+  the row's maximum score (all seq_len keys counted, worst case).
+- The Add output is quantized on [s_min - K, s_max] (override), not on the min-max of masked
+  values, so real scores keep a step of (s_max - s_min + K) / 255.
+- M = max_layers(s_max - s_min) + 2K, so every masked value s - M <= s_min - 2K saturates at the
+  bottom of that range, which is K below any row's maximum (the maximum is >= s_min); the second K
+  keeps the float model (model-fp32.onnx, and the calibration pass) equal to HF's mask: a padded
+  key's float weight is at most exp(-2K) = 1 / (510 * seq_len)^2.
+The mask tensor itself is exact in uint8 (0 -> level 255, -M -> level 0).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+
+from ..errors import EdgekdError
+from ..models.hf import logits_of
+from ..profile.profiles import DeviceProfile
+from ..progress import log
+from .onnx_export import LogitsOnly, export_onnx
+from .qdq import count_ops
+
+# Placeholder for M in the first export; replaced by the measured value (see the module doc).
+_MASK_PLACEHOLDER = 12345.0
+_MASK_INIT = "edgekd_attention_mask_scale"
+# Ops the additive mask may pass through between the scale Mul and the score Add.
+_PASS_THROUGH = {"Reshape", "Expand", "Unsqueeze", "Squeeze", "Identity", "Cast"}
+
+
+class AdditiveMaskLogits(LogitsOnly):
+    """Export wrapper: the 0/1 attention_mask becomes a finite additive 4D mask (0 kept, -M padded)."""
+
+    def __init__(self, model: nn.Module, input_names: list[str], mask_value: float):
+        super().__init__(model, input_names)
+        self.mask_value = float(mask_value)
+
+    def forward(self, *args):
+        batch = dict(zip(self.input_names, args))
+        keep = batch["attention_mask"][:, None, None, :].to(torch.float32)
+        batch["attention_mask"] = (keep - 1.0) * self.mask_value
+        return logits_of(self.model, batch)
+
+
+def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir: Path, profile: DeviceProfile,
+                      calib_feeds: list[dict[str, np.ndarray]], opset: int) -> dict:
+    """Write `out_dir/model.onnx` as `profile` needs it; returns graph facts (and, for NPUs, compatibility).
+
+    Scope `full`: static float export -> QNN preprocessing -> full QDQ in the profile's scheme,
+    calibrated on `calib_feeds` (batch-1 feeds shaped like `inputs`); also writes the float model it
+    quantized as model-fp32.onnx. Raises EdgekdError when the result would not run wholly on the device.
+    Other scopes: edgekd's QAT export (`export_onnx`), static or dynamic as the profile says.
+    """
+    out_dir = Path(out_dir)
+    if profile.quantization.scope != "full":
+        return export_onnx(model, inputs, out_dir / "model.onnx", opset, profile.static_shapes)
+    if not calib_feeds:
+        raise EdgekdError(f"export for {profile.name}: no calibration examples; full INT8 quantization needs real "
+                          "inputs to calibrate activation ranges.")
+    bad = {n: list(t.shape) for n, t in inputs.items() if t.shape[0] != 1}
+    if bad:
+        raise EdgekdError(f"export for {profile.name}: static-shape inputs must have batch 1; got {bad}.")
+    seq_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else None
+    with _fake_quant_off(model) as qat_layers, tempfile.TemporaryDirectory(prefix="edgekd-npu-") as tmp:
+        tmp = Path(tmp)
+        raw, mask = _export_float(model, inputs, tmp / "raw.onnx", opset, calib_feeds)
+        qat_tensors = _qat_input_tensors(raw, qat_layers)
+        if mask is not None:
+            mask.update(_fit_mask(raw, mask, calib_feeds, seq_len))
+        onnx.save(raw, str(tmp / "raw.onnx"))
+        from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
+
+        with _quiet_ort():
+            pre = tmp / "pre.onnx" if qnn_preprocess_model(tmp / "raw.onnx", tmp / "pre.onnx",
+                                                           fuse_layernorm=True) else tmp / "raw.onnx"
+        float_model = onnx.load(str(pre))
+        present = {v for n in float_model.graph.node for v in (*n.input, *n.output)}
+        overrides, ranges_fact = _overrides(qat_tensors, sorted(qat_layers), mask, present)
+        quant = _quantize(pre, tmp / "model.onnx", profile, calib_feeds, overrides)
+        graph = onnx.load(str(tmp / "model.onnx"))
+        from ..profile.compat import check_compatibility
+
+        compat = check_compatibility(tmp / "model.onnx", profile, seq_len)
+        _refuse_if_unsupported(graph, compat, profile)  # before anything is written to out_dir
+        onnx.save(graph, str(out_dir / "model.onnx"))
+        # The float twin is the raw export (mask already rewritten), not the preprocessed model: onnxruntime
+        # 1.32's MatMulAddFusion fails to load the already-optimized one at its default level (measured:
+        # 'AddInitializedOrtValue Attempt to replace the existing tensor'); it optimizes the raw one itself.
+        onnx.save(raw, str(out_dir / "model-fp32.onnx"))
+    ops = count_ops(graph)
+    inits = {i.name: i for i in graph.graph.initializer}
+    weights = [n for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    facts = {
+        "file": "model.onnx", "opset": opset, "inputs": list(inputs), "static_shapes": True, "seq_len": seq_len,
+        "input_shapes": {n: list(t.shape) for n, t in inputs.items()},
+        "quantized_weights": len(weights), "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
+        "ops": ops, "size_mb": (out_dir / "model.onnx").stat().st_size / 1e6,
+        "quantization": {**quant, "calibration_examples": len(calib_feeds), "ranges": ranges_fact,
+                         **({"attention_mask": mask} if mask is not None else {})},
+        "fp32_file": "model-fp32.onnx",
+    }
+    facts["compat"] = compat
+    if compat["quantization_violations"]:
+        kinds = sorted({v["kind"] for v in compat["quantization_violations"]})
+        log(f"[yellow]export: {len(compat['quantization_violations'])} quantization violation(s) for "
+            f"{profile.name} ({', '.join(kinds)}); see the manifest's compat entry[/]")
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------- export
+@contextmanager
+def _fake_quant_off(model: nn.Module):
+    """Switch fake quantization off (float export), restoring each layer's mode after; yields the layers."""
+    from ..quantize.fakequant import _FakeQuantMixin
+
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, _FakeQuantMixin)}
+    modes = {name: m.quant_mode for name, m in layers.items()}
+    for m in layers.values():
+        m.quant_mode = "off"
+    try:
+        yield layers
+    finally:
+        for name, m in layers.items():
+            m.quant_mode = modes[name]
+
+
+def _torch_export(wrapper: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int) -> onnx.ModelProto:
+    """The same exporter settings as `export_onnx` (TorchScript exporter), with every shape static."""
+    names = list(inputs)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper.eval(), tuple(inputs[n] for n in names), str(path), dynamo=False,
+                          opset_version=opset, input_names=names, output_names=["logits"], dynamic_axes=None,
+                          do_constant_folding=True)
+    return onnx.load(str(path))
+
+
+def _export_float(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int,
+                  calib_feeds: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, dict | None]:
+    """Float export; with the finite additive mask when the model takes attention_mask and honours it."""
+    names = list(inputs)
+    model.eval()
+    if "attention_mask" in inputs:
+        wrapper = AdditiveMaskLogits(model, names, _MASK_PLACEHOLDER)
+        diff = _mask_wrapper_error(model, wrapper, names, calib_feeds)
+        if diff is not None and diff <= 1e-4:
+            raw = _torch_export(wrapper, inputs, path, opset)
+            mask = _locate_mask(raw)
+            if mask is not None:
+                return raw, {"construction": "(attention_mask - 1) * M, 4D additive (export wrapper)",
+                             "wrapper_max_abs_logit_diff": diff, **mask}
+        log(f"[yellow]export: the model does not take a 4D additive attention mask as expected "
+            f"(max |Δlogit| {diff}); exporting its own mask construction[/]")
+    return _torch_export(LogitsOnly(model, names), inputs, path, opset), None
+
+
+def _mask_wrapper_error(model: nn.Module, wrapper: nn.Module, names: list[str],
+                        feeds: list[dict[str, np.ndarray]]) -> float | None:
+    """Max |logit difference| wrapper vs model on the padded calibration feeds with the most padding."""
+    padded = sorted(feeds, key=lambda f: int(f["attention_mask"].sum()))[:8]
+    worst = 0.0
+    with torch.no_grad():
+        for f in padded:
+            args = [torch.from_numpy(f[n]) for n in names]
+            try:
+                ref = logits_of(model, dict(zip(names, args))).float()
+                got = wrapper(*args).float()
+            except Exception:  # noqa: BLE001 — a model that rejects a 4D mask: use its own mask
+                return None
+            if ref.shape != got.shape or not torch.isfinite(got).all():
+                return None
+            worst = max(worst, float((ref - got).abs().max()))
+    return worst
+
+
+def _const_value(name: str, graph: onnx.GraphProto) -> np.ndarray | None:
+    for i in graph.initializer:
+        if i.name == name:
+            return numpy_helper.to_array(i)
+    for n in graph.node:
+        if n.op_type == "Constant" and n.output[0] == name and n.attribute and n.attribute[0].name == "value":
+            return numpy_helper.to_array(n.attribute[0].t)
+    return None
+
+
+def _locate_mask(raw: onnx.ModelProto) -> dict | None:
+    """The Mul that scales the mask by the placeholder M, and the score Adds that consume its result."""
+    g = raw.graph
+    scale_muls = []
+    for n in g.node:
+        if n.op_type != "Mul":
+            continue
+        for k, i in enumerate(n.input):
+            v = _const_value(i, g)
+            if v is not None and v.size == 1 and float(v.reshape(-1)[0]) == _MASK_PLACEHOLDER:
+                scale_muls.append((n, k))
+    if len(scale_muls) != 1:
+        return None
+    mul, k = scale_muls[0]
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    adds, frontier = [], [mul.output[0]]
+    while frontier:
+        t = frontier.pop()
+        for c in consumers.get(t, []):
+            if c.op_type == "Add":
+                adds.append({"add": c.name, "output": c.output[0], "scores": next(i for i in c.input if i != t)})
+            elif c.op_type in _PASS_THROUGH:
+                frontier.append(c.output[0])
+    if not adds:
+        return None
+    mul.input[k] = _MASK_INIT  # its own initializer, set once M is known (_fit_mask)
+    g.initializer.append(numpy_helper.from_array(np.array(_MASK_PLACEHOLDER, dtype=np.float32), _MASK_INIT))
+    return {"mask_tensor": mul.output[0], "score_adds": adds}
+
+
+def _fit_mask(raw: onnx.ModelProto, mask: dict, feeds: list[dict[str, np.ndarray]], seq_len: int) -> dict:
+    """Measure each layer's score range on the calibration feeds, then set M (see the module doc)."""
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(raw)
+    scores = [a["scores"] for a in mask["score_adds"]]
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(s, onnx.TensorProto.FLOAT, None) for s in scores)
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    lo = np.full(len(scores), np.inf)
+    hi = np.full(len(scores), -np.inf)
+    for f in feeds:
+        for j, s in enumerate(sess.run(scores, f)):
+            lo[j], hi[j] = min(lo[j], float(s.min())), max(hi[j], float(s.max()))
+    margin = math.log(2 * 255 * seq_len)
+    m = math.ceil(float((hi - lo).max()) + 2 * margin)
+    for i in raw.graph.initializer:
+        if i.name == _MASK_INIT:
+            i.CopyFrom(numpy_helper.from_array(np.array(m, dtype=np.float32), _MASK_INIT))
+    for a, l, h in zip(mask["score_adds"], lo, hi):
+        a["score_range"] = [float(l), float(h)]
+        a["output_range"] = [float(l) - margin, float(h)]
+    return {"mask_value": float(m), "margin": margin}
+
+
+# ---------------------------------------------------------------------------------------------- quantize
+def _qat_input_tensors(raw: onnx.ModelProto, layers: dict[str, nn.Module]) -> dict[str, dict]:
+    """ONNX input tensor of each QAT layer with a learned range -> {rmin, rmax, layers}.
+
+    The TorchScript exporter names a layer's node by its module scope under the wrapper
+    ('/model/bert/encoder/layer.0/attention/self/query/MatMul'); its first input is the
+    activation the QAT layer observed. Layers sharing an input (q/k/v) share one range (their union).
+    """
+    linear = {n.name.rsplit("/", 1)[0].replace("/", ".").lstrip("."): n for n in raw.graph.node
+              if n.op_type in ("MatMul", "Gemm", "Conv") and n.name.startswith("/")}
+    out: dict[str, dict] = {}
+    for name, layer in layers.items():
+        node = linear.get(f"model.{name}")
+        lo, hi = float(layer.act_min), float(layer.act_max)
+        if node is None or not (math.isfinite(lo) and math.isfinite(hi)):
+            continue
+        lo, hi = min(lo, 0.0), max(hi, 0.0)  # as the QAT fake quant: zero stays exact
+        t = out.setdefault(node.input[0], {"rmin": lo, "rmax": hi, "layers": []})
+        t["rmin"], t["rmax"] = min(t["rmin"], lo), max(t["rmax"], hi)
+        t["layers"].append(name)
+    return out
+
+
+def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
+               present: set[str]) -> tuple[dict, str]:
+    overrides: dict[str, list[dict]] = {}
+    mapped = 0
+    for tensor, r in qat.items():
+        if tensor in present:
+            overrides[tensor] = [{"rmin": np.array(r["rmin"], np.float32), "rmax": np.array(r["rmax"], np.float32)}]
+            mapped += len(r["layers"])
+    if mask is not None:
+        for a in mask["score_adds"]:
+            if a["output"] in present:
+                lo, hi = a["output_range"]
+                overrides[a["output"]] = [{"rmin": np.array(lo, np.float32), "rmax": np.array(hi, np.float32)}]
+                a["range_applied"] = True
+            else:  # renamed by preprocessing: MinMax calibration (coarser scores, still finite)
+                a["range_applied"] = False
+    if not all_layers:
+        fact = "calibrated (MinMax; the model has no QAT ranges)"
+    elif mapped == 0:
+        fact = "calibrated (QAT ranges not mapped)"
+    else:
+        fact = (f"QAT ranges for the inputs of {mapped} of {len(all_layers)} quantized layers; "
+                "every other activation calibrated (MinMax)")
+    return overrides, fact
+
+
+class _FeedReader:
+    """onnxruntime CalibrationDataReader over a list of feeds (subclassed lazily: no import at module load)."""
+
+    def __new__(cls, feeds: list[dict[str, np.ndarray]]):
+        from onnxruntime.quantization import CalibrationDataReader
+
+        class Reader(CalibrationDataReader):
+            def __init__(self):
+                self._it = iter(feeds)
+
+            def get_next(self):
+                return next(self._it, None)
+
+            def rewind(self):
+                self._it = iter(feeds)
+
+        return Reader()
+
+
+@contextmanager
+def _quiet_ort():
+    """onnxruntime's quantization tools log advice on the root logger ('consider pre-processing' ...)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str, np.ndarray]],
+              overrides: dict) -> dict:
+    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    scheme = profile.quantization
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    per_channel = scheme.weight_granularity == "per-channel"
+    with _quiet_ort():
+        config = get_qnn_qdq_config(str(src), _FeedReader(feeds), activation_type=qtype[scheme.activation_dtype],
+                                    weight_type=qtype[scheme.weight_dtype], per_channel=per_channel,
+                                    init_overrides=overrides or None)
+        quantize(str(src), str(dst), config)
+    return {"tool": "onnxruntime get_qnn_qdq_config + quantize_static (QDQ, MinMax calibration)",
+            "activation_dtype": scheme.activation_dtype, "weight_dtype": scheme.weight_dtype,
+            "weight_granularity": scheme.weight_granularity, "scope": scheme.scope,
+            "overridden_tensors": len(overrides)}
+
+
+def _refuse_if_unsupported(graph: onnx.ModelProto, compat: dict, profile: DeviceProfile) -> None:
+    if not compat["unsupported_ops"] and not compat["dynamic_inputs"]:
+        return
+    from ..profile.compat import op_key
+
+    fallback = set(compat["fallback_nodes"])
+    counts: dict[str, int] = {}
+    for n in graph.graph.node:
+        if n.name in fallback or (not n.name and op_key(n) in fallback):
+            counts[op_key(n)] = counts.get(op_key(n), 0) + 1
+    for op in compat["unsupported_ops"]:
+        counts.setdefault(op, 0)
+    parts = []
+    if compat["unsupported_ops"]:
+        listed = ", ".join(f"{op} ({counts[op]} node{'s' if counts[op] != 1 else ''})"
+                           for op in compat["unsupported_ops"])
+        parts.append(f"operators its execution provider ({profile.execution_provider}) has no kernel for: {listed} "
+                     f"— {compat['fallback_nodes_share']:.1%} of the nodes and {compat['fallback_flops_share']:.1%} "
+                     "of the FLOPs would fall back to the CPU")
+    if compat["dynamic_inputs"]:
+        parts.append(f"dynamic input shapes {compat['dynamic_inputs']} where the device needs static ones")
+    raise EdgekdError(
+        f"export for {profile.name}: the quantized model would not run wholly on the device — " + "; and ".join(parts)
+        + ". Nothing was written. Use a model without these operators, or, if the device does support them, "
+        f"add them to supported_ops in the profile {profile.name}.yaml."
+    )
