@@ -106,6 +106,7 @@ def writing(final_path: Path) -> Iterator[Path]:
             raise RuntimeError(f"internal: stage wrote no {MANIFEST} into {tmp}")
         if final_path.exists():
             raise EdgekdError(f"{str(final_path)!r} already exists; edgekd never overwrites a completed artifact.")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); a finished artifact is an ordinary folder
         os.replace(tmp, final_path)
     finally:
         if tmp.exists():

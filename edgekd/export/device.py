@@ -143,7 +143,8 @@ def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir
         "ops": ops, "size_mb": (out_dir / "model.onnx").stat().st_size / 1e6,
         "quantization": {**quant, "calibration_examples": len(calib_feeds), "ranges": ranges_fact,
                          **({"attention_mask": mask} if mask is not None else {})},
-        "fp32_file": "model-fp32.onnx",
+        "fp32": {"file": "model-fp32.onnx", "opset": opset, "inputs": list(inputs), "static_shapes": True,
+                 "ops": count_ops(raw), "size_mb": (out_dir / "model-fp32.onnx").stat().st_size / 1e6},
     }
     facts["compat"] = compat
     if compat["quantization_violations"]:
@@ -189,14 +190,17 @@ def _export_float(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
     if "attention_mask" in inputs:
         wrapper = AdditiveMaskLogits(model, names, _MASK_PLACEHOLDER)
         diff = _mask_wrapper_error(model, wrapper, names, calib_feeds)
-        if diff is not None and diff <= 1e-4:
+        if diff is not None and diff <= 1e-3:
             raw = _torch_export(wrapper, inputs, path, opset)
             mask = _locate_mask(raw)
             if mask is not None:
                 return raw, {"construction": "(attention_mask - 1) * M, 4D additive (export wrapper)",
                              "wrapper_max_abs_logit_diff": diff, **mask}
-        log(f"[yellow]export: the model does not take a 4D additive attention mask as expected "
-            f"(max |Δlogit| {diff}); exporting its own mask construction[/]")
+        why = ("rejects a 4D additive mask" if diff is None else
+               f"gives other logits with a 4D additive mask (max |Δlogit| {diff:.3g})" if diff > 1e-3 else
+               "does not add the 4D mask to its attention scores in the exported graph")
+        log(f"[yellow]export: the model {why}; exporting its own mask construction, whose quantized range "
+            "may flatten attention[/]")
     return _torch_export(LogitsOnly(model, names), inputs, path, opset), None
 
 
@@ -257,8 +261,14 @@ def _locate_mask(raw: onnx.ModelProto) -> dict | None:
                 frontier.append(c.output[0])
     if not adds:
         return None
+    placeholder = mul.input[k]
     mul.input[k] = _MASK_INIT  # its own initializer, set once M is known (_fit_mask)
     g.initializer.append(numpy_helper.from_array(np.array(_MASK_PLACEHOLDER, dtype=np.float32), _MASK_INIT))
+    if not any(placeholder in n.input for n in g.node):  # drop the now unused placeholder constant
+        for n in [n for n in g.node if n.op_type == "Constant" and n.output[0] == placeholder]:
+            g.node.remove(n)
+        for i in [i for i in g.initializer if i.name == placeholder]:
+            g.initializer.remove(i)
     return {"mask_tensor": mul.output[0], "score_adds": adds}
 
 
@@ -339,25 +349,6 @@ def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
     return overrides, fact
 
 
-class _FeedReader:
-    """onnxruntime CalibrationDataReader over a list of feeds (subclassed lazily: no import at module load)."""
-
-    def __new__(cls, feeds: list[dict[str, np.ndarray]]):
-        from onnxruntime.quantization import CalibrationDataReader
-
-        class Reader(CalibrationDataReader):
-            def __init__(self):
-                self._it = iter(feeds)
-
-            def get_next(self):
-                return next(self._it, None)
-
-            def rewind(self):
-                self._it = iter(feeds)
-
-        return Reader()
-
-
 @contextmanager
 def _quiet_ort():
     """onnxruntime's quantization tools log advice on the root logger ('consider pre-processing' ...)."""
@@ -370,14 +361,21 @@ def _quiet_ort():
 
 def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str, np.ndarray]],
               overrides: dict) -> dict:
-    from onnxruntime.quantization import QuantType, quantize
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    class FeedReader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
 
     scheme = profile.quantization
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     per_channel = scheme.weight_granularity == "per-channel"
     with _quiet_ort():
-        config = get_qnn_qdq_config(str(src), _FeedReader(feeds), activation_type=qtype[scheme.activation_dtype],
+        config = get_qnn_qdq_config(str(src), FeedReader(), activation_type=qtype[scheme.activation_dtype],
                                     weight_type=qtype[scheme.weight_dtype], per_channel=per_channel,
                                     init_overrides=overrides or None)
         quantize(str(src), str(dst), config)

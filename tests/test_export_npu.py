@@ -1,0 +1,176 @@
+"""Export for an integer NPU (hexagon-npu): static shapes, full INT8 QDQ in the device's scheme, no
+operator fallback, or a refusal naming the operators; the CPU path is unchanged. Tiny BERTs from configs."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+from transformers import BertConfig, BertForSequenceClassification
+
+from edgekd.data.batching import Encoded
+from edgekd.errors import EdgekdError
+from edgekd.export.device import export_for_device
+from edgekd.export.onnx_export import export_onnx
+from edgekd.export.validate import validate_export
+from edgekd.profile.compat import check_compatibility, op_key
+from edgekd.profile.latency import text_feeds
+from edgekd.profile.profiles import load_profile
+from edgekd.quantize.fakequant import convert, quantizable_modules, set_mode
+
+SEQ = 16
+NAMES = ["input_ids", "attention_mask"]
+
+
+def encoded(n, seed, lo=3, hi=12):
+    rng = np.random.default_rng(seed)
+    ids = [list(rng.integers(5, 50, rng.integers(lo, hi))) for _ in range(n)]
+    return Encoded(np.zeros(n, dtype=np.int64), ids=ids)
+
+
+def qat_bert():
+    """A QAT-converted tiny BERT whose attention is far from uniform (initializer_range 0.2), so that
+    a mask or score quantization that flattens attention shows in the logits."""
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=50, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, num_labels=2, initializer_range=0.2, attn_implementation="eager")
+    model = BertForSequenceClassification(cfg).eval()
+    names = quantizable_modules(model)
+    convert(model, names, "uint8")
+    set_mode(model, "calibrate")
+    data = encoded(64, 0)
+    with torch.no_grad():
+        model(**data.batch(np.arange(len(data))))
+    for n in names:
+        model.get_submodule(n).freeze(n)
+    return model
+
+
+def static_inputs(seq=SEQ):
+    return {"input_ids": torch.full((1, seq), 5), "attention_mask": torch.ones(1, seq, dtype=torch.long)}
+
+
+def calib_feeds():
+    return text_feeds(encoded(64, 1).ids, NAMES, SEQ)
+
+
+@pytest.fixture(scope="module")
+def npu():
+    return load_profile("hexagon-npu")
+
+
+@pytest.fixture(scope="module")
+def npu_export(tmp_path_factory, npu):
+    model = qat_bert()
+    out = tmp_path_factory.mktemp("npu")
+    facts = export_for_device(model, static_inputs(), out, npu, calib_feeds(), 17)
+    return model, out, facts
+
+
+def test_npu_export_has_static_shapes_and_no_operator_fallback(npu_export, npu):
+    _, out, facts = npu_export
+    g = onnx.load(str(out / "model.onnx"))
+    for inp in g.graph.input:
+        assert [d.dim_value for d in inp.type.tensor_type.shape.dim] == [1, SEQ], inp.name
+    compat = check_compatibility(out / "model.onnx", npu, SEQ)
+    assert compat["unsupported_ops"] == [] and compat["fallback_nodes_share"] == 0.0
+    assert compat["dynamic_inputs"] == [] and compat["quantization_violations"] == [] and compat["ok"]
+    assert facts["compat"]["fallback_nodes_share"] == 0.0 and facts["static_shapes"] and facts["seq_len"] == SEQ
+    assert all(op_key(n) in set(npu.supported_ops) | {"Constant"} for n in g.graph.node)
+    # HF's mask construction (Where on finfo.min, IsNaN) is not in the graph
+    assert not {"Where", "IsNaN"} & {n.op_type for n in g.graph.node}
+    assert (out / "model-fp32.onnx").is_file()
+
+
+def test_npu_export_is_full_int8_with_uint8_per_tensor_weights(npu_export):
+    _, out, facts = npu_export
+    g = onnx.load(str(out / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    producer = {o: n for n in g.node for o in n.output}
+    weight_dqs = [n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dqs and facts["quantized_weights"] == len(weight_dqs)
+    for dq in weight_dqs:
+        w = inits[dq.input[0]]
+        if w.dtype == np.int32:
+            continue  # Gemm biases: int32, the convention on every device
+        assert w.dtype == np.uint8, dq.input[0]
+        assert inits[dq.input[1]].size == 1, f"{dq.input[0]} is not per-tensor"
+    # every MatMul, the attention ones (activation x activation) included, reads dequantized uint8
+    matmuls = [n for n in g.node if n.op_type in ("MatMul", "Gemm")]
+    assert len([n for n in matmuls if "attention/self/MatMul" in n.name]) == 4  # QK^T and PV, 2 layers
+    for n in matmuls:
+        for i in n.input[:2]:
+            assert producer[i].op_type == "DequantizeLinear", (n.name, i)
+    assert all(inits[n.input[2]].dtype == np.uint8 for n in g.node if n.op_type == "QuantizeLinear")
+    q = facts["quantization"]
+    assert (q["activation_dtype"], q["weight_dtype"], q["weight_granularity"]) == ("uint8", "uint8", "per-tensor")
+    assert q["ranges"].startswith("QAT ranges for the inputs of 14 of 14")
+
+
+def test_attention_mask_is_finite_and_scores_keep_their_resolution(npu_export):
+    """HF's finfo.min mask gave the score+mask Adds a uint8 scale of 1.3e36 (uniform attention)."""
+    _, out, facts = npu_export
+    mask = facts["quantization"]["attention_mask"]
+    assert 0 < mask["mask_value"] < 1000 and len(mask["score_adds"]) == 2
+    g = onnx.load(str(out / "model.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    scales = {n.input[0]: float(inits[n.input[1]]) for n in g.node if n.op_type == "QuantizeLinear"}
+    for a in mask["score_adds"]:
+        lo, hi = a["output_range"]
+        assert a["range_applied"] and scales[a["output"]] == pytest.approx((hi - lo) / 255, rel=1e-3)
+        assert scales[a["output"]] < 0.5
+
+
+def test_npu_export_agrees_with_the_qat_model_on_padded_static_inputs(npu_export):
+    model, out, _ = npu_export
+    data = encoded(200, 2, lo=3, hi=30)  # some longer than SEQ: truncated as the device would get them
+    report = validate_export(model, out / "model.onnx", data, 0.9, NAMES)
+    assert report["static_shapes"] == {"input_ids": [1, SEQ], "attention_mask": [1, SEQ]}
+    assert report["failures"] == [], report
+    assert report["argmax_agreement"] >= 0.9  # measured 0.96: full uint8 vs the per-channel QAT model
+
+
+def test_fake_quant_modes_are_restored_after_export(npu_export):
+    model, _, _ = npu_export
+    modes = {m.quant_mode for m in model.modules() if hasattr(m, "quant_mode")}
+    assert modes == {"frozen"}
+
+
+def test_refuses_when_the_device_lacks_an_operator_and_names_it(tmp_path, npu):
+    lacking = npu.model_copy(update={"supported_ops": [o for o in npu.supported_ops if not o.endswith("Gelu")]})
+    with pytest.raises(EdgekdError, match=r"hexagon-npu.*no kernel for: com\.microsoft:Gelu \(2 nodes\)"):
+        export_for_device(qat_bert(), static_inputs(), tmp_path, lacking, calib_feeds(), 17)
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_cpu_profile_path_is_the_qat_export(tmp_path):
+    model = qat_bert()
+    inputs = static_inputs(8)
+    facts = export_for_device(model, inputs, tmp_path, load_profile("host-cpu"), [], 17)
+    direct = export_onnx(model, inputs, tmp_path / "direct.onnx", 17)
+    assert {k: v for k, v in facts.items() if k not in ("file", "size_mb")} == \
+        {k: v for k, v in direct.items() if k not in ("file", "size_mb")}
+    g = onnx.load(str(tmp_path / "model.onnx"))
+    assert any(d.dim_param for d in g.graph.input[0].type.tensor_type.shape.dim)  # dynamic axes kept
+    assert any(i.data_type == onnx.TensorProto.INT8 for i in g.graph.initializer)  # int8 per-channel weights
+
+
+def test_export_stage_uses_the_device_path_and_records_compatibility(tmp_path, monkeypatch):
+    import edgekd.export.stage as stage
+    from edgekd.configs import ExportConfig
+
+    model = qat_bert()
+    monkeypatch.setattr(stage, "load_model_from_artifact", lambda parent: model)
+    splits = {"train": encoded(64, 1), "dev": encoded(60, 2)}
+    ctx = SimpleNamespace(recipe=SimpleNamespace(profiles=["hexagon-npu"]), task="text-classification",
+                          data=SimpleNamespace(preprocess={}), encoded=lambda split, n=None: splits[split])
+    parent = SimpleNamespace(spec={"quant": {"scheme": {}}}, id="qat-1", path=tmp_path / "parent")
+    (tmp_path / "out").mkdir()
+    result = stage.run_export(ExportConfig(seq_len=SEQ, min_agreement=0.9), parent, ctx, tmp_path / "out", "k")
+    extra, validation = result["extra"], result["metrics"]["validation"]
+    assert extra["compat"]["fallback_nodes_share"] == 0.0 and extra["compat"]["unsupported_ops"] == []
+    assert extra["onnx"]["static_shapes"] and extra["onnx_fp32"]["file"] == "model-fp32.onnx"
+    assert validation["failures"] == [] and validation["argmax_agreement"] >= 0.9
