@@ -21,6 +21,9 @@ def session(path: str | Path, threads: int = 0):
 def onnx_logits(path: str | Path, data: Encoded, batch_size: int = 32, desc: str = "onnx predict") -> np.ndarray:
     """Logits of the ONNX model for every example, in order (batched by length like predict_logits)."""
     sess = session(path)
+    static = static_shapes(sess)
+    if static is not None:  # a static-shape (NPU) model takes batch 1 at its fixed length
+        return _static_onnx_logits(sess, fit_to_static(data, static), static, desc)
     names = {i.name for i in sess.get_inputs()}
     n = len(data)
     order = np.argsort([len(x) for x in data.ids], kind="stable") if data.ids is not None else np.arange(n)
@@ -35,3 +38,36 @@ def onnx_logits(path: str | Path, data: Encoded, batch_size: int = 32, desc: str
             out[idx] = logits
             advance()
     return out
+
+
+def static_shapes(sess) -> dict[str, list[int]] | None:
+    """{input: shape} when every input dimension is fixed, else None."""
+    shapes = {i.name: list(i.shape) for i in sess.get_inputs()}
+    if all(isinstance(d, int) and d > 0 for shape in shapes.values() for d in shape):
+        return shapes
+    return None
+
+
+def fit_to_static(data: Encoded, static: dict[str, list[int]]) -> Encoded:
+    if data.ids is None or "input_ids" not in static:
+        return data
+    seq_len = static["input_ids"][1]
+    ids = [x if len(x) <= seq_len else x[: seq_len - 1] + [x[-1]] for x in data.ids]  # as encode(): keep [SEP]
+    return Encoded(data.labels, ids=ids, pad_id=data.pad_id, truncated=data.truncated)
+
+
+def _static_onnx_logits(sess, data: Encoded, static: dict[str, list[int]], desc: str) -> np.ndarray:
+    """Logits of a static-shape model, one example per run (batch 1), texts padded to its length."""
+    from ..profile.latency import image_feeds, text_feeds
+
+    names = list(static)
+    if data.ids is not None:
+        feeds = text_feeds(data.ids, names, static["input_ids"][1], data.pad_id)
+    else:
+        feeds = image_feeds(data.images, names[0])
+    rows = []
+    with progress(len(feeds), desc) as advance:
+        for f in feeds:
+            rows.append(sess.run(None, f)[0])
+            advance()
+    return np.concatenate(rows).astype(np.float32)
