@@ -17,6 +17,38 @@ from .measure import accuracy_on, latency_on
 from .profiles import detect_host, load_profile
 
 
+def estimate_all(models: dict, results: dict, profile, max_positions: int | None) -> dict | None:
+    """Estimated latencies on a device that is not present, labelled as such, with the estimator's error.
+
+    Returns what is known about the estimator (its measured error on the host), or None when no
+    calibration exists — then nothing is estimated rather than guessed.
+    """
+    from ..errors import ProfileError
+    from .estimate import estimate_latency, load_calibration
+
+    try:
+        cal = load_calibration()
+    except ProfileError as e:
+        log(f"[yellow]profile {profile.name}: not present and not estimated — {e}[/]")
+        return None
+    error = cal.get("max_abs_rel_error", cal.get("error", {}).get("max_abs_rel_error"))
+    seq_lens = [s for s in profile.seq_lens if max_positions is None or s <= max_positions]
+    for name, m in models.items():
+        from .latency import model_input_names
+
+        is_image = "pixel_values" in model_input_names(m["path"])
+        cases = {f"t{t}": (None, t) for t in profile.threads} if is_image else {
+            f"seq{s}_t{t}": (s, t) for s in seq_lens for t in profile.threads}
+        out = {}
+        for case, (seq, threads) in cases.items():
+            est = estimate_latency(m["path"], profile, seq, threads, cal)
+            out[case] = {"p50": est["ms"], "estimated": True, "estimator_error": error}
+        results[name]["latency_ms"][profile.name] = out
+    log(f"profile {profile.name}: latency estimated (not measured; estimator error on the host ±{100 * (error or 0):.0f}%)")
+    return {"max_abs_rel_error": error, "checked_on": cal.get("host", {}).get("cpu", "host"),
+            "calibration": str(cal.get("path", "profiles/calibration"))}
+
+
 def compatibility_summary(path: Path, profile) -> dict:
     """Which operators / quantization choices of the shipped model the device cannot run as-is."""
     from .compat import check_compatibility
@@ -71,19 +103,22 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                          "latency_ms": {}}
         log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples")
 
-    compat = {}
+    compat: dict = {}
+    estimator = None
+    max_positions = parent.spec.get("hf_config", {}).get("max_position_embeddings")
     for pname in ctx.recipe.profiles:
         profile = load_profile(pname)
         compat[pname] = compatibility_summary(models["final"]["path"], profile)
         if not profile.measured:
-            log(f"[yellow]profile {pname}: not present on this machine; latency estimation is not available yet[/]")
+            estimator = estimate_all(models, results, profile, max_positions) or estimator
             continue
         for name, m in models.items():
             log(f"profile: timing {name} on {pname}")
             results[name]["latency_ms"][pname] = latency_on(
                 m["path"], test, profile, warmup=cfg.warmup, runs=cfg.runs,
                 natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
-                max_positions=parent.spec.get("hf_config", {}).get("max_position_embeddings"))
+                max_positions=max_positions)
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
+               "estimator": estimator,
                "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx)}
     return {"metrics": metrics, "spec": parent.spec}
