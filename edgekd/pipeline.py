@@ -94,6 +94,8 @@ class Pipeline:
             extra = {}
             if entry.name == "distill":
                 extra["student"] = self.recipe.student.model_dump(mode="json")
+            if entry.name == "qat":  # the quantization scheme (int7/int8 weights) follows the first target
+                extra["target"] = self.recipe.profiles[:1]
             if entry.name in ("export", "profile"):
                 extra["profiles"] = self.recipe.profiles
             parent = self._run_stage(entry.name, entry.config, parent, desc.run, extra)
