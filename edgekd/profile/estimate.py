@@ -365,9 +365,13 @@ def _features(summary: dict, fig: dict, threads: int, alphas: dict) -> np.ndarra
     return np.array(compute + [nbytes / (fig["memory_bandwidth_gbs"] * 1e9) * 1e3, nodes, nodes * (threads - 1)])
 
 
+def _inverse(eff: float | None) -> float:
+    return 0.0 if eff is None else 1.0 / eff  # None: the class's time is all in the memory and per-node terms
+
+
 def _weights(params: dict) -> np.ndarray:
-    return np.array([1 / params["eff"][c] for c in CLASSES] + [1 / params["eff_mem"], params["overhead_ms"],
-                                                                 params["overhead_ms"] * params["overhead_thread"]])
+    return np.array([_inverse(params["eff"][c]) for c in CLASSES] + [
+        _inverse(params["eff_mem"]), params["overhead_ms"], params["overhead_ms"] * params["overhead_thread"]])
 
 
 def estimate_latency(onnx_path: str | Path, profile: DeviceProfile, seq_len: int | None, threads: int,
@@ -443,8 +447,9 @@ def calibrate(cases: list[dict], host: dict | None = None) -> dict:
                 if best is None or score < best[0]:
                     best = (score, alphas, w, rel)
     _, alphas, w, rel = best
-    inv = np.maximum(w, 1e-9)  # a zero inverse efficiency (term unused by the data) -> huge efficiency
-    params = {"eff": {c: float(1 / inv[i]) for i, c in enumerate(CLASSES)}, "eff_mem": float(1 / inv[3]),
+    # A zero inverse efficiency means the data gave that term no time: stored as None (no cost).
+    eff = [float(1 / v) if v > 1e-9 else None for v in w[:4]]
+    params = {"eff": dict(zip(CLASSES, eff[:3])), "eff_mem": eff[3],
               "overhead_ms": float(w[4]), "overhead_thread": float(w[5] / w[4]) if w[4] > 0 else 0.0,
               "alpha": {k: float(v) for k, v in alphas.items()}}
     return {"version": 1, "formula": FORMULA,
