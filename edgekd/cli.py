@@ -81,11 +81,13 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
 def export(artifact: Path = typer.Argument(..., help="a stage artifact folder (with model.safetensors)"),
            profile: str = typer.Option(..., "--profile", help="device profile name or YAML path"),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: exports/<name>)"),
-           opset: int = typer.Option(17, "--opset")):
+           opset: int = typer.Option(17, "--opset"),
+           min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
+                                               help="fail below this ONNX-vs-PyTorch argmax agreement")):
     """Export a stage artifact to ONNX the way a device profile needs it, validated against PyTorch."""
     from .standalone import export_artifact
 
-    path = export_artifact(artifact, profile, out_dir, opset)
+    path = export_artifact(artifact, profile, out_dir, opset, min_agreement)
     out.print(f"[bold green]exported[/] {path}/model.onnx")
 
 

@@ -11,7 +11,8 @@ from .errors import EdgekdError
 from .onnx_file import check_onnx_file
 
 
-def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opset: int) -> Path:
+def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opset: int,
+                    min_agreement: float = 0.99) -> Path:
     """Re-export a stage artifact of a run for a device profile; validated on the run's own data."""
     from .context import Context
     from .export.stage import run_export
@@ -29,8 +30,8 @@ def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opse
     recipe = validate_recipe({**recipe_dict, "profiles": [prof.name]}, f"{run_dir}/run.json")
     ctx = Context(recipe, run_dir)
     ctx.teacher = next(a for a in artifacts if a.stage == "teacher")
-    cfg = ExportConfig(opset=opset)
-    key = stable_hash({"export": art.id, "profile": prof.model_dump(mode="json"), "opset": opset})
+    cfg = ExportConfig(opset=opset, min_agreement=min_agreement)
+    key = stable_hash({"export": art.id, "profile": prof.model_dump(mode="json"), **cfg.model_dump(mode="json")})
     final = Path(out_dir) if out_dir else Path("exports") / f"{recipe.name}-{art.stage}-{prof.name}"
     if final.exists():
         raise EdgekdError(f"{str(final)!r} already exists; edgekd does not overwrite an export. Choose --out.")

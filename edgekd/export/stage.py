@@ -61,7 +61,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         kinds = ", ".join(f["type"] for f in validation["failures"])
         hint = ("Try another opset (export.opset) or report a bug." if not device else
                 f"The model is quantized in full (every activation uint8, per-tensor weights) for {profile.name}, "
-                "which the QAT model was not trained for; if this loss is acceptable lower export.min_agreement, "
+                "which the QAT model was not trained for; if this loss is acceptable lower export.min_agreement (edgekd export --min-agreement), "
                 "otherwise report it.")
         raise ExportValidationError(
             f"export: the ONNX model disagrees with PyTorch on {validation['examples']} dev examples ({kinds}: "

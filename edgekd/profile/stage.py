@@ -31,7 +31,8 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     except ProfileError as e:
         log(f"[yellow]profile {profile.name}: not present and not estimated — {e}[/]")
         return None
-    error = cal.get("max_abs_rel_error", cal.get("error", {}).get("max_abs_rel_error"))
+    # the error over all host cases (held-out models and lengths included), not just the fitted ones
+    error = cal.get("measured_error", cal.get("fit", {})).get("max_abs_rel_error")
     seq_lens = [s for s in profile.seq_lens if max_positions is None or s <= max_positions]
     for name, m in models.items():
         from .latency import model_input_names

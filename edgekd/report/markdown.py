@@ -53,8 +53,11 @@ def render_markdown(s: dict) -> str:
     if systems:
         cases = _latency_cases(systems)
         out += ["## Measured models", ""]
+        estimated = {(p, c) for sysm in systems.values() for p, lat in sysm.get("latency_ms", {}).items()
+                     for c, x in lat.items() if x.get("estimated")}
         head = "| model | accuracy % | agreement % | size MB | params | " + " | ".join(
-            f"{p} {c} p50/p90 ms" for p, c in cases) + " | peak memory MB |"
+            f"{p} {c} p50 ms (estimated)" if (p, c) in estimated else f"{p} {c} p50/p90 ms" for p, c in cases
+        ) + " | peak memory MB |"
         out += [head, "| " + " | ".join(["---"] * (6 + len(cases))) + " |"]
         for name, m in systems.items():
             lat = m.get("latency_ms", {})
@@ -62,8 +65,14 @@ def render_markdown(s: dict) -> str:
             peak = None
             for p, c in cases:
                 x = lat.get(p, {}).get(c)
-                cells.append("—" if x is None else f"{x['p50']:.2f} / {x['p90']:.2f}")
-                if x is not None:
+                if x is None:
+                    cells.append("—")
+                elif x.get("estimated"):
+                    err = x.get("estimator_error")
+                    cells.append(f"~{x['p50']:.2f} est." + (f" ±{100 * err:.0f}%" if err else ""))
+                else:
+                    cells.append(f"{x['p50']:.2f} / {x['p90']:.2f}")
+                if x is not None and not x.get("estimated"):
                     peak = max(peak or 0.0, x.get("peak_memory_mb", 0.0))
             out.append(f"| {name} | {_pct(m.get('accuracy'))} | {_pct(m.get('agreement'))} | {_num(m.get('size_mb'))} | "
                        f"{_params(m.get('params'))} | " + " | ".join(cells) + f" | {_num(peak, '{:.1f}')} |")
