@@ -350,8 +350,10 @@ def device_figures(profile: DeviceProfile, calibration: dict) -> dict:
     fp32 = profile.peak_fp32_gflops or profile.peak_int8_gops / 4
     int8 = profile.peak_int8_gops or fp32
     bw = profile.memory_bandwidth_gbs or host["memory_bandwidth_gbs"]
-    return {"peak_fp32_gflops": fp32, "peak_int8_gops": int8, "memory_bandwidth_gbs": bw,
-            "cores": max(profile.threads)}
+    # The peak is spread over the cores it was quoted for (compute_units): one thread of a 40-core
+    # server gets 1/40 of the socket's peak, not 1/max(threads). null = one accelerator.
+    cores = profile.compute_units or (1 if profile.execution_provider != "CPUExecutionProvider" else max(profile.threads))
+    return {"peak_fp32_gflops": fp32, "peak_int8_gops": int8, "memory_bandwidth_gbs": bw, "cores": cores}
 
 
 # ------------------------------------------------------------------ time model
