@@ -22,6 +22,27 @@ NAMES = {"teacher-fp32": "teacher-fp32", "final": "edgekd-int8", "final-fp32": "
 CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 
 
+def host_estimates(run_dir: Path, m: dict, systems: dict) -> dict:
+    """edgekd's latency estimate for the host next to the measurement, for every model and fixed shape."""
+    from edgekd.profile.estimate import estimate_latency
+    from edgekd.profile.profiles import load_profile
+
+    folders = {Path(p).name.rsplit("-", 1)[-1]: run_dir / p
+               for p in json.loads((run_dir / "run.json").read_text())["artifacts"]}
+    host = load_profile("host-cpu")
+    cases = []
+    for src, dst in NAMES.items():
+        s = m["systems"][src]
+        path = folders[s["artifact"]] / s["file"]
+        for case, (seq, threads) in {"seq128_t1": (128, 1), "seq128_t2": (128, 2)}.items():
+            measured = systems[dst]["latency_ms"][case]["p50"]
+            est = estimate_latency(path, host, seq, threads)["ms"]
+            cases.append({"model": dst, "seq_len": seq, "threads": threads, "measured_ms": measured,
+                          "estimated_ms": est, "rel_error": (est - measured) / measured})
+    return {"cases": cases, "max_abs_rel_error": max(abs(c["rel_error"]) for c in cases),
+            "within_15pct": sum(abs(c["rel_error"]) <= 0.15 for c in cases)}
+
+
 def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
     m = json.loads((Path(run_dir) / "manifest.json").read_text())
     systems = {}
@@ -34,6 +55,7 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
             "latency_ms": {c: {"p50": lat[c]["p50"], "p90": lat[c]["p90"], "p99": lat[c]["p99"],
                                "runs": lat[c]["runs"], "peak_memory_mb": lat[c]["peak_memory_mb"]} for c in CASES},
         }
+    estimator = host_estimates(Path(run_dir), m, systems)
     int8, fp32, teacher = systems["edgekd-int8"], systems["edgekd-fp32"], systems["teacher-fp32"]
     result = {
         "benchmark": "sst2-full: recipes/sst2-minilm.yaml end to end, measured on the exported ONNX models",
@@ -46,6 +68,7 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
             "accuracy_retained": int8["accuracy"] / teacher["accuracy"],
             "size_ratio_vs_teacher": teacher["size_mb"] / int8["size_mb"],
         },
+        "estimator_vs_measured_host": estimator,
         "stages": [{"stage": s["stage"], "params": s["params"], "test_accuracy_pytorch": s["metrics"].get("test_accuracy"),
                     "architecture": s.get("architecture")} for s in m["stages"] if s["stage"] != "profile"],
         "machine": {**m["machine"], "python": platform.python_version()},
@@ -59,6 +82,8 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
           f"seq128 t1: int8 {int8['latency_ms']['seq128_t1']['p50']:.2f} ms vs own fp32 "
           f"{fp32['latency_ms']['seq128_t1']['p50']:.2f} ms ({d['int8_speedup_vs_own_fp32_seq128_t1']:.2f}x), "
           f"teacher {teacher['latency_ms']['seq128_t1']['p50']:.2f} ms; size {int8['size_mb']:.1f} MB -> {out}")
+    e = result["estimator_vs_measured_host"]
+    print(f"host latency estimates: {e['within_15pct']}/{len(e['cases'])} within 15%, max |rel err| {e['max_abs_rel_error']:.1%}")
 
 
 if __name__ == "__main__":
