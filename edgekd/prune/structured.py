@@ -16,6 +16,9 @@ from ..configs import PruneConfig
 from ..models.spec import FFN_SUFFIXES, attention_projections, sync_attention_heads
 
 
+_WRAPPING = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)
+
+
 def _transformer_roots(model: nn.Module) -> tuple[dict, list[nn.Module]]:
     num_heads: dict[nn.Module, int] = {}
     roots: list[nn.Module] = []
@@ -43,6 +46,12 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
     ignored = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(m) not in root_ids]
     ignored += [m for m in model.modules() if isinstance(m, nn.Embedding)]
 
+    # Parameters that live outside Linear/Conv/Norm/Embedding modules (ViT's cls_token and
+    # position_embeddings): their last dim is the hidden size, which we never prune — say so instead of
+    # letting torch-pruning guess.
+    unwrapped = [(p, p.ndim - 1) for m in model.modules() if not isinstance(m, _WRAPPING)
+                 for p in m.parameters(recurse=False)]
+
     if cfg.importance == "taylor":
         imp = tp.importance.GroupTaylorImportance()
     else:
@@ -52,6 +61,7 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
         num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
         head_pruning_ratio=cfg.head_ratio if cfg.head_ratio is not None else cfg.ratio,
+        unwrapped_parameters=unwrapped or None,
     )
     if cfg.importance == "taylor":
         if importance_loss is None:
