@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from . import __version__
-from .artifact import Artifact, is_complete, stable_hash, write_json_atomic, write_manifest, writing
+from .artifact import Artifact, is_complete, stable_hash, write_manifest, writing
 from .context import Context, copy_preprocessing
 from .errors import EdgekdError
 from .progress import log

@@ -1,7 +1,6 @@
 """`edgekd export` and `edgekd profile` outside a recipe run."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -96,7 +95,6 @@ def _synthetic(model: Path, names: list[str], is_text: bool):
     if is_text:
         rng = np.random.default_rng(0)
         return Encoded(np.zeros(32, dtype=np.int64), ids=[list(rng.integers(1000, 2000, 128)) for _ in range(32)])
-    import onnx
 
     g = check_onnx_file(model).graph
     dims = [d.dim_value or 1 for d in g.input[0].type.tensor_type.shape.dim]

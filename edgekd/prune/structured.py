@@ -8,7 +8,6 @@ What may be removed (the "root" layers torch-pruning ranks; everything coupled t
 """
 from __future__ import annotations
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
