@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import ProfileError
-from edgekd.profile.estimate import calibrate, estimate_latency, graph_costs, load_calibration, summarize
+from edgekd.profile.estimate import calibrate, estimate_latency, load_calibration
+from edgekd.profile.graph_costs import graph_costs, summarize
 from edgekd.profile.profiles import DeviceProfile
 
 M, K, N = 128, 384, 1536
