@@ -107,8 +107,6 @@ class Recipe(Strict):
         names = [s.name for s in self.stages]
         if "distill" in names and self.student is None:
             raise ValueError("the distill stage needs a `student:` section")
-        if self.task == "image-classification" and self.data.sklearn is None and self.data.path is None and self.data.hub is None:
-            raise ValueError("image-classification needs data")
         if self.task == "text-classification" and self.data.sklearn is not None:
             raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
         return self

@@ -13,7 +13,7 @@ from .onnx_file import check_onnx_file
 def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opset: int,
                     min_agreement: float = 0.99) -> Path:
     """Re-export a stage artifact of a run for a device profile; validated on the run's own data."""
-    from .context import Context
+    from .context import Context, copy_preprocessing
     from .export.stage import run_export
     from .profile.profiles import load_profile
     from .recipe import validate_recipe
@@ -35,6 +35,7 @@ def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opse
     if final.exists():
         raise EdgekdError(f"{str(final)!r} already exists; edgekd does not overwrite an export. Choose --out.")
     with writing(final) as tmp:
+        copy_preprocessing(art.path, tmp)  # the engine does this for stages it runs; here we are the engine
         result = run_export(cfg, art, ctx, tmp, key)
         write_manifest(tmp, id=key, stage="export", config=cfg.model_dump(mode="json"), metrics=result["metrics"],
                        parent=art.id, spec=result["spec"], extra={**result["extra"], "profile": prof.name})

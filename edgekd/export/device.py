@@ -50,7 +50,6 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -64,7 +63,8 @@ from ..errors import EdgekdError
 from ..models.hf import logits_of
 from ..profile.profiles import DeviceProfile
 from ..progress import log
-from .onnx_export import LogitsOnly, export_onnx
+from ..quantize.fakequant import fake_quant_off
+from .onnx_export import LogitsOnly, export_onnx, torch_to_onnx
 from .qdq import count_ops
 
 # Placeholder for M in the first export; replaced by the measured value (see the module doc).
@@ -107,7 +107,7 @@ def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir
     if bad:
         raise EdgekdError(f"export for {profile.name}: static-shape inputs must have batch 1; got {bad}.")
     seq_len = int(inputs["input_ids"].shape[1]) if "input_ids" in inputs else None
-    with _fake_quant_off(model) as qat_layers, tempfile.TemporaryDirectory(prefix="edgekd-npu-") as tmp:
+    with fake_quant_off(model) as qat_layers, tempfile.TemporaryDirectory(prefix="edgekd-npu-") as tmp:
         tmp = Path(tmp)
         raw, mask = _export_float(model, inputs, tmp / "raw.onnx", opset, calib_feeds)
         qat_tensors = _qat_input_tensors(raw, qat_layers)
@@ -155,33 +155,6 @@ def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir
 
 
 # ---------------------------------------------------------------------------------------------- export
-@contextmanager
-def _fake_quant_off(model: nn.Module):
-    """Switch fake quantization off (float export), restoring each layer's mode after; yields the layers."""
-    from ..quantize.fakequant import _FakeQuantMixin
-
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, _FakeQuantMixin)}
-    modes = {name: m.quant_mode for name, m in layers.items()}
-    for m in layers.values():
-        m.quant_mode = "off"
-    try:
-        yield layers
-    finally:
-        for name, m in layers.items():
-            m.quant_mode = modes[name]
-
-
-def _torch_export(wrapper: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int) -> onnx.ModelProto:
-    """The same exporter settings as `export_onnx` (TorchScript exporter), with every shape static."""
-    names = list(inputs)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper.eval(), tuple(inputs[n] for n in names), str(path), dynamo=False,
-                          opset_version=opset, input_names=names, output_names=["logits"], dynamic_axes=None,
-                          do_constant_folding=True)
-    return onnx.load(str(path))
-
-
 def _export_float(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int,
                   calib_feeds: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, dict | None]:
     """Float export; with the finite additive mask when the model takes attention_mask and honours it."""
@@ -191,7 +164,7 @@ def _export_float(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
         wrapper = AdditiveMaskLogits(model, names, _MASK_PLACEHOLDER)
         diff = _mask_wrapper_error(model, wrapper, names, calib_feeds)
         if diff is not None and diff <= 1e-3:
-            raw = _torch_export(wrapper, inputs, path, opset)
+            raw = torch_to_onnx(wrapper, inputs, path, opset, static_shapes=True)
             mask = _locate_mask(raw)
             if mask is not None:
                 return raw, {"construction": "(attention_mask - 1) * M, 4D additive (export wrapper)",
@@ -201,7 +174,7 @@ def _export_float(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path,
                "does not add the 4D mask to its attention scores in the exported graph")
         log(f"[yellow]export: the model {why}; exporting its own mask construction, whose quantized range "
             "may flatten attention[/]")
-    return _torch_export(LogitsOnly(model, names), inputs, path, opset), None
+    return torch_to_onnx(LogitsOnly(model, names), inputs, path, opset, static_shapes=True), None
 
 
 def _mask_wrapper_error(model: nn.Module, wrapper: nn.Module, names: list[str],

@@ -36,22 +36,28 @@ def example_inputs(task: str, preprocess: dict, seq_len: int = 16) -> dict[str, 
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
-def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int,
-                static_shapes: bool = False) -> dict:
-    """Export, fold quantized weights into int8, check, save. Returns graph facts for the manifest."""
+def torch_to_onnx(wrapper: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int,
+                  static_shapes: bool = False) -> onnx.ModelProto:
+    """The one call of torch's exporter: named inputs, `logits` output, dynamic batch/sequence unless static."""
     names = list(inputs)
-    wrapper = LogitsOnly(model.eval(), names).eval()
     dynamic = None
     if not static_shapes:
         dynamic = {n: ({0: "batch", 1: "sequence"} if inputs[n].ndim == 2 else {0: "batch"}) for n in names}
         dynamic["logits"] = {0: "batch"}
-    tmp = path.with_suffix(".raw.onnx")
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-        torch.onnx.export(wrapper, tuple(inputs[n] for n in names), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=names, output_names=["logits"], dynamic_axes=dynamic,
+        torch.onnx.export(wrapper.eval(), tuple(inputs[n] for n in names), str(path), dynamo=False,
+                          opset_version=opset, input_names=names, output_names=["logits"], dynamic_axes=dynamic,
                           do_constant_folding=True)
-    graph = onnx.load(str(tmp))
+    return onnx.load(str(path))
+
+
+def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, opset: int,
+                static_shapes: bool = False) -> dict:
+    """Export, fold quantized weights into int8, check, save. Returns graph facts for the manifest."""
+    names = list(inputs)
+    tmp = path.with_suffix(".raw.onnx")
+    graph = torch_to_onnx(LogitsOnly(model.eval(), names), inputs, tmp, opset, static_shapes)
     folded = fold_weight_quantization(graph)
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))

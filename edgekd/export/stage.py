@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..configs import ExportConfig
-from ..context import Context, copy_preprocessing
+from ..context import Context
 from ..errors import ExportValidationError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
-from ..quantize.fakequant import set_mode
+from ..quantize.fakequant import fake_quant_off
 from .device import export_for_device
 from .onnx_export import example_inputs, export_onnx
 from .validate import validate_export
@@ -53,10 +53,8 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
     val_data = ctx.encoded("dev", cfg.validation_examples)
     validation = validate_export(model, out / "model.onnx", val_data, cfg.min_agreement, list(inputs))
     if quantized and not device:  # the device path wrote its float twin (model-fp32.onnx) already
-        set_mode(model, "off")
-        extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
-        set_mode(model, "frozen")
-    copy_preprocessing(parent.path, out)  # also when called outside the engine (edgekd export)
+        with fake_quant_off(model):
+            extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
     if validation["failures"]:
         kinds = ", ".join(f["type"] for f in validation["failures"])
         hint = ("Try another opset (export.opset) or report a bug." if not device else

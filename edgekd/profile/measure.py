@@ -28,6 +28,15 @@ def accuracy_on(path: Path, data: Encoded, teacher_pred: np.ndarray | None, desc
     return out, pred
 
 
+def usable_seq_lens(profile: DeviceProfile, max_positions: int | None) -> list[int]:
+    """The profile's sequence lengths the model can take (longer ones exceed its position table)."""
+    seq_lens = [s for s in profile.seq_lens if max_positions is None or s <= max_positions]
+    if len(seq_lens) < len(profile.seq_lens):
+        log(f"[yellow]profile {profile.name}: sequence lengths {sorted(set(profile.seq_lens) - set(seq_lens))} "
+            f"exceed the model's {max_positions} positions and are skipped[/]")
+    return seq_lens
+
+
 def latency_on(path: Path, data: Encoded, profile: DeviceProfile, *, warmup: int, runs: int,
                natural: bool, natural_max: int, max_positions: int | None = None) -> dict:
     """{case: stats}; case = seq{L}_t{T} (text), t{T} (images), natural_t1 (texts at their own length).
@@ -36,10 +45,7 @@ def latency_on(path: Path, data: Encoded, profile: DeviceProfile, *, warmup: int
     """
     names = model_input_names(path)
     out: dict[str, dict] = {}
-    seq_lens = [s for s in profile.seq_lens if max_positions is None or s <= max_positions]
-    if len(seq_lens) < len(profile.seq_lens):
-        log(f"[yellow]profile {profile.name}: sequence lengths {sorted(set(profile.seq_lens) - set(seq_lens))} "
-            f"exceed the model's {max_positions} positions and are not measured[/]")
+    seq_lens = usable_seq_lens(profile, max_positions)
     for threads in profile.threads:
         if data.images is not None:
             out[f"t{threads}"] = measure_latency(path, image_feeds(data.images[:FIXED_FEEDS]), threads, warmup, runs)

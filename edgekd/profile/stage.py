@@ -13,7 +13,8 @@ from ..configs import ProfileStageConfig
 from ..context import Context
 from ..export.onnx_export import example_inputs, export_onnx
 from ..progress import log
-from .measure import accuracy_on, latency_on
+from .latency import model_input_names
+from .measure import accuracy_on, latency_on, usable_seq_lens
 from .profiles import detect_host, load_profile
 
 
@@ -24,7 +25,7 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     calibration exists — then nothing is estimated rather than guessed.
     """
     from ..errors import ProfileError
-    from .estimate import estimate_latency, load_calibration
+    from .estimate import calibration_path, estimate_latency, load_calibration
 
     try:
         cal = load_calibration()
@@ -33,10 +34,8 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
         return None
     # the error over all host cases (held-out models and lengths included), not just the fitted ones
     error = cal.get("measured_error", cal.get("fit", {})).get("max_abs_rel_error")
-    seq_lens = [s for s in profile.seq_lens if max_positions is None or s <= max_positions]
+    seq_lens = usable_seq_lens(profile, max_positions)
     for name, m in models.items():
-        from .latency import model_input_names
-
         is_image = "pixel_values" in model_input_names(m["path"])
         cases = {f"t{t}": (None, t) for t in profile.threads} if is_image else {
             f"seq{s}_t{t}": (s, t) for s in seq_lens for t in profile.threads}
@@ -46,8 +45,7 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
             out[case] = {"p50": est["ms"], "estimated": True, "estimator_error": error}
         results[name]["latency_ms"][profile.name] = out
     log(f"profile {profile.name}: latency estimated (not measured; estimator error on the host ±{100 * (error or 0):.0f}%)")
-    return {"max_abs_rel_error": error, "checked_on": cal.get("host", {}).get("cpu", "host"),
-            "calibration": str(cal.get("path", "profiles/calibration"))}
+    return {"max_abs_rel_error": error, "checked_on": "host-cpu", "calibration": str(calibration_path())}
 
 
 def compatibility_summary(path: Path, profile) -> dict:
@@ -65,7 +63,7 @@ def compatibility_summary(path: Path, profile) -> dict:
 
 def final_op_breakdown(path: Path, test, ctx: Context) -> dict:
     """Where the shipped model's time goes on the host (1 thread; seq 128 or the largest the model takes)."""
-    from .latency import image_feeds, model_input_names, text_feeds
+    from .latency import image_feeds, text_feeds
     from .op_profile import op_breakdown
 
     names = model_input_names(path)

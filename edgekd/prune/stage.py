@@ -16,17 +16,22 @@ from ..progress import log
 from .structured import prune_structured
 
 
+IMPORTANCE_EXAMPLES = 32
+
+
 def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     model = load_model_from_artifact(parent)
     before = architecture_summary(model)
-    train = ctx.encoded("train")
-    idx = np.arange(min(32, len(train)))
+    # The first examples of the train split: a trace input for torch-pruning and the batch Taylor
+    # importance is scored on (only these are tokenized and run through the teacher).
+    train = ctx.encoded("train", IMPORTANCE_EXAMPLES)
+    idx = np.arange(len(train))
     example = train.batch(idx)
 
     def importance_loss(m):
         # Taylor importance is scored on the distillation objective the student is trained with.
-        teacher = torch.from_numpy(ctx.teacher_logits("train")[idx])
-        return logit_kd_loss(logits_of(m, example), teacher, torch.from_numpy(train.labels[idx]), 2.0, 0.5)
+        teacher = torch.from_numpy(ctx.teacher_logits("train", IMPORTANCE_EXAMPLES))
+        return logit_kd_loss(logits_of(m, example), teacher, torch.from_numpy(train.labels), 2.0, 0.5)
 
     model.eval()
     prune_structured(model, example, cfg, parent.spec["family"], importance_loss)

@@ -14,6 +14,9 @@ in the same safetensors file as the weights.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -149,6 +152,23 @@ def set_mode(model: nn.Module, mode: str) -> None:
     for m in model.modules():
         if isinstance(m, _FakeQuantMixin):
             m.quant_mode = mode
+
+
+@contextmanager
+def fake_quant_off(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
+    """Switch fake quantization off (a float export of a QAT model), restoring each layer's mode after.
+
+    Yields the quantized layers by name.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, _FakeQuantMixin)}
+    modes = {name: m.quant_mode for name, m in layers.items()}
+    for m in layers.values():
+        m.quant_mode = "off"
+    try:
+        yield layers
+    finally:
+        for name, m in layers.items():
+            m.quant_mode = modes[name]
 
 
 def wrap_quantized(model: nn.Module, quant_spec: dict) -> None:
