@@ -99,18 +99,24 @@ def profile(model: Path = typer.Argument(..., help="an .onnx file"),
             split: str = typer.Option("test", "--split"),
             text_column: str = typer.Option("sentence", "--text-column"),
             label_column: str = typer.Option("label", "--label-column"),
-            runs: int = typer.Option(100, "--runs", min=5),
+            runs: int = typer.Option(50, "--runs", min=5, help="timed runs per round"),
+            rounds: int = typer.Option(3, "--rounds", min=1,
+                                       help="rounds per case, each in a fresh process; p50 = the lowest round median"),
             json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON here")):
     """Measure an ONNX model on a device profile: latency p50/p90/p99, memory, size (and accuracy with --data)."""
     from .standalone import profile_onnx
 
-    result = profile_onnx(model, profile, data, split, text_column, label_column, runs)
+    result = profile_onnx(model, profile, data, split, text_column, label_column, runs, rounds)
     table = Table(title=f"{model} on {profile}")
-    for col in ("case", "p50 ms", "p90 ms", "p99 ms", "peak MB"):
+    for col in ("case", "p50 ms", "p90 ms", "p99 ms", "round spread", "items/s", "peak MB", "cold start ms"):
         table.add_column(col)
-    for case, x in result["latency_ms"].items():
-        table.add_row(case, f"{x['p50']:.2f}", f"{x['p90']:.2f}", f"{x['p99']:.2f}", f"{x['peak_memory_mb']:.1f}")
+    for case, x in {**result["latency_ms"], **result.get("throughput", {})}.items():
+        items = x.get("items_per_s", 1000 / x["p50"])
+        table.add_row(case, f"{x['p50']:.2f}", f"{x['p90']:.2f}", f"{x['p99']:.2f}", f"{x['round_spread']:.1%}",
+                      f"{items:.1f}", f"{x['peak_memory_mb']:.1f}", f"{x['session_create_ms']:.0f}")
     out.print(table)
+    out.print("p50: the lowest round median (quiet machine); p90/p99 over every run; round spread: median round "
+              "p50 / lowest - 1 (how noisy the machine was).")
     out.print(f"size {result['size_mb']:.2f} MB" + (f", accuracy {100 * result['accuracy']:.2f}% on "
                                                      f"{result['examples']} examples" if "accuracy" in result else ""))
     if json_out:

@@ -150,12 +150,20 @@ class ExportConfig(Strict):
     min_agreement: float = Field(0.99, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which export fails")
     static_shapes: bool | None = Field(None, description="default: what the first profile demands")
     seq_len: int | None = Field(None, ge=1, description="sequence length of a static-shape export")
+    devices: list[str] | None = Field(
+        None, description="profiles that get a model of their own (devices/<profile>/model.onnx) besides the first "
+        "profile's; default: every integer NPU (quantization scope full) among the recipe's profiles; [] = none")
+    device_min_agreement: float = Field(
+        0.97, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which a device build fails: full INT8 "
+        "(Softmax, LayerNorm, GELU too) of a model whose QAT kept them float loses more than the CPU build")
 
 
 class ProfileStageConfig(Strict):
     compare_teacher: bool = Field(True, description="also export and measure the teacher in FP32")
     compare_fp32: bool = Field(True, description="also measure the final model's own FP32 export")
     warmup: int = Field(10, ge=0)
-    runs: int = Field(100, ge=5)
+    runs: int = Field(50, ge=5, description="timed runs per round")
+    rounds: int = Field(5, ge=1, description="rounds per case, each in a fresh process at another time; "
+                        "p50 is the lowest round median (the quiet machine), p90/p99 pool every run")
     natural_lengths: bool = Field(True, description="also time each test text at its own length (text tasks)")
     natural_max_examples: int = Field(300, ge=1)

@@ -109,6 +109,13 @@ class Recipe(Strict):
             raise ValueError("the distill stage needs a `student:` section")
         if self.task == "text-classification" and self.data.sklearn is not None:
             raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
+        for i, entry in enumerate(self.stages):
+            cfg = entry.config
+            if entry.name == "export" and cfg is not None and cfg.devices:
+                missing = [d for d in cfg.devices if d not in self.profiles]
+                if missing:
+                    raise ValueError(f"stages[{i}].export.devices: {missing} not in the recipe's profiles "
+                                     f"{self.profiles}; add them to `profiles:` (a device build is profiled there)")
         return self
 
     def to_dict(self) -> dict:

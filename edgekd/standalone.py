@@ -43,10 +43,10 @@ def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opse
 
 
 def profile_onnx(model: Path, profile: str, data: Path | None, split: str, text_column: str, label_column: str,
-                 runs: int) -> dict:
+                 runs: int, rounds: int = 3) -> dict:
     from .data.batching import encode
     from .data.loading import load_data
-    from .profile.measure import accuracy_on, latency_on
+    from .profile.measure import accuracy_on, measure_models
     from .profile.profiles import detect_host, load_profile
 
     prof = load_profile(profile)
@@ -72,8 +72,11 @@ def profile_onnx(model: Path, profile: str, data: Path | None, split: str, text_
         result.update(acc)
     if enc is None:
         enc = _synthetic(model, names, is_text)
-    result["latency_ms"] = latency_on(model, enc, prof, warmup=10, runs=runs, natural=data is not None and is_text,
-                                      natural_max=300)
+    latency, throughput = measure_models({"model": model}, enc, prof, warmup=10, runs=runs, rounds=rounds,
+                                         natural=data is not None and is_text, natural_max=300)
+    result["latency_ms"] = latency["model"]
+    if throughput["model"]:
+        result["throughput"] = throughput["model"]
     return result
 
 

@@ -77,7 +77,7 @@ def tiny_text_recipe(teacher: Path, data: Path, output: Path, **over) -> dict:
             {"prune": {"ratio": 0.3, "head_ratio": 0.25, "recovery": {**kd, "epochs": 1}}},
             {"qat": {**kd, "epochs": 1, "lr": 5e-4, "calibration_batches": 4}},
             {"export": {"validation_examples": 60, "min_agreement": 0.95}},
-            {"profile": {"runs": 5, "warmup": 1, "natural_max_examples": 10}},
+            {"profile": {"runs": 5, "rounds": 2, "warmup": 1, "natural_max_examples": 10}},
         ],
         "profiles": ["host-cpu"],
     }
@@ -98,6 +98,6 @@ def tiny_image_recipe(output: Path) -> dict:
         "stages": [{"distill": kd}, {"prune": {"ratio": 0.25, "recovery": {**kd, "epochs": 2}}},
                    {"qat": {**kd, "epochs": 1, "calibration_batches": 2}},
                    {"export": {"validation_examples": 64, "min_agreement": 0.95}},
-                   {"profile": {"runs": 5, "warmup": 1}}],
+                   {"profile": {"runs": 5, "rounds": 1, "warmup": 1}}],
         "profiles": ["host-cpu"],
     }

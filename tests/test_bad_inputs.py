@@ -100,6 +100,12 @@ def write(path: Path, content: str | bytes) -> Path:
 
 # ---------------------------------------------------------------------------------------- 1. recipe validation
 RECIPE_CASES = [
+    # a device build for a profile the recipe does not profile
+    pytest.param(mutated(stages__3__export__devices=["hexagon-npu"]),
+                 ["stages[3].export.devices", "'hexagon-npu'", "not in the recipe's profiles"], id="device-build-not-profiled"),
+    pytest.param(mutated(stages__3__export__device_min_agreement=1.5),
+                 ["stages[3].export.device_min_agreement", "1.5"], id="device-min-agreement-over-1"),
+    pytest.param(mutated(stages__4__profile__rounds=0), ["stages[4].profile.rounds", "(got 0)"], id="zero-rounds"),
     # misspelled keys, at every depth
     pytest.param(mutated(nmae="x"), ["nmae", "unknown key"], id="typo-top-level-key"),
     pytest.param(mutated(data__txt_column="text"), ["data.txt_column", "unknown key"], id="typo-data-key"),

@@ -43,7 +43,12 @@ def test_cli_run_writes_a_validated_int8_onnx_model_and_report(text_run):
     assert m["export_validation"]["failures"] == [] and m["export_validation"]["argmax_agreement"] >= 0.95
     final = m["systems"]["final"]
     assert set(final["latency_ms"]["host-cpu"]) == {"seq128_t1", "seq128_t2", "natural_t1"}
-    assert final["latency_ms"]["host-cpu"]["seq128_t1"]["p50"] > 0
+    t1 = final["latency_ms"]["host-cpu"]["seq128_t1"]
+    # two rounds, each its own process; p50 is the quieter round's median, the tail pools both
+    assert t1["rounds"] == 2 and len(t1["round_p50s"]) == 2 and t1["p50"] == pytest.approx(min(t1["round_p50s"]), abs=1e-3)
+    assert t1["runs"] == 10 and t1["p99"] >= t1["p90"] >= t1["p50"] > 0 and t1["round_spread"] >= 0
+    batch = final["throughput"]["host-cpu"]["b8_seq128_t2"]  # host-cpu's batch_sizes [1, 8]
+    assert batch["batch_size"] == 8 and batch["items_per_s"] == pytest.approx(8000 / batch["ms_per_batch"])
     assert (out / "tokenizer.json").is_file() and (out / "preprocess.json").is_file()
     report = (out / "report.md").read_text()
     assert "| prune |" in report and "teacher-fp32" in report
@@ -99,3 +104,39 @@ def test_same_recipe_and_seed_give_the_same_metrics(tmp_path):
     b = Pipeline(_teacher_only(tmp_path / "b")).run()
     assert a["teacher"]["test_accuracy"] == b["teacher"]["test_accuracy"]
     assert a["teacher"]["train"]["final_loss"] == b["teacher"]["train"]["final_loss"]
+
+
+def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
+    """With hexagon-npu among the profiles, export builds devices/hexagon-npu/model.onnx (static, full INT8)
+    and the run reports that build's compatibility, accuracy and estimated latency on the NPU."""
+    import shutil
+
+    root, _, _ = text_run
+    out = tmp_path / "out"
+    shutil.copytree(root / "out" / "stages", out / "stages")  # teacher..qat are reused from the cache
+    for p in (out / "stages").iterdir():
+        if p.name.split("-")[1] in ("export", "profile"):
+            shutil.rmtree(p)
+    recipe = tiny_text_recipe(root.parent / "unused", root.parent / "unused", out)
+    first = yaml.safe_load((root / "recipe.yaml").read_text())
+    recipe.update(teacher=first["teacher"], data=first["data"], profiles=["host-cpu", "hexagon-npu"])
+    recipe["stages"][3]["export"]["device_min_agreement"] = 0.9
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = edgekd("run", path, quiet=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("cached") == 4, proc.stderr
+    g = onnx.load(str(out / "devices" / "hexagon-npu" / "model.onnx"))
+    shape = [d.dim_value for d in g.graph.input[0].type.tensor_type.shape.dim]
+    assert shape == [1, 128]  # static, at the longest of the profile's lengths (128, 384) the tiny model's 160 positions hold
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["compat"]["hexagon-npu"]["model"] == "final-hexagon-npu"
+    assert m["compat"]["hexagon-npu"]["fallback_nodes_share"] == 0 and m["compat"]["hexagon-npu"]["ok"]
+    assert m["compat"]["host-cpu"]["model"] == "final"
+    npu = m["systems"]["final-hexagon-npu"]
+    assert npu["built_for"] == "hexagon-npu" and 0 < npu["accuracy"] <= 1
+    assert list(npu["latency_ms"]) == ["hexagon-npu"]  # a device build runs on its device only
+    assert all(x["estimated"] for x in npu["latency_ms"]["hexagon-npu"].values())
+    assert list(npu["latency_ms"]["hexagon-npu"]) == ["seq128_t1"]  # estimated at its fixed length
+    assert "hexagon-npu" not in m["systems"]["final"]["latency_ms"]  # the CPU model does not ship there
+    assert m["device_models"]["hexagon-npu"]["file"] == "devices/hexagon-npu/model.onnx"

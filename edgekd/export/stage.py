@@ -22,14 +22,62 @@ from .validate import validate_export
 CALIBRATION_EXAMPLES = 64
 
 
-def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> dict:
+def device_builds(cfg: ExportConfig, profiles: list[str]) -> list[str]:
+    """Profiles after the first that get a model of their own (export.devices; default: every integer
+    NPU, whose full-INT8 static-shape scheme the first profile's model does not follow)."""
     from ..profile.profiles import load_profile
 
-    profile = load_profile(ctx.recipe.profiles[0]) if ctx.recipe.profiles else None
-    static = cfg.static_shapes if cfg.static_shapes is not None else bool(profile and profile.static_shapes)
-    seq_len = cfg.seq_len or (max(profile.seq_lens) if profile and static else 16)
+    rest = [p for p in profiles[1:] if p != profiles[0]]
+    if cfg.devices is not None:
+        return [p for p in cfg.devices if p != (profiles[0] if profiles else None)]
+    return [p for p in rest if load_profile(p).quantization.scope == "full"]
+
+
+def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> dict:
+    """model.onnx for the first profile; devices/<profile>/model.onnx for each device build."""
+    from ..profile.profiles import load_profile
+
+    profiles = ctx.recipe.profiles
     model = load_model_from_artifact(parent)
     quantized = bool(parent.spec.get("quant"))
+    val_data = ctx.encoded("dev", cfg.validation_examples)
+    primary = load_profile(profiles[0]) if profiles else None
+    facts, extra = _build(model, cfg, primary, parent, ctx, out, val_data, cfg.min_agreement)
+    validation = extra.pop("validation")
+    if quantized and "onnx_fp32" not in extra:  # the device path wrote its float twin (model-fp32.onnx) already
+        static = facts.get("static_shapes", False)
+        inputs = example_inputs(ctx.task, ctx.data.preprocess, facts.get("seq_len") or cfg.seq_len or 16)
+        with fake_quant_off(model):
+            extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
+    devices = {}
+    for name in device_builds(cfg, profiles):
+        folder = out / "devices" / name
+        folder.mkdir(parents=True)
+        dev_facts, dev_extra = _build(model, cfg, load_profile(name), parent, ctx, folder, val_data,
+                                      cfg.device_min_agreement)
+        dev_facts.pop("fp32", None)
+        (folder / "model-fp32.onnx").unlink(missing_ok=True)  # the CPU float twin above serves every build
+        devices[name] = {"file": f"devices/{name}/model.onnx", "onnx": dev_facts, "compat": dev_extra.get("compat"),
+                         "validation": dev_extra["validation"], "size_mb": dev_facts["size_mb"]}
+    if devices:
+        extra["devices"] = devices
+    metrics = {"validation": validation, "size_mb": facts["size_mb"], "quantized": quantized,
+               **({"devices": {n: {"size_mb": d["size_mb"], "argmax_agreement": d["validation"]["argmax_agreement"],
+                                   "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
+                               for n, d in devices.items()}} if devices else {})}
+    spec = {**parent.spec, "exported_from": parent.id}
+    return {"metrics": metrics, "spec": spec, "extra": extra}
+
+
+def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data,
+           min_agreement: float) -> tuple[dict, dict]:
+    """Export `model` to out/model.onnx as `profile` needs it and validate it against PyTorch.
+
+    Returns (graph facts, extra manifest entries incl. validation). Raises ExportValidationError when
+    onnxruntime and PyTorch disagree on more than 1 - min_agreement of the dev examples.
+    """
+    static = cfg.static_shapes if cfg.static_shapes is not None else bool(profile and profile.static_shapes)
+    seq_len = cfg.seq_len or (max(profile.seq_lens) if profile and static else 16)
     device = profile is not None and profile.quantization.scope == "full"
     if device and not cfg.seq_len:  # an integer NPU: static shapes whatever export.static_shapes says, at the
         # profile's longest sequence length that the model's position table holds
@@ -41,7 +89,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         facts = export_for_device(model, inputs, out, profile, _calibration_feeds(ctx, list(inputs), seq_len),
                                   cfg.opset)
         extra = {"onnx": facts, "compat": facts.pop("compat"), "onnx_fp32": facts.pop("fp32")}
-        log(f"export: model.onnx {facts['size_mb']:.2f} MB for {profile.name}: static [1, {seq_len}], full INT8 QDQ "
+        log(f"export: {profile.name} model.onnx {facts['size_mb']:.2f} MB: static [1, {seq_len}], full INT8 QDQ "
             f"({facts['qdq_nodes']} QDQ nodes, {facts['quantized_weights']} {profile.quantization.weight_dtype} "
             f"{profile.quantization.weight_granularity} weights), {extra['compat']['fallback_nodes_share']:.0%} "
             "operator fallback")
@@ -50,27 +98,23 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         log(f"export: model.onnx {facts['size_mb']:.2f} MB, {facts['qdq_nodes']} QDQ nodes, "
             f"{facts['quantized_weights']} int8 weights")
         extra = {"onnx": facts}
-    val_data = ctx.encoded("dev", cfg.validation_examples)
-    validation = validate_export(model, out / "model.onnx", val_data, cfg.min_agreement, list(inputs))
-    if quantized and not device:  # the device path wrote its float twin (model-fp32.onnx) already
-        with fake_quant_off(model):
-            extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
+    validation = validate_export(model, out / "model.onnx", val_data, min_agreement, list(inputs))
     if validation["failures"]:
         kinds = ", ".join(f["type"] for f in validation["failures"])
+        field = "export.device_min_agreement" if out.parent.name == "devices" else "export.min_agreement"
         hint = ("Try another opset (export.opset) or report a bug." if not device else
                 f"The model is quantized in full (every activation uint8, per-tensor weights) for {profile.name}, "
-                "which the QAT model was not trained for; if this loss is acceptable lower export.min_agreement (edgekd export --min-agreement), "
-                "otherwise report it.")
+                f"which the QAT model was not trained for; if this loss is acceptable lower {field} "
+                "(edgekd export --min-agreement), otherwise report it.")
         raise ExportValidationError(
-            f"export: the ONNX model disagrees with PyTorch on {validation['examples']} dev examples ({kinds}: "
-            f"{validation['failures']}). Nothing was written. {hint}",
+            f"export{' for ' + profile.name if profile else ''}: the ONNX model disagrees with PyTorch on "
+            f"{validation['examples']} dev examples ({kinds}: {validation['failures']}). Nothing was written. {hint}",
             validation["failures"],
         )
-    log(f"export: onnxruntime vs PyTorch argmax agreement {validation['argmax_agreement']:.2%}, "
-        f"max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
-    metrics = {"validation": validation, "size_mb": facts["size_mb"], "quantized": quantized}
-    spec = {**parent.spec, "exported_from": parent.id}
-    return {"metrics": metrics, "spec": spec, "extra": extra}
+    log(f"export{' for ' + profile.name if device else ''}: onnxruntime vs PyTorch argmax agreement "
+        f"{validation['argmax_agreement']:.2%}, max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
+    extra["validation"] = validation
+    return facts, extra
 
 
 def _calibration_feeds(ctx: Context, names: list[str], seq_len: int) -> list[dict]:

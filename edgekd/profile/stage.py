@@ -14,7 +14,7 @@ from ..context import Context
 from ..export.onnx_export import example_inputs, export_onnx
 from ..progress import log
 from .latency import model_input_names
-from .measure import accuracy_on, latency_on, usable_seq_lens
+from .measure import accuracy_on, measure_models, usable_seq_lens
 from .profiles import detect_host, load_profile
 
 
@@ -37,8 +37,9 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     seq_lens = usable_seq_lens(profile, max_positions)
     for name, m in models.items():
         is_image = "pixel_values" in model_input_names(m["path"])
+        fixed = static_seq_len(m["path"])  # a static-shape build runs at its own length, whatever the text
         cases = {f"t{t}": (None, t) for t in profile.threads} if is_image else {
-            f"seq{s}_t{t}": (s, t) for s in seq_lens for t in profile.threads}
+            f"seq{s}_t{t}": (s, t) for s in ([fixed] if fixed else seq_lens) for t in profile.threads}
         out = {}
         for case, (seq, threads) in cases.items():
             est = estimate_latency(m["path"], profile, seq, threads, cal)
@@ -46,6 +47,19 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
         results[name]["latency_ms"][profile.name] = out
     log(f"profile {profile.name}: latency estimated (not measured; estimator error on the host ±{100 * (error or 0):.0f}%)")
     return {"max_abs_rel_error": error, "checked_on": "host-cpu", "calibration": str(calibration_path())}
+
+
+def static_seq_len(path: Path) -> int | None:
+    """The fixed sequence length of a static-shape text model (input_ids [1, L]), else None."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for i in graph.input:
+        if i.name == "input_ids":
+            dims = i.type.tensor_type.shape.dim
+            if len(dims) == 2 and dims[1].HasField("dim_value"):
+                return int(dims[1].dim_value)
+    return None
 
 
 def compatibility_summary(path: Path, profile) -> dict:
@@ -86,6 +100,11 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():
         models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params}
     models["final"] = {"path": parent.path / "model.onnx", "params": params}
+    # Device builds (export.devices): on its device, the build made for it is what ships, not the CPU model.
+    shipped = {p: "final" for p in ctx.recipe.profiles}
+    for pname, build in (parent.manifest.get("devices") or {}).items():
+        models[f"final-{pname}"] = {"path": parent.path / build["file"], "params": params, "only_on": pname}
+        shipped[pname] = f"final-{pname}"
 
     test = ctx.encoded("test")
     # Agreement is with the teacher as it ships (its FP32 ONNX export) when measured, else with
@@ -98,26 +117,40 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
             teacher_pred = pred
             acc["agreement"] = 1.0
         results[name] = {**acc, "params": m["params"], "size_mb": os.path.getsize(m["path"]) / 1e6,
-                         "file": m["path"].name, "artifact": key if m["path"].parent == out else parent.id,
-                         "latency_ms": {}}
-        log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples")
+                         "file": str(m["path"].relative_to(out if m["path"].parent == out else parent.path)),
+                         "artifact": key if m["path"].parent == out else parent.id, "latency_ms": {},
+                         **({"built_for": m["only_on"]} if "only_on" in m else {})}
+        log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples"
+            + (" (onnxruntime CPU running the device's QDQ graph)" if "only_on" in m else ""))
 
     compat: dict = {}
     estimator = None
     max_positions = parent.spec.get("hf_config", {}).get("max_position_embeddings")
     for pname in ctx.recipe.profiles:
         profile = load_profile(pname)
-        compat[pname] = compatibility_summary(models["final"]["path"], profile)
+        compat[pname] = {"model": shipped[pname], **compatibility_summary(models[shipped[pname]]["path"], profile)}
+        # a device build runs only on its device; the CPU models are not timed on a device that has its own build
+        here = {n: m for n, m in models.items() if m.get("only_on", pname) == pname
+                and (shipped[pname] == "final" or n == shipped[pname])}
         if not profile.measured:
-            estimator = estimate_all(models, results, profile, max_positions) or estimator
+            estimator = estimate_all(here, results, profile, max_positions) or estimator
             continue
-        for name, m in models.items():
-            log(f"profile: timing {name} on {pname}")
-            results[name]["latency_ms"][pname] = latency_on(
-                m["path"], test, profile, warmup=cfg.warmup, runs=cfg.runs,
-                natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
-                max_positions=max_positions)
+        latency, throughput = measure_models(
+            {n: m["path"] for n, m in here.items()}, test, profile, warmup=cfg.warmup, runs=cfg.runs,
+            rounds=cfg.rounds, natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
+            max_positions=max_positions, desc="profile: timing")
+        for name in here:
+            results[name]["latency_ms"][pname] = latency[name]
+            if throughput[name]:
+                results[name].setdefault("throughput", {})[pname] = throughput[name]
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
-               "estimator": estimator,
+               "estimator": estimator, "measurement": _protocol(cfg),
                "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx)}
     return {"metrics": metrics, "spec": parent.spec}
+
+
+def _protocol(cfg: ProfileStageConfig) -> str:
+    return (f"onnxruntime CPU, batch 1, a fresh process per measurement; {cfg.warmup} warm-up then {cfg.runs} timed "
+            f"runs, in {cfg.rounds} rounds spread over the profiling time. p50 = the lowest round median (the machine "
+            "when quiet; other load only slows it); p90/p99 over every run of every round; round_spread = median "
+            "round p50 / lowest - 1.")

@@ -91,10 +91,13 @@ def _table(rec: dict) -> str:
                  f"<td>{'✓' if id(c) in front else ''}</td>", f'<td class="l">{verdict}</td>']
         out.append(f'<tr class="{"est" if c["estimated"] else ""}">' + "".join(cells) + "</tr>")
     out.append("</table></div>")
-    out.append('<p class="note">Latency: batch 1 at the reference case; p50/p90 over the timed runs, warm-up excluded. '
+    out.append('<p class="note">Latency: batch 1 at the reference case, warm-up excluded; measured p50 is the lowest '
+               "median of several rounds (each a fresh process at another time: the machine when quiet), p90 pools "
+               "every run of every round. Throughput: the best items/s over the profile's batch sizes, all threads. "
                "Rows marked <em>estimated</em> (pink, italic) are computed from the device's published peak figures, "
                "not measured; their p90, memory and throughput are not estimated. Accuracy: the model's test accuracy "
-               "under ONNX Runtime on the host (the same weights on every device).</p>")
+               "under ONNX Runtime on the host; <code>final-&lt;device&gt;</code> is the build made for that device "
+               "(static shapes, its quantization scheme), whose accuracy is onnxruntime CPU running the device's graph.</p>")
     return "\n".join(out)
 
 

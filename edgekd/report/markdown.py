@@ -77,7 +77,22 @@ def render_markdown(s: dict) -> str:
             out.append(f"| {name} | {_pct(m.get('accuracy'))} | {_pct(m.get('agreement'))} | {_num(m.get('size_mb'))} | "
                        f"{_params(m.get('params'))} | " + " | ".join(cells) + f" | {_num(peak, '{:.1f}')} |")
         out += ["", "Latency: ONNX Runtime CPU, batch 1, warm-up excluded; `seqN_tT` = padded to N tokens with T "
-                "threads, `natural_t1` = each test text at its own length, 1 thread; measured (not estimated).", ""]
+                "threads, `natural_t1` = each test text at its own length, 1 thread. Measured cases: p50 is the "
+                "lowest median of several rounds (each a fresh process at another time: the machine when quiet), p90 "
+                "pools every run of every round. `final-<profile>` is the build made for that device (static "
+                "shapes, its quantization scheme); its accuracy is onnxruntime CPU running that device graph.", ""]
+        spreads = {f"{name} {p} {c}": x["round_spread"] for name, m in systems.items()
+                   for p, lat in m.get("latency_ms", {}).items() for c, x in lat.items() if "round_spread" in x}
+        if spreads:
+            worst = max(spreads, key=spreads.get)
+            out += [f"Round-to-round spread (median round p50 / lowest − 1): median {100 * sorted(spreads.values())[len(spreads) // 2]:.1f}%, "
+                    f"worst {100 * spreads[worst]:.1f}% ({worst}) — how noisy the machine was while measuring.", ""]
+        rates = [(name, p, c, x) for name, m in systems.items() for p, cs in (m.get("throughput") or {}).items()
+                 for c, x in cs.items()]
+        if rates:
+            out += ["## Throughput", "", "| model | profile | case | items/s | ms per batch |", "| --- | --- | --- | --- | --- |"]
+            out += [f"| {n} | {p} | {c} | {x['items_per_s']:.1f} | {x['ms_per_batch']:.2f} |" for n, p, c, x in rates]
+            out += ["", "Whole batches with every thread of the profile (`bB_seqN_tT`); ms per batch as p50 above.", ""]
     speed = s.get("int8_speedup_vs_fp32")
     if speed:
         out += ["## INT8 vs the same model in FP32", "",
@@ -90,10 +105,10 @@ def render_markdown(s: dict) -> str:
     compat = s.get("compat")
     if compat:
         out += ["## Device compatibility of the shipped model", "",
-                "| profile | runs as-is | unsupported ops | fallback nodes % | fallback FLOPs % | dynamic inputs | quantization violations |",
-                "| --- | --- | --- | --- | --- | --- | --- |"]
+                "| profile | model shipped there | runs as-is | unsupported ops | fallback nodes % | fallback FLOPs % | dynamic inputs | quantization violations |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for prof, c in compat.items():
-            out.append(f"| {prof} | {'yes' if c.get('ok') else 'no'} | {', '.join(c.get('unsupported_ops', [])) or '—'} | "
+            out.append(f"| {prof} | {c.get('model', 'final')} | {'yes' if c.get('ok') else 'no'} | {', '.join(c.get('unsupported_ops', [])) or '—'} | "
                        f"{_pct(c.get('fallback_nodes_share'))} | {_pct(c.get('fallback_flops_share'))} | "
                        f"{len(c.get('dynamic_inputs', [])) or '—'} | {c.get('quantization_violations', 0)}"
                        f"{' (' + ', '.join(c.get('violation_kinds', [])) + ')' if c.get('violation_kinds') else ''} |")

@@ -103,6 +103,13 @@ def reference_case(latency: dict) -> str | None:
     return next((c for c in latency if c.endswith("_t1")), next(iter(latency), None))
 
 
+def _throughput(model: dict, profile: str) -> float | None:
+    """Best measured items/s over the profile's batch sizes (throughput cases), else None."""
+    cases = ((model.get("throughput") or {}).get(profile) or {}).values()
+    rates = [c["items_per_s"] for c in cases if isinstance(c, dict) and isinstance(c.get("items_per_s"), (int, float))]
+    return max(rates) if rates else None
+
+
 def _est_error(entry: dict, summary: dict) -> float | None:
     err = entry.get("estimator_error")
     if not isinstance(err, (int, float)):
@@ -131,7 +138,7 @@ def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) ->
                     "run": label, "model": model, "label": f"{label}/{model}", "device": prof,
                     "device_class": cls, "cost_rank": rank, "cost_usd": (devices.get(prof) or {}).get("cost_usd"),
                     "case": case, "p50_ms": float(entry["p50"]), "p90_ms": entry.get("p90"),
-                    "throughput": entry.get("throughput", entry.get("throughput_per_s")),
+                    "throughput": _throughput(m, prof),
                     "peak_memory_mb": entry.get("peak_memory_mb"), "size_mb": m.get("size_mb"),
                     "params": m.get("params"), "accuracy": m.get("accuracy"), "estimated": estimated,
                     "estimator_error": _est_error(entry, s) if estimated else None,

@@ -1,7 +1,7 @@
 """Collect a run's artifacts into one summary, and write the run folder's shipped files.
 
-The run folder gets: manifest.json (the summary), report.md, model.onnx (+ preprocessing files)
-and run.json (the artifact folders of the latest run, which `edgekd report` re-reads).
+The run folder gets: manifest.json (the summary), report.md, model.onnx (+ preprocessing files),
+devices/<profile>/model.onnx for each device build, and run.json (the artifact folders of the latest run, which `edgekd report` re-reads).
 """
 from __future__ import annotations
 
@@ -54,6 +54,9 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
     if export:
         summary["model"] = "model.onnx"
         summary["export_validation"] = export["metrics"].get("validation")
+        if export["metrics"].get("devices"):  # device builds ship as devices/<profile>/model.onnx
+            summary["device_models"] = {p: {"file": f"devices/{p}/model.onnx", **d}
+                                        for p, d in export["metrics"]["devices"].items()}
     return summary
 
 
@@ -80,6 +83,9 @@ def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact]) -> dict:
         for name in ("model.onnx", *PREPROCESSING_FILES):
             if (export.path / name).is_file():
                 _copy_atomic(export.path / name, run_dir / name)
+        for build in (export.manifest.get("devices") or {}).values():
+            (run_dir / build["file"]).parent.mkdir(parents=True, exist_ok=True)
+            _copy_atomic(export.path / build["file"], run_dir / build["file"])
     write_json_atomic(run_dir / "manifest.json", summary)
     _write_text_atomic(run_dir / "report.md", render_markdown(summary))
     return summary
