@@ -75,18 +75,27 @@ def compatibility_summary(path: Path, profile) -> dict:
     return out
 
 
-def final_op_breakdown(path: Path, test, ctx: Context) -> dict:
-    """Where the shipped model's time goes on the host (1 thread; seq 128 or the largest the model takes)."""
+def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
+    """Where the shipped model's time goes on the host (1 thread; seq 128 or the largest the model takes).
+
+    The profiler's shares are scaled to the p50 the profile stage measured for the same case without
+    the profiler (host-cpu), else to the profiled runs' own wall time.
+    """
     from .latency import image_feeds, text_feeds
-    from .op_profile import op_breakdown
+    from .op_profile import op_breakdown, scale_breakdown
 
     names = model_input_names(path)
     if test.images is not None:
-        feed = image_feeds(test.images[:1])[0]
+        feed = image_feeds(test.images[:1], names[0])[0]
     else:
         feed = text_feeds(test.ids[:1], names, min(128, ctx.recipe.data.max_length), test.pad_id)[0]
-    return {"case": "t1" if test.images is not None else f"seq{len(feed['input_ids'][0])}_t1",
-            "ms_per_op_type": op_breakdown(path, feed, threads=1)}
+    case = "t1" if test.images is not None else f"seq{len(feed['input_ids'][0])}_t1"
+    prof = op_breakdown(path, feed, threads=1)
+    measured = next((lat[case]["p50"] for lat in latency.values() if case in lat and not lat[case].get("estimated")), None)
+    total = measured if measured is not None else prof["run_ms"] or prof["kernel_ms"]
+    return {"case": case, "ms_per_op_type": scale_breakdown(prof, total), "share": prof["share"],
+            "scaled_to": "measured p50 (no profiler)" if measured is not None else "profiled run time",
+            "profiler_kernel_ms": prof["kernel_ms"], "profiler_run_ms": prof["run_ms"]}
 
 
 def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -145,7 +154,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                 results[name].setdefault("throughput", {})[pname] = throughput[name]
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
                "estimator": estimator, "measurement": _protocol(cfg),
-               "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx)}
+               "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx, results["final"]["latency_ms"])}
     return {"metrics": metrics, "spec": parent.spec}
 
 

@@ -131,7 +131,9 @@ def _op_section(summaries, labels) -> str:
             total = f", total {ops['_total']:.3g} ms" if isinstance(ops.get("_total"), (int, float)) else ""
             figs.append(_img(plots.op_breakdown_png(f"{lab}/final: per-operator latency (host{case}{total})", ops),
                              f"Per-operator latency breakdown of {lab}/final, measured on the host{case}"))
-    return ('<div class="grid">' + "".join(figs) + "</div>") if figs else \
+    note = ('<p class="note">Each operator type\'s share of kernel time in onnxruntime\'s profiler, scaled to the '
+            "p50 measured without the profiler (the profiler's own cost per kernel would inflate small models).</p>")
+    return ('<div class="grid">' + "".join(figs) + "</div>" + note) if figs else \
         '<p class="note">No per-operator breakdown in these runs (no <code>op_breakdown</code>).</p>'
 
 

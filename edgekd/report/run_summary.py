@@ -50,6 +50,7 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
         if "op_breakdown" in profile["metrics"]:
             summary["op_breakdown"] = profile["metrics"]["op_breakdown"]["ms_per_op_type"]
             summary["op_breakdown_case"] = profile["metrics"]["op_breakdown"]["case"]
+            summary["op_breakdown_scaled_to"] = profile["metrics"]["op_breakdown"].get("scaled_to")
     export = next((s for s in stages if s["stage"] == "export"), None)
     if export:
         summary["model"] = "model.onnx"
