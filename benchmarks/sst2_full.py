@@ -6,7 +6,9 @@
 Shape (later benchmarks extend it with peer systems):
 {"systems": {"teacher-fp32": {...}, "edgekd-int8": {...}, "edgekd-fp32": {...}}, "machine": {...},
  "versions": {...}, "commit": str}; each system has accuracy, agreement (with the teacher), size_mb,
-params and latency_ms -> seq128_t1 / seq128_t2 / natural_t1 -> p50 / p90 (ONNX Runtime, batch 1).
+params and latency_ms -> seq128_t1 / seq128_t2 / natural_t1 -> p50 / p90 (ONNX Runtime, batch 1; p50 is
+the lowest of the profile stage's round medians, see edgekd.profile.latency.combine_rounds), throughput
+at batch 8, and "npu": the hexagon-npu device build (size, agreement, accuracy, compatibility, estimate).
 All numbers are measured on the exported ONNX files; accuracy is on test.tsv (872 sentences).
 """
 from __future__ import annotations
@@ -52,9 +54,19 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
         systems[dst] = {
             "accuracy": s["accuracy"], "agreement": s["agreement"], "size_mb": s["size_mb"], "params": s["params"],
             "examples": s["examples"],
-            "latency_ms": {c: {"p50": lat[c]["p50"], "p90": lat[c]["p90"], "p99": lat[c]["p99"],
-                               "runs": lat[c]["runs"], "peak_memory_mb": lat[c]["peak_memory_mb"]} for c in CASES},
+            "latency_ms": {c: {k: lat[c].get(k) for k in ("p50", "p90", "p99", "runs", "rounds", "round_p50s",
+                                                           "round_spread", "peak_memory_mb", "session_create_ms")}
+                           for c in CASES},
+            "throughput": {c: {k: x[k] for k in ("batch_size", "items_per_s", "ms_per_batch", "round_spread")}
+                           for c, x in (s.get("throughput") or {}).get("host-cpu", {}).items()},
         }
+    npu = m["systems"].get("final-hexagon-npu")
+    if npu:
+        npu = {"accuracy": npu["accuracy"], "agreement_with_teacher": npu["agreement"], "size_mb": npu["size_mb"],
+               "file": "devices/hexagon-npu/model.onnx", "compat": m["compat"]["hexagon-npu"],
+               "export_agreement_with_pytorch": m["device_models"]["hexagon-npu"]["argmax_agreement"],
+               "estimated_latency_ms": npu["latency_ms"]["hexagon-npu"],
+               "accuracy_note": "onnxruntime CPU running the device's static full-INT8 QDQ graph"}
     estimator = host_estimates(Path(run_dir), m, systems)
     int8, fp32, teacher = systems["edgekd-int8"], systems["edgekd-fp32"], systems["teacher-fp32"]
     result = {
@@ -69,6 +81,8 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
             "size_ratio_vs_teacher": teacher["size_mb"] / int8["size_mb"],
         },
         "estimator_vs_measured_host": estimator,
+        "npu_build": npu,
+        "measurement": next(st["metrics"].get("measurement") for st in m["stages"] if st["stage"] == "profile"),
         "stages": [{"stage": s["stage"], "params": s["params"], "test_accuracy_pytorch": s["metrics"].get("test_accuracy"),
                     "architecture": s.get("architecture")} for s in m["stages"] if s["stage"] != "profile"],
         "machine": {**m["machine"], "python": platform.python_version()},
@@ -82,6 +96,9 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
           f"seq128 t1: int8 {int8['latency_ms']['seq128_t1']['p50']:.2f} ms vs own fp32 "
           f"{fp32['latency_ms']['seq128_t1']['p50']:.2f} ms ({d['int8_speedup_vs_own_fp32_seq128_t1']:.2f}x), "
           f"teacher {teacher['latency_ms']['seq128_t1']['p50']:.2f} ms; size {int8['size_mb']:.1f} MB -> {out}")
+    if npu:
+        print(f"hexagon-npu build: {npu['size_mb']:.1f} MB, accuracy {npu['accuracy']:.4f}, fallback "
+              f"{npu['compat']['fallback_nodes_share']:.0%} of nodes, ok={npu['compat']['ok']}")
     e = result["estimator_vs_measured_host"]
     print(f"host latency estimates: {e['within_15pct']}/{len(e['cases'])} within 15%, max |rel err| {e['max_abs_rel_error']:.1%}")
 

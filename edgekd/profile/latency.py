@@ -95,7 +95,7 @@ def _measure(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs:
 
 
 def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs: int,
-                  providers: list[str]) -> dict:
+                  providers: list[str], affinity: list[int] | None = None) -> dict:
     """Run `_measure` in a fresh interpreter (`python -m edgekd.profile.latency`).
 
     A plain subprocess rather than multiprocessing: spawn re-imports the caller's __main__ (an
@@ -106,7 +106,8 @@ def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, 
         arrays = {f"{i}/{name}": np.ascontiguousarray(v) for i, feed in enumerate(feeds) for name, v in feed.items()}
         np.savez(Path(tmp) / "feeds.npz", **arrays)
         args = {"onnx_path": onnx_path, "feeds": str(Path(tmp) / "feeds.npz"), "n_feeds": len(feeds),
-                "threads": threads, "warmup": warmup, "runs": runs, "providers": providers}
+                "threads": threads, "warmup": warmup, "runs": runs, "providers": providers,
+                "affinity": affinity}
         proc = subprocess.run([sys.executable, "-m", "edgekd.profile.latency", json.dumps(args)],
                               capture_output=True, text=True)
     if proc.returncode != 0:
@@ -117,6 +118,10 @@ def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, 
 
 def _child_main(raw: str) -> None:
     args = json.loads(raw)
+    if args.get("affinity"):  # before onnxruntime starts its thread pool, which inherits it
+        import os
+
+        os.sched_setaffinity(0, set(args["affinity"]))
     with np.load(args["feeds"], allow_pickle=False) as z:
         feeds: list[dict] = [{} for _ in range(args["n_feeds"])]
         for key in z.files:
@@ -133,10 +138,13 @@ def measure_latency(
     warmup: int = 10,
     runs: int = 100,
     providers: list[str] | None = None,
+    affinity: list[int] | None = None,
 ) -> dict:
     """Milliseconds per inference (p50/p90/p99/mean/std), session creation time and peak memory.
 
-    Timed run i uses feeds[i % len(feeds)]; warm-up runs are not counted.
+    Timed run i uses feeds[i % len(feeds)]; warm-up runs are not counted. `affinity`: CPU ids the
+    measuring process (and its threads) may run on (Linux); None leaves scheduling to the OS, which
+    measured steadier than pinning on the 2-vCPU reference VM (benchmarks/latency_repeatability.py).
     """
     path = Path(onnx_path)
     if not path.is_file():
@@ -145,7 +153,8 @@ def measure_latency(
         raise ValueError("measure_latency needs at least one feed")
     if threads < 1 or runs < 1 or warmup < 0:
         raise ValueError(f"need threads >= 1, runs >= 1, warmup >= 0; got {threads}, {runs}, {warmup}")
-    return _run_in_child(str(path), list(feeds), threads, warmup, runs, list(providers or ["CPUExecutionProvider"]))
+    return _run_in_child(str(path), list(feeds), threads, warmup, runs, list(providers or ["CPUExecutionProvider"]),
+                         affinity)
 
 
 def combine_rounds(rounds: list[dict]) -> dict:
