@@ -1,6 +1,7 @@
 """How well do repeated latency measurements agree on this machine? Three protocols, same models.
 
     python benchmarks/latency_repeatability.py runs/sst2-minilm     # ~4 min on the 2-core reference VM
+    python benchmarks/latency_repeatability.py runs/sst2-minilm --rounds 10 --runs 25   # another rounds setting
 
 Models: the flagship's shipped INT8 model and its FP32 export, at seq 128 with 1 and 2 threads.
 Protocols, each repeated REPEATS times in interleaved order:
@@ -22,10 +23,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "latency-repeatability.json"
-REPEATS, ROUNDS, WARMUP, RUNS = 4, 5, 10, 50
+REPEATS, WARMUP = 4, 10
 
 
-def main(run_dir: str) -> None:
+def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
+    """Single and pinned measurements take `runs` timed runs; the rounds protocol `rounds` of them."""
     from edgekd.profile.latency import combine_rounds, measure_latency, model_input_names, text_feeds
     from edgekd.profile.profiles import detect_host
 
@@ -36,7 +38,7 @@ def main(run_dir: str) -> None:
     ids = [list(rng.integers(1000, 20000, 128)) for _ in range(8)]
     cases = [(m, t) for m in models for t in (1, 2)]
     feeds = {m: text_feeds(ids, model_input_names(p), 128) for m, p in models.items()}
-    one = lambda m, t, pin=False: measure_latency(models[m], feeds[m], t, WARMUP, RUNS,  # noqa: E731
+    one = lambda m, t, pin=False: measure_latency(models[m], feeds[m], t, WARMUP, runs,  # noqa: E731
                                                   affinity=list(range(t)) if pin else None)
     got: dict[tuple, dict[str, list[float]]] = {c: {"single": [], "pinned": [], "rounds": []} for c in cases}
     start = time.perf_counter()
@@ -45,7 +47,7 @@ def main(run_dir: str) -> None:
             got[(m, t)]["single"].append(one(m, t)["p50"])
             got[(m, t)]["pinned"].append(one(m, t, pin=True)["p50"])
         rounds: dict[tuple, list[dict]] = {c: [] for c in cases}
-        for r in range(ROUNDS):  # as the profile stage: rounds go over all cases in turn, alternating order
+        for r in range(rounds):  # as the profile stage: rounds go over all cases in turn, alternating order
             for c in (cases if r % 2 == 0 else cases[::-1]):
                 rounds[c].append(one(*c))
         for c in cases:
@@ -57,16 +59,24 @@ def main(run_dir: str) -> None:
     summary = {proto: {"median_agreement": float(np.median([r[proto]["agreement"] for r in rows])),
                        "worst_agreement": max(r[proto]["agreement"] for r in rows)} for proto in ("single", "pinned", "rounds")}
     result = {"benchmark": "latency-repeatability: max/min - 1 of repeated p50 measurements, three protocols",
-              "protocols": {"single": f"one process, {WARMUP} warm-up + {RUNS} runs, p50",
+              "protocols": {"single": f"one process, {WARMUP} warm-up + {runs} runs, p50",
                             "pinned": "single, process pinned to CPUs 0..threads-1",
-                            "rounds": f"edgekd profile stage: {ROUNDS} rounds of single, lowest round p50"},
+                            "rounds": f"edgekd profile stage: {rounds} rounds of single, lowest round p50"},
               "repeats": REPEATS, "cases": rows, "summary": summary,
               "runtime_s": round(time.perf_counter() - start, 1),
               "machine": {**detect_host(), "python": platform.python_version()}}
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULT if (rounds, runs) == (5, 50) else RESULT.with_name(f"latency-repeatability-{rounds}x{runs}.json")
+    out.write_text(json.dumps(result, indent=2) + "\n")
     for proto, s in summary.items():
         print(f"{proto:7s} agreement between repeats: median {s['median_agreement']:.1%}, worst {s['worst_agreement']:.1%}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "runs/sst2-minilm")
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run_dir", nargs="?", default="runs/sst2-minilm")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=50)
+    a = ap.parse_args()
+    main(a.run_dir, a.rounds, a.runs)
