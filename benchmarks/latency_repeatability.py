@@ -46,12 +46,12 @@ def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
         for m, t in (cases if rep % 2 == 0 else cases[::-1]):
             got[(m, t)]["single"].append(one(m, t)["p50"])
             got[(m, t)]["pinned"].append(one(m, t, pin=True)["p50"])
-        rounds: dict[tuple, list[dict]] = {c: [] for c in cases}
+        per_round: dict[tuple, list[dict]] = {c: [] for c in cases}
         for r in range(rounds):  # as the profile stage: rounds go over all cases in turn, alternating order
             for c in (cases if r % 2 == 0 else cases[::-1]):
-                rounds[c].append(one(*c))
+                per_round[c].append(one(*c))
         for c in cases:
-            got[c]["rounds"].append(combine_rounds(rounds[c])["p50"])
+            got[c]["rounds"].append(combine_rounds(per_round[c])["p50"])
         print(f"repeat {rep + 1}/{REPEATS} done", file=sys.stderr)
     rows = [{"model": m, "seq_len": 128, "threads": t,
              **{proto: {"p50s_ms": [round(v, 3) for v in vals], "agreement": round(max(vals) / min(vals) - 1, 4)}
