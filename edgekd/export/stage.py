@@ -27,10 +27,10 @@ def device_builds(cfg: ExportConfig, profiles: list[str]) -> list[str]:
     NPU, whose full-INT8 static-shape scheme the first profile's model does not follow)."""
     from ..profile.profiles import load_profile
 
-    rest = [p for p in profiles[1:] if p != profiles[0]]
+    first = profiles[0] if profiles else None
     if cfg.devices is not None:
-        return [p for p in cfg.devices if p != (profiles[0] if profiles else None)]
-    return [p for p in rest if load_profile(p).quantization.scope == "full"]
+        return [p for p in cfg.devices if p != first]
+    return [p for p in profiles[1:] if p != first and load_profile(p).quantization.scope == "full"]
 
 
 def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -42,21 +42,16 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
     quantized = bool(parent.spec.get("quant"))
     val_data = ctx.encoded("dev", cfg.validation_examples)
     primary = load_profile(profiles[0]) if profiles else None
-    facts, extra = _build(model, cfg, primary, parent, ctx, out, val_data, cfg.min_agreement)
+    # the float twin: of a QAT model on the CPU path; a full-INT8 device export always keeps the float model it quantized
+    twin = quantized or (primary is not None and primary.quantization.scope == "full")
+    facts, extra = _build(model, cfg, primary, parent, ctx, out, val_data, cfg.min_agreement, float_twin=twin)
     validation = extra.pop("validation")
-    if quantized and "onnx_fp32" not in extra:  # the device path wrote its float twin (model-fp32.onnx) already
-        static = facts.get("static_shapes", False)
-        inputs = example_inputs(ctx.task, ctx.data.preprocess, facts.get("seq_len") or cfg.seq_len or 16)
-        with fake_quant_off(model):
-            extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
     devices = {}
     for name in device_builds(cfg, profiles):
         folder = out / "devices" / name
         folder.mkdir(parents=True)
         dev_facts, dev_extra = _build(model, cfg, load_profile(name), parent, ctx, folder, val_data,
-                                      cfg.device_min_agreement)
-        dev_facts.pop("fp32", None)
-        (folder / "model-fp32.onnx").unlink(missing_ok=True)  # the CPU float twin above serves every build
+                                      cfg.device_min_agreement, float_twin=False)
         devices[name] = {"file": f"devices/{name}/model.onnx", "onnx": dev_facts, "compat": dev_extra.get("compat"),
                          "validation": dev_extra["validation"], "size_mb": dev_facts["size_mb"]}
     if devices:
@@ -70,10 +65,12 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
 
 
 def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data,
-           min_agreement: float) -> tuple[dict, dict]:
+           min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
     """Export `model` to out/model.onnx as `profile` needs it and validate it against PyTorch.
 
-    Returns (graph facts, extra manifest entries incl. validation). Raises ExportValidationError when
+    float_twin: also write out/model-fp32.onnx, the same network with quantization off, at the same
+    shapes (what profiling compares INT8 with); a device build's twin is not kept (the first
+    profile's serves the run). Returns (graph facts, extra manifest entries incl. validation). Raises ExportValidationError when
     onnxruntime and PyTorch disagree on more than 1 - min_agreement of the dev examples.
     """
     static = cfg.static_shapes if cfg.static_shapes is not None else bool(profile and profile.static_shapes)
@@ -89,6 +86,9 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         facts = export_for_device(model, inputs, out, profile, _calibration_feeds(ctx, list(inputs), seq_len),
                                   cfg.opset)
         extra = {"onnx": facts, "compat": facts.pop("compat"), "onnx_fp32": facts.pop("fp32")}
+        if not float_twin:  # export_for_device always writes the float model it quantized
+            (out / "model-fp32.onnx").unlink()
+            del extra["onnx_fp32"]
         log(f"export: {profile.name} model.onnx {facts['size_mb']:.2f} MB: static [1, {seq_len}], full INT8 QDQ "
             f"({facts['qdq_nodes']} QDQ nodes, {facts['quantized_weights']} {profile.quantization.weight_dtype} "
             f"{profile.quantization.weight_granularity} weights), {extra['compat']['fallback_nodes_share']:.0%} "
@@ -98,6 +98,9 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         log(f"export: model.onnx {facts['size_mb']:.2f} MB, {facts['qdq_nodes']} QDQ nodes, "
             f"{facts['quantized_weights']} int8 weights")
         extra = {"onnx": facts}
+        if float_twin:
+            with fake_quant_off(model):
+                extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
     validation = validate_export(model, out / "model.onnx", val_data, min_agreement, list(inputs))
     if validation["failures"]:
         kinds = ", ".join(f["type"] for f in validation["failures"])

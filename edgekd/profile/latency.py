@@ -217,13 +217,19 @@ def image_feeds(images: np.ndarray, input_name: str = "pixel_values") -> list[di
     return [{input_name: np.ascontiguousarray(images[i : i + 1])} for i in range(len(images))]
 
 
-def model_input_names(onnx_path: str | Path) -> list[str]:
-    """The graph's real inputs (older exports also list initializers as inputs: those are skipped)."""
+def model_input_dims(onnx_path: str | Path) -> dict[str, list[int | None]]:
+    """{input: dims} of the graph's real inputs, None for a symbolic dim (older exports also list
+    initializers as inputs: those are skipped)."""
     import onnx
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    initializers = {t.name for t in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in initializers]
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    initializers = {t.name for t in graph.initializer}
+    return {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+            for i in graph.input if i.name not in initializers}
+
+
+def model_input_names(onnx_path: str | Path) -> list[str]:
+    return list(model_input_dims(onnx_path))
 
 
 if __name__ == "__main__":

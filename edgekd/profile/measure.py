@@ -11,7 +11,7 @@ import numpy as np
 from ..data.batching import Encoded
 from ..export.runtime import onnx_logits
 from ..progress import log, progress
-from .latency import combine_rounds, image_feeds, measure_latency, model_input_names, text_feeds
+from .latency import combine_rounds, image_feeds, measure_latency, model_input_dims, text_feeds
 from .profiles import DeviceProfile
 
 # Texts used for fixed-length timing: real sentences padded to the profile's length (content does
@@ -43,21 +43,11 @@ def _batch_feed(feeds: list[dict[str, np.ndarray]], batch: int) -> dict[str, np.
     return {name: np.concatenate([r[name] for r in rows], axis=0) for name in rows[0]}
 
 
-def fixed_batch(path: Path) -> bool:
-    """True when the model's first input has a fixed batch dimension."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inits = {t.name for t in graph.initializer}
-    first = next(i for i in graph.input if i.name not in inits)
-    dims = first.type.tensor_type.shape.dim
-    return bool(dims) and dims[0].HasField("dim_value")
-
-
 def _cases(path: Path, data: Encoded, profile: DeviceProfile, natural: bool, natural_max: int,
            seq_lens: list[int]) -> tuple[dict, dict]:
     """Latency cases {case: (feeds, threads, batch 1)} and throughput cases {case: (feed, threads, batch)}."""
-    names = model_input_names(path)
+    dims = model_input_dims(path)
+    names = list(dims)
     latency: dict[str, tuple] = {}
     for threads in profile.threads:
         if data.images is not None:
@@ -71,7 +61,8 @@ def _cases(path: Path, data: Encoded, profile: DeviceProfile, natural: bool, nat
     # not for a static batch-1 export (a device build), which can only take one item at a time.
     batch_cases: dict[str, tuple] = {}
     threads = max(profile.threads)
-    for b in (b for b in profile.batch_sizes if b > 1 and not fixed_batch(path)):
+    fixed_batch = bool(dims[names[0]]) and dims[names[0]][0] is not None
+    for b in (b for b in profile.batch_sizes if b > 1 and not fixed_batch):
         if data.images is not None:
             batch_cases[f"b{b}_t{threads}"] = ([_batch_feed(image_feeds(data.images[:FIXED_FEEDS], names[0]), b)], threads, b)
         elif seq_lens:

@@ -13,7 +13,7 @@ from ..configs import ProfileStageConfig
 from ..context import Context
 from ..export.onnx_export import example_inputs, export_onnx
 from ..progress import log
-from .latency import model_input_names
+from .latency import model_input_dims, model_input_names
 from .measure import accuracy_on, measure_models, usable_seq_lens
 from .profiles import detect_host, load_profile
 
@@ -37,7 +37,8 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     seq_lens = usable_seq_lens(profile, max_positions)
     for name, m in models.items():
         is_image = "pixel_values" in model_input_names(m["path"])
-        fixed = static_seq_len(m["path"])  # a static-shape build runs at its own length, whatever the text
+        ids_dims = model_input_dims(m["path"]).get("input_ids", [])
+        fixed = ids_dims[1] if len(ids_dims) == 2 else None  # a static build runs at its own length, whatever the text
         cases = {f"t{t}": (None, t) for t in profile.threads} if is_image else {
             f"seq{s}_t{t}": (s, t) for s in ([fixed] if fixed else seq_lens) for t in profile.threads}
         out = {}
@@ -47,19 +48,6 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
         results[name]["latency_ms"][profile.name] = out
     log(f"profile {profile.name}: latency estimated (not measured; estimator error on the host ±{100 * (error or 0):.0f}%)")
     return {"max_abs_rel_error": error, "checked_on": "host-cpu", "calibration": str(calibration_path())}
-
-
-def static_seq_len(path: Path) -> int | None:
-    """The fixed sequence length of a static-shape text model (input_ids [1, L]), else None."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    for i in graph.input:
-        if i.name == "input_ids":
-            dims = i.type.tensor_type.shape.dim
-            if len(dims) == 2 and dims[1].HasField("dim_value"):
-                return int(dims[1].dim_value)
-    return None
 
 
 def compatibility_summary(path: Path, profile) -> dict:
@@ -138,9 +126,9 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     for pname in ctx.recipe.profiles:
         profile = load_profile(pname)
         compat[pname] = {"model": shipped[pname], **compatibility_summary(models[shipped[pname]]["path"], profile)}
-        # a device build runs only on its device; the CPU models are not timed on a device that has its own build
-        here = {n: m for n, m in models.items() if m.get("only_on", pname) == pname
-                and (shipped[pname] == "final" or n == shipped[pname])}
+        # a device build runs only on its device, and is the only model timed on it
+        here = ({shipped[pname]: models[shipped[pname]]} if shipped[pname] != "final" else
+                {n: m for n, m in models.items() if "only_on" not in m})
         if not profile.measured:
             estimator = estimate_all(here, results, profile, max_positions) or estimator
             continue
