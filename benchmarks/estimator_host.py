@@ -12,7 +12,7 @@ process, onnxruntime CPU, batch 1) at seq 32/64/128/256 and 1/2 threads.
 
 Split: the calibration is fitted on the teacher and student cases at seq 32/128/256; the pruned
 model (all cases) and seq 64 (all models) are held out. The file written to
-profiles/calibration/host-cpu.json is that fit, so the held-out error is the error of what ships.
+edgekd/devices/shipped_profiles/calibration/host-cpu.json (package data; EDGEKD_CALIBRATION overrides) is that fit, so the held-out error is the error of what ships.
 Results: benchmarks/results/estimator-host.json.
 """
 from __future__ import annotations
@@ -88,7 +88,8 @@ def _build_models(folder: Path) -> dict[str, Path]:
 
 
 def _measure_all(paths: dict[str, Path]) -> list[dict]:
-    from edgekd.profile.latency import measure_latency, model_input_names, text_feeds
+    from edgekd.devices.feeds import model_input_names, text_feeds
+    from edgekd.profile.latency import measure_latency
 
     rng = np.random.default_rng(1)
     cases = [{"model": m, "seq_len": s, "threads": t, "onnx_path": str(p), "p50s": []}
@@ -117,7 +118,7 @@ def _errors(rows: list[dict]) -> dict:
 
 def main() -> None:
     from edgekd.profile.estimate import calibrate, estimate_latency, host_peaks, save_calibration
-    from edgekd.profile.profiles import detect_host, load_profile
+    from edgekd.devices.profiles import detect_host, load_profile
 
     start = time.perf_counter()
     paths = _build_models(MODELS_DIR)
@@ -157,7 +158,8 @@ def main() -> None:
         "all": _errors(rows), "held_out": _errors(held), "fit": _errors([r for r in rows if not r["held_out"]]),
         "goal": "|estimated - measured| / measured <= 0.15 for every case",
         "split": cal["fit"]["split"],
-        "calibration_file": str(cal_path.relative_to(ROOT)),
+        # package data: inside the checkout for an editable install, in site-packages otherwise
+        "calibration_file": str(cal_path.relative_to(ROOT) if cal_path.is_relative_to(ROOT) else cal_path),
         "calibration": {"params": cal["params"], "host": cal["host"]},
         "median_pass_spread": float(np.median([r["pass_spread"] for r in rows])),
         "runtime_s": ({**last["runtime_s"], "refit_s": round(time.perf_counter() - start, 1)} if "--refit" in sys.argv

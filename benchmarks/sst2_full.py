@@ -1,7 +1,7 @@
-"""Record a finished flagship run (recipes/sst2-minilm.yaml) as benchmarks/results/sst2-full.json.
+"""Record a finished flagship run as benchmarks/results/sst2-full.json.
 
-    edgekd run recipes/sst2-minilm.yaml --set data.path=../shared/data/sst2
-    python benchmarks/sst2_full.py runs/sst2-minilm
+    make flagship      # recipes/sst2-minilm.yaml with a GPU, recipes/sst2-minilm-cpu.yaml without, then this script
+    python benchmarks/sst2_full.py runs/sst2-minilm-cpu
 
 Shape (later benchmarks extend it with peer systems):
 {"systems": {"teacher-fp32": {...}, "edgekd-int8": {...}, "edgekd-fp32": {...}}, "machine": {...},
@@ -27,7 +27,7 @@ CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 def host_estimates(run_dir: Path, m: dict, systems: dict) -> dict:
     """edgekd's latency estimate for the host next to the measurement, for every model and fixed shape."""
     from edgekd.profile.estimate import estimate_latency
-    from edgekd.profile.profiles import load_profile
+    from edgekd.devices.profiles import load_profile
 
     folders = {Path(p).name.rsplit("-", 1)[-1]: run_dir / p
                for p in json.loads((run_dir / "run.json").read_text())["artifacts"]}
@@ -70,7 +70,7 @@ def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
     estimator = host_estimates(Path(run_dir), m, systems)
     int8, fp32, teacher = systems["edgekd-int8"], systems["edgekd-fp32"], systems["teacher-fp32"]
     result = {
-        "benchmark": "sst2-full: recipes/sst2-minilm.yaml end to end, measured on the exported ONNX models",
+        "benchmark": f"sst2-full: recipes/{m['name']}.yaml end to end, measured on the exported ONNX models",
         "data": "SST-2 test.tsv (GLUE validation set, 872 sentences); natural_t1 over the first "
                 f"{int8['latency_ms']['natural_t1']['runs']} test sentences at their own lengths",
         "systems": systems,

@@ -26,6 +26,10 @@ MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
 
+# Files that travel with a model from artifact to artifact (tokenizer and preprocessing).
+PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                       "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "preprocess.json")
+
 
 def stable_hash(obj: Any, n: int = 16) -> str:
     """Hash of a JSON-able object, independent of key order."""
@@ -151,3 +155,9 @@ def _json_default(o: Any):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def copy_preprocessing(src: Path, dst: Path) -> None:
+    for name in PREPROCESSING_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)

@@ -25,6 +25,18 @@ app.add_typer(profiles_app, name="profiles")
 out = Console()
 err = Console(stderr=True)
 STATE = {"debug": False}
+# One option object shared by every command that reads device profiles.
+PROFILES_DIR = typer.Option(
+    None, "--profiles-dir", exists=True, file_okay=False,
+    help="folder of your own <name>.yaml device profiles, searched before the shipped ones (a profile named "
+         "like a shipped one replaces it); default: $EDGEKD_PROFILES_DIR")
+
+
+def use_profiles_dir(folder: Optional[Path]) -> None:
+    if folder is not None:
+        from .devices.profile_folders import use_user_dir
+
+        use_user_dir(folder.resolve())
 
 
 def handle_errors(fn):
@@ -64,12 +76,21 @@ def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")):
 @handle_errors
 def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
         out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: the recipe's output)"),
-        set_: list[str] = typer.Option([], "--set", help="override a recipe field: key.path=value")):
+        set_: list[str] = typer.Option([], "--set", help="override a recipe field: key.path=value"),
+        profiles_dir: Optional[Path] = PROFILES_DIR):
     """Run a whole recipe: teacher -> distill -> prune -> qat -> export -> profile -> report."""
     from .pipeline import Pipeline
 
+    use_profiles_dir(profiles_dir)
+
     pipe = Pipeline.from_yaml(recipe, set_, out_dir)
-    result = pipe.run()
+    try:
+        result = pipe.run()
+    finally:
+        if pipe.ctx is not None:
+            pipe.ctx.runtime.close()
+    if not pipe.ctx.runtime.is_main:  # under torchrun: rank 0 reports
+        return
     s = result["summary"]
     out.print(f"\n[bold green]done[/] — {pipe.run_dir}/report.md")
     if s.get("accuracy") is not None:
@@ -83,9 +104,12 @@ def export(artifact: Path = typer.Argument(..., help="a stage artifact folder (w
            out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: exports/<name>)"),
            opset: int = typer.Option(17, "--opset"),
            min_agreement: float = typer.Option(0.99, "--min-agreement", min=0.0, max=1.0,
-                                               help="fail below this ONNX-vs-PyTorch argmax agreement")):
+                                               help="fail below this ONNX-vs-PyTorch argmax agreement"),
+           profiles_dir: Optional[Path] = PROFILES_DIR):
     """Export a stage artifact to ONNX the way a device profile needs it, validated against PyTorch."""
     from .standalone import export_artifact
+
+    use_profiles_dir(profiles_dir)
 
     path = export_artifact(artifact, profile, out_dir, opset, min_agreement)
     out.print(f"[bold green]exported[/] {path}/model.onnx")
@@ -102,9 +126,12 @@ def profile(model: Path = typer.Argument(..., help="an .onnx file"),
             runs: int = typer.Option(50, "--runs", min=5, help="timed runs per round"),
             rounds: int = typer.Option(3, "--rounds", min=1,
                                        help="rounds per case, each in a fresh process; p50 = the lowest round median"),
-            json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON here")):
+            json_out: Optional[Path] = typer.Option(None, "--json", help="write the results as JSON here"),
+            profiles_dir: Optional[Path] = PROFILES_DIR):
     """Measure an ONNX model on a device profile: latency p50/p90/p99, memory, size (and accuracy with --data)."""
     from .standalone import profile_onnx
+
+    use_profiles_dir(profiles_dir)
 
     result = profile_onnx(model, profile, data, split, text_column, label_column, runs, rounds)
     table = Table(title=f"{model} on {profile}")
@@ -133,7 +160,8 @@ def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR",
            max_latency_ms: Optional[float] = typer.Option(None, "--max-latency-ms",
                                                           help="latency limit (p50, ms) for the recommendation"),
            min_accuracy: Optional[float] = typer.Option(None, "--min-accuracy",
-                                                        help="accuracy minimum for the recommendation: 0.9 or 90")):
+                                                        help="accuracy minimum for the recommendation: 0.9 or 90"),
+           profiles_dir: Optional[Path] = PROFILES_DIR):
     """Rebuild each run's manifest.json and report.md, then write the device report (HTML, MD, JSON) across the runs.
 
     The device report compares every model on every device profile (Pareto plots) and recommends the cheapest device and model meeting --max-latency-ms and --min-accuracy.
@@ -142,6 +170,7 @@ def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR",
     from .report.run_summary import load_run, write_run_outputs
 
     check_constraints(max_latency_ms, min_accuracy)  # before the slow part: fail fast on a typo
+    use_profiles_dir(profiles_dir)
     for run_dir in run_dirs:
         recipe, artifacts = load_run(run_dir)
         write_run_outputs(run_dir, recipe, artifacts)
@@ -154,36 +183,50 @@ def report(run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR",
 
 @profiles_app.callback()
 @handle_errors
-def profiles_list(ctx: typer.Context):
-    """List the device profiles."""
+def profiles_list(ctx: typer.Context, profiles_dir: Optional[Path] = PROFILES_DIR):
+    """List the device profiles and the folder each comes from."""
+    use_profiles_dir(profiles_dir)
     if ctx.invoked_subcommand:
         return
-    from .profile.profiles import list_profiles
+    from .devices.profiles import list_profile_files
 
+    header = ("name", "latency", "execution provider", "threads", "seq lens", "activations", "static shapes", "from")
+    rows = [(p.name, "measured" if p.measured else "estimated", p.execution_provider, ",".join(map(str, p.threads)),
+             ",".join(map(str, p.seq_lens)), p.quantization.activation_dtype, "yes" if p.static_shapes else "no",
+             f.origin + (" (overrides shipped)" if f.overrides else ""))
+            for p, f in list_profile_files()]
+    if not sys.stdout.isatty():
+        # Piped or redirected, rich would fit the table into 80 columns (or $COLUMNS) and cut cells
+        # to "phone-big-…". Tab-separated lines keep every cell whole and suit cut, grep and awk.
+        for row in (header, *rows):
+            typer.echo("\t".join(row))
+        return
     table = Table(title="device profiles")
-    for col in ("name", "latency", "execution provider", "threads", "seq lens", "activations", "static shapes"):
+    for col in header:
         table.add_column(col, no_wrap=True)
-    for p in list_profiles():
-        table.add_row(p.name, "measured" if p.measured else "estimated", p.execution_provider,
-                      ",".join(map(str, p.threads)), ",".join(map(str, p.seq_lens)), p.quantization.activation_dtype,
-                      "yes" if p.static_shapes else "no")
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
     out.print("`edgekd profiles show NAME` prints one profile with its sources.")
 
 
 @profiles_app.command("show")
 @handle_errors
-def profiles_show(name: str = typer.Argument(..., help="profile name or YAML path")):
+def profiles_show(name: str = typer.Argument(..., help="profile name or YAML path"),
+                  profiles_dir: Optional[Path] = PROFILES_DIR):
     """Print one profile (and, for the host, what was detected)."""
     import yaml
 
-    from .profile.profiles import detect_host, load_profile
+    from .devices.profiles import detect_host, load_profile
 
+    use_profiles_dir(profiles_dir)
     p = load_profile(name)
-    out.print(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False).rstrip())
+    # soft_wrap, no markup: the YAML stays valid (a starting point for a profile of one's own)
+    # however narrow the terminal or pipe.
+    out.print(yaml.safe_dump(p.model_dump(mode="json"), sort_keys=False).rstrip(), soft_wrap=True, markup=False)
     if p.measured:
         out.print("# detected host:")
-        out.print(yaml.safe_dump(detect_host(), sort_keys=False).rstrip())
+        out.print(yaml.safe_dump(detect_host(), sort_keys=False).rstrip(), soft_wrap=True, markup=False)
 
 
 def main() -> None:

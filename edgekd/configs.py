@@ -5,13 +5,28 @@ any heavy library is loaded or any work starts.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no silent coercion. Lax mode would read `seed: true` as 1, `"3"` as 3 and `"yes"` as
+    # true, so a typo or a quoted value runs with a value nobody wrote. Ints are still floats.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+_TYPE_HINTS = {
+    "bool_type": "write true or false",
+    "int_type": "write a whole number, unquoted",
+    "float_type": "write a number, unquoted",
+}
+
+
+def type_hint(error: dict[str, Any]) -> str:
+    """What to write instead, for a strict type error (a quoted number, yes/no, true for a number)."""
+    hint = _TYPE_HINTS.get(error["type"])
+    return f"; {hint}" if hint and isinstance(error.get("input"), (str, bool, int, float)) else ""
 
 
 class TrainConfig(Strict):
@@ -146,6 +161,8 @@ class QATConfig(KDConfig):
 
 class ExportConfig(Strict):
     opset: int = Field(17, ge=13, le=21)
+    teacher: bool = Field(True, description="also export the run's teacher in FP32 (teacher.onnx), the reference "
+                          "the profile stage compares with")
     validation_examples: int = Field(512, ge=8)
     min_agreement: float = Field(0.99, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which export fails")
     static_shapes: bool | None = Field(None, description="default: what the first profile demands")
@@ -159,7 +176,7 @@ class ExportConfig(Strict):
 
 
 class ProfileStageConfig(Strict):
-    compare_teacher: bool = Field(True, description="also export and measure the teacher in FP32")
+    compare_teacher: bool = Field(True, description="also measure the teacher's FP32 export (export.teacher)")
     compare_fp32: bool = Field(True, description="also measure the final model's own FP32 export")
     warmup: int = Field(10, ge=0)
     runs: int = Field(50, ge=5, description="timed runs per round")

@@ -1,28 +1,37 @@
-"""Runs the stages of a recipe with caching and resume.
+"""Runs the stages of a recipe with caching, resume, and rank-0 writing.
 
 Cache key of a stage = hash(stage name, normalised config, parent artifact id, data fingerprint,
-seed, edgekd version). A stage whose artifact folder is complete is skipped; a killed stage left
-only a temporary folder (ignored, removed) and its checkpoints in work/<key> (resumed).
+seed, edgekd version, and the recipe fields its descriptor names). A stage whose artifact folder is
+complete is skipped; a killed stage left only a temporary folder (ignored, removed) and its
+checkpoints in work/<key> (resumed).
+
+Several processes (torchrun / accelerate launch): every process runs a stage that trains (each on
+its shard of every batch); only rank 0 writes artifacts, manifests and reports — the others write
+into a scratch folder that is thrown away — and a stage that does not train (export, profile) runs
+on rank 0 while the others wait. After each stage every process loads the artifact rank 0 wrote.
 """
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 from . import __version__
-from .artifact import Artifact, is_complete, stable_hash, write_manifest, writing
-from .context import Context, copy_preprocessing
+from .artifact import Artifact, copy_preprocessing, is_complete, stable_hash, write_manifest, writing
 from .errors import EdgekdError
 from .progress import log
 from .recipe import Recipe, load_recipe
-from .stages import STAGES
+from .stages import STAGES, StageDescriptor
+from .train.context import Context
+from .train.runtime import Runtime
 
 
 class Pipeline:
-    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None):
+    def __init__(self, recipe: Recipe, run_dir: str | Path | None = None, runtime: Runtime | None = None):
         self.recipe = recipe
         self.run_dir = Path(run_dir or recipe.output)
-        self.ctx = Context(recipe, self.run_dir)
+        self.runtime = runtime
+        self.ctx: Context | None = None
         self.artifacts: list[Artifact] = []
 
     @classmethod
@@ -32,7 +41,7 @@ class Pipeline:
     # ------------------------------------------------------------------ checks before any work
     def preflight(self) -> None:
         """Everything that can be checked without training: profiles, data, teacher folder."""
-        from .profile.profiles import load_profile
+        from .devices.profiles import load_profile
 
         for name in self.recipe.profiles:
             load_profile(name)
@@ -52,56 +61,78 @@ class Pipeline:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     # ------------------------------------------------------------------ running
-    def _key(self, stage: str, cfg: dict, parent: str | None, extra: dict | None = None) -> str:
-        return stable_hash({"stage": stage, "config": cfg, "parent": parent, "data": self.ctx.data.fingerprint,
-                            "seed": self.recipe.seed, "version": __version__, **(extra or {})})
+    def _key(self, desc: StageDescriptor, cfg: dict, parent: str | None) -> str:
+        return stable_hash({"stage": desc.name, "config": cfg, "parent": parent, "data": self.ctx.data.fingerprint,
+                            "seed": self.recipe.seed, "version": __version__, **desc.key_inputs(self.recipe)})
 
-    def _run_stage(self, name: str, cfg, parent: Artifact | None, fn, extra_key: dict | None = None) -> Artifact:
+    def _run_stage(self, desc: StageDescriptor, cfg, parent: Artifact | None) -> Artifact:
+        rt = self.ctx.runtime
         cfg_dict = cfg.model_dump(mode="json")
-        key = self._key(name, cfg_dict, parent.id if parent else None, extra_key)
-        final = self.run_dir / "stages" / f"{len(self.artifacts):02d}-{name}-{key}"
+        key = self._key(desc, cfg_dict, parent.id if parent else None)
+        final = self.run_dir / "stages" / f"{len(self.artifacts):02d}-{desc.name}-{key}"
         if is_complete(final):
-            log(f"[green]✓ {name}[/] cached ({final.name})")
-            art = Artifact.load(final)
+            log(f"[green]✓ {desc.name}[/] cached ({final.name})")
         else:
-            log(f"[bold cyan]▶ {name}[/]")
-            seed_everything(self.recipe.seed, name)
-            with writing(final) as tmp:
-                if parent is not None:
-                    copy_preprocessing(parent.path, tmp)  # tokenizer / preprocessing travel with the model
-                    result = fn(cfg, parent, self.ctx, tmp, key)
-                else:
-                    result = fn(cfg, self.ctx, tmp, key)
-                write_manifest(tmp, id=key, stage=name, config=cfg_dict, metrics=result.get("metrics", {}),
-                               parent=parent.id if parent else None, spec=result.get("spec"), extra=result.get("extra"))
-            art = Artifact.load(final)
-            shutil.rmtree(self.ctx.work_dir(key), ignore_errors=True)  # checkpoints are no longer needed
+            log(f"[bold cyan]▶ {desc.name}[/]" + (f" on {rt.world_size} processes" if rt.distributed and desc.trains
+                                                  else ""))
+            seed_everything(self.recipe.seed, desc.name)
+            if rt.is_main:
+                with writing(final) as tmp:
+                    self._produce(desc, cfg, cfg_dict, parent, key, tmp)
+            elif desc.trains:  # take part in training; what this process writes is thrown away
+                with tempfile.TemporaryDirectory(prefix=f"edgekd-rank{rt.rank}-") as scratch:
+                    self._produce(desc, cfg, cfg_dict, parent, key, Path(scratch))
+            rt.barrier()  # the artifact is complete before any process reads it
+            if rt.is_main:
+                shutil.rmtree(self.ctx.work_dir(key), ignore_errors=True)  # checkpoints are no longer needed
+            elif not is_complete(final):
+                raise EdgekdError(
+                    f"process {rt.rank} cannot see the {desc.name} artifact that rank 0 wrote at {str(final)!r}. On "
+                    "several nodes the run's output folder must be on a filesystem every node shares (--out).")
+        art = Artifact.load(final)
         self.artifacts.append(art)
         return art
 
+    def _produce(self, desc: StageDescriptor, cfg, cfg_dict: dict, parent: Artifact | None, key: str, out: Path) -> None:
+        if parent is not None:
+            copy_preprocessing(parent.path, out)  # tokenizer / preprocessing travel with the model
+        result = desc.run(cfg, parent, self.ctx, out, key)
+        write_manifest(out, id=key, stage=desc.name, config=cfg_dict, metrics=result.get("metrics", {}),
+                       parent=parent.id if parent else None, spec=result.get("spec"),
+                       extra={"run": self._run_record(), **(result.get("extra") or {})})
+
+    def _run_record(self) -> dict:
+        """What `edgekd export ARTIFACT` needs to rebuild this run's context: the recipe, the run folder, the teacher."""
+        teacher = next((a for a in self.artifacts if a.stage == "teacher"), None)
+        return {"recipe": self.recipe.to_dict(), "run_dir": str(self.run_dir.resolve()),
+                "teacher": teacher.path.name if teacher else None}
+
     def run(self) -> dict:
         """Run every stage (skipping cached ones); returns {stage name: metrics}."""
-        from .models.teacher_stage import run_teacher
-
+        rt = self.runtime or Runtime.from_settings(self.recipe.device, self.recipe.precision)
+        self.ctx = Context(self.recipe, self.run_dir, runtime=rt)
         self.preflight()
-        self._remove_stale_temporaries()
+        if rt.is_main:
+            self._remove_stale_temporaries()
+        rt.barrier()
+        if rt.distributed or rt.device.type != "cpu":
+            log(f"training on {rt.device} ({rt.world_size} process{'es' if rt.world_size > 1 else ''}, "
+                f"precision {rt.precision})")
         self.artifacts = []
-        teacher = self._run_stage("teacher", self.recipe.teacher, None, run_teacher)
-        self.ctx.teacher = teacher
-        parent = teacher
+        parent = self._run_stage(STAGES["teacher"], self.recipe.teacher, None)
+        self.ctx.teacher = parent
         for entry in self.recipe.stages:
-            desc = STAGES[entry.name]
-            extra = {}
-            if entry.name == "distill":
-                extra["student"] = self.recipe.student.model_dump(mode="json")
-            if entry.name == "qat":  # the quantization scheme (int7/int8 weights) follows the first target
-                extra["target"] = self.recipe.profiles[:1]
-            if entry.name in ("export", "profile"):
-                extra["profiles"] = self.recipe.profiles
-            parent = self._run_stage(entry.name, entry.config, parent, desc.run, extra)
-        from .report.run_summary import write_run_outputs
+            parent = self._run_stage(STAGES[entry.name], entry.config, parent)
+        summary = None
+        if rt.is_main:
+            from .report.run_summary import write_run_outputs
 
-        summary = write_run_outputs(self.run_dir, self.recipe, self.artifacts)
+            summary = write_run_outputs(self.run_dir, self.recipe, self.artifacts)
+        rt.barrier()
+        if summary is None:  # the other processes read what rank 0 wrote
+            import json
+
+            summary = json.loads((self.run_dir / "manifest.json").read_text(encoding="utf-8"))
         return {a.stage: a.metrics for a in self.artifacts} | {"summary": summary}
 
 

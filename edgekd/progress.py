@@ -12,10 +12,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 console = Console(stderr=True)
 
 
+def _quiet() -> bool:
+    # EDGEKD_QUIET=1, or a process other than rank 0 of a torchrun / accelerate launch (RANK is theirs)
+    return os.environ.get("EDGEKD_QUIET") == "1" or os.environ.get("RANK", "0") != "0"
+
+
 @contextmanager
 def progress(total: int, desc: str) -> Iterator[Callable[..., None]]:
     """Yields `advance(n=1, **fields)`; `fields` (e.g. loss=0.31) are shown after the bar."""
-    quiet = os.environ.get("EDGEKD_QUIET") == "1"
+    quiet = _quiet()
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
@@ -31,5 +36,5 @@ def progress(total: int, desc: str) -> Iterator[Callable[..., None]]:
 
 
 def log(msg: str) -> None:
-    if os.environ.get("EDGEKD_QUIET") != "1":
+    if not _quiet():
         console.print(msg)

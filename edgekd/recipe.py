@@ -10,48 +10,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from .configs import (
-    DataConfig,
-    DistillConfig,
-    ExportConfig,
-    ProfileStageConfig,
-    PruneConfig,
-    QATConfig,
-    Strict,
-    StudentConfig,
-    TeacherConfig,
-)
+from .configs import DataConfig, Strict, StudentConfig, TeacherConfig, type_hint
 from .errors import RecipeError
+from .stages import FIRST, LISTED
+from .yamlio import safe_load
 
-STAGE_CONFIGS = {
-    "distill": DistillConfig,
-    "prune": PruneConfig,
-    "qat": QATConfig,
-    "export": ExportConfig,
-    "profile": ProfileStageConfig,
-}
-
-# Which stage may follow which ("teacher" is the implicit first stage). Checked up front so a run
-# never fails halfway because, say, `prune` was put after `export`.
-ALLOWED_AFTER = {
-    "distill": {"teacher"},
-    "prune": {"teacher", "distill"},
-    "qat": {"teacher", "distill", "prune"},
-    "export": {"teacher", "distill", "prune", "qat"},
-    "profile": {"export"},
-}
+# Derived from the stage registry (stages.py), the one place a stage is declared.
+STAGE_CONFIGS = {name: d.config_cls for name, d in LISTED.items()}
+ALLOWED_AFTER = {name: set(d.after) for name, d in LISTED.items()}
 
 
-class StageEntry(Strict):
+class _StageEntryBase(Strict):
     """One item of `stages:` — a mapping with exactly one key, the stage name."""
-
-    distill: DistillConfig | None = None
-    prune: PruneConfig | None = None
-    qat: QATConfig | None = None
-    export: ExportConfig | None = None
-    profile: ProfileStageConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +47,10 @@ class StageEntry(Strict):
         return getattr(self, self.name)
 
 
+StageEntry = create_model("StageEntry", __base__=_StageEntryBase,
+                          **{name: (cfg | None, None) for name, cfg in STAGE_CONFIGS.items()})
+
+
 class Recipe(Strict):
     name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9._-]+$")
     task: Literal["text-classification", "image-classification"]
@@ -85,11 +61,21 @@ class Recipe(Strict):
     student: StudentConfig | None = None
     stages: list[StageEntry] = Field(default_factory=list)
     profiles: list[str] = Field(default_factory=lambda: ["host-cpu"])
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:[0-9]+)?)$",
+                        description="where training and prediction run: auto (a GPU when present), cpu, cuda, cuda:N, mps")
+    precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        "no", description="mixed precision of training and prediction; auto: bf16 on a GPU that has it, else no")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any):
+        # YAML 1.1 reads a bare `no` as false: take it as the "no" it was written as
+        return "no" if value is False else value
 
     @field_validator("stages")
     @classmethod
     def _order(cls, stages: list[StageEntry]):
-        previous = "teacher"
+        previous = FIRST
         seen = set()
         for i, entry in enumerate(stages):
             name = entry.name
@@ -111,6 +97,11 @@ class Recipe(Strict):
             raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
         for i, entry in enumerate(self.stages):
             cfg = entry.config
+            if entry.name == "profile" and cfg.compare_teacher and "export" in names:
+                export = self.stages[names.index("export")].config
+                if not export.teacher:
+                    raise ValueError(f"stages[{i}].profile.compare_teacher needs the teacher's FP32 export: set "
+                                     "export.teacher: true, or profile.compare_teacher: false")
             if entry.name == "export" and cfg is not None and cfg.devices:
                 missing = [d for d in cfg.devices if d not in self.profiles]
                 if missing:
@@ -139,6 +130,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelled?) — remove it or check the README's recipe reference"
+        msg += type_hint(e)
         value = e.get("input")
         shown = "" if e["type"] in ("missing",) or isinstance(value, (dict, list)) else f" (got {value!r})"
         lines.append(f"{path}: {msg}{shown}" if path else f"{msg}{shown}")
@@ -152,7 +144,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise RecipeError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = safe_load(raw) if raw else ""
     except yaml.YAMLError:
         raise RecipeError(f"--set {item!r}: value {raw!r} is not valid YAML; quote it or fix the brackets.") from None
     return key.split("."), value
@@ -191,7 +183,7 @@ def load_recipe_dict(path: str | Path) -> dict:
     if not p.is_file():
         raise RecipeError(f"Recipe file {str(p)!r} does not exist; give the path of a YAML recipe (see recipes/).")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise RecipeError(f"Recipe file {str(p)!r} is not UTF-8 text ({e.reason}); save it as UTF-8.") from None
     except yaml.YAMLError as e:

@@ -1,24 +1,40 @@
-"""The stage registry: each stage is a descriptor — name, strict config class, and run function.
+"""The stage registry: the one place a stage is declared.
 
-Every run function has the signature `run(cfg, parent: Artifact, ctx: Context, out: Path, key: str) -> dict`
+A descriptor gives a stage's name, strict config class, legal predecessors, the recipe fields
+besides its own config that change its output (part of its cache key), whether every process of
+a distributed run takes part (it trains) or rank 0 alone runs it, and its run function. The
+recipe's `stages:` schema and order rules are derived from here; the engine runs descriptors.
+
+Every run function has the signature `run(cfg, parent: Artifact | None, ctx: Context, out: Path, key: str) -> dict`
 and returns {"metrics": ..., "spec": ..., optional "extra": ...}; it writes its files into `out`
 (a temporary folder the engine renames into place) and resumable state into ctx.work_dir(key).
+
+Run functions are named as "module:function" and imported when a stage runs, like plugin entry
+points: the recipe is validated from this table without importing torch, and this module sits
+below the recipe, importing only the config classes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Callable
+from typing import Any, Callable
 
-from .recipe import STAGE_CONFIGS
+from .configs import DistillConfig, ExportConfig, ProfileStageConfig, PruneConfig, QATConfig, TeacherConfig
+
+
+def _nothing(recipe) -> dict:
+    return {}
 
 
 @dataclass(frozen=True)
 class StageDescriptor:
     name: str
     config_cls: type
-    target: str  # "module:function", imported lazily so `edgekd profiles` stays fast
-    produces_torch_model: bool
+    target: str  # "module:function", relative to this package
+    after: frozenset[str] = frozenset()  # legal predecessors; empty: the run's first stage (no parent)
+    trains: bool = False  # every process runs it (DDP); otherwise rank 0 runs it while the others wait
+    key_inputs: Callable[[Any], dict] = field(default=_nothing)  # recipe -> what else goes into the cache key
+    in_stage_list: bool = True  # listed under `stages:` (the teacher has its own `teacher:` section)
 
     @property
     def run(self) -> Callable:
@@ -26,10 +42,20 @@ class StageDescriptor:
         return getattr(import_module(module, __package__), func)
 
 
-STAGES = {
-    "distill": StageDescriptor("distill", STAGE_CONFIGS["distill"], ".distill.stage:run_distill", True),
-    "prune": StageDescriptor("prune", STAGE_CONFIGS["prune"], ".prune.stage:run_prune", True),
-    "qat": StageDescriptor("qat", STAGE_CONFIGS["qat"], ".quantize.stage:run_qat", True),
-    "export": StageDescriptor("export", STAGE_CONFIGS["export"], ".export.stage:run_export", False),
-    "profile": StageDescriptor("profile", STAGE_CONFIGS["profile"], ".profile.stage:run_profile", False),
-}
+STAGES: dict[str, StageDescriptor] = {d.name: d for d in (
+    StageDescriptor("teacher", TeacherConfig, ".teacher.stage:run_teacher", trains=True, in_stage_list=False),
+    StageDescriptor("distill", DistillConfig, ".distill.stage:run_distill", frozenset({"teacher"}), trains=True,
+                    key_inputs=lambda r: {"student": r.student.model_dump(mode="json")}),
+    StageDescriptor("prune", PruneConfig, ".prune.stage:run_prune", frozenset({"teacher", "distill"}), trains=True),
+    # the quantization scheme (int7/int8 weights) follows the first target profile
+    StageDescriptor("qat", QATConfig, ".quantize.stage:run_qat", frozenset({"teacher", "distill", "prune"}),
+                    trains=True, key_inputs=lambda r: {"target": r.profiles[:1]}),
+    StageDescriptor("export", ExportConfig, ".export.stage:run_export",
+                    frozenset({"teacher", "distill", "prune", "qat"}), key_inputs=lambda r: {"profiles": r.profiles}),
+    StageDescriptor("profile", ProfileStageConfig, ".profile.stage:run_profile", frozenset({"export"}),
+                    key_inputs=lambda r: {"profiles": r.profiles}),
+)}
+
+# The stages a recipe lists under `stages:`, in pipeline order.
+LISTED = {name: d for name, d in STAGES.items() if d.in_stage_list}
+FIRST = next(name for name, d in STAGES.items() if not d.after)

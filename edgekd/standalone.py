@@ -4,34 +4,62 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .artifact import Artifact, stable_hash, write_manifest, writing
+from .artifact import Artifact, copy_preprocessing, stable_hash, write_manifest, writing
 from .configs import DataConfig, ExportConfig
 from .errors import EdgekdError
 from .onnx_file import check_onnx_file
 
 
+def run_context(art: Artifact):
+    """The context of the run that made `art`, rebuilt from what its manifest records.
+
+    The manifest keeps the run's recipe, its folder and its teacher artifact; an older artifact without
+    that record falls back to the run folder's run.json two levels up (<run>/stages/<artifact>).
+    Only data and teacher matter outside the run: stages and device builds are dropped from the recipe.
+    """
+    from .recipe import validate_recipe
+    from .train.context import Context
+
+    record = art.manifest.get("run")
+    if record:
+        recipe_dict, run_dir = record["recipe"], Path(record["run_dir"])
+        if not (run_dir / "stages").is_dir():  # the run folder moved with its artifacts
+            run_dir = art.path.parent.parent
+        teacher_dir = run_dir / "stages" / record["teacher"] if record.get("teacher") else art.path
+        source = f"the manifest of {str(art.path)!r}"
+    else:
+        from .report.run_summary import load_run
+
+        run_dir = art.path.parent.parent
+        recipe_dict, artifacts = load_run(run_dir)
+        teacher_dir = next(a.path for a in artifacts if a.stage == "teacher")
+        source = f"{str(run_dir / 'run.json')!r}"
+    recipe = validate_recipe({**recipe_dict, "stages": []}, source)
+    ctx = Context(recipe, run_dir)
+    if not (teacher_dir / "manifest.json").is_file():
+        raise EdgekdError(f"the teacher artifact of this run, {str(teacher_dir)!r}, is missing; export validates on the "
+                          "run's data against its teacher. Re-run the recipe, or copy the whole run folder.")
+    ctx.teacher = Artifact.load(teacher_dir)
+    return ctx
+
+
 def export_artifact(artifact_dir: Path, profile: str, out_dir: Path | None, opset: int,
                     min_agreement: float = 0.99) -> Path:
     """Re-export a stage artifact of a run for a device profile; validated on the run's own data."""
-    from .context import Context, copy_preprocessing
+    from .devices.profiles import load_profile
     from .export.stage import run_export
-    from .profile.profiles import load_profile
-    from .recipe import validate_recipe
-    from .report.run_summary import load_run
 
     art = Artifact.load(artifact_dir)
     if not (art.path / "model.safetensors").is_file():
         raise EdgekdError(f"{str(artifact_dir)!r} holds no PyTorch model (model.safetensors); export takes a "
                           "teacher, distill, prune or qat artifact.")
     prof = load_profile(profile)
-    run_dir = art.path.parent.parent
-    recipe_dict, artifacts = load_run(run_dir)  # validation needs the run's data and teacher
-    recipe = validate_recipe({**recipe_dict, "profiles": [prof.name]}, f"{run_dir}/run.json")
-    ctx = Context(recipe, run_dir)
-    ctx.teacher = next(a for a in artifacts if a.stage == "teacher")
-    cfg = ExportConfig(opset=opset, min_agreement=min_agreement)
+    ctx = run_context(art)
+    # this export targets one profile: the recipe's profiles (and its export.devices) do not apply
+    ctx.recipe = ctx.recipe.model_copy(update={"profiles": [prof.name]})
+    cfg = ExportConfig(opset=opset, min_agreement=min_agreement, devices=[], teacher=False)
     key = stable_hash({"export": art.id, "profile": prof.model_dump(mode="json"), **cfg.model_dump(mode="json")})
-    final = Path(out_dir) if out_dir else Path("exports") / f"{recipe.name}-{art.stage}-{prof.name}"
+    final = Path(out_dir) if out_dir else Path("exports") / f"{ctx.recipe.name}-{art.stage}-{prof.name}"
     if final.exists():
         raise EdgekdError(f"{str(final)!r} already exists; edgekd does not overwrite an export. Choose --out.")
     with writing(final) as tmp:
@@ -47,14 +75,14 @@ def profile_onnx(model: Path, profile: str, data: Path | None, split: str, text_
     from .data.batching import encode
     from .data.loading import load_data
     from .profile.measure import accuracy_on, measure_models
-    from .profile.profiles import detect_host, load_profile
+    from .devices.profiles import detect_host, load_profile
 
     prof = load_profile(profile)
     check_onnx_file(model)
     if not prof.measured:
         raise EdgekdError(f"profile {prof.name!r} is not present on this machine and cannot be measured here; "
                           "use a measured profile such as host-cpu.")
-    from .profile.latency import model_input_names
+    from .devices.feeds import model_input_names
 
     names = model_input_names(model)
     is_text = "input_ids" in names

@@ -120,6 +120,23 @@ RECIPE_CASES = [
                  id="epochs-not-number"),
     pytest.param(mutated(profiles="host-cpu"), ["profiles", "valid list", "'host-cpu'"], id="profiles-not-list"),
     pytest.param(mutated(stages="distill"), ["stages", "valid list", "'distill'"], id="stages-not-list"),
+    # strict numbers and booleans: nothing a user did not write is made up by coercion
+    pytest.param(mutated(seed=True), ["seed", "valid integer", "whole number", "(got True)"], id="seed-true"),
+    pytest.param(mutated(seed="3"), ["seed", "valid integer", "unquoted", "(got '3')"], id="seed-quoted"),
+    pytest.param(mutated(seed=3.5), ["seed", "valid integer", "(got 3.5)"], id="seed-fraction"),
+    pytest.param(mutated(teacher__trust_remote_code="yes"),
+                 ["teacher.trust_remote_code", "valid boolean", "true or false", "(got 'yes')"],
+                 id="trust-remote-code-yes"),
+    pytest.param(mutated(teacher__trust_remote_code=1), ["teacher.trust_remote_code", "valid boolean", "(got 1)"],
+                 id="trust-remote-code-1"),
+    pytest.param(mutated(stages__0__distill__alpha=True), ["stages[0].distill.alpha", "valid number", "(got True)"],
+                 id="float-given-true"),
+    pytest.param(mutated(stages__1__prune__ratio="0.5"), ["stages[1].prune.ratio", "unquoted", "(got '0.5')"],
+                 id="float-quoted"),
+    pytest.param(mutated(stages__0__distill__batch_size=False), ["stages[0].distill.batch_size", "(got False)"],
+                 id="int-given-false"),
+    pytest.param(mutated(stages__3__export__teacher="no"), ["stages[3].export.teacher", "valid boolean", "(got 'no')"],
+                 id="bool-quoted-no"),
     # out-of-range values: path in the stages[i].stage.field form and the bad value
     pytest.param(mutated(stages__1__prune__ratio=0), ["stages[1].prune.ratio", "greater than 0", "(got 0)"],
                  id="prune-ratio-0"),
@@ -190,6 +207,25 @@ def test_recipe_validation(raw, fragments):
     assert_clear(msg, fragments)
 
 
+def test_strict_types_keep_what_yaml_users_write(tmp_path):
+    """Ints for floats, a bare `no` for precision, `5e-5` (a string to YAML 1.1), `--set seed=3`."""
+    text = yaml.safe_dump(mutated(stages__0__distill__alpha=1)) + "precision: no\n"
+    path = write(tmp_path / "r.yaml", re.sub(r"( +)temperature: 2.0", r"\1temperature: 2e0\n\1lr: 5e-5", text))
+    recipe = load_recipe(path, ["seed=3", "stages.1.prune.ratio=0.5", "stages.4.profile.compare_teacher=false"])
+    distill = recipe.stages[0].config
+    assert (recipe.seed, recipe.precision, distill.alpha, distill.temperature, distill.lr) == (3, "no", 1.0, 2.0, 5e-5)
+    assert recipe.stages[1].config.ratio == 0.5 and recipe.stages[4].config.compare_teacher is False
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_recipe_loads(path):
+    from edgekd.devices.profiles import load_profile
+
+    recipe = load_recipe(path)
+    for name in recipe.profiles:
+        load_profile(name)
+
+
 # ---------------------------------------------------------------------------------------- 2. --set overrides
 OVERRIDE_CASES = [
     pytest.param("noequals", ["--set 'noequals'", "key=value"], id="no-equals"),
@@ -215,6 +251,7 @@ OVERRIDE_VALUE_CASES = [
     pytest.param(["stages.1.prune.ratio=2"], ["stages[1].prune.ratio", "(got 2)"], id="set-out-of-range"),
     pytest.param(["data.txt_column=text"], ["data.txt_column", "unknown key"], id="set-misspelled-key"),
     pytest.param(["seed=abc"], ["seed", "'abc'"], id="set-wrong-type"),
+    pytest.param(["seed=true"], ["seed", "valid integer", "(got True)"], id="set-bool-for-int"),
 ]
 
 
@@ -453,19 +490,20 @@ def test_tiny_onnx_baseline_is_accepted(tmp_path):
 
 # ---------------------------------------------------------------------------------------- 7. profiles
 PROFILE_CASES = [
-    pytest.param("nope", ["Unknown device profile 'nope'", "nope.yaml", "Available profiles: host-cpu"],
-                 id="unknown-name"),
+    pytest.param("nope", ["Unknown device profile 'nope'", "nope.yaml", "Available profiles: ", "host-cpu, ",
+                          "local-board", "--profiles-dir"], id="unknown-name"),
     pytest.param("no/such/profile.yaml", ["Profile file 'no/such/profile.yaml' does not exist"], id="missing-file"),
 ]
 
 
 @pytest.mark.parametrize("name, fragments", PROFILE_CASES)
 def test_bad_profile(tmp_path, monkeypatch, name, fragments):
-    from edgekd.profile.profiles import load_profile
+    from edgekd.devices.profiles import load_profile
 
     pdir = tmp_path / "profiles"
     pdir.mkdir()
-    (pdir / "host-cpu.yaml").write_text((REPO / "profiles" / "host-cpu.yaml").read_text(encoding="utf-8"))
+    host = load_profile("host-cpu").model_dump(mode="json")
+    (pdir / "local-board.yaml").write_text(yaml.safe_dump({**host, "name": "local-board"}), encoding="utf-8")
     monkeypatch.setenv("EDGEKD_PROFILES_DIR", str(pdir))
     with raises_naming(ProfileError, fragments) as ei:
         load_profile(name)

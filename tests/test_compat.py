@@ -10,11 +10,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.profile.compat import check_compatibility
-from edgekd.profile.flops import node_flops, tensor_info
-from edgekd.profile.profiles import list_profiles, load_profile
+from edgekd.devices.compat import check_compatibility
+from edgekd.devices.flops import node_flops
+from edgekd.devices.profile_folders import shipped_dir
+from edgekd.devices.profiles import list_profiles, load_profile
+from edgekd.devices.shapes import tensor_info
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml"))
+SHIPPED = sorted(Path(str(shipped_dir())).glob("*.yaml"))
 F = TensorProto.FLOAT
 
 
@@ -270,3 +272,17 @@ def test_identity_is_removed_like_onnxruntime_does(npu):
     report = check_compatibility(m, npu)
     assert report["unsupported_ops"] == [] and report["nodes"] == 1 and report["folded_nodes"] == 1
     assert len(m.graph.node) == 2  # the caller's model is not changed
+
+
+def test_contrib_ops_are_shaped_so_their_flops_count(host):
+    """onnxruntime's contrib ops (here com.microsoft:Gelu, as its fusions and QNN exports write) have no
+    onnx schema; the shared shape inference (devices/shapes.py) still shapes them and what follows."""
+    m = make_model([helper.make_node("MatMul", ["x", "w"], ["h"]),
+                    helper.make_node("Gelu", ["h"], ["g"], domain="com.microsoft"),
+                    helper.make_node("MatMul", ["g", "w"], ["y"])],
+                   [helper.make_tensor_value_info("x", F, ["batch", "seq", 16])],
+                   [helper.make_tensor_value_info("y", F, None)], [weight("w", (16, 16))],
+                   extra_opsets=[helper.make_opsetid("com.microsoft", 1)])
+    report = check_compatibility(m, host, seq_len=8)
+    assert report["nodes_without_flops"] == 0
+    assert report["total_flops"] == 2 * (2 * 8 * 16 * 16) + 8 * 16

@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import ProfileError
 from edgekd.profile.estimate import calibrate, estimate_latency, load_calibration
-from edgekd.profile.graph_costs import graph_costs, summarize
-from edgekd.profile.profiles import DeviceProfile
+from edgekd.devices.graph_costs import graph_costs, summarize
+from edgekd.devices.profiles import DeviceProfile
 
 M, K, N = 128, 384, 1536
 
@@ -178,3 +178,17 @@ def test_erf_gelu_chain_costs_one_node_like_onnxruntimes_fusion():
     x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, M, N])
     [c] = graph_costs(_model(nodes, [x], [_out()], consts), None)
     assert c.op_type == "Erf" and c.bytes == 2 * 4 * M * N
+
+
+def test_an_op_without_shape_rules_leaves_only_itself_unshaped(tmp_path, monkeypatch):
+    """onnxruntime's symbolic inference gives up on a whole graph at an unknown op (and writes a file into
+    the working directory); such a graph goes to onnx's inference, which still shapes the rest."""
+    monkeypatch.chdir(tmp_path)
+    x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, M, K])
+    nodes = [helper.make_node("Relu", ["X"], ["r"], name="relu"),
+             helper.make_node("Mystery", ["r"], ["Y"], name="mystery", domain="com.example")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [_out()]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    costs = {c.name: c for c in graph_costs(model, None)}
+    assert costs["relu"].flops == M * K and costs["mystery"].flops == 0
+    assert list(tmp_path.iterdir()) == []

@@ -16,9 +16,9 @@ from edgekd.errors import EdgekdError
 from edgekd.export.device import export_for_device
 from edgekd.export.onnx_export import export_onnx
 from edgekd.export.validate import validate_export
-from edgekd.profile.compat import check_compatibility, op_key
-from edgekd.profile.latency import text_feeds
-from edgekd.profile.profiles import load_profile
+from edgekd.devices.compat import check_compatibility, op_key
+from edgekd.devices.feeds import text_feeds
+from edgekd.devices.profiles import load_profile
 from edgekd.quantize.fakequant import convert, quantizable_modules, set_mode
 
 SEQ = 16
@@ -165,7 +165,7 @@ def test_export_stage_uses_the_device_path_and_records_compatibility(tmp_path, m
     model = qat_bert()
     monkeypatch.setattr(stage, "load_model_from_artifact", lambda parent: model)
     splits = {"train": encoded(64, 1), "dev": encoded(60, 2)}
-    ctx = SimpleNamespace(recipe=SimpleNamespace(profiles=["hexagon-npu"]), task="text-classification",
+    ctx = SimpleNamespace(recipe=SimpleNamespace(profiles=["hexagon-npu"]), task="text-classification", teacher=None,
                           data=SimpleNamespace(preprocess={}), encoded=lambda split, n=None: splits[split])
     parent = SimpleNamespace(spec={"quant": {"scheme": {}}}, id="qat-1", path=tmp_path / "parent")
     (tmp_path / "out").mkdir()

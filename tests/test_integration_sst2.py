@@ -35,6 +35,7 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset(tmp_path):
         "teacher.finetune.max_train_examples=1500", "teacher.finetune.lr=1e-4",
         "stages.0.distill.max_train_examples=1500", "stages.0.distill.epochs=1",
         "stages.1.prune.recovery.max_train_examples=400", "stages.2.qat.max_train_examples=400",
+        "stages.3.export.device_min_agreement=0.9",  # the subset-trained model, fully quantized for the NPU
         "stages.4.profile.runs=10", "stages.4.profile.rounds=1", "stages.4.profile.natural_max_examples=20",
     ]
     recipe = load_recipe(ROOT / "recipes" / "sst2-minilm.yaml", overrides)

@@ -140,3 +140,58 @@ def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
     assert list(npu["latency_ms"]["hexagon-npu"]) == ["seq128_t1"]  # estimated at its fixed length
     assert "hexagon-npu" not in m["systems"]["final"]["latency_ms"]  # the CPU model does not ship there
     assert m["device_models"]["hexagon-npu"]["file"] == "devices/hexagon-npu/model.onnx"
+
+
+def test_cli_export_of_a_qat_artifact_whose_run_had_device_builds(text_run, tmp_path):
+    """`edgekd export QAT --profile host-cpu` used to fail with a recipe error when the run listed
+    export.devices: the context is now rebuilt from the artifact's manifest, device builds dropped."""
+    import shutil
+
+    root, _, _ = text_run
+    out = tmp_path / "run"
+    teacher = next(p for p in (root / "out" / "stages").iterdir() if p.name.split("-")[1] == "teacher")
+    shutil.copytree(teacher, out / "stages" / teacher.name)  # reused from the cache
+    first = yaml.safe_load((root / "recipe.yaml").read_text())
+    qat = {**first["stages"][2]["qat"], "epochs": 1}
+    recipe = {**first, "output": str(out), "profiles": ["host-cpu", "hexagon-npu"],
+              "stages": [{"qat": qat}, {"export": {"validation_examples": 60, "min_agreement": 0.9,
+                                                   "devices": ["hexagon-npu"], "device_min_agreement": 0.5}}]}
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = edgekd("run", path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    qat_dir = next(p for p in (out / "stages").iterdir() if p.name.split("-")[1] == "qat")
+    record = json.loads((qat_dir / "manifest.json").read_text())["run"]
+    assert record["recipe"]["stages"][1]["export"]["devices"] == ["hexagon-npu"] and record["teacher"] == teacher.name
+    shutil.move(str(out), str(tmp_path / "moved"))  # the recorded run folder is gone: found beside the artifact
+    proc = edgekd("export", tmp_path / "moved" / "stages" / qat_dir.name, "--profile", "host-cpu",
+                  "--out", tmp_path / "exp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
+    assert manifest["profile"] == "host-cpu" and "devices" not in manifest
+    assert manifest["metrics"]["validation"]["failures"] == []
+
+
+def test_torchrun_two_processes_match_one_process(text_run, tmp_path):
+    """`torchrun --standalone --nproc_per_node=2 -m edgekd run RECIPE`: DDP over gloo, each process a shard of
+    every batch, rank 0 alone writing; accuracy within noise of the one-process run of the same recipe."""
+    root, _, _ = text_run
+    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+    recipe["output"] = str(tmp_path / "out")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "edgekd", "run", str(path)], capture_output=True, text=True,
+                          env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"}, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((root / "out" / "manifest.json").read_text())
+    two = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    trained = [s for s in two["stages"] if "train" in s["metrics"]]
+    assert [s["stage"] for s in trained] == ["teacher", "distill", "qat"]
+    assert all(s["metrics"]["train"]["processes"] == 2 for s in trained)
+    recovery = next(s for s in two["stages"] if s["stage"] == "prune")["metrics"]["recovery"]
+    assert recovery["processes"] == 2 and recovery["examples_per_s"] > 0
+    assert abs(two["accuracy"] - one["accuracy"]) <= 0.1, (two["accuracy"], one["accuracy"])  # 60 test sentences
+    assert abs(two["teacher_accuracy"] - one["teacher_accuracy"]) <= 0.1
+    leftovers = [p for p in (tmp_path / "out").rglob("*") if "rank1" in p.name or p.name.startswith(".tmp")]
+    assert not leftovers  # rank 1 wrote nothing into the run folder

@@ -8,10 +8,12 @@ import pytest
 import yaml
 
 from edgekd.errors import ProfileError
-from edgekd.profile.latency import combine_rounds, image_feeds, measure_latency, model_input_names, text_feeds
-from edgekd.profile.profiles import DeviceProfile, detect_host, list_profiles, load_profile, profiles_dir
+from edgekd.devices.feeds import image_feeds, model_input_names, text_feeds
+from edgekd.profile.latency import combine_rounds, measure_latency
+from edgekd.devices.profile_folders import shipped_dir, user_dir
+from edgekd.devices.profiles import DeviceProfile, detect_host, list_profiles, load_profile
 
-SHIPPED = sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml"))
+SHIPPED = sorted(Path(str(shipped_dir())).glob("*.yaml"))
 
 VALID = {
     "name": "toy",
@@ -62,8 +64,9 @@ def test_host_cpu_scheme():
 def test_list_profiles_sorted(pdir):
     write_profile(pdir, "zeta", {**VALID, "name": "zeta"})
     write_profile(pdir, "alpha", {**VALID, "name": "alpha"})
-    assert [p.name for p in list_profiles()] == ["alpha", "zeta"]
-    assert profiles_dir() == pdir
+    names = [p.name for p in list_profiles()]
+    assert names == sorted(["alpha", "zeta", *(p.stem for p in SHIPPED)])  # the user's next to the shipped ones
+    assert user_dir() == pdir
 
 
 @pytest.mark.parametrize(
@@ -73,6 +76,13 @@ def test_list_profiles_sorted(pdir):
         ({"quantization": {"activation_dtype": "fp8"}}, ["quantization.activation_dtype", "'fp8'"]),
         ({"threads": [1, 0]}, ["threads[1]", "0"]),
         ({"measured": "sometimes"}, ["measured", "'sometimes'"]),
+        # strict: no "yes" for true, no booleans or quoted numbers for numbers
+        ({"measured": "yes"}, ["measured", "valid boolean", "true or false", "'yes'"]),
+        ({"static_shapes": 1}, ["static_shapes", "valid boolean", "(got 1)"]),
+        ({"threads": [True]}, ["threads[0]", "valid integer", "(got True)"]),
+        ({"seq_lens": ["128"]}, ["seq_lens[0]", "unquoted", "(got '128')"]),
+        ({"memory_budget_mb": True}, ["memory_budget_mb", "valid number", "(got True)"]),
+        ({"peak_int8_gops": "1000"}, ["peak_int8_gops", "valid number", "(got '1000')"]),
         ({"measured": False}, ["peak_int8_gops"]),
     ],
 )
@@ -101,7 +111,7 @@ def test_name_must_match_file(pdir):
 
 def test_unknown_name_lists_available(pdir):
     write_profile(pdir, "toy", VALID)
-    with pytest.raises(ProfileError, match=r"Unknown device profile 'nope'.*Available profiles: toy"):
+    with pytest.raises(ProfileError, match=r"Unknown device profile 'nope'.*Available profiles: .*\btoy\b"):
         load_profile("nope")
 
 
@@ -116,6 +126,64 @@ def test_not_utf8(pdir):
     (pdir / "toy.yaml").write_bytes(b"name: \xff\xfe\n")
     with pytest.raises(ProfileError, match="not UTF-8"):
         load_profile("toy")
+
+
+# ------------------------------------------------------------------ user folders next to the shipped profiles
+def test_user_profile_overrides_shipped_via_env(pdir):
+    shipped = load_profile("host-cpu")
+    write_profile(pdir, "host-cpu", {**shipped.model_dump(mode="json"), "threads": [3]})
+    write_profile(pdir, "toy", VALID)
+    assert load_profile("host-cpu").threads == [3]  # the user's file wins
+    assert load_profile("toy").name == "toy" and load_profile("hexagon-npu").name == "hexagon-npu"
+    assert [p.threads for p in list_profiles() if p.name == "host-cpu"] == [[3]]
+
+
+def test_env_folder_that_is_missing_fails_loudly(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_PROFILES_DIR", str(tmp_path / "nope"))
+    with pytest.raises(ProfileError, match=r"EDGEKD_PROFILES_DIR=.*nope.*is not a folder"):
+        load_profile("host-cpu")
+
+
+def _cli(args, env=None):
+    from typer.testing import CliRunner
+
+    from edgekd.cli import app
+
+    return CliRunner().invoke(app, args, env={"COLUMNS": "40", **(env or {})})
+
+
+def test_cli_profiles_dir_option_overrides_shipped(tmp_path, monkeypatch):
+    monkeypatch.delenv("EDGEKD_PROFILES_DIR", raising=False)  # restored after: the option sets it
+    shipped = load_profile("host-cpu")
+    write_profile(tmp_path, "host-cpu", {**shipped.model_dump(mode="json"), "threads": [3]})
+    write_profile(tmp_path, "toy", VALID)
+    shown = _cli(["profiles", "show", "host-cpu", "--profiles-dir", str(tmp_path)])
+    assert shown.exit_code == 0, shown.output
+    assert yaml.safe_load(shown.output.split("# detected host:")[0])["threads"] == [3]
+    listed = _cli(["profiles", "--profiles-dir", str(tmp_path)])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split("\t")[0]: line.split("\t") for line in listed.output.splitlines()}
+    assert rows["host-cpu"][3] == "3" and rows["host-cpu"][-1] == f"{tmp_path.resolve()} (overrides shipped)"
+    assert rows["toy"][-1] == str(tmp_path.resolve()) and rows["hexagon-npu"][-1] == "shipped"
+
+
+@pytest.mark.parametrize("command", [["run"], ["export"], ["profile"], ["report"], ["profiles"], ["profiles", "show"]])
+def test_every_command_reading_profiles_takes_profiles_dir(command):
+    result = _cli([*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--profiles-dir" in result.output
+
+
+def test_cli_profiles_piped_keeps_every_cell_whole(monkeypatch):
+    """Not a terminal and 40 columns: rich used to cut names to `phone-big-…`."""
+    monkeypatch.delenv("EDGEKD_PROFILES_DIR", raising=False)
+    result = _cli(["profiles"])
+    assert result.exit_code == 0, result.output
+    assert "…" not in result.output
+    lines = result.output.splitlines()
+    assert lines[0].split("\t")[0] == "name"
+    for p in list_profiles():
+        row = f"{p.name}\t{'measured' if p.measured else 'estimated'}\t{p.execution_provider}\t"
+        assert any(line.startswith(row) for line in lines), (row, result.output)
 
 
 def test_detect_host():

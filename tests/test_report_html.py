@@ -1,5 +1,5 @@
 """Device report: recommendation rule on synthetic summaries, the HTML/MD/JSON files, and the
-HTML as a real browser renders it (headless Chromium, skipped where it is not installed)."""
+HTML as a real browser renders it (headless Chromium: skipped where it is not installed, a failure on CI)."""
 from __future__ import annotations
 
 import base64
@@ -16,7 +16,7 @@ import pytest
 from edgekd.report.html import render_html, write_reports
 from edgekd.report.recommend import candidates, device_class, pareto, recommend
 
-CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -137,8 +137,54 @@ def test_write_reports_writes_html_markdown_and_json(tmp_path):
     assert data["recommendation"]["qualified"] and any(r["estimated"] for r in data["rows"])
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (apt-get install chromium)")
+def on_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1")  # the values .ci/run treats as CI too
+
+
+def find_chromium() -> Path:
+    """The browser on PATH. Missing: a skip on a developer's machine, a failure on CI (CI=true),
+    where a skipped rendering test would pass unnoticed."""
+    found = shutil.which("chromium")
+    if found:
+        return Path(found)
+    if on_ci():
+        pytest.fail("chromium is not on PATH and CI=true: the HTML rendering test must run on CI "
+                    "(.ci/run installs it: apt-get install chromium)")
+    pytest.skip("chromium is not on PATH (apt-get install chromium); under CI=true this fails instead")
+
+
+def test_missing_browser_fails_on_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        find_chromium()
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not on PATH"):
+        find_chromium()
+
+
+def _stub_path(tmp_path: Path) -> Path:
+    """A PATH with no chromium, an apt-get that fails and a make that succeeds (.ci/run's only tools)."""
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name, status in (("apt-get", 1), ("make", 0)):
+        (stubs / name).write_text(f"#!/bin/sh\nexit {status}\n")
+        (stubs / name).chmod(0o755)
+    (stubs / "dirname").symlink_to(shutil.which("dirname"))
+    return stubs
+
+
+@pytest.mark.parametrize("ci, status", [("true", 1), ("", 0)])
+def test_ci_script_fails_when_chromium_cannot_be_installed_on_ci(tmp_path, ci, status):
+    env = {"PATH": str(_stub_path(tmp_path)), "CI": ci, "HOME": str(tmp_path)}
+    proc = subprocess.run(["/bin/bash", str(REPO / ".ci" / "run")], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert proc.returncode == status, proc.stderr
+    assert ("error: chromium could not be installed" in proc.stderr) == (status == 1)
+
+
 def test_headless_chromium_renders_the_plots_and_recommendation(tmp_path):
+    chromium = find_chromium()
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps(summary()))
@@ -151,7 +197,7 @@ def test_headless_chromium_renders_the_plots_and_recommendation(tmp_path):
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
-    proc = subprocess.run([str(CHROMIUM), *flags, "--dump-dom", probe.as_uri()],
+    proc = subprocess.run([str(chromium), *flags, "--dump-dom", probe.as_uri()],
                           capture_output=True, text=True, timeout=120)
     dom = proc.stdout
     assert "<img" in dom, proc.stderr[-2000:]
@@ -164,7 +210,7 @@ def test_headless_chromium_renders_the_plots_and_recommendation(tmp_path):
         assert 'alt="' in tag
     assert "Recommended: model quick/final on rpi4" in dom and "Pareto" in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([str(CHROMIUM), *flags, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
+    subprocess.run([str(chromium), *flags, "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri()],
                    capture_output=True, timeout=120)
     assert shot.read_bytes().startswith(PNG_MAGIC)
     if os.environ.get("EDGEKD_SCREENSHOT_DIR"):  # for a human to look at the rendering after the run

@@ -1,5 +1,5 @@
 """A run killed with SIGKILL mid-distillation resumes from its checkpoint and ends where an
-uninterrupted run ends."""
+uninterrupted run ends — in one process, and in two processes under torchrun (DDP with gloo)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from conftest import tiny_text_recipe
+
+# Figures of how the run went, not of what it learned: a resumed run differs here by design.
+TIMING = ("wall_s", "examples_per_s", "steps_this_run")
 
 
 def _recipe(tmp_path, teacher, data, out):
@@ -23,23 +27,30 @@ def _recipe(tmp_path, teacher, data, out):
     return path
 
 
-def _run(recipe):
-    return subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", str(recipe)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "EDGEKD_QUIET": "1"})
+def _run(recipe, processes: int):
+    if processes == 1:
+        cmd = [sys.executable, "-m", "edgekd", "run", str(recipe)]
+    else:  # torch's own launcher, as a user runs it: torchrun --standalone --nproc_per_node=N -m edgekd run
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "edgekd", "run", str(recipe)]
+    # a session of its own, so that SIGKILL can hit the launcher and every worker at once (as a node loss does)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"})
 
 
 def _distill_metrics(out):
     m = json.loads((out / "manifest.json").read_text())
-    return next(s for s in m["stages"] if s["stage"] == "distill")["metrics"]
+    metrics = next(s for s in m["stages"] if s["stage"] == "distill")["metrics"]
+    return {**metrics, "train": {k: v for k, v in metrics["train"].items() if k not in TIMING}}
 
 
-def test_sigkill_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tiny_bert_dir, text_data_dir):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_sigkill_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tiny_bert_dir, text_data_dir, processes):
     ref_out, killed_out = tmp_path / "ref", tmp_path / "killed"
-    ref = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, ref_out))
-    assert ref.wait(timeout=600) == 0, ref.stderr.read()[-2000:]
+    ref = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, ref_out), processes)
+    assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
 
-    proc = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, killed_out))
+    proc = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, killed_out), processes)
     # Wait until the teacher is committed and distillation has written a checkpoint, then kill -9.
     deadline = time.time() + 300
     checkpoint = None
@@ -51,14 +62,16 @@ def test_sigkill_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tin
             break
         time.sleep(0.02)
     assert checkpoint is not None and proc.poll() is None, "distillation finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     step = json.loads(checkpoint.read_text())["position"]["step"]
     assert not [p for p in (killed_out / "stages").glob("*-distill-*") if not p.name.startswith(".tmp")], \
         "a half-written artifact was committed"
 
-    resumed = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, killed_out))
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
-    assert 0 < step < _distill_metrics(killed_out)["train"]["steps"]
-    assert _distill_metrics(killed_out) == _distill_metrics(ref_out)
+    resumed = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, killed_out), processes)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-3000:]
+    metrics = _distill_metrics(killed_out)
+    assert 0 < step < metrics["train"]["steps"]
+    assert metrics["train"]["processes"] == processes
+    assert metrics == _distill_metrics(ref_out)
     assert not list((killed_out / "stages").glob(".tmp-*"))  # the killed run's temporary folder is gone

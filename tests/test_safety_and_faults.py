@@ -17,7 +17,7 @@ import yaml
 from conftest import tiny_text_recipe
 from edgekd.configs import TrainConfig
 from edgekd.data.batching import Encoded
-from edgekd.distill.trainer import fit
+from edgekd.train.loop import fit
 from edgekd.errors import TrainingFault
 
 

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import EdgekdError
-from ..profile.profiles import DeviceProfile
+from ..devices.profiles import DeviceProfile
 from ..progress import log
 from ..quantize.fakequant import fake_quant_off
 from .attention_mask import export_float, fit_mask
@@ -76,7 +76,7 @@ def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir
         overrides, ranges_fact = _overrides(qat_tensors, sorted(qat_layers), mask, present)
         quant = _quantize(pre, tmp / "model.onnx", profile, calib_feeds, overrides)
         graph = onnx.load(str(tmp / "model.onnx"))
-        from ..profile.compat import check_compatibility
+        from ..devices.compat import check_compatibility
 
         compat = check_compatibility(tmp / "model.onnx", profile, seq_len)
         _refuse_if_unsupported(graph, compat, profile)  # before anything is written to out_dir
@@ -194,7 +194,7 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
 def _refuse_if_unsupported(graph: onnx.ModelProto, compat: dict, profile: DeviceProfile) -> None:
     if not compat["unsupported_ops"] and not compat["dynamic_inputs"]:
         return
-    from ..profile.compat import op_key
+    from ..devices.compat import op_key
 
     fallback = set(compat["fallback_nodes"])
     counts: dict[str, int] = {}

@@ -1,7 +1,9 @@
 """The `export` stage: ONNX (QDQ when the model was QAT'd), validated against PyTorch.
 
 Writes model.onnx (what ships) and, for a quantized model, model-fp32.onnx: the same network with
-quantization switched off, so profiling can show what INT8 gained on the same architecture.
+quantization switched off, so profiling can show what INT8 gained on the same architecture; and,
+with export.teacher, teacher.onnx: the run's teacher in FP32, the reference the profile stage
+measures the shipped model against.
 The export fails — it does not warn — when onnxruntime and PyTorch disagree.
 """
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..configs import ExportConfig
-from ..context import Context
+from ..train.context import Context
 from ..errors import ExportValidationError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
@@ -25,7 +27,7 @@ CALIBRATION_EXAMPLES = 64
 def device_builds(cfg: ExportConfig, profiles: list[str]) -> list[str]:
     """Profiles after the first that get a model of their own (export.devices; default: every integer
     NPU, whose full-INT8 static-shape scheme the first profile's model does not follow)."""
-    from ..profile.profiles import load_profile
+    from ..devices.profiles import load_profile
 
     first = profiles[0] if profiles else None
     if cfg.devices is not None:
@@ -35,7 +37,7 @@ def device_builds(cfg: ExportConfig, profiles: list[str]) -> list[str]:
 
 def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     """model.onnx for the first profile; devices/<profile>/model.onnx for each device build."""
-    from ..profile.profiles import load_profile
+    from ..devices.profiles import load_profile
 
     profiles = ctx.recipe.profiles
     model = load_model_from_artifact(parent)
@@ -60,6 +62,11 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                **({"devices": {n: {"size_mb": d["size_mb"], "argmax_agreement": d["validation"]["argmax_agreement"],
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
                                for n, d in devices.items()}} if devices else {})}
+    if cfg.teacher and ctx.teacher is not None and ctx.teacher.id != parent.id:
+        teacher = export_onnx(ctx.teacher_model(), example_inputs(ctx.task, ctx.data.preprocess), out / "teacher.onnx",
+                              cfg.opset)
+        extra["teacher_onnx"] = {**teacher, "artifact": ctx.teacher.id, "params": ctx.teacher.spec["summary"]["params"]}
+        log(f"export: teacher.onnx {teacher['size_mb']:.2f} MB (FP32 reference)")
     spec = {**parent.spec, "exported_from": parent.id}
     return {"metrics": metrics, "spec": spec, "extra": extra}
 
@@ -122,7 +129,7 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
 
 def _calibration_feeds(ctx: Context, names: list[str], seq_len: int) -> list[dict]:
     """Batch-1 feeds from the train split, shaped as the static export (texts padded/truncated to seq_len)."""
-    from ..profile.latency import image_feeds, text_feeds
+    from ..devices.feeds import image_feeds, text_feeds
 
     enc = ctx.encoded("train", CALIBRATION_EXAMPLES)
     if enc.images is not None:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from ..data.batching import Encoded
-from ..distill.trainer import predict_logits
-from .runtime import fit_to_static, onnx_logits, session, static_shapes
+from ..train.predict import predict_logits
+from ..devices.runtime import fit_to_static, onnx_logits, session, static_shapes
 
 
 def validate_export(model: torch.nn.Module, onnx_path: Path, data: Encoded, min_agreement: float,

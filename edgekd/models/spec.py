@@ -8,8 +8,11 @@ ever pickled; this is the "manifest replays, weights load" idea.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any, Callable
 
+import torch
 from safetensors.torch import load_model as st_load_model
 from safetensors.torch import save_model as st_save_model
 from torch import nn
@@ -18,6 +21,8 @@ from ..artifact import WEIGHTS
 from ..errors import ModelError
 
 SPEC_VERSION = 1
+# Spec keys that extend a module (owned by other packages, which register their rebuilders).
+KNOWN_EXTENSIONS = ("quant",)
 
 
 def _shape_of(m: nn.Module) -> dict | None:
@@ -131,13 +136,34 @@ def architecture_summary(model: nn.Module) -> dict:
     return out
 
 
+# Extensions: what a later stage adds to a module (e.g. fake quantization) is recorded in the spec
+# under a key of its own and rebuilt by the package that owns it, which registers a rebuilder here.
+# The spec knows no stage; a spec entry nobody registered is an error, never silently dropped.
+Rebuilder = Callable[[nn.Module, Any], None]
+_REBUILDERS: dict[str, Rebuilder] = {}
+# Attribute names a stage sets on a module to have its state recorded: {spec key: attribute}.
+_EXTENSION_ATTRS: dict[str, str] = {}
+
+
+def register_extension(key: str, attribute: str, rebuild: Rebuilder) -> None:
+    """`key` in a spec holds `module.<attribute>` (plain data); `rebuild(module, data)` restores it."""
+    _REBUILDERS[key] = rebuild
+    _EXTENSION_ATTRS[key] = attribute
+
+
 def make_spec(model: nn.Module, base: dict) -> dict:
     """`base` says how to build the unpruned model: {"family": ..., ...}; see build_base."""
     spec = {"spec_version": SPEC_VERSION, **base, "shapes": capture_shapes(model), "summary": architecture_summary(model)}
-    quant = getattr(model, "edgekd_quant", None)
-    if quant:
-        spec["quant"] = quant
+    for key, attribute in _EXTENSION_ATTRS.items():
+        data = getattr(model, attribute, None)
+        if data:
+            spec[key] = data
     return spec
+
+
+def base_of(spec: dict) -> dict:
+    """How to build the unpruned, unextended model (what a stage that changes the module starts from)."""
+    return {k: v for k, v in spec.items() if k not in ("shapes", "summary", "spec_version", *KNOWN_EXTENSIONS)}
 
 
 def build_base(spec: dict) -> nn.Module:
@@ -156,15 +182,23 @@ def build_base(spec: dict) -> nn.Module:
 def build_model(spec: dict) -> nn.Module:
     model = build_base(spec)
     apply_shapes(model, spec.get("shapes", {}))
-    if spec.get("quant"):
-        from ..quantize.fakequant import wrap_quantized
-
-        wrap_quantized(model, spec["quant"])
+    for key in KNOWN_EXTENSIONS:
+        if spec.get(key):
+            rebuild = _REBUILDERS.get(key)
+            if rebuild is None:
+                raise ModelError(
+                    f"the artifact's spec has a {key!r} entry, and no loaded edgekd package rebuilds it; load it with "
+                    "edgekd.load_model(ARTIFACT), which loads every package that extends models.")
+            rebuild(model, spec[key])
     return model
 
 
 def save_weights(model: nn.Module, folder: Path) -> Path:
+    """Weights as safetensors, always from CPU copies (an artifact made on a GPU loads anywhere)."""
     path = Path(folder) / WEIGHTS
+    devices = {t.device for t in (*model.parameters(), *model.buffers())}
+    if devices - {torch.device("cpu")}:
+        model = copy.deepcopy(model).cpu()
     st_save_model(model, str(path))
     return path
 

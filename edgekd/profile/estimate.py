@@ -9,8 +9,9 @@ Time model (per node, summed), class c, t threads, T = cores the peak figures co
 
 peak_c is the device's INT8 peak for int8 matmuls and its FP32 peak for the rest. The efficiencies,
 thread exponents and per-node overheads are fitted on the host (`calibrate`, from measured
-latencies) and stored in profiles/calibration/host-cpu.json; estimating another device reuses them
-with that device's peak figures, bandwidth and threads. Every result says `estimated: True`.
+latencies) and shipped as package data (edgekd/devices/shipped_profiles/calibration/host-cpu.json);
+estimating another device reuses them with that device's peak figures, bandwidth and threads.
+Every result says `estimated: True`.
 
 Host peak figures (`host_peaks`): peak_fp32 = cores * GHz * fp32 FLOPs/cycle/core, where GHz is
 /proc/cpuinfo "cpu MHz" (assumed 2.5 GHz if absent) and FLOPs/cycle is 64 with AVX-512, 32 with
@@ -28,10 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekdError, ProfileError
-from .graph_costs import CLASSES, graph_costs, summarize
-from .profiles import DeviceProfile, detect_host
+from ..devices.graph_costs import CLASSES, graph_costs, summarize
+from ..devices.profile_folders import shipped_calibration
+from ..devices.profiles import DeviceProfile, detect_host
 
-DEFAULT_CALIBRATION = Path(__file__).resolve().parents[2] / "profiles" / "calibration" / "host-cpu.json"
+# Package data (importlib.resources), so that an installed wheel carries the host calibration too.
+DEFAULT_CALIBRATION = shipped_calibration()
 DEFAULT_MHZ = 2500.0
 FORMULA = ("ms = sum over nodes of flops / (peak_class * eff_class * min(t, T)**alpha_class / T) "
            "+ bytes / (bandwidth * eff_mem) + overhead_ms * (1 + overhead_thread * (t - 1)); "
@@ -142,28 +145,6 @@ def estimate_latency(onnx_path: str | Path, profile: DeviceProfile, seq_len: int
 
 
 # ------------------------------------------------------------------ calibration
-def _nnls(a: np.ndarray, b: np.ndarray, iters: int = 200) -> np.ndarray:
-    """Non-negative least squares (Lawson-Hanson active set); scipy is not a dependency."""
-    n = a.shape[1]
-    x, passive = np.zeros(n), np.zeros(n, bool)
-    for _ in range(iters):
-        grad = a.T @ (b - a @ x)
-        if passive.all() or grad[~passive].max(initial=0) <= 1e-12:
-            break
-        passive[np.argmax(np.where(passive, -np.inf, grad))] = True
-        while True:
-            z = np.zeros(n)
-            z[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
-            if (z[passive] > 0).all():
-                x = z
-                break
-            bad = passive & (z <= 0)
-            step = np.min(x[bad] / (x[bad] - z[bad] + 1e-300))
-            x = x + step * (z - x)
-            passive &= x > 1e-12
-    return x
-
-
 def calibrate(cases: list[dict], host: dict | None = None) -> dict:
     """Fit efficiencies, thread exponents and per-node overheads to measured latencies.
 
@@ -173,6 +154,8 @@ def calibrate(cases: list[dict], host: dict | None = None) -> dict:
     """
     if len(cases) < 6:
         raise EdgekdError(f"calibration needs at least 6 measured cases, got {len(cases)}")
+    from scipy.optimize import nnls  # imported here: it takes half a second, and estimates never need it
+
     host = host or host_peaks()
     fig = {k: host[k] for k in ("peak_fp32_gflops", "peak_int8_gops", "memory_bandwidth_gbs", "cores")}
     summaries = [summarize(graph_costs(c["onnx_path"], c["seq_len"])) for c in cases]
@@ -184,7 +167,7 @@ def calibrate(cases: list[dict], host: dict | None = None) -> dict:
             for a_other in grid:
                 alphas = {"int8_matmul": a_int8, "fp32_matmul": a_fp32, "other": a_other}
                 x_mat = np.stack([_features(s, fig, c["threads"], alphas) for s, c in zip(summaries, cases)])
-                w = _nnls(x_mat / y[:, None], np.ones(len(y)))
+                w, _ = nnls(x_mat / y[:, None], np.ones(len(y)))
                 rel = x_mat @ w / y - 1
                 score = float(np.mean(rel**2))
                 if best is None or score < best[0]:
@@ -202,7 +185,9 @@ def calibrate(cases: list[dict], host: dict | None = None) -> dict:
 
 
 def calibration_path() -> Path:
-    return Path(os.environ.get("EDGEKD_CALIBRATION", DEFAULT_CALIBRATION))
+    # The shipped calibration is a real file wherever edgekd is installed unzipped (pip never zips).
+    env = os.environ.get("EDGEKD_CALIBRATION")
+    return Path(env) if env else Path(str(DEFAULT_CALIBRATION))
 
 
 def load_calibration(path: str | Path | None = None) -> dict:

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ..data.batching import Encoded
-from ..export.runtime import onnx_logits
+from ..devices.runtime import onnx_logits
 from ..progress import log, progress
-from .latency import combine_rounds, image_feeds, measure_latency, model_input_dims, text_feeds
-from .profiles import DeviceProfile
+from ..devices.feeds import image_feeds, model_input_dims, text_feeds
+from .latency import combine_rounds, measure_latency
+from ..devices.profiles import DeviceProfile
 
 # Texts used for fixed-length timing: real sentences padded to the profile's length (content does
 # not change the cost of a dense transformer, but real ids keep embedding-gather behaviour honest).

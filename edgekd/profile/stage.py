@@ -10,12 +10,11 @@ import os
 from pathlib import Path
 
 from ..configs import ProfileStageConfig
-from ..context import Context
-from ..export.onnx_export import example_inputs, export_onnx
+from ..train.context import Context
 from ..progress import log
-from .latency import model_input_dims, model_input_names
+from ..devices.feeds import model_input_dims, model_input_names
 from .measure import accuracy_on, measure_models, usable_seq_lens
-from .profiles import detect_host, load_profile
+from ..devices.profiles import detect_host, load_profile
 
 
 def estimate_all(models: dict, results: dict, profile, max_positions: int | None) -> dict | None:
@@ -52,7 +51,7 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
 
 def compatibility_summary(path: Path, profile) -> dict:
     """Which operators / quantization choices of the shipped model the device cannot run as-is."""
-    from .compat import check_compatibility
+    from ..devices.compat import check_compatibility
 
     c = check_compatibility(path, profile, seq_len=max(profile.seq_lens))
     keep = ("ok", "unsupported_ops", "fallback_nodes_share", "fallback_flops_share", "dynamic_inputs", "seq_len")
@@ -69,7 +68,7 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
     The profiler's shares are scaled to the p50 the profile stage measured for the same case without
     the profiler (host-cpu), else to the profiled runs' own wall time.
     """
-    from .latency import image_feeds, text_feeds
+    from ..devices.feeds import image_feeds, text_feeds
     from .op_profile import op_breakdown, scale_breakdown
 
     names = model_input_names(path)
@@ -88,11 +87,9 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
 
 def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     models: dict[str, dict] = {}
-    if cfg.compare_teacher:
-        facts = export_onnx(ctx.teacher_model(), example_inputs(ctx.task, ctx.data.preprocess),
-                            out / "teacher.onnx", parent.manifest["onnx"]["opset"])
-        models["teacher-fp32"] = {"path": out / "teacher.onnx", "params": ctx.teacher.spec["summary"]["params"],
-                                  "size_mb": facts["size_mb"]}
+    teacher_onnx = parent.manifest.get("teacher_onnx")
+    if cfg.compare_teacher and teacher_onnx:  # exported by the export stage (export.teacher)
+        models["teacher-fp32"] = {"path": parent.path / teacher_onnx["file"], "params": teacher_onnx["params"]}
     params = parent.spec.get("summary", {}).get("params")
     if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():
         models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params}
@@ -114,8 +111,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
             teacher_pred = pred
             acc["agreement"] = 1.0
         results[name] = {**acc, "params": m["params"], "size_mb": os.path.getsize(m["path"]) / 1e6,
-                         "file": str(m["path"].relative_to(out if m["path"].parent == out else parent.path)),
-                         "artifact": key if m["path"].parent == out else parent.id, "latency_ms": {},
+                         "file": str(m["path"].relative_to(parent.path)), "artifact": parent.id, "latency_ms": {},
                          **({"built_for": m["only_on"]} if "only_on" in m else {})}
         log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples"
             + (" (onnxruntime CPU running the device's QDQ graph)" if "only_on" in m else ""))

@@ -7,12 +7,12 @@ import numpy as np
 import torch
 
 from ..configs import PruneConfig
-from ..context import Context
-from ..distill.losses import logit_kd_loss
-from ..distill.stage import evaluate, kd_train
 from ..models.hf import logits_of
-from ..models.spec import architecture_summary, load_model_from_artifact, make_spec, save_weights
+from ..models.spec import base_of, architecture_summary, load_model_from_artifact, make_spec, save_weights
 from ..progress import log
+from ..train.context import Context
+from ..train.distiller import distill_fit, evaluate
+from ..train.losses import logit_kd_loss
 from .structured import prune_structured
 
 
@@ -41,8 +41,8 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     metrics: dict = {"params_before": before["params"], "params_after": after["params"],
                      "before": before, "after": after}
     if cfg.recovery is not None:
-        metrics["recovery"] = kd_train(model, cfg.recovery, ctx, "prune recovery", key)
+        metrics["recovery"] = distill_fit(model, cfg.recovery, ctx, "prune recovery", key)
     metrics.update(evaluate(model, ctx, "pruned"))
     save_weights(model, out)
-    base = {k: v for k, v in parent.spec.items() if k not in ("shapes", "summary", "quant", "spec_version")}
+    base = base_of(parent.spec)
     return {"metrics": metrics, "spec": make_spec(model, base)}

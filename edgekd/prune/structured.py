@@ -13,6 +13,7 @@ from torch import nn
 
 from ..configs import PruneConfig
 from ..models.spec import FFN_SUFFIXES, attention_projections, sync_attention_heads
+from .importance import importance_strategy
 
 
 _WRAPPING = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)
@@ -51,22 +52,19 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
     unwrapped = [(p, p.ndim - 1) for m in model.modules() if not isinstance(m, _WRAPPING)
                  for p in m.parameters(recurse=False)]
 
-    if cfg.importance == "taylor":
-        imp = tp.importance.GroupTaylorImportance()
-    else:
-        imp = tp.importance.GroupMagnitudeImportance(p=2)
+    strategy = importance_strategy(cfg.importance)
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=imp, pruning_ratio=cfg.ratio, global_pruning=cfg.global_pruning,
+        model, example_inputs, importance=strategy.make(), pruning_ratio=cfg.ratio, global_pruning=cfg.global_pruning,
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
         num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
         head_pruning_ratio=cfg.head_ratio if cfg.head_ratio is not None else cfg.ratio,
         unwrapped_parameters=unwrapped or None,
     )
-    if cfg.importance == "taylor":
+    if strategy.needs_gradients:
         if importance_loss is None:
-            raise ValueError("taylor importance needs a loss")
+            raise ValueError(f"{cfg.importance} importance needs a loss")
         model.zero_grad()
-        importance_loss(model).backward()  # Taylor importance = |weight * grad|
+        importance_loss(model).backward()  # the scores read these gradients (Taylor: |weight * grad|)
     pruner.step()
     model.zero_grad(set_to_none=True)
     sync_attention_heads(model)

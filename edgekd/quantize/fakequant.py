@@ -74,6 +74,8 @@ class _FakeQuantMixin:
         mode = self.quant_mode
         if mode == "off":
             return x
+        if x.dtype != torch.float32:  # mixed precision hands bf16/fp16 in; ranges and fake quant are float32
+            x = x.float()
         if mode in ("calibrate", "train"):
             self._observe(x)
             if mode == "calibrate":
@@ -93,7 +95,7 @@ class _FakeQuantMixin:
         if mode in ("off", "calibrate"):
             return self.weight
         scale = self.w_scale if mode == "frozen" else self._weight_scale()
-        zp = torch.zeros(self.weight.shape[0], dtype=torch.int32)
+        zp = torch.zeros(self.weight.shape[0], dtype=torch.int32, device=self.weight.device)
         return torch.fake_quantize_per_channel_affine(self.weight, scale.float(), zp, 0, -128, 127)
 
     def freeze(self, name: str) -> dict:

@@ -7,12 +7,13 @@ import numpy as np
 import torch
 
 from ..configs import QATConfig
-from ..context import Context
 from ..data.batching import batch_indices
-from ..distill.stage import evaluate, kd_train
 from ..models.hf import logits_of
-from ..models.spec import load_model_from_artifact, make_spec, save_weights
+from ..models.spec import base_of, load_model_from_artifact, make_spec, save_weights
 from ..progress import log, progress
+from ..train.context import Context
+from ..train.distiller import distill_fit, evaluate
+from ..train.loop import to_device
 from .fakequant import convert, fold_batchnorm, quantizable_modules, set_mode
 
 
@@ -22,10 +23,13 @@ def calibrate(model: torch.nn.Module, ctx: Context, cfg: QATConfig) -> int:
     rng = np.random.default_rng([ctx.seed, 7919])
     batches = batch_indices(len(train), cfg.batch_size, shuffle=True, rng=rng)[: cfg.calibration_batches]
     set_mode(model, "calibrate")
-    model.eval()
+    rt = ctx.runtime
+    model.to(rt.device).eval()
+    # every process observes the same batches, so the ranges agree without communication
     with progress(len(batches), "qat calibration") as advance:
         for idx in batches:
-            logits_of(model, train.batch(idx))
+            with rt.autocast():
+                logits_of(model, to_device(train.batch(idx), rt.device))
             advance()
     return len(batches)
 
@@ -34,7 +38,7 @@ def resolve_weight_range(cfg: QATConfig, profiles: list[str]) -> tuple[int, str]
     """int8 or int7 weights. `auto`: int7 when the first target is a measured x86 CPU without VNNI."""
     if cfg.weight_range != "auto":
         return (127 if cfg.weight_range == "int8" else 63), f"qat.weight_range={cfg.weight_range}"
-    from ..profile.profiles import detect_host, load_profile
+    from ..devices.profiles import detect_host, load_profile
 
     if profiles and load_profile(profiles[0]).measured:
         host = detect_host()
@@ -58,7 +62,7 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
         f"activations {cfg.activation_dtype} per-tensor){'; folded ' + str(len(folded)) + ' BatchNorm' if folded else ''}")
     n_cal = calibrate(model, ctx, cfg)
     set_mode(model, "train")
-    metrics: dict = {"calibration_batches": n_cal, "train": kd_train(model, cfg, ctx, "qat", key)}
+    metrics: dict = {"calibration_batches": n_cal, "train": distill_fit(model, cfg, ctx, "qat", key)}
     ranges = {name: model.get_submodule(name).freeze(name) for name in names}
     model.edgekd_quant = {
         "scheme": {"weights": "int8 per-channel symmetric", "weight_qmax": weight_qmax,
@@ -69,5 +73,5 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     }
     metrics.update(evaluate(model, ctx, "qat"))
     save_weights(model, out)
-    base = {k: v for k, v in parent.spec.items() if k not in ("shapes", "summary", "quant", "spec_version")}
+    base = base_of(parent.spec)
     return {"metrics": metrics, "spec": make_spec(model, base)}

@@ -71,14 +71,16 @@ def device_info(names) -> dict[str, dict]:
     """Profile fields the rule uses, read from the profile files; unknown profiles get {}."""
     import yaml
 
-    from ..profile.profiles import profiles_dir
+    from ..devices.profile_folders import profile_files
 
+    files = profile_files()
     info = {}
     for name in names:
         # Read the YAML directly rather than via load_profile: a cost field the strict profile
         # model does not know yet must not make the report fail.
-        path = Path(name) if name.endswith((".yaml", ".yml")) else profiles_dir() / f"{name}.yaml"
-        path = path if path.is_file() else None
+        found = files.get(name)
+        path = Path(name) if name.endswith((".yaml", ".yml")) else found.path if found else None
+        path = path if path is not None and path.is_file() else None
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path else None
         except (OSError, ValueError, yaml.YAMLError):

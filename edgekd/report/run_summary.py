@@ -11,8 +11,7 @@ import shutil
 from pathlib import Path
 
 from .. import __version__
-from ..artifact import Artifact, write_json_atomic
-from ..context import PREPROCESSING_FILES
+from ..artifact import PREPROCESSING_FILES, Artifact, write_json_atomic
 from ..errors import EdgekdError
 from .markdown import render_markdown
 

@@ -1,11 +1,11 @@
-"""Can this ONNX model run on this device profile as the device wants it? (pure onnx, no onnxruntime)
+"""Can this ONNX model run on this device profile as the device wants it? (a static check: no session runs it)
 
 `check_compatibility` reports three kinds of trouble:
 
 - operators the device's execution provider has no kernel for (they fall back to the CPU provider,
   and every switch copies tensors between the two), with the share of nodes and of FLOPs that
-  fall back (FLOPs from `flops.py`, after shape inference with the inputs fixed to batch 1 and
-  `seq_len`);
+  fall back (FLOPs from `flops.py`, after shape inference (`shapes.py`) with the inputs fixed to
+  batch 1 and `seq_len`);
 - symbolic input dimensions, on a device that needs static shapes (QNN refuses them);
 - quantization that is not the device's scheme: activation or weight dtype, per-channel weights
   where the device needs per-tensor, and, for scope `full`, ops the device would run in float.
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import onnx
 
-from .flops import TensorInfo, node_flops, tensor_info
+from .flops import FLOAT_LINEAR, node_flops
 from .fold import fold_constants
 from .profiles import DeviceProfile
+from .shapes import TensorInfo, fix_input_shapes, tensor_info
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
-LINEAR_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "FusedMatMul"}
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
 INT8_NAMES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
 
@@ -35,26 +35,6 @@ INT8_NAMES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.INT8: "int8"}
 def op_key(node: onnx.NodeProto) -> str:
     """How `supported_ops` names an op: 'MatMul' in the default domain, 'com.microsoft:Gelu' outside it."""
     return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
-
-
-def _fix_inputs(model: onnx.ModelProto, seq_len: int) -> tuple[onnx.ModelProto, list[dict]]:
-    """A copy with unknown input dims fixed (first: batch 1, later: seq_len), and the inputs that had any."""
-    fixed = onnx.ModelProto()
-    fixed.CopyFrom(model)
-    inits = {i.name for i in fixed.graph.initializer}
-    dynamic = []
-    for inp in fixed.graph.input:
-        if inp.name in inits or not inp.type.HasField("tensor_type"):
-            continue
-        dims = inp.type.tensor_type.shape.dim
-        shown = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?") for d in dims]
-        if any(isinstance(s, str) for s in shown):
-            dynamic.append({"input": inp.name, "shape": shown})
-        for i, d in enumerate(dims):
-            if not (d.HasField("dim_value") and d.dim_value > 0):
-                d.Clear()
-                d.dim_value = 1 if i == 0 else seq_len
-    return fixed, dynamic
 
 
 def _quant_dtype(name: str, info: TensorInfo) -> str:
@@ -121,7 +101,7 @@ def _float_ops(graph: onnx.GraphProto, info: TensorInfo, accelerated: list[onnx.
         if bad_in or bad_out:
             parts = ([f"float input(s) {bad_in} not from DequantizeLinear"] if bad_in else []) + (
                 [f"float output(s) {bad_out} not only into QuantizeLinear"] if bad_out else [])
-            out.append({"kind": "float_linear" if n.op_type in LINEAR_OPS else "float_op", "node": n.name,
+            out.append({"kind": "float_linear" if n.op_type in FLOAT_LINEAR else "float_op", "node": n.name,
                         "op": op_key(n), "detail": "; ".join(parts) + " (scope full: the device runs integer ops)"})
     return out
 
@@ -143,7 +123,9 @@ def check_compatibility(model: onnx.ModelProto | str | Path, profile: DeviceProf
     get it; a dynamic input is still reported in `dynamic_inputs` when the profile needs static shapes.
     """
     seq_len = seq_len or profile.seq_lens[0]
-    fixed, dynamic = _fix_inputs(_load(model), seq_len)
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(_load(model))
+    dynamic = fix_input_shapes(fixed, seq_len)
     folded_model, folded = fold_constants(fixed)
     graph = folded_model.graph
     info = tensor_info(folded_model)

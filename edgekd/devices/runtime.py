@@ -58,7 +58,7 @@ def fit_to_static(data: Encoded, static: dict[str, list[int]]) -> Encoded:
 
 def _static_onnx_logits(sess, data: Encoded, static: dict[str, list[int]], desc: str) -> np.ndarray:
     """Logits of a static-shape model, one example per run (batch 1), texts padded to its length."""
-    from ..profile.latency import image_feeds, text_feeds
+    from .feeds import image_feeds, text_feeds
 
     names = list(static)
     if data.ids is not None:

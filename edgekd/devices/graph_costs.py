@@ -1,18 +1,19 @@
 """Device-free costs of an ONNX graph at fixed shapes: FLOPs, bytes moved and a kernel class per node.
 
 Graph costs (device-free). The graph inputs are made static (batch 1, every other symbolic dim =
-seq_len), shapes are inferred, and each node gets FLOPs, bytes moved and a class:
+seq_len), shapes are inferred (both by `shapes.py`), and each node gets FLOPs, bytes moved and a class:
 - `int8_matmul`: MatMul/Gemm/Conv whose data input and weight both come from DequantizeLinear of
   int8/uint8 (onnxruntime fuses DQ -> MatMul into integer kernels; Gemm/Conv only with a quantized
   output), and the integer ops themselves;
 - `fp32_matmul`: other MatMul/Gemm/Conv;
 - `other`: everything else (element-wise, normalisation, softmax, data movement, shape ops).
 FLOPs: matmul 2*M*N*K (batched: 2 * output elements * K), conv 2 * output elements * Cin/group *
-kernel area. Element-wise, normalisation and data-movement ops are not bound by arithmetic: their
-"FLOPs" are output elements x a per-op cost relative to an Add (ELEMENT_COST), measured with
-onnxruntime's profiler on the host (2-layer MiniLM student, seq 128, 1 thread: Add 0.56 ns per
-element, GELU with its bias 1.8, LayerNorm 1.0, Softmax 0.74, Transpose 0.78, QuantizeLinear 0.41,
-embedding Gather 1.4). The calibration fits one efficiency that turns these into time.
+kernel area (`flops.linear_flops`, the counter compat.py uses too). Element-wise, normalisation and
+data-movement ops are not bound by arithmetic: their "FLOPs" are output elements x a per-op cost
+relative to an Add (ELEMENT_COST), measured with onnxruntime's profiler on the host (2-layer MiniLM
+student, seq 128, 1 thread: Add 0.56 ns per element, GELU with its bias 1.8, LayerNorm 1.0, Softmax
+0.74, Transpose 0.78, QuantizeLinear 0.41, embedding Gather 1.4). The calibration fits one efficiency
+that turns these into time.
 Bytes: inputs + outputs (weights included) at their dtype size; a fused weight/activation DQ counts
 at its int8/uint8 size; Gather reads only the rows it gathers; reshapes and shape ops are views.
 What onnxruntime removes before running is not counted: Identity/Dropout, Constant, nodes whose
@@ -29,10 +30,10 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelError
+from .flops import FLOAT_LINEAR, INTEGER_LINEAR, LINEAR, linear_flops
+from .shapes import TensorInfo, fix_input_shapes, infer_shapes, tensor_info
 
 CLASSES = ("int8_matmul", "fp32_matmul", "other")
-MATMULS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "FusedMatMul"}
-INT_MATMULS = {"MatMulInteger", "QLinearMatMul", "ConvInteger", "QLinearConv", "MatMulIntegerToFloat"}
 REMOVED = {"Identity", "Dropout", "Constant"}  # eliminated by onnxruntime's graph optimiser
 VIEWS = {"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Shape", "Size"}  # no data moved
 MOVES = {"Transpose", "Concat", "Slice", "Split", "Expand", "Tile", "Pad", "ConstantOfShape", "Range"}
@@ -56,45 +57,6 @@ class NodeCost:
 
 
 # ------------------------------------------------------------------ graph costs
-def _static_inputs(model: onnx.ModelProto, seq_len: int | None) -> None:
-    inits = {i.name for i in model.graph.initializer}
-    for inp in model.graph.input:
-        if inp.name in inits:
-            continue
-        for k, d in enumerate(inp.type.tensor_type.shape.dim):
-            if not d.HasField("dim_value"):
-                if k > 0 and seq_len is None:
-                    raise ModelError(f"input {inp.name!r} has a symbolic dim {d.dim_param!r}: give a seq_len")
-                d.dim_value = 1 if k == 0 else int(seq_len)
-
-
-def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Shapes of every tensor. onnx's own inference cannot follow Shape -> Concat -> Reshape chains
-    (what dynamic-axis exports are made of), onnxruntime's symbolic inference can: try it first."""
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except (ImportError, RuntimeError, AssertionError, KeyError, ValueError, TypeError):
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
-
-
-def _tensor_info(model: onnx.ModelProto) -> dict[str, tuple[int, tuple | None]]:
-    """name -> (elem_type, shape or None if unknown)."""
-    info: dict[str, tuple[int, tuple | None]] = {}
-    for v in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        t = v.type.tensor_type
-        shape = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in t.shape.dim) if t.HasField("shape") else None
-        info[v.name] = (t.elem_type, None if shape is None or -1 in shape else shape)
-    for i in model.graph.initializer:
-        info[i.name] = (i.data_type, tuple(i.dims))
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            t = n.attribute[0].t
-            info[n.output[0]] = (t.data_type, tuple(t.dims))
-    return info
-
-
 def _size(dtype: int) -> int:
     return onnx.helper.tensor_dtype_to_np_dtype(dtype).itemsize if dtype else 4
 
@@ -105,7 +67,7 @@ def _numel(shape: tuple | None) -> int:
 
 def _node_costs(model: onnx.ModelProto) -> list[NodeCost]:
     g = model.graph
-    info = _tensor_info(model)
+    info = tensor_info(model)
     producer = {o: n for n in g.node for o in n.output}
     constant = {i.name for i in g.initializer} | {""}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -126,7 +88,7 @@ def _node_costs(model: onnx.ModelProto) -> list[NodeCost]:
         # onnxruntime's QDQ fusions: DQ -> MatMul -> (float) becomes MatMulIntegerToFloat; Gemm and Conv
         # become QGemm / QLinearConv only when their output is quantized again (DQ -> Gemm -> float was
         # measured to stay a float Gemm with its DQs executed, onnxruntime 1.32).
-        if n.op_type in INT_MATMULS:
+        if n.op_type in INTEGER_LINEAR:
             return True
         if n.op_type not in ("MatMul", "Gemm", "Conv") or len(n.input) < 2:
             return False
@@ -149,13 +111,12 @@ def _node_costs(model: onnx.ModelProto) -> list[NodeCost]:
             continue
         if n.op_type == "DequantizeLinear" and all(is_int8_matmul(c) for c in consumers.get(n.output[0], [None]) if c):
             continue  # fused into the integer kernel
-        in_shapes = [info.get(i, (0, None)) for i in n.input if i]
         out = info.get(n.output[0], (0, None))
         out_el = _numel(out[1])
         cls = "other"
         if is_int8_matmul(n):
             cls = "int8_matmul"
-        elif n.op_type in MATMULS:
+        elif n.op_type in FLOAT_LINEAR:
             cls = "fp32_matmul"
         # bytes: a DQ output fused into an integer kernel is read at its 8-bit size
         in_bytes = 0.0
@@ -175,7 +136,7 @@ def _node_costs(model: onnx.ModelProto) -> list[NodeCost]:
             nbytes = 2.0 * out_bytes
         else:
             nbytes = in_bytes + out_bytes
-        costs.append(NodeCost(n.name or n.output[0], n.op_type, cls, _flops(n, in_shapes, out[1], out_el), nbytes))
+        costs.append(NodeCost(n.name or n.output[0], n.op_type, cls, _flops(n, info, out_el), nbytes))
     return costs
 
 
@@ -218,7 +179,7 @@ def _fused_away(g: onnx.GraphProto, constant: set[str], producer: dict, consumer
     return gone
 
 
-def _flops(n: onnx.NodeProto, ins: list[tuple], out_shape: tuple | None, out_el: int) -> float:
+def _flops(n: onnx.NodeProto, info: TensorInfo, out_el: int) -> float:
     op = n.op_type
     if op in VIEWS or op in ("Shape", "Size", "ConstantOfShape", "Range"):
         return 0.0
@@ -226,25 +187,10 @@ def _flops(n: onnx.NodeProto, ins: list[tuple], out_shape: tuple | None, out_el:
         return float(out_el * MOVE_COST)
     if op.startswith("Gather"):
         return float(out_el * GATHER_COST)
-    if op in ("MatMul", "MatMulInteger", "QLinearMatMul", "MatMulIntegerToFloat", "FusedMatMul"):
-        a = ins[0][1]
-        k = a[-1] if a else 0
-        return 2.0 * out_el * k
-    if op == "Gemm":
-        a = ins[0][1]
-        trans_a = next((x.i for x in n.attribute if x.name == "transA"), 0)
-        k = (a[0] if trans_a else a[-1]) if a else 0
-        return 2.0 * out_el * k
-    if op in ("Conv", "ConvInteger", "QLinearConv", "ConvTranspose"):
-        w = ins[3 if op == "QLinearConv" else 1][1]
-        if w is None:
-            return 0.0
-        per_out = int(np.prod(w[1:]))  # Cin/group * kernel area
-        if op == "ConvTranspose":  # each input element scatters into Cout/group * kernel outputs
-            return 2.0 * _numel(ins[0][1]) * int(np.prod(w[1:]))
-        return 2.0 * out_el * per_out
+    if op in LINEAR:
+        return float(linear_flops(n, info) or 0)  # unknown shapes: no FLOPs, as for every other op
     if op in REDUCTIONS:
-        return float(_numel(ins[0][1]))
+        return float(_numel(info.get(n.input[0], (0, None))[1]))
     if op in ("MaxPool", "AveragePool"):
         kernel = next((list(x.ints) for x in n.attribute if x.name == "kernel_shape"), [1])
         return float(out_el * int(np.prod(kernel)))
@@ -254,8 +200,8 @@ def _flops(n: onnx.NodeProto, ins: list[tuple], out_shape: tuple | None, out_el:
 @functools.lru_cache(maxsize=64)
 def _cached_costs(path: str, mtime_ns: int, seq_len: int | None) -> tuple[NodeCost, ...]:
     model = onnx.load(path, load_external_data=False)
-    _static_inputs(model, seq_len)
-    return tuple(_node_costs(_infer(model)))
+    fix_input_shapes(model, seq_len)
+    return tuple(_node_costs(infer_shapes(model)))
 
 
 def graph_costs(onnx_path: str | Path | onnx.ModelProto, seq_len: int | None) -> list[NodeCost]:
@@ -263,8 +209,8 @@ def graph_costs(onnx_path: str | Path | onnx.ModelProto, seq_len: int | None) ->
     if isinstance(onnx_path, onnx.ModelProto):
         model = onnx.ModelProto()
         model.CopyFrom(onnx_path)
-        _static_inputs(model, seq_len)
-        return _node_costs(_infer(model))
+        fix_input_shapes(model, seq_len)
+        return _node_costs(infer_shapes(model))
     path = Path(onnx_path)
     if not path.is_file():
         raise ModelError(f"ONNX file {str(path)!r} does not exist; export the model first.")

@@ -1,5 +1,6 @@
-"""Device profiles as data: `profiles/<name>.yaml` -> a validated, frozen `DeviceProfile`.
+"""Device profiles as data: `<name>.yaml` -> a validated, frozen `DeviceProfile`.
 
+Where the files are found (a user folder, then the shipped ones) is profile_folders.py.
 A profile says how a device wants to be fed (threads, shapes, quantization scheme, operators)
 and, for a device that is not present, the public peak figures an estimate is built from.
 Loading errors name the file, the field path and the bad value, and say what to do.
@@ -9,14 +10,19 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import psutil
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from ..configs import Strict
+from ..configs import Strict, type_hint
 from ..errors import ProfileError
+from ..yamlio import safe_load
+from .profile_folders import ProfileFile, profile_files, searched
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; annotations only
+    from importlib.resources.abc import Traversable
 
 PositiveInt = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -77,34 +83,25 @@ class DeviceProfile(Strict):
         return self
 
 
-def profiles_dir() -> Path:
-    env = os.environ.get("EDGEKD_PROFILES_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "profiles"
-
-
-def _available(directory: Path) -> list[str]:
-    return sorted(p.stem for p in directory.glob("*.yaml")) if directory.is_dir() else []
-
-
-def _resolve(name_or_path: str) -> Path:
+def _resolve(name_or_path: str) -> Traversable:
     looks_like_path = name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path or "/" in name_or_path
     if looks_like_path:
         path = Path(name_or_path)
         if not path.is_file():
             raise ProfileError(f"Profile file {str(path)!r} does not exist; give a profile name or the path of a YAML profile.")
         return path
-    directory = profiles_dir()
-    path = directory / f"{name_or_path}.yaml"
-    if not path.is_file():
-        names = _available(directory)
-        known = ", ".join(names) if names else f"none — {str(directory)!r} has no *.yaml files"
+    found = profile_files()
+    if name_or_path not in found:
         raise ProfileError(
-            f"Unknown device profile {name_or_path!r}: no file {str(path)!r}. Available profiles: {known}. "
-            "Use one of these names, give the path of a YAML profile, or set EDGEKD_PROFILES_DIR."
+            f"Unknown device profile {name_or_path!r}: no {name_or_path}.yaml in {searched()}. "
+            f"Available profiles: {', '.join(found) or 'none'}. Use one of these names, give the path of a YAML "
+            f"profile, or put {name_or_path}.yaml in a folder given with --profiles-dir or EDGEKD_PROFILES_DIR."
         )
-    return path
+    return found[name_or_path].path
+
+
+def _stem(path: Traversable) -> str:
+    return path.name.rsplit(".", 1)[0]
 
 
 def _field_path(loc: tuple) -> str:
@@ -114,24 +111,25 @@ def _field_path(loc: tuple) -> str:
     return path or "<profile>"
 
 
-def _format_errors(err: ValidationError, path: Path) -> str:
+def _format_errors(err: ValidationError, path: Traversable) -> str:
     parts = []
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         value = e.get("input")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (misspelled?); remove it"
+        msg += type_hint(e)
         shown = "" if e["type"] == "missing" or isinstance(value, (dict, list)) else f" (got {value!r})"
         parts.append(f"{_field_path(e['loc'])}: {msg}{shown}")
     return (
         f"Invalid device profile {str(path)!r}: " + "; ".join(parts)
-        + ". Fix these fields (see profiles/host-cpu.yaml for a complete example)."
+        + ". Fix these fields (`edgekd profiles show host-cpu` prints a complete example)."
     )
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def _read_yaml(path: Traversable) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as e:
         raise ProfileError(f"Profile file {str(path)!r} is not UTF-8 text ({e.reason}); save it as UTF-8.") from None
     except OSError as e:
@@ -147,25 +145,33 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_profile(name_or_path: str) -> DeviceProfile:
-    """A profile by name (`<profiles_dir()>/<name>.yaml`) or by path to a YAML file."""
-    path = _resolve(str(name_or_path))
+    """A profile by name (the user folder first, then the shipped profiles) or by path to a YAML file."""
+    return _load_file(_resolve(str(name_or_path)))
+
+
+def _load_file(path: Traversable) -> DeviceProfile:
     raw = _read_yaml(path)
     try:
         profile = DeviceProfile.model_validate(raw)
     except ValidationError as e:
         raise ProfileError(_format_errors(e, path)) from None
-    if profile.name != path.stem:
+    if profile.name != _stem(path):
         # The name is how recipes refer to a profile: a file whose stem differs would be unreachable by it.
         raise ProfileError(
-            f"Profile file {str(path)!r}: name: {profile.name!r} does not match the file name {path.stem!r}; "
-            f"rename the file to {profile.name}.yaml or set name: {path.stem}."
+            f"Profile file {str(path)!r}: name: {profile.name!r} does not match the file name {_stem(path)!r}; "
+            f"rename the file to {profile.name}.yaml or set name: {_stem(path)}."
         )
     return profile
 
 
 def list_profiles() -> list[DeviceProfile]:
-    directory = profiles_dir()
-    return sorted((load_profile(str(p)) for p in directory.glob("*.yaml")), key=lambda p: p.name)
+    """Every profile by name, a user one in place of the shipped one it overrides."""
+    return [profile for profile, _ in list_profile_files()]
+
+
+def list_profile_files() -> list[tuple[DeviceProfile, ProfileFile]]:
+    """Every profile with the file it came from (`edgekd profiles` shows the folder)."""
+    return [(_load_file(f.path), f) for f in profile_files().values()]
 
 
 def _cpuinfo() -> tuple[str | None, set[str]]:

@@ -4,7 +4,7 @@ An execution provider is offered the folded graph (Identity nodes removed too), 
 what operator compatibility must look at: torch exports shape arithmetic (Shape -> Gather ->
 Unsqueeze -> Concat -> Reshape, ConstantOfShape, Range) that onnxruntime evaluates away when
 shapes are static. Folding here also gives shape inference concrete shapes, so every MatMul gets a FLOP
-count. Pure onnx: values come from `onnx.reference`.
+count. Values come from `onnx.reference`; shapes from `shapes.py`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import onnx
 from onnx import numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from .flops import tensor_info
+from .shapes import infer_shapes, tensor_info
 
 # onnxruntime keeps Q/DQ (its QDQ selectors pick integer kernels from them); random ops differ per run.
 NEVER_FOLDED = {"QuantizeLinear", "DequantizeLinear", "RandomNormal", "RandomUniform", "RandomNormalLike",
@@ -118,9 +118,9 @@ def fold_constants(model: onnx.ModelProto, max_rounds: int = 8) -> tuple[onnx.Mo
     folded = _eliminate_identities(model.graph)
     for _ in range(max_rounds):
         # A fold can make a shape static (an Expand's target becomes known), which lets a Shape fold next round.
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        model = infer_shapes(model)
         n = _Folder(model).fold_once()
         if not n:
             return model, folded
         folded += n
-    return onnx.shape_inference.infer_shapes(model, data_prop=True), folded
+    return infer_shapes(model), folded

@@ -5,21 +5,16 @@ resumable state only in `ctx.work_dir(key)`.
 """
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact, stable_hash
-from .data import TaskData, load_data
-from .data.batching import Encoded, encode
-from .recipe import Recipe
-
-# Files that travel with a model from artifact to artifact (tokenizer and preprocessing).
-PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                       "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "preprocess.json")
-
+from ..artifact import Artifact, stable_hash
+from ..data import TaskData, load_data
+from ..data.batching import Encoded, encode
+from ..recipe import Recipe
+from .runtime import Runtime
 
 @dataclass
 class Context:
@@ -31,6 +26,7 @@ class Context:
     _encoded: dict = field(default_factory=dict)
     _teacher_logits: dict = field(default_factory=dict)
     _teacher_model: object = None
+    runtime: Runtime = field(default_factory=Runtime.cpu)
 
     @property
     def seed(self) -> int:
@@ -51,7 +47,8 @@ class Context:
 
     def cache_dir(self) -> Path:
         d = self.run_dir / "cache"
-        d.mkdir(parents=True, exist_ok=True)
+        if self.runtime.is_main:
+            d.mkdir(parents=True, exist_ok=True)
         return d
 
     @property
@@ -71,7 +68,7 @@ class Context:
 
     def teacher_model(self):
         if self._teacher_model is None:
-            from .models.spec import load_model_from_artifact
+            from ..models.spec import load_model_from_artifact
 
             self._teacher_model = load_model_from_artifact(self.teacher)
         return self._teacher_model
@@ -89,17 +86,14 @@ class Context:
         if path.is_file():
             logits = load_file(str(path))["logits"]
         else:
-            from .distill.trainer import predict_logits
+            from .predict import predict_logits
 
-            logits = predict_logits(self.teacher_model(), self.encoded(split, max_examples), desc=f"teacher outputs ({split})")
-            tmp = path.with_name("." + path.name + ".tmp")
-            save_file({"logits": logits}, str(tmp))
-            tmp.replace(path)
+            # every process computes a shard and receives the whole array; rank 0 writes the cache
+            logits = predict_logits(self.teacher_model(), self.encoded(split, max_examples),
+                                    desc=f"teacher outputs ({split})", runtime=self.runtime)
+            if self.runtime.is_main:
+                tmp = path.with_name("." + path.name + ".tmp")
+                save_file({"logits": logits}, str(tmp))
+                tmp.replace(path)
         self._teacher_logits[key] = logits
         return logits
-
-
-def copy_preprocessing(src: Path, dst: Path) -> None:
-    for name in PREPROCESSING_FILES:
-        if (src / name).is_file():
-            shutil.copy2(src / name, dst / name)

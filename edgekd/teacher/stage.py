@@ -7,15 +7,17 @@ from pathlib import Path
 import torch.nn.functional as F
 
 from ..configs import TeacherConfig
-from ..context import Context
-from ..distill.trainer import accuracy, fit, predict_logits
 from ..errors import ModelError
+from ..models.hf import build_hf_from_config, check_model_folder, hf_base_spec, load_hf_classifier, logits_of, resolve_model_path
+from ..models.spec import make_spec, save_weights
 from ..progress import log
-from .hf import build_hf_from_config, check_model_folder, hf_base_spec, load_hf_classifier, logits_of, resolve_model_path
-from .spec import make_spec, save_weights
+from ..train.context import Context
+from ..train.loop import fit
+from ..train.predict import accuracy, predict_logits
 
 
-def run_teacher(cfg: TeacherConfig, ctx: Context, out: Path, key: str) -> dict:
+def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -> dict:
+    """The first stage: it has no parent artifact."""
     data = ctx.data
     tokenizer_src = None
     if cfg.config is not None:
@@ -60,10 +62,11 @@ def run_teacher(cfg: TeacherConfig, ctx: Context, out: Path, key: str) -> dict:
 
         log(f"teacher: fine-tuning on {len(train)} examples for {ft.epochs} epoch(s)")
         metrics["train"] = fit(model, train, ft, loss_fn, seed=ctx.seed, desc="teacher fine-tune",
-                               work_dir=ctx.work_dir(key))
+                               work_dir=ctx.work_dir(key), runtime=ctx.runtime)
     for split in ("dev", "test"):
         enc = ctx.encoded(split)
-        metrics[f"{split}_accuracy"] = accuracy(predict_logits(model, enc, desc=f"teacher eval ({split})"), enc.labels)
+        logits = predict_logits(model, enc, desc=f"teacher eval ({split})", runtime=ctx.runtime)
+        metrics[f"{split}_accuracy"] = accuracy(logits, enc.labels)
     save_weights(model, out)
     spec = make_spec(model, hf_base_spec(model, ctx.task))
     return {"metrics": metrics, "spec": spec}

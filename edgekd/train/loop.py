@@ -1,0 +1,166 @@
+"""The one training loop for every stage that trains (teacher fine-tune, distillation, pruning
+recovery, QAT): AdamW, linear warm-up/decay, mixed precision, several processes (DDP), rich
+progress, resumable checkpoints, numerical fault detection and throughput figures.
+
+Determinism: the global batches of epoch e come from numpy's generator seeded with (seed, e) and
+are bucketed by length; each process takes its shard of every global batch. So the batches do
+not depend on the number of processes, and a resumed run replays exactly the batches the killed
+one would have seen; every process's torch RNG (dropout) is checkpointed.
+"""
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from ..configs import TrainConfig
+from ..data.batching import Encoded, batch_indices, bucketed_batches
+from ..errors import EdgekdError, Interrupted, TrainingFault
+from ..progress import log, progress
+from .checkpoint import load_checkpoint, save_checkpoint
+from .runtime import Runtime
+
+LOSS_WINDOW = 50  # final_loss = mean of the last 50 steps (kept in checkpoints so a resumed run reports the same)
+# loss_fn(module, batch on the device, global example indices of this shard, labels on the device)
+LossFn = Callable[[torch.nn.Module, dict, np.ndarray, torch.Tensor], torch.Tensor]
+
+
+def epoch_batches(train: Encoded, batch_size: int, seed: int, epoch: int, world_size: int = 1) -> list[np.ndarray]:
+    """The global batches of one epoch: length-bucketed for text, shuffled for images.
+
+    A last batch with fewer examples than processes is dropped (every process needs one).
+    """
+    rng = np.random.default_rng([seed, epoch])
+    lengths = train.lengths
+    batches = (bucketed_batches(lengths, batch_size, rng) if lengths is not None
+               else batch_indices(len(train), batch_size, shuffle=True, rng=rng))
+    return [b for b in batches if len(b) >= world_size]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossFn, *, seed: int, desc: str,
+        work_dir: Path | None = None, runtime: Runtime | None = None, max_grad_norm: float = 1.0,
+        params=None) -> dict:
+    """Train `model` in place on `runtime` (default: one CPU process); returns the figures for the manifest.
+
+    The model is left on the runtime's device, in eval mode.
+    """
+    rt = runtime or Runtime.cpu()
+    if cfg.batch_size < rt.world_size:
+        raise EdgekdError(f"{desc}: batch_size {cfg.batch_size} is smaller than the {rt.world_size} processes; "
+                          "the batch size is global (split across processes): raise it.")
+    torch.manual_seed(seed + rt.rank)  # dropout differs per shard; weights start equal (DDP broadcasts rank 0's)
+    model.to(rt.device)
+    n = len(train)
+    steps_per_epoch = len(epoch_batches(train, cfg.batch_size, seed, 0, rt.world_size))
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    scaler = rt.grad_scaler()
+
+    step = 0
+    losses: list[float] = []
+    if work_dir is not None:
+        pos = load_checkpoint(work_dir, model, optimizer, scheduler, rt)
+        if pos is not None:
+            step = pos["step"]
+            losses = pos.get("recent_losses", [])
+            log(f"[yellow]{desc}: resuming from the checkpoint at step {step}/{total}[/]")
+
+    interrupted = {"flag": False}
+
+    def _on_sigint(signum, frame):  # finish the current step, checkpoint, then stop
+        interrupted["flag"] = True
+
+    previous_handler = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
+    module = rt.wrap(model)
+    module.train()
+    examples = tokens = padded = 0
+    start_step, started = step, time.perf_counter()
+    try:
+        with progress(total - step, desc) as advance:
+            while step < total:
+                epoch, offset = divmod(step, steps_per_epoch)
+                for global_idx in epoch_batches(train, cfg.batch_size, seed, epoch, rt.world_size)[offset:]:
+                    if step >= total:
+                        break
+                    idx = rt.shard(global_idx)
+                    batch = train.batch(idx)
+                    if "attention_mask" in batch:
+                        tokens += int(batch["attention_mask"].sum())
+                        padded += batch["attention_mask"].numel()
+                    batch = to_device(batch, rt.device)
+                    labels = torch.from_numpy(train.labels[idx]).to(rt.device)
+                    with rt.autocast():
+                        loss = loss_fn(module, batch, idx, labels).float()
+                    if rt.any(not bool(torch.isfinite(loss))):
+                        raise TrainingFault(
+                            f"{desc}: the loss became {loss.item()} at step {step + 1}. Likely cause: a learning rate "
+                            f"too high (lr={cfg.lr}) or bad inputs; lower the lr. The last good checkpoint is kept"
+                            f"{' in ' + str(work_dir) if work_dir else ''}."
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+                    if scaler is not None:  # fp16: an overflowing step is skipped and the scale lowered
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        if not torch.isfinite(grad_norm):
+                            raise TrainingFault(
+                                f"{desc}: gradients exploded (norm {grad_norm.item()}) at step {step + 1}. Lower the "
+                                f"learning rate (lr={cfg.lr}); the last good checkpoint is kept."
+                            )
+                        optimizer.step()
+                    scheduler.step()
+                    step += 1
+                    examples += len(global_idx)
+                    losses.append(loss.item())
+                    advance(1, loss=float(np.mean(losses[-20:])))
+                    if work_dir is not None and (step % cfg.checkpoint_every == 0 or interrupted["flag"]):
+                        losses = losses[-LOSS_WINDOW:]
+                        save_checkpoint(work_dir, model, optimizer, scheduler,
+                                        {"step": step, "recent_losses": losses}, rt)
+                    if interrupted["flag"]:
+                        raise Interrupted(
+                            f"{desc}: interrupted at step {step}/{total}; a checkpoint was saved"
+                            f"{' in ' + str(work_dir) if work_dir else ''}. Run the same command again to resume."
+                        )
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    wall = time.perf_counter() - started
+    model.eval()
+    out = {"steps": total, "final_loss": float(np.mean(losses[-LOSS_WINDOW:])) if losses else None,
+           "examples": n, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+           "steps_this_run": step - start_step, "wall_s": round(wall, 3),
+           "examples_per_s": round(examples / wall, 2) if wall > 0 and examples else None,
+           **rt.describe()}
+    if padded:
+        out["padding_share"] = round(1 - tokens / padded, 4)  # of this process's batches
+    return out
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
