@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.edgekd-setup
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup quickstart test flagship clean
+.PHONY: setup quickstart test flagship bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,12 @@ FLAGSHIP = $(shell $(PY) -c "import torch; print('sst2-minilm' if torch.cuda.is_
 flagship: setup
 	$(VENV)/bin/edgekd run recipes/$(FLAGSHIP).yaml --set data.path=$(SST2_DIR)
 	$(PY) benchmarks/sst2_full.py runs/$(FLAGSHIP)
+
+# The flagship benchmark: edgekd against the peers users would pick, measured in one run (benchmarks/sst2.py).
+bench-quick: setup
+	$(PY) benchmarks/sst2.py --mode quick --data $(SST2_DIR)
+bench: setup
+	$(PY) benchmarks/sst2.py --mode full --data $(SST2_DIR)
 
 clean:
 	rm -rf exports/quickstart runs

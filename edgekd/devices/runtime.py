@@ -32,6 +32,8 @@ def onnx_logits(path: str | Path, data: Encoded, batch_size: int = 32, desc: str
     with progress(len(chunks), desc) as advance:
         for idx in chunks:
             feed = {k: v.numpy() for k, v in data.batch(idx).items() if k in names}
+            if "token_type_ids" in names:  # BERT exports that take segment ids (Optimum's do): one segment
+                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
             logits = sess.run(None, feed)[0]
             if out is None:
                 out = np.zeros((n, logits.shape[1]), dtype=np.float32)

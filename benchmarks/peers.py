@@ -1,0 +1,90 @@
+"""The systems a user would pick instead of edgekd, built from the same teacher and student.
+
+- peer-teacher-dynamic-int8: what `optimum-cli export onnx` + `optimum-cli onnxruntime quantize --avx2` do,
+  reproduced with torch's exporter and onnxruntime's own quantization API. Optimum itself cannot be installed
+  beside edgekd's pinned versions here without pulling a second torch, so its steps are followed instead:
+  the model's three BERT inputs (input_ids, attention_mask, token_type_ids) with dynamic batch and sequence,
+  `logits` out, constant folding, opset 14 (Optimum's default for BERT); then dynamic quantization in
+  QOperator form of the fully connected layers (MatMul, Add), uint8 asymmetric activations, int8 symmetric
+  weights per channel — the avx2 preset — with `reduce_range` where the CPU lacks VNNI (u8s8 int16 saturation).
+- peer-torch-dynamic-int8: torch.ao.quantization.quantize_dynamic of the teacher's nn.Linear layers (timed in
+  PyTorch by torch_latency.py).
+- peer-student-static-ptq: edgekd's own distilled and pruned student, quantized after training by onnxruntime's
+  static QDQ quantization (uint8 activations, int8 per-channel weights, MinMax calibration on train sentences)
+  instead of QAT: what QAT buys.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+OPTIMUM_BERT_OPSET = 14
+
+
+class _HFLogits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+
+def optimum_style_export(model: torch.nn.Module, path: Path) -> Path:
+    ids = torch.full((1, 16), 5, dtype=torch.long)
+    inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names} | {"logits": {0: "batch_size"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_HFLogits(model.eval()), inputs, str(path), dynamo=False, input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, opset_version=OPTIMUM_BERT_OPSET,
+                          do_constant_folding=True)
+    onnx.checker.check_model(str(path))
+    return path
+
+
+def optimum_avx2_dynamic_int8(src: Path, dst: Path, vnni: bool) -> dict:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    reduce_range = not vnni
+    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Add"], per_channel=True,
+                     reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    return {"tool": "onnxruntime.quantization.quantize_dynamic (Optimum avx2 preset: QOperator, u8 activations, "
+                    "s8 symmetric per-channel weights, MatMul/Add)", "reduce_range": reduce_range,
+            "export_opset": OPTIMUM_BERT_OPSET}
+
+
+def static_ptq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], vnni: bool) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=not vnni, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return {"tool": "onnxruntime.quantization.quantize_static (QDQ, u8 activations, s8 per-channel weights, MinMax)",
+            "calibration_examples": len(feeds), "reduce_range": not vnni}
+
+
+def torch_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:
+    return torch.ao.quantization.quantize_dynamic(model.eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def torch_size_mb(model: torch.nn.Module) -> float:
+    """Bytes of the quantized model's state (weights packed as torch stores them), in MB."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)  # written to measure its size, never loaded
+    return buf.tell() / 1e6

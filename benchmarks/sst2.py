@@ -1,0 +1,292 @@
+"""The flagship benchmark: edgekd against what users would pick instead, side by side, measured in one run.
+
+    python benchmarks/sst2.py --mode quick    # make bench-quick: <= 15 min on 2 cores (small teacher, short schedules)
+    python benchmarks/sst2.py --mode full     # make bench: the flagship recipe (recipes/sst2-minilm.yaml)
+
+One run builds (or takes from the run's cache) the flagship pipeline — teacher, distilled student, pruned
+student, QAT, export — and the peers (peers.py), then measures every system with the same inputs, threads and
+timing protocol (edgekd's rounds: every case in `rounds` fresh processes, alternating order, p50 = the quietest
+round, p90 pooled): accuracy and agreement with the teacher on the 872 sentences of test.tsv, latency at batch 1
+for sequence 128 and each sentence's own length with 1 and 2 threads, throughput at batch 32 (2 threads), file
+size and peak memory. Writes benchmarks/results/sst2-<mode>.json, the Pareto plot next to it, and
+benchmarks/RESULTS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+# quick: a small teacher and short schedules — the systems keep their architectures, so latency and size
+# ratios are those of the full mode; accuracies are not.
+MODES = {
+    "quick": {"overrides": ["teacher.finetune.max_train_examples=4000", "teacher.finetune.epochs=1",
+                            "stages.0.distill.max_train_examples=4000", "stages.0.distill.epochs=2",
+                            "stages.1.prune.recovery.max_train_examples=1000",
+                            "stages.2.qat.max_train_examples=1000", "stages.2.qat.calibration_batches=8"],
+              "profiles": ["host-cpu"], "rounds": 3, "runs": 30, "natural_max": 100, "calibration": 128},
+    "full": {"overrides": [], "profiles": ["host-cpu", "hexagon-npu"], "rounds": 5, "runs": 50, "natural_max": 300,
+             "calibration": 256},
+}
+LATENCY_CASES = ("seq128_t1", "seq128_t2", "natural_t1")
+THROUGHPUT_CASE = "b32_seq128_t2"
+
+
+def run_pipeline(mode: str, data: str, run_dir: Path):
+    """The flagship recipe without its profile stage (this benchmark measures every system itself)."""
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
+
+    raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
+                          [f"data.path={data}", f"output={run_dir}", *MODES[mode]["overrides"]])
+    raw["stages"] = [s for s in raw["stages"] if "profile" not in s]
+    raw["profiles"] = MODES[mode]["profiles"]
+    for stage in raw["stages"]:  # device builds only for the profiles this mode targets
+        if "export" in stage and stage["export"].get("devices"):
+            stage["export"]["devices"] = [d for d in stage["export"]["devices"] if d in raw["profiles"]]
+    pipe = Pipeline(validate_recipe(raw, f"benchmark {mode}"))
+    pipe.run()
+    return pipe
+
+
+def host_facts() -> dict:
+    from edgekd.devices.profiles import detect_host
+
+    host = detect_host()
+    return {**host, "python": platform.python_version(), "os": platform.platform()}
+
+
+def versions() -> dict:
+    import edgekd
+
+    return {p: version(p) for p in ("torch", "onnxruntime", "onnx", "transformers", "torch-pruning", "numpy")} | \
+        {"edgekd": edgekd.__version__}
+
+
+def commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
+    """{name: ONNX path} of every ONNX system, and facts about how each peer was made."""
+    from edgekd.devices.feeds import text_feeds
+    from edgekd.export.onnx_export import example_inputs, export_onnx
+    from edgekd.models.spec import load_model_from_artifact
+    from peers import optimum_avx2_dynamic_int8, optimum_style_export, static_ptq
+
+    arts = {a.stage: a for a in pipe.artifacts}
+    ctx = pipe.ctx
+    vnni = host_facts()["isa"]["vnni"]
+    work.mkdir(parents=True, exist_ok=True)
+    key = arts["teacher"].id
+    facts: dict = {}
+    paths = {"teacher-fp32": arts["export"].path / "teacher.onnx"}
+    # peers of the teacher, cached per teacher artifact
+    raw, dyn = work / f"teacher-optimum-{key}.onnx", work / f"teacher-optimum-dynint8-{key}.onnx"
+    if not dyn.is_file():
+        optimum_style_export(load_model_from_artifact(arts["teacher"]), raw)
+        facts["peer-teacher-dynamic-int8"] = optimum_avx2_dynamic_int8(raw, dyn, vnni)
+        (work / f"{dyn.stem}.json").write_text(json.dumps(facts["peer-teacher-dynamic-int8"]))
+    else:
+        facts["peer-teacher-dynamic-int8"] = json.loads((work / f"{dyn.stem}.json").read_text())
+    paths["peer-teacher-dynamic-int8"] = dyn
+    # edgekd's own float students, exported the way edgekd exports them
+    inputs = example_inputs(ctx.task, ctx.data.preprocess)
+    for name, stage in (("edgekd-student-fp32", "distill"), ("edgekd-pruned-fp32", "prune")):
+        path = work / f"{name}-{arts[stage].id}.onnx"
+        if not path.is_file():
+            export_onnx(load_model_from_artifact(arts[stage]), inputs, path, 17)
+        paths[name] = path
+    ptq = work / f"peer-student-static-ptq-{arts['prune'].id}.onnx"
+    calib = ctx.encoded("train", MODES[mode]["calibration"])
+    if not ptq.is_file():
+        feeds = text_feeds(calib.ids, ["input_ids", "attention_mask"], None, calib.pad_id)
+        facts["peer-student-static-ptq"] = static_ptq(paths["edgekd-pruned-fp32"], ptq, feeds, vnni)
+        (work / f"{ptq.stem}.json").write_text(json.dumps(facts["peer-student-static-ptq"]))
+    else:
+        facts["peer-student-static-ptq"] = json.loads((work / f"{ptq.stem}.json").read_text())
+    paths["peer-student-static-ptq"] = ptq
+    paths["edgekd-int8"] = arts["export"].path / "model.onnx"
+    npu = arts["export"].path / "devices" / "hexagon-npu" / "model.onnx"
+    if npu.is_file():
+        paths["edgekd-npu-int8"] = npu
+    return paths, facts
+
+
+def host_profile():
+    from edgekd.devices.profiles import load_profile
+
+    return load_profile("host-cpu").model_copy(update={"threads": [1, 2], "seq_lens": [128], "batch_sizes": [1, 32]})
+
+
+def torch_peer(pipe, test, teacher_pred: np.ndarray, cfg: dict) -> dict:
+    """peer-torch-dynamic-int8: accuracy in PyTorch, latency in fresh processes in rounds (torch_latency.py)."""
+    from edgekd.devices.feeds import text_feeds
+    from edgekd.models.spec import load_model_from_artifact
+    from edgekd.profile.latency import combine_rounds
+    from edgekd.train.predict import predict_logits
+    from peers import torch_dynamic_int8, torch_size_mb
+
+    teacher_art = next(a for a in pipe.artifacts if a.stage == "teacher")
+    model = torch_dynamic_int8(load_model_from_artifact(teacher_art))
+    pred = predict_logits(model, test, desc="accuracy peer-torch-dynamic-int8").argmax(-1)
+    names = ["input_ids", "attention_mask"]
+    cases = {"seq128_t1": (text_feeds(test.ids[:32], names, 128, test.pad_id), 1, cfg["runs"]),
+             "seq128_t2": (text_feeds(test.ids[:32], names, 128, test.pad_id), 2, cfg["runs"]),
+             "natural_t1": (text_feeds(test.ids[:cfg["natural_max"]], names, None, test.pad_id), 1, None)}
+    batch = {n: np.concatenate([f[n] for f in cases["seq128_t1"][0]], axis=0) for n in names}
+    cases[THROUGHPUT_CASE] = ([batch], 2, 5)
+    rounds: dict[str, list] = {c: [] for c in cases}
+    with tempfile.TemporaryDirectory(prefix="edgekd-torch-") as tmp:
+        for r in range(cfg["rounds"]):
+            for case, (feeds, threads, runs) in (cases.items() if r % 2 == 0 else reversed(cases.items())):
+                npz = Path(tmp) / f"{case}.npz"
+                if not npz.is_file():
+                    np.savez(npz, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
+                args = {"artifact": str(teacher_art.path), "feeds": str(npz), "n_feeds": len(feeds), "names": names,
+                        "threads": threads, "warmup": 5 if case == THROUGHPUT_CASE else 10,
+                        "runs": runs or len(feeds), "benchmarks_dir": str(HERE)}
+                proc = subprocess.run([sys.executable, str(HERE / "torch_latency.py"), json.dumps(args)],
+                                      capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                if proc.returncode:
+                    raise RuntimeError(proc.stderr[-2000:])
+                rounds[case].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    lat = {c: combine_rounds(rounds[c]) for c in cases}
+    return {"accuracy": float((pred == test.labels).mean()), "agreement": float((pred == teacher_pred).mean()),
+            "size_mb": torch_size_mb(model), "runtime": f"PyTorch {version('torch')} (CPU, dynamic qint8 nn.Linear)",
+            "latency_ms": {c: _lat(lat[c]) for c in LATENCY_CASES},
+            "throughput_b32": 32 / (lat[THROUGHPUT_CASE]["p50"] / 1000),
+            "peak_memory_mb": max(x["peak_memory_mb"] for x in lat.values())}
+
+
+def _lat(stats: dict) -> dict:
+    keep = ("p50", "p90", "p99", "round_spread", "rounds", "runs", "peak_memory_mb", "session_create_ms")
+    return {k: stats[k] for k in keep if k in stats}
+
+
+def measure(pipe, paths: dict, cfg: dict) -> dict:
+    from edgekd.profile.measure import accuracy_on, measure_models
+
+    test = pipe.ctx.encoded("test")
+    systems: dict[str, dict] = {}
+    acc, teacher_pred = accuracy_on(paths["teacher-fp32"], test, None, "accuracy teacher-fp32")
+    systems["teacher-fp32"] = {**acc, "agreement": 1.0}
+    for name, path in paths.items():
+        if name != "teacher-fp32":
+            systems[name] = accuracy_on(path, test, teacher_pred, f"accuracy {name}")[0]
+    timed = {n: p for n, p in paths.items() if n != "edgekd-npu-int8"}  # a static device build: estimated below
+    latency, throughput = measure_models(timed, test, host_profile(), warmup=10, runs=cfg["runs"], rounds=cfg["rounds"],
+                                         natural=True, natural_max=cfg["natural_max"], desc="benchmark timing")
+    for name, path in paths.items():
+        s = systems[name]
+        s["size_mb"] = path.stat().st_size / 1e6
+        s["runtime"] = f"onnxruntime {version('onnxruntime')} CPUExecutionProvider, ORT_ENABLE_ALL"
+        if name in timed:
+            s["latency_ms"] = {c: _lat(latency[name][c]) for c in LATENCY_CASES}
+            s["throughput_b32"] = throughput[name][THROUGHPUT_CASE]["items_per_s"]
+            s["peak_memory_mb"] = max(x["peak_memory_mb"] for x in latency[name].values())
+    if "edgekd-npu-int8" in paths:
+        from edgekd.devices.profiles import load_profile
+        from edgekd.profile.estimate import estimate_latency, load_calibration
+
+        cal = load_calibration()
+        est = estimate_latency(paths["edgekd-npu-int8"], load_profile("hexagon-npu"), None, 1, cal)
+        error = cal.get("measured_error", cal.get("fit", {})).get("max_abs_rel_error")
+        systems["edgekd-npu-int8"].update(
+            runtime="accuracy: onnxruntime CPU running the device's static full-INT8 QDQ graph",
+            latency_ms={"device_b1_t1": {"p50": est["ms"], "estimated": True, "estimator_error": error,
+                                         "device": "hexagon-npu"}})
+    systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, cfg)
+    return systems
+
+
+def edgekd_stages(pipe) -> dict:
+    out = {}
+    for a in pipe.artifacts:
+        train = a.metrics.get("train") or a.metrics.get("recovery")
+        out[a.stage] = {"artifact": a.id, **({k: train.get(k) for k in ("wall_s", "examples_per_s", "device", "processes",
+                                                                          "precision", "examples", "epochs")}
+                                             if train else {})}
+    return out
+
+
+def ratios(systems: dict) -> dict:
+    """p50 speed-up of every system over teacher-fp32 and peer-teacher-dynamic-int8, accuracy kept, size ratio."""
+    out: dict[str, dict] = {}
+    t, peer = systems["teacher-fp32"], systems["peer-teacher-dynamic-int8"]
+    for name, s in systems.items():
+        r: dict = {"accuracy_kept": s["accuracy"] / t["accuracy"], "smaller_than_teacher": t["size_mb"] / s["size_mb"]}
+        for case in LATENCY_CASES:
+            x = s.get("latency_ms", {}).get(case)
+            if x:
+                r[f"speedup_vs_teacher_{case}"] = t["latency_ms"][case]["p50"] / x["p50"]
+                r[f"speedup_vs_peer_dynamic_{case}"] = peer["latency_ms"][case]["p50"] / x["p50"]
+                # the spread of the rounds of both cases: how far the machine's noise can move the ratio
+                r[f"noise_{case}"] = x.get("round_spread", 0.0) + t["latency_ms"][case].get("round_spread", 0.0)
+        out[name] = r
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--data", default=os.environ.get("EDGEKD_SST2_DIR", str(ROOT.parent / "shared" / "data" / "sst2")))
+    ap.add_argument("--run-dir", default=None, help="pipeline run folder (default runs/bench-<mode>; cached)")
+    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/sst2-<mode>.json)")
+    ap.add_argument("--md", default=str(HERE / "RESULTS.md"), help="the Markdown table (default benchmarks/RESULTS.md)")
+    args = ap.parse_args()
+    cfg = MODES[args.mode]
+    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{args.mode}")
+    out = Path(args.out or HERE / "results" / f"sst2-{args.mode}.json")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    pipe = run_pipeline(args.mode, args.data, run_dir)
+    paths, facts = build_systems(pipe, run_dir / "bench", args.mode)
+    systems = measure(pipe, paths, cfg)
+    for name, f in facts.items():
+        systems[name]["built_with"] = f
+    stages = edgekd_stages(pipe)
+    for name in systems:
+        if name.startswith("edgekd-"):
+            systems[name]["stages"] = stages
+    host = host_facts()
+    peer, teacher = systems["peer-teacher-dynamic-int8"], systems["teacher-fp32"]
+    host["int8_case"] = {  # which kind of machine this is for INT8: the peer's own dynamic INT8 over FP32
+        "peer_dynamic_int8_speedup_vs_teacher_fp32_seq128_t1":
+            teacher["latency_ms"]["seq128_t1"]["p50"] / peer["latency_ms"]["seq128_t1"]["p50"]}
+    result = {"benchmark": f"sst2-{args.mode}", "mode": args.mode, "systems": systems, "ratios": ratios(systems),
+              "machine": host, "versions": versions(), "commit": commit(),
+              "date": started.strftime("%Y-%m-%d"), "started": started.isoformat(timespec="seconds"),
+              "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
+              "protocol": {"rounds": cfg["rounds"], "runs": cfg["runs"], "warmup": 10, "batch": 1,
+                           "natural_max_examples": cfg["natural_max"], "throughput": "batch 32, seq 128, 2 threads",
+                           "test_examples": len(pipe.ctx.encoded("test"))},
+              "recipe": "recipes/sst2-minilm.yaml" + (f" with {MODES[args.mode]['overrides']}" if cfg["overrides"] else "")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    from report_md import write_results_md
+
+    write_results_md(result, out, Path(args.md))
+    print(f"wrote {out} and {args.md} in {result['wall_s'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
