@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.edgekd-setup
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup quickstart test flagship bench bench-quick clean
+.PHONY: setup quickstart test flagship bench bench-quick bench-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -38,9 +38,17 @@ flagship: setup
 	$(PY) benchmarks/sst2_full.py runs/$(FLAGSHIP)
 
 # The flagship benchmark: edgekd against the peers users would pick, measured in one run (benchmarks/sst2.py).
-bench-quick: setup
+# Optimum gets an environment of its own (it pins transformers < 4.58; edgekd uses 5.x), with the same torch.
+OPTIMUM_VENV := .venv-optimum
+$(OPTIMUM_VENV)/.stamp:
+	test -x $(OPTIMUM_VENV)/bin/python || python3 -m venv $(OPTIMUM_VENV)
+	$(OPTIMUM_VENV)/bin/pip install -q --disable-pip-version-check "$(TORCH)"
+	$(OPTIMUM_VENV)/bin/pip install -q --disable-pip-version-check "optimum==2.1.0" "optimum-onnx[onnxruntime]==0.1.0" "transformers<4.58"
+	touch $@
+bench-env: $(OPTIMUM_VENV)/.stamp
+bench-quick: setup bench-env
 	$(PY) benchmarks/sst2.py --mode quick --data $(SST2_DIR)
-bench: setup
+bench: setup bench-env
 	$(PY) benchmarks/sst2.py --mode full --data $(SST2_DIR)
 
 clean:

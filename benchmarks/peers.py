@@ -1,12 +1,12 @@
 """The systems a user would pick instead of edgekd, built from the same teacher and student.
 
-- peer-teacher-dynamic-int8: what `optimum-cli export onnx` + `optimum-cli onnxruntime quantize --avx2` do,
-  reproduced with torch's exporter and onnxruntime's own quantization API. Optimum itself cannot be installed
-  beside edgekd's pinned versions here without pulling a second torch, so its steps are followed instead:
-  the model's three BERT inputs (input_ids, attention_mask, token_type_ids) with dynamic batch and sequence,
-  `logits` out, constant folding, opset 14 (Optimum's default for BERT); then dynamic quantization in
-  QOperator form of the fully connected layers (MatMul, Add), uint8 asymmetric activations, int8 symmetric
-  weights per channel — the avx2 preset — with `reduce_range` where the CPU lacks VNNI (u8s8 int16 saturation).
+- peer-teacher-dynamic-int8: what `optimum-cli export onnx` + `optimum-cli onnxruntime quantize` do for this
+  CPU. With Optimum itself where its environment exists (`make bench-env`: .venv-optimum, Optimum 2.1 with
+  transformers 4.57 — it cannot share edgekd's environment, which has transformers 5), run by optimum_peer.py.
+  Without it, its steps are reproduced with torch's exporter and onnxruntime's own quantization API (and the
+  results say so): the three BERT inputs (input_ids, attention_mask, token_type_ids) with dynamic batch and
+  sequence, `logits` out, constant folding, opset 14; then dynamic quantization in QOperator form of MatMul,
+  uint8 asymmetric activations, int8 symmetric weights per channel, `reduce_range` where the CPU lacks VNNI.
 - peer-torch-dynamic-int8: torch.ao.quantization.quantize_dynamic of the teacher's nn.Linear layers (timed in
   PyTorch by torch_latency.py).
 - peer-student-static-ptq: edgekd's own distilled and pruned student, quantized after training by onnxruntime's
@@ -23,6 +23,32 @@ import onnx
 import torch
 
 OPTIMUM_BERT_OPSET = 14
+OPTIMUM_PYTHON = Path(__file__).resolve().parents[1] / ".venv-optimum" / "bin" / "python"
+
+
+def optimum_peer(teacher_model, tokenizer_dir: Path, work: Path, vnni: bool) -> tuple[Path, dict]:
+    """(quantized ONNX file, facts): with Optimum's own code where its environment exists, else reproduced."""
+    import json
+    import shutil
+    import subprocess
+
+    if not OPTIMUM_PYTHON.is_file():
+        raw, dyn = work / "optimum-style-fp32.onnx", work / "optimum-style-dynint8.onnx"
+        optimum_style_export(teacher_model, raw)
+        facts = optimum_avx2_dynamic_int8(raw, dyn, vnni)
+        facts["optimum"] = "not installed (make bench-env): Optimum's steps reproduced with onnxruntime's API"
+        return dyn, facts
+    hf = work / "teacher-hf"
+    teacher_model.save_pretrained(str(hf))
+    for f in tokenizer_dir.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
+            shutil.copy2(f, hf / f.name)
+    proc = subprocess.run([str(OPTIMUM_PYTHON), str(Path(__file__).with_name("optimum_peer.py")), str(hf),
+                           str(work / "optimum"), *(["--vnni"] if vnni else [])], capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"Optimum failed:\n{proc.stderr[-3000:]}")
+    facts = json.loads(proc.stdout.strip().splitlines()[-1])
+    return Path(facts["file"]), facts
 
 
 class _HFLogits(torch.nn.Module):

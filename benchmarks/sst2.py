@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
     from edgekd.devices.feeds import text_feeds
     from edgekd.export.onnx_export import example_inputs, export_onnx
     from edgekd.models.spec import load_model_from_artifact
-    from peers import optimum_avx2_dynamic_int8, optimum_style_export, static_ptq
+    from peers import optimum_peer, static_ptq
 
     arts = {a.stage: a for a in pipe.artifacts}
     ctx = pipe.ctx
@@ -100,15 +101,19 @@ def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
     key = arts["teacher"].id
     facts: dict = {}
     paths = {"teacher-fp32": arts["export"].path / "teacher.onnx"}
-    # peers of the teacher, cached per teacher artifact
-    raw, dyn = work / f"teacher-optimum-{key}.onnx", work / f"teacher-optimum-dynint8-{key}.onnx"
-    if not dyn.is_file():
-        optimum_style_export(load_model_from_artifact(arts["teacher"]), raw)
-        facts["peer-teacher-dynamic-int8"] = optimum_avx2_dynamic_int8(raw, dyn, vnni)
-        (work / f"{dyn.stem}.json").write_text(json.dumps(facts["peer-teacher-dynamic-int8"]))
-    else:
-        facts["peer-teacher-dynamic-int8"] = json.loads((work / f"{dyn.stem}.json").read_text())
-    paths["peer-teacher-dynamic-int8"] = dyn
+    # the peer of the teacher, cached per teacher artifact
+    peer_dir = work / f"peer-teacher-dynamic-int8-{key}"
+    if not (peer_dir / "facts.json").is_file():
+        tmp = work / f".tmp-{peer_dir.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        path, f = optimum_peer(load_model_from_artifact(arts["teacher"]), arts["teacher"].path, tmp, vnni)
+        f["file"] = str(path.relative_to(tmp))
+        (tmp / "facts.json").write_text(json.dumps(f, indent=2))
+        shutil.rmtree(peer_dir, ignore_errors=True)
+        tmp.rename(peer_dir)
+    facts["peer-teacher-dynamic-int8"] = json.loads((peer_dir / "facts.json").read_text())
+    paths["peer-teacher-dynamic-int8"] = peer_dir / facts["peer-teacher-dynamic-int8"]["file"]
     # edgekd's own float students, exported the way edgekd exports them
     inputs = example_inputs(ctx.task, ctx.data.preprocess)
     for name, stage in (("edgekd-student-fp32", "distill"), ("edgekd-pruned-fp32", "prune")):
