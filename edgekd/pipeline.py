@@ -96,7 +96,13 @@ class Pipeline:
     def _produce(self, desc: StageDescriptor, cfg, cfg_dict: dict, parent: Artifact | None, key: str, out: Path) -> None:
         if parent is not None:
             copy_preprocessing(parent.path, out)  # tokenizer / preprocessing travel with the model
-        result = desc.run(cfg, parent, self.ctx, out, key)
+        shared = self.ctx.runtime
+        if not desc.trains:  # rank 0 alone runs it: its predictions must not wait for the other processes
+            self.ctx.runtime = shared.local()
+        try:
+            result = desc.run(cfg, parent, self.ctx, out, key)
+        finally:
+            self.ctx.runtime = shared
         write_manifest(out, id=key, stage=desc.name, config=cfg_dict, metrics=result.get("metrics", {}),
                        parent=parent.id if parent else None, spec=result.get("spec"),
                        extra={"run": self._run_record(), **(result.get("extra") or {})})

@@ -13,7 +13,7 @@ from ..train.distiller import distill_fit, evaluate
 
 def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     student_cfg: StudentConfig = ctx.recipe.student
-    teacher = ctx.teacher_model()
+    teacher = ctx.teacher_model().cpu()  # students are built on the CPU; the engine moves them
     pad_id = getattr(ctx.tokenizer, "pad_token_id", 0) or 0
     student, base = build_student(student_cfg, teacher, parent.spec, ctx.task, ctx.data.num_labels, pad_id=pad_id)
     n_t = sum(p.numel() for p in teacher.parameters())

@@ -63,7 +63,8 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
                                for n, d in devices.items()}} if devices else {})}
     if cfg.teacher and ctx.teacher is not None and ctx.teacher.id != parent.id:
-        teacher = export_onnx(ctx.teacher_model(), example_inputs(ctx.task, ctx.data.preprocess), out / "teacher.onnx",
+        # on the CPU: the teacher may sit on the training GPU since it predicted the teacher outputs
+        teacher = export_onnx(ctx.teacher_model().cpu(), example_inputs(ctx.task, ctx.data.preprocess), out / "teacher.onnx",
                               cfg.opset)
         extra["teacher_onnx"] = {**teacher, "artifact": ctx.teacher.id, "params": ctx.teacher.spec["summary"]["params"]}
         log(f"export: teacher.onnx {teacher['size_mb']:.2f} MB (FP32 reference)")

@@ -106,6 +106,11 @@ class Runtime:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def local(self) -> "Runtime":
+        """This process alone (same device and precision): for work rank 0 does while the others wait, where a
+        collective would wait for processes that never come."""
+        return Runtime(self.device, self.precision)
+
     def describe(self) -> dict:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
         return {"device": str(self.device), "device_name": name, "processes": self.world_size,
