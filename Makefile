@@ -35,7 +35,7 @@ SST2_DIR ?= ../shared/data/sst2
 FLAGSHIP = $(shell $(PY) -c "import torch; print('sst2-minilm' if torch.cuda.is_available() else 'sst2-minilm-cpu')")
 flagship: setup
 	$(VENV)/bin/edgekd run recipes/$(FLAGSHIP).yaml --set data.path=$(SST2_DIR)
-	$(PY) benchmarks/sst2_full.py runs/$(FLAGSHIP)
+	$(PY) benchmarks/flagship_run.py runs/$(FLAGSHIP)
 
 # The flagship benchmark: edgekd against the peers users would pick, measured in one run (benchmarks/sst2.py).
 # Optimum gets an environment of its own (it pins transformers < 4.58; edgekd uses 5.x), with the same torch.

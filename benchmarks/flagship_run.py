@@ -1,7 +1,7 @@
-"""Record a finished flagship run as benchmarks/results/sst2-full.json.
+"""Record a finished flagship run as benchmarks/results/flagship-run.json (its profile stage, and the estimator against it).
 
     make flagship      # recipes/sst2-minilm.yaml with a GPU, recipes/sst2-minilm-cpu.yaml without, then this script
-    python benchmarks/sst2_full.py runs/sst2-minilm-cpu
+    python benchmarks/flagship_run.py runs/sst2-minilm-cpu
 
 Shape (later benchmarks extend it with peer systems):
 {"systems": {"teacher-fp32": {...}, "edgekd-int8": {...}, "edgekd-fp32": {...}}, "machine": {...},
@@ -45,7 +45,7 @@ def host_estimates(run_dir: Path, m: dict, systems: dict) -> dict:
             "within_15pct": sum(abs(c["rel_error"]) <= 0.15 for c in cases)}
 
 
-def main(run_dir: str, out: str = "benchmarks/results/sst2-full.json") -> None:
+def main(run_dir: str, out: str = "benchmarks/results/flagship-run.json") -> None:
     m = json.loads((Path(run_dir) / "manifest.json").read_text())
     systems = {}
     for src, dst in NAMES.items():
