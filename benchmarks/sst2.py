@@ -9,7 +9,7 @@ timing protocol (edgekd's rounds: every case in `rounds` fresh processes, altern
 round, p90 pooled): accuracy and agreement with the teacher on the 872 sentences of test.tsv, latency at batch 1
 for sequence 128 and each sentence's own length with 1 and 2 threads, throughput at batch 32 (2 threads), file
 size and peak memory. Writes benchmarks/results/sst2-<mode>.json, the Pareto plot next to it, and
-benchmarks/RESULTS.md.
+benchmarks/RESULTS.md (full) or RESULTS-quick.md.
 """
 from __future__ import annotations
 
@@ -257,7 +257,8 @@ def main() -> None:
     ap.add_argument("--data", default=os.environ.get("EDGEKD_SST2_DIR", str(ROOT.parent / "shared" / "data" / "sst2")))
     ap.add_argument("--run-dir", default=None, help="pipeline run folder (default runs/bench-<mode>; cached)")
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/sst2-<mode>.json)")
-    ap.add_argument("--md", default=str(HERE / "RESULTS.md"), help="the Markdown table (default benchmarks/RESULTS.md)")
+    ap.add_argument("--md", default=None, help="the Markdown table (default benchmarks/RESULTS.md for the full mode, "
+                                               "benchmarks/RESULTS-quick.md for the quick one)")
     args = ap.parse_args()
     cfg = MODES[args.mode]
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{args.mode}")
@@ -289,8 +290,9 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
     from report_md import write_results_md
 
-    write_results_md(result, out, Path(args.md))
-    print(f"wrote {out} and {args.md} in {result['wall_s'] / 60:.1f} min")
+    md = Path(args.md or HERE / ("RESULTS.md" if args.mode == "full" else f"RESULTS-{args.mode}.md"))
+    write_results_md(result, out, md)
+    print(f"wrote {out} and {md} in {result['wall_s'] / 60:.1f} min")
 
 
 if __name__ == "__main__":
