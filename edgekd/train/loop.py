@@ -88,7 +88,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     previous_handler = signal.signal(signal.SIGINT, _on_sigint) if _main_thread() else None
     module = rt.wrap(model)
     module.train()
-    examples = tokens = padded = 0
+    examples = 0
     start_step, started = step, time.perf_counter()
     try:
         with progress(total - step, desc) as advance:
@@ -98,11 +98,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                     if step >= total:
                         break
                     idx = rt.shard(global_idx)
-                    batch = train.batch(idx)
-                    if "attention_mask" in batch:
-                        tokens += int(batch["attention_mask"].sum())
-                        padded += batch["attention_mask"].numel()
-                    batch = to_device(batch, rt.device)
+                    batch = to_device(train.batch(idx), rt.device)
                     labels = torch.from_numpy(train.labels[idx]).to(rt.device)
                     with rt.autocast():
                         loss = loss_fn(module, batch, idx, labels).float()
@@ -155,9 +151,26 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
            "steps_this_run": step - start_step, "wall_s": round(wall, 3),
            "examples_per_s": round(examples / wall, 2) if wall > 0 and examples else None,
            **rt.describe()}
-    if padded:
-        out["padding_share"] = round(1 - tokens / padded, 4)  # of this process's batches
+    share = padding_share(train, epoch_batches(train, cfg.batch_size, seed, 0, rt.world_size), rt)
+    if share is not None:
+        out["padding_share"] = share
     return out
+
+
+def padding_share(train: Encoded, batches: list[np.ndarray], rt: Runtime) -> float | None:
+    """Share of pad tokens in this process's shards of an epoch's batches (None for images).
+
+    Computed from the batches, not counted while training, so a resumed run reports the same figure.
+    """
+    lengths = train.lengths
+    if lengths is None:
+        return None
+    real = padded = 0
+    for b in batches:
+        shard = lengths[rt.shard(b)]
+        real += int(shard.sum())
+        padded += int(shard.max()) * len(shard)
+    return round(1 - real / padded, 4) if padded else None
 
 
 def _main_thread() -> bool:
