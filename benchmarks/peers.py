@@ -15,7 +15,6 @@
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -51,25 +50,13 @@ def optimum_peer(teacher_model, tokenizer_dir: Path, work: Path, vnni: bool) -> 
     return Path(facts["file"]), facts
 
 
-class _HFLogits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
-
-
 def optimum_style_export(model: torch.nn.Module, path: Path) -> Path:
+    """The teacher as Optimum exports a BERT classifier: three inputs, dynamic batch and sequence, opset 14."""
+    from edgekd.export.onnx_export import LogitsOnly, torch_to_onnx
+
     ids = torch.full((1, 16), 5, dtype=torch.long)
-    inputs = (ids, torch.ones_like(ids), torch.zeros_like(ids))
-    names = ["input_ids", "attention_mask", "token_type_ids"]
-    axes = {n: {0: "batch_size", 1: "sequence_length"} for n in names} | {"logits": {0: "batch_size"}}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(_HFLogits(model.eval()), inputs, str(path), dynamo=False, input_names=names,
-                          output_names=["logits"], dynamic_axes=axes, opset_version=OPTIMUM_BERT_OPSET,
-                          do_constant_folding=True)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    torch_to_onnx(LogitsOnly(model.eval(), list(inputs)), inputs, path, OPTIMUM_BERT_OPSET)
     onnx.checker.check_model(str(path))
     return path
 

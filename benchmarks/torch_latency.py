@@ -3,7 +3,7 @@
     python benchmarks/torch_latency.py '{"artifact": ..., "feeds": "x.npz", "n_feeds": 32, "threads": 1, ...}'
 
 The teacher is rebuilt from its artifact (safetensors) and quantized in this process — a quantized torch model
-cannot be stored without pickle — then timed like edgekd.profile.latency times an ONNX session, and the result
+cannot be stored without pickle — then timed with edgekd.profile.latency's own loop and figures, and the result
 is printed as JSON on the last line.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(raw: str) -> None:
 
     torch.set_num_threads(args["threads"])
     from edgekd import load_model
-    from edgekd.profile.latency import _peak_rss_kb, _reset_peak_rss
+    from edgekd.profile.latency import _peak_rss_kb, _reset_peak_rss, timed_runs, timing_stats
 
     sys.path.insert(0, args["benchmarks_dir"])
     from peers import torch_dynamic_int8
@@ -35,20 +35,9 @@ def main(raw: str) -> None:
     with np.load(args["feeds"], allow_pickle=False) as z:
         feeds = [{name: torch.from_numpy(z[f"{i}/{name}"]) for name in args["names"]} for i in range(args["n_feeds"])]
     with torch.inference_mode():
-        for i in range(args["warmup"]):
-            model(**feeds[i % len(feeds)])
-        times = np.empty(args["runs"])
-        for i in range(args["runs"]):
-            start = time.perf_counter()
-            model(**feeds[i % len(feeds)])
-            times[i] = time.perf_counter() - start
-    times *= 1000
-    p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
-    print(json.dumps({"p50": p50, "p90": p90, "p99": p99, "mean": float(times.mean()), "std": float(times.std()),
-                      "runs": args["runs"], "threads": args["threads"], "session_create_ms": create_ms,
-                      "peak_memory_mb": max(0.0, _peak_rss_kb() - baseline_kb) / 1024,
-                      "times_ms": [round(float(v), 4) for v in times]}))
-
+        times = timed_runs(lambda feed: model(**feed), feeds, args["warmup"], args["runs"])
+    print(json.dumps({**timing_stats(times, args["threads"]), "session_create_ms": create_ms,
+                      "peak_memory_mb": max(0.0, _peak_rss_kb() - baseline_kb) / 1024}))
 
 if __name__ == "__main__":
     main(sys.argv[1])

@@ -67,31 +67,30 @@ def _measure(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs:
     session = ort.InferenceSession(onnx_path, sess_options=options, providers=providers)
     session_create_ms = (time.perf_counter() - start) * 1000
 
+    times = timed_runs(lambda feed: session.run(None, feed), feeds, warmup, runs)
+    return {**timing_stats(times, threads), "session_create_ms": session_create_ms,
+            "peak_memory_mb": max(0.0, _peak_rss_kb() - baseline_kb) / 1024, "baseline_rss_mb": baseline_kb / 1024}
+
+
+def timed_runs(run, feeds: list, warmup: int, runs: int) -> np.ndarray:
+    """Milliseconds of `run(feed)` for `runs` timed calls after `warmup` untimed ones; call i takes feeds[i % n]."""
     for i in range(warmup):
-        session.run(None, feeds[i % len(feeds)])
+        run(feeds[i % len(feeds)])
     times = np.empty(runs)
     for i in range(runs):
         feed = feeds[i % len(feeds)]
         start = time.perf_counter()
-        session.run(None, feed)
+        run(feed)
         times[i] = time.perf_counter() - start
-    times *= 1000
+    return times * 1000
 
+
+def timing_stats(times: np.ndarray, threads: int) -> dict:
+    """The figures of one measurement (one round) that combine_rounds pools."""
     p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
-    return {
-        "p50": p50,
-        "p90": p90,
-        "p99": p99,
-        "mean": float(times.mean()),
-        "std": float(times.std()),
-        "runs": runs,
-        "threads": threads,
-        "session_create_ms": session_create_ms,
-        "peak_memory_mb": max(0.0, _peak_rss_kb() - baseline_kb) / 1024,
-        "baseline_rss_mb": baseline_kb / 1024,
-        "spread": (p90 - p50) / p50 if p50 > 0 else 0.0,
-        "times_ms": [round(float(v), 4) for v in times],  # pooled over rounds by combine_rounds
-    }
+    return {"p50": p50, "p90": p90, "p99": p99, "mean": float(times.mean()), "std": float(times.std()),
+            "runs": len(times), "threads": threads, "spread": (p90 - p50) / p50 if p50 > 0 else 0.0,
+            "times_ms": [round(float(v), 4) for v in times]}  # pooled over rounds by combine_rounds
 
 
 def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs: int,

@@ -61,7 +61,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     torch.manual_seed(seed + rt.rank)  # dropout differs per shard; weights start equal (DDP broadcasts rank 0's)
     model.to(rt.device)
     n = len(train)
-    steps_per_epoch = len(epoch_batches(train, cfg.batch_size, seed, 0, rt.world_size))
+    first_epoch = epoch_batches(train, cfg.batch_size, seed, 0, rt.world_size)
+    steps_per_epoch = len(first_epoch)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -151,7 +152,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
            "steps_this_run": step - start_step, "wall_s": round(wall, 3),
            "examples_per_s": round(examples / wall, 2) if wall > 0 and examples else None,
            **rt.describe()}
-    share = padding_share(train, epoch_batches(train, cfg.batch_size, seed, 0, rt.world_size), rt)
+    share = padding_share(train, first_epoch, rt)
     if share is not None:
         out["padding_share"] = share
     return out
