@@ -89,7 +89,7 @@ def _build_models(folder: Path) -> dict[str, Path]:
 
 def _measure_all(paths: dict[str, Path]) -> list[dict]:
     from edgekd.devices.feeds import model_input_names, text_feeds
-    from edgekd.profile.latency import measure_latency
+    from edgekd.devices.latency import measure_latency
 
     rng = np.random.default_rng(1)
     cases = [{"model": m, "seq_len": s, "threads": t, "onnx_path": str(p), "p50s": []}

@@ -7,7 +7,7 @@ Shape (later benchmarks extend it with peer systems):
 {"systems": {"teacher-fp32": {...}, "edgekd-int8": {...}, "edgekd-fp32": {...}}, "machine": {...},
  "versions": {...}, "commit": str}; each system has accuracy, agreement (with the teacher), size_mb,
 params and latency_ms -> seq128_t1 / seq128_t2 / natural_t1 -> p50 / p90 (ONNX Runtime, batch 1; p50 is
-the lowest of the profile stage's round medians, see edgekd.profile.latency.combine_rounds), throughput
+the lowest of the profile stage's round medians, see edgekd.devices.latency.combine_rounds), throughput
 at batch 8, and "npu": the hexagon-npu device build (size, agreement, accuracy, compatibility, estimate).
 All numbers are measured on the exported ONNX files; accuracy is on test.tsv (872 sentences).
 """

@@ -29,7 +29,7 @@ REPEATS, WARMUP = 4, 10
 def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
     """Single and pinned measurements take `runs` timed runs; the rounds protocol `rounds` of them."""
     from edgekd.devices.feeds import model_input_names, text_feeds
-    from edgekd.profile.latency import combine_rounds, measure_latency
+    from edgekd.devices.latency import combine_rounds, measure_latency
     from edgekd.devices.profiles import detect_host
 
     run = Path(run_dir)

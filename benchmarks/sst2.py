@@ -130,7 +130,13 @@ def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
     else:
         facts["peer-student-static-ptq"] = json.loads((work / f"{ptq.stem}.json").read_text())
     paths["peer-student-static-ptq"] = ptq
-    paths["edgekd-int8"] = arts["export"].path / "model.onnx"
+    # the QAT model and its own FP32 export (same network, quantization off); where INT8 did not pay on the host
+    # the export shipped the FP32 one as model.onnx and kept the INT8 one as model-int8.onnx
+    export = arts["export"].path
+    shipped_fp32 = (export / "model-int8.onnx").is_file()
+    paths["edgekd-int8"] = export / ("model-int8.onnx" if shipped_fp32 else "model.onnx")
+    paths["edgekd-qat-fp32"] = export / ("model.onnx" if shipped_fp32 else "model-fp32.onnx")
+    facts["edgekd-int8"] = {"shipped": not shipped_fp32, "int8_decision": arts["export"].manifest.get("int8", {}).get("reason")}
     npu = arts["export"].path / "devices" / "hexagon-npu" / "model.onnx"
     if npu.is_file():
         paths["edgekd-npu-int8"] = npu
@@ -147,7 +153,7 @@ def torch_peer(pipe, test, teacher_pred: np.ndarray, cfg: dict) -> dict:
     """peer-torch-dynamic-int8: accuracy in PyTorch, latency in fresh processes in rounds (torch_latency.py)."""
     from edgekd.devices.feeds import text_feeds
     from edgekd.models.spec import load_model_from_artifact
-    from edgekd.profile.latency import combine_rounds
+    from edgekd.devices.latency import combine_rounds
     from edgekd.train.predict import predict_logits
     from peers import torch_dynamic_int8, torch_size_mb
 
@@ -188,19 +194,35 @@ def _lat(stats: dict) -> dict:
     return {k: stats[k] for k in keep if k in stats}
 
 
+def test_data(pipe, paths: dict) -> dict:
+    """The test split as each system is fed: edgekd's exports take their folder's (trimmed) tokenizer."""
+    from transformers import AutoTokenizer
+
+    from edgekd.data.batching import encode
+
+    export = next(a for a in pipe.artifacts if a.stage == "export")
+    test = pipe.ctx.encoded("test")
+    if not (export.manifest.get("vocabulary") or {}).get("trimmed"):
+        return {name: test for name in paths}
+    own = encode(pipe.ctx.data.test, AutoTokenizer.from_pretrained(str(export.path)), pipe.recipe.data.max_length)
+    return {name: own if export.path in path.parents else test for name, path in paths.items()}
+
+
 def measure(pipe, paths: dict, cfg: dict) -> dict:
     from edgekd.profile.measure import accuracy_on, measure_models
 
     test = pipe.ctx.encoded("test")
+    data = test_data(pipe, paths)
     systems: dict[str, dict] = {}
     acc, teacher_pred = accuracy_on(paths["teacher-fp32"], test, None, "accuracy teacher-fp32")
     systems["teacher-fp32"] = {**acc, "agreement": 1.0}
     for name, path in paths.items():
         if name != "teacher-fp32":
-            systems[name] = accuracy_on(path, test, teacher_pred, f"accuracy {name}")[0]
+            systems[name] = accuracy_on(path, data[name], teacher_pred, f"accuracy {name}")[0]
     timed = {n: p for n, p in paths.items() if n != "edgekd-npu-int8"}  # a static device build: estimated below
-    latency, throughput = measure_models(timed, test, host_profile(), warmup=10, runs=cfg["runs"], rounds=cfg["rounds"],
-                                         natural=True, natural_max=cfg["natural_max"], desc="benchmark timing")
+    latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(), warmup=10,
+                                         runs=cfg["runs"], rounds=cfg["rounds"], natural=True,
+                                         natural_max=cfg["natural_max"], desc="benchmark timing")
     for name, path in paths.items():
         s = systems[name]
         s["size_mb"] = path.stat().st_size / 1e6
@@ -248,6 +270,14 @@ def ratios(systems: dict) -> dict:
                 # the spread of the rounds of both cases: how far the machine's noise can move the ratio
                 r[f"noise_{case}"] = x.get("round_spread", 0.0) + t["latency_ms"][case].get("round_spread", 0.0)
         out[name] = r
+    own = systems.get("edgekd-qat-fp32", {}).get("latency_ms", {})
+    for case in LATENCY_CASES:  # the QAT INT8 model against its own FP32 export (issue: >= 2.5x where INT8 pays)
+        if own.get(case) and systems["edgekd-int8"].get("latency_ms", {}).get(case):
+            out["edgekd-int8"][f"speedup_vs_own_fp32_{case}"] = (own[case]["p50"]
+                                                                  / systems["edgekd-int8"]["latency_ms"][case]["p50"])
+    if "edgekd-qat-fp32" in systems:
+        out["edgekd-int8"]["accuracy_points_vs_own_fp32"] = 100 * (systems["edgekd-int8"]["accuracy"]
+                                                                   - systems["edgekd-qat-fp32"]["accuracy"])
     return out
 
 

@@ -3,7 +3,7 @@
     python benchmarks/torch_latency.py '{"artifact": ..., "feeds": "x.npz", "n_feeds": 32, "threads": 1, ...}'
 
 The teacher is rebuilt from its artifact (safetensors) and quantized in this process — a quantized torch model
-cannot be stored without pickle — then timed with edgekd.profile.latency's own loop and figures, and the result
+cannot be stored without pickle — then timed with edgekd.devices.latency's own loop and figures, and the result
 is printed as JSON on the last line.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def main(raw: str) -> None:
 
     torch.set_num_threads(args["threads"])
     from edgekd import load_model
-    from edgekd.profile.latency import _peak_rss_kb, _reset_peak_rss, timed_runs, timing_stats
+    from edgekd.devices.latency import _peak_rss_kb, _reset_peak_rss, timed_runs, timing_stats
 
     sys.path.insert(0, args["benchmarks_dir"])
     from peers import torch_dynamic_int8

@@ -155,15 +155,23 @@ class QATConfig(KDConfig):
     activation_dtype: Literal["uint8", "int8"] = "uint8"
     weight_range: Literal["auto", "int8", "int7"] = Field(
         "auto", description="int7 avoids int16 saturation of u8s8 kernels on x86 without VNNI; auto decides from the target")
+    embeddings: bool = Field(True, description="also quantize embedding tables (int8, one scale per row); the export "
+                             "stores them as int8 and dequantizes only the gathered rows")
+    observer: Literal["minmax", "percentile", "mse"] = Field(
+        "minmax", description="how a batch's activation range is read: its extremes, a percentile of its values, or "
+        "the clipping that minimises its quantization error")
+    percentile: float = Field(99.99, gt=50, le=100, description="the percentile observer's upper percentile")
     calibration_batches: int = Field(16, ge=1, le=10000)
     ema_decay: float = Field(0.99, gt=0, lt=1, description="moving-average factor of activation ranges")
 
 
 class ExportConfig(Strict):
-    opset: int = Field(17, ge=13, le=21)
+    opset: int | None = Field(None, ge=13, le=21, description="ONNX opset of every model; default: each profile's "
+                              "own (`opset` in the profile), else 17")
     teacher: bool = Field(True, description="also export the run's teacher in FP32 (teacher.onnx), the reference "
                           "the profile stage compares with")
-    validation_examples: int = Field(512, ge=8)
+    validation_examples: int | None = Field(None, ge=8, description="dev examples ONNX is checked on against "
+                                            "PyTorch; default: the whole dev split")
     min_agreement: float = Field(0.99, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which export fails")
     static_shapes: bool | None = Field(None, description="default: what the first profile demands")
     seq_len: int | None = Field(None, ge=1, description="sequence length of a static-shape export")
@@ -173,6 +181,12 @@ class ExportConfig(Strict):
     device_min_agreement: float = Field(
         0.97, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which a device build fails: full INT8 "
         "(Softmax, LayerNorm, GELU too) of a model whose QAT kept them float loses more than the CPU build")
+    vocabulary: Literal["trim", "full"] = Field(
+        "trim", description="text models: keep only the embedding rows of pieces the train split uses, every "
+        "single-character piece and the special tokens (WordPiece tokenizers), with a tokenizer renumbered to match")
+    int8_min_speedup: float = Field(
+        1.05, ge=0, description="on a measured first profile, ship the FP32 model when the INT8 one is not this many "
+        "times faster (batch 1, 1 thread) or leaves a quantized layer to a float kernel; 0 always ships INT8")
 
 
 class ProfileStageConfig(Strict):
@@ -184,3 +198,6 @@ class ProfileStageConfig(Strict):
                         "p50 is the lowest round median (the quiet machine), p90/p99 pool every run")
     natural_lengths: bool = Field(True, description="also time each test text at its own length (text tasks)")
     natural_max_examples: int = Field(300, ge=1)
+    ptq_baselines: bool = Field(True, description="also build and measure post-training quantization baselines of "
+                                "the final model's FP32 export with onnxruntime's own tools (quantize_dynamic; "
+                                "quantize_static QDQ, MinMax-calibrated on train examples); not shipped")

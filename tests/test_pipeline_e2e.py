@@ -84,13 +84,25 @@ def test_cli_report_export_and_profile(text_run, tmp_path, text_data_dir):
 
 def test_python_api_runs_the_image_path_cross_architecture(tmp_path):
     recipe = validate_recipe(tiny_image_recipe(tmp_path / "img"))
-    result = Pipeline(recipe).run()
+    pipe = Pipeline(recipe)
+    result = pipe.run()
     assert set(result) >= {"teacher", "distill", "prune", "qat", "export", "profile", "summary"}
     assert result["distill"]["test_accuracy"] > 0.5  # a CNN learned from a ViT teacher
     assert result["prune"]["params_after"] < result["prune"]["params_before"]
     s = result["summary"]
     assert s["systems"]["final"]["accuracy"] > 0.5
     assert (tmp_path / "img" / "model.onnx").is_file()
+    # INT8 ships only where the host measured it faster than FP32 (export.int8_min_speedup, 1.05 by default)
+    export = next(a for a in pipe.artifacts if a.stage == "export")
+    shipped_ops = {n.op_type for n in onnx.load(str(export.path / "model.onnx")).graph.node}
+    int8 = export.manifest["int8"]
+    assert (export.path / "model.optimized.onnx").is_file()
+    if result["export"]["int8_speedup"] >= 1.05 and int8["integer_kernels"]["ok"]:
+        assert result["export"]["shipped"] == "int8" and "QLinearConv" not in shipped_ops
+        assert "DequantizeLinear" in shipped_ops and not (export.path / "model-int8.onnx").exists()
+    else:
+        assert result["export"]["shipped"] == "fp32" and "the FP32 model ships" in int8["reason"]
+        assert "DequantizeLinear" not in shipped_ops and (export.path / "model-int8.onnx").is_file()
 
 
 def _teacher_only(out):
@@ -195,3 +207,55 @@ def test_torchrun_two_processes_match_one_process(text_run, tmp_path):
     assert abs(two["teacher_accuracy"] - one["teacher_accuracy"]) <= 0.1
     leftovers = [p for p in (tmp_path / "out").rglob("*") if "rank1" in p.name or p.name.startswith(".tmp")]
     assert not leftovers  # rank 1 wrote nothing into the run folder
+
+
+OPTIMUM_PYTHON = os.path.join(os.path.dirname(__file__), "..", ".venv-optimum", "bin", "python")
+
+
+@pytest.mark.skipif(not os.path.exists(OPTIMUM_PYTHON),
+                    reason="Optimum's environment (.venv-optimum, `make bench-env`; .ci/run builds it) is absent")
+def test_the_run_folder_loads_in_optimum_with_the_same_logits(text_run):
+    """config.json and the (trimmed) tokenizer beside model.onnx: Optimum's ORTModel runs the folder as shipped."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from edgekd.data.batching import Encoded
+    from edgekd.devices.runtime import onnx_logits
+
+    out = text_run[0] / "out"
+    texts = ["the film was good", "a dull and boring movie", "superb acting"]
+    script = (
+        "import json, sys\n"
+        "from optimum.onnxruntime import ORTModelForSequenceClassification\n"
+        "from transformers import AutoTokenizer\n"
+        "m = ORTModelForSequenceClassification.from_pretrained(sys.argv[1])\n"
+        "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "x = t(json.loads(sys.argv[2]), return_tensors='np', padding=True)\n"
+        "print(json.dumps(m(**x).logits.tolist()))\n")
+    proc = subprocess.run([OPTIMUM_PYTHON, "-c", script, str(out), json.dumps(texts)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    theirs = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    ours = onnx_logits(out / "model.onnx", Encoded(np.zeros(len(texts), np.int64), ids=tok(texts)["input_ids"]))
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tok)
+
+
+def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logits(text_run, tmp_path):
+    import shutil
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekd.export.stage import _ort_format_models
+
+    export = next((text_run[0] / "out" / "stages").glob("*-export-*"))
+    folder = tmp_path / "export"
+    shutil.copytree(export, folder)
+    made = _ort_format_models(["host-cpu", "phone-big-core"], {}, folder)
+    assert made == {"phone-big-core": "model.ort"}  # host-cpu does not ask for it
+    feed = {"input_ids": np.array([[2, 7, 9, 11, 3]], np.int64), "attention_mask": np.ones((1, 5), np.int64)}
+    a = ort.InferenceSession(str(folder / "model.onnx")).run(None, feed)[0]
+    b = ort.InferenceSession(str(folder / "model.ort")).run(None, feed)[0]
+    np.testing.assert_allclose(a, b, atol=1e-4)

@@ -9,7 +9,7 @@ import yaml
 
 from edgekd.errors import ProfileError
 from edgekd.devices.feeds import image_feeds, model_input_names, text_feeds
-from edgekd.profile.latency import combine_rounds, measure_latency
+from edgekd.devices.latency import combine_rounds, measure_latency
 from edgekd.devices.profile_folders import shipped_dir, user_dir
 from edgekd.devices.profiles import DeviceProfile, detect_host, list_profiles, load_profile
 

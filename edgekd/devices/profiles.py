@@ -53,6 +53,10 @@ class DeviceProfile(Strict):
     seq_lens: list[PositiveInt] = Field(..., min_length=1)
     quantization: QuantScheme
     static_shapes: bool = False
+    opset: int | None = Field(None, ge=13, le=21, description="ONNX opset the device's runtime reads; default: "
+                              "export.opset, else 17")
+    ort_format: bool = Field(False, description="also ship the model in ORT format (model.ort) for onnxruntime-mobile "
+                             "builds, which read no .onnx")
     supported_ops: list[str] | None = Field(
         None, description="ONNX op types the device runs ('domain:Op' outside the default domain); "
                           "None: everything onnxruntime's CPU provider runs")

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..models.hf import logits_of
-from .qdq import count_ops, fold_weight_quantization
+from .qdq import count_ops, fold_weight_quantization, gather_quantized_rows, quantize_gemm_bias
 
 
 class LogitsOnly(nn.Module):
@@ -59,10 +59,12 @@ def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, o
     tmp = path.with_suffix(".raw.onnx")
     graph = torch_to_onnx(LogitsOnly(model.eval(), names), inputs, tmp, opset, static_shapes)
     folded = fold_weight_quantization(graph)
+    tables = gather_quantized_rows(graph)
+    quantize_gemm_bias(graph)
     onnx.checker.check_model(graph, full_check=True)
     onnx.save(graph, str(path))
     tmp.unlink()
     ops = count_ops(graph)
     return {"file": path.name, "opset": opset, "inputs": names, "static_shapes": static_shapes,
             "quantized_weights": folded, "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
-            "ops": ops, "size_mb": path.stat().st_size / 1e6}
+            "int8_tables": len(tables), "ops": ops, "size_mb": path.stat().st_size / 1e6}

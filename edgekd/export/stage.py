@@ -4,22 +4,33 @@ Writes model.onnx (what ships) and, for a quantized model, model-fp32.onnx: the 
 quantization switched off, so profiling can show what INT8 gained on the same architecture; and,
 with export.teacher, teacher.onnx: the run's teacher in FP32, the reference the profile stage
 measures the shipped model against.
-The export fails — it does not warn — when onnxruntime and PyTorch disagree.
+The export fails — it does not warn — when onnxruntime and PyTorch disagree on the dev split, or
+and ships FP32 where INT8 does not pay on the host (layout.py).
+
+Text models ship with a trimmed vocabulary (vocab.py) unless export.vocabulary is `full`: every
+ONNX model in the folder except teacher.onnx takes the ids of the folder's own tokenizer, which
+config.json describes for Optimum's ORTModelForSequenceClassification.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import shutil
+import tempfile
+from typing import Callable
+
 from ..configs import ExportConfig
-from ..train.context import Context
+from ..data.batching import Encoded, encode
 from ..errors import ExportValidationError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
 from ..quantize.fakequant import fake_quant_off
+from ..train.context import Context
 from .device import export_for_device
 from .onnx_export import example_inputs, export_onnx
 from .validate import validate_export
 
+DEFAULT_OPSET = 17
 # Examples (from the train split) that calibrate the activation ranges of a full-INT8 device export.
 CALIBRATION_EXAMPLES = 64
 
@@ -42,38 +53,55 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
     profiles = ctx.recipe.profiles
     model = load_model_from_artifact(parent)
     quantized = bool(parent.spec.get("quant"))
-    val_data = ctx.encoded("dev", cfg.validation_examples)
+    encoded, vocabulary = _vocabulary(model, cfg, ctx, out)
+    val_data = encoded("dev", cfg.validation_examples)
     primary = load_profile(profiles[0]) if profiles else None
     # the float twin: of a QAT model on the CPU path; a full-INT8 device export always keeps the float model it quantized
     twin = quantized or (primary is not None and primary.quantization.scope == "full")
-    facts, extra = _build(model, cfg, primary, parent, ctx, out, val_data, cfg.min_agreement, float_twin=twin)
+    calibration = encoded("train", CALIBRATION_EXAMPLES)
+    facts, extra = _build(model, cfg, primary, parent, ctx, out, val_data, calibration, cfg.min_agreement,
+                          float_twin=twin)
+    if vocabulary:
+        extra["vocabulary"] = vocabulary
+    if quantized and primary is not None and primary.measured and primary.quantization.scope != "full":
+        extra["int8"] = _int8_on_host(model, cfg, ctx, out, val_data, extra)
     validation = extra.pop("validation")
     devices = {}
     for name in device_builds(cfg, profiles):
         folder = out / "devices" / name
         folder.mkdir(parents=True)
-        dev_facts, dev_extra = _build(model, cfg, load_profile(name), parent, ctx, folder, val_data,
+        dev_facts, dev_extra = _build(model, cfg, load_profile(name), parent, ctx, folder, val_data, calibration,
                                       cfg.device_min_agreement, float_twin=False)
         devices[name] = {"file": f"devices/{name}/model.onnx", "onnx": dev_facts, "compat": dev_extra.get("compat"),
                          "validation": dev_extra["validation"], "size_mb": dev_facts["size_mb"]}
     if devices:
         extra["devices"] = devices
-    metrics = {"validation": validation, "size_mb": facts["size_mb"], "quantized": quantized,
+    shipped_int8 = quantized and extra.get("int8", {}).get("int8_pays", True)
+    metrics = {"validation": validation, "size_mb": (out / "model.onnx").stat().st_size / 1e6, "quantized": quantized,
+               "shipped": "int8" if shipped_int8 else "fp32",
+               **({"int8_speedup": extra["int8"]["timing"]["speedup"],
+                   "integer_kernels_ok": extra["int8"]["integer_kernels"]["ok"]} if "int8" in extra else {}),
+               **({"vocabulary": {k: vocabulary[k] for k in ("size", "original_size")}} if vocabulary else {}),
                **({"devices": {n: {"size_mb": d["size_mb"], "argmax_agreement": d["validation"]["argmax_agreement"],
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
                                for n, d in devices.items()}} if devices else {})}
+    if ctx.task == "text-classification" and hasattr(model, "config"):
+        model.config.save_pretrained(str(out))  # config.json: Optimum's ORTModel loads the folder with it
     if cfg.teacher and ctx.teacher is not None and ctx.teacher.id != parent.id:
         # on the CPU: the teacher may sit on the training GPU since it predicted the teacher outputs
         teacher = export_onnx(ctx.teacher_model().cpu(), example_inputs(ctx.task, ctx.data.preprocess), out / "teacher.onnx",
-                              cfg.opset)
+                              cfg.opset or DEFAULT_OPSET)
         extra["teacher_onnx"] = {**teacher, "artifact": ctx.teacher.id, "params": ctx.teacher.spec["summary"]["params"]}
         log(f"export: teacher.onnx {teacher['size_mb']:.2f} MB (FP32 reference)")
+    ort = _ort_format_models(profiles, devices, out)
+    if ort:
+        extra["ort_format"] = ort
     spec = {**parent.spec, "exported_from": parent.id}
     return {"metrics": metrics, "spec": spec, "extra": extra}
 
 
-def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data,
-           min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
+def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data: Encoded,
+           calibration: Encoded, min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
     """Export `model` to out/model.onnx as `profile` needs it and validate it against PyTorch.
 
     float_twin: also write out/model-fp32.onnx, the same network with quantization off, at the same
@@ -81,6 +109,7 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
     profile's serves the run). Returns (graph facts, extra manifest entries incl. validation). Raises ExportValidationError when
     onnxruntime and PyTorch disagree on more than 1 - min_agreement of the dev examples.
     """
+    opset = cfg.opset or (profile.opset if profile is not None and profile.opset else DEFAULT_OPSET)
     static = cfg.static_shapes if cfg.static_shapes is not None else bool(profile and profile.static_shapes)
     seq_len = cfg.seq_len or (max(profile.seq_lens) if profile and static else 16)
     device = profile is not None and profile.quantization.scope == "full"
@@ -91,8 +120,8 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         seq_len = max(fitting) if fitting else limit
     inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
     if device:
-        facts = export_for_device(model, inputs, out, profile, _calibration_feeds(ctx, list(inputs), seq_len),
-                                  cfg.opset)
+        facts = export_for_device(model, inputs, out, profile, _calibration_feeds(calibration, list(inputs), seq_len),
+                                  opset)
         extra = {"onnx": facts, "compat": facts.pop("compat"), "onnx_fp32": facts.pop("fp32")}
         if not float_twin:  # export_for_device always writes the float model it quantized
             (out / "model-fp32.onnx").unlink()
@@ -102,13 +131,13 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
             f"{profile.quantization.weight_granularity} weights), {extra['compat']['fallback_nodes_share']:.0%} "
             "operator fallback")
     else:
-        facts = export_onnx(model, inputs, out / "model.onnx", cfg.opset, static)
+        facts = export_onnx(model, inputs, out / "model.onnx", opset, static)
         log(f"export: model.onnx {facts['size_mb']:.2f} MB, {facts['qdq_nodes']} QDQ nodes, "
             f"{facts['quantized_weights']} int8 weights")
         extra = {"onnx": facts}
         if float_twin:
             with fake_quant_off(model):
-                extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", cfg.opset, static)
+                extra["onnx_fp32"] = export_onnx(model, inputs, out / "model-fp32.onnx", opset, static)
     validation = validate_export(model, out / "model.onnx", val_data, min_agreement, list(inputs))
     if validation["failures"]:
         kinds = ", ".join(f["type"] for f in validation["failures"])
@@ -128,11 +157,116 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
     return facts, extra
 
 
-def _calibration_feeds(ctx: Context, names: list[str], seq_len: int) -> list[dict]:
+def _calibration_feeds(enc: Encoded, names: list[str], seq_len: int) -> list[dict]:
     """Batch-1 feeds from the train split, shaped as the static export (texts padded/truncated to seq_len)."""
     from ..devices.feeds import image_feeds, text_feeds
 
-    enc = ctx.encoded("train", CALIBRATION_EXAMPLES)
     if enc.images is not None:
         return image_feeds(enc.images, names[0])
     return text_feeds(enc.ids, names, seq_len, enc.pad_id)
+
+
+def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
+    """model.ort beside the model each profile with `ort_format` gets (onnxruntime-mobile reads only ORT format).
+
+    onnxruntime's own converter, with fixed (basic) optimisations so the file runs on any build of
+    the runtime; an ARM profile gets the ARM target's layout.
+    """
+    from ..devices.profiles import load_profile
+
+    wanted = {p: load_profile(p) for p in profiles if load_profile(p).ort_format}
+    if not wanted:
+        return {}
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+    made: dict[str, str] = {}
+    for name, profile in wanted.items():
+        onnx_file = out / (devices[name]["file"] if name in devices else "model.onnx")
+        ort_file = onnx_file.with_suffix(".ort")
+        if not ort_file.is_file():
+            arm = any(isa in ("asimd", "asimddp", "neon", "dotprod", "i8mm", "sve") for isa in profile.isa)
+            with tempfile.TemporaryDirectory(prefix="edgekd-ort-") as tmp:
+                shutil.copy2(onnx_file, Path(tmp) / "model.onnx")
+                convert_onnx_models_to_ort(Path(tmp) / "model.onnx", output_dir=Path(tmp) / "ort",
+                                           optimization_styles=[OptimizationStyle.Fixed],
+                                           target_platform="arm" if arm else "amd64")
+                shutil.copy2(next((Path(tmp) / "ort").glob("*.ort")), ort_file)
+        made[name] = str(ort_file.relative_to(out))
+        log(f"export: {made[name]} (ORT format for onnxruntime-mobile, {name})")
+    return made
+
+
+def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Callable[..., Encoded], dict | None]:
+    """Trim the model's token embeddings and the tokenizer in `out` (export.vocabulary: trim).
+
+    Returns how to encode a split for the exported models (the folder's tokenizer) and what
+    trimming did, with test accuracy of the PyTorch model before and after (test.tsv has pieces
+    the train split lacks: those words now split into smaller pieces).
+    """
+    import json
+
+    from ..train.predict import predict_logits
+    from .vocab import input_embeddings, kept_ids, trim_embeddings, write_trimmed_tokenizer
+
+    if (cfg.vocabulary == "full" or ctx.task != "text-classification" or input_embeddings(model) is None
+            or not (out / "tokenizer.json").is_file()):
+        return ctx.encoded, None
+    tok = ctx.tokenizer
+    used = {i for ids in tok(ctx.data.train.texts, add_special_tokens=True, truncation=False)["input_ids"] for i in ids}
+    keep, why = kept_ids(json.loads((out / "tokenizer.json").read_text(encoding="utf-8")), used)
+    if keep is None:
+        log(f"export: vocabulary not trimmed — {why}")
+        return ctx.encoded, {"trimmed": False, "reason": why}
+    before = {s: predict_logits(model, ctx.encoded(s), desc=f"vocabulary: {s} before") for s in ("dev", "test")}
+    original = trim_embeddings(model, keep)
+    write_trimmed_tokenizer(out, keep)
+    from transformers import AutoTokenizer
+
+    trimmed_tok = AutoTokenizer.from_pretrained(str(out))
+    cache: dict = {}
+
+    def encoded(split: str, max_examples: int | None = None) -> Encoded:
+        if (split, max_examples) not in cache:
+            cache[(split, max_examples)] = encode(getattr(ctx.data, split).head(max_examples), trimmed_tok,
+                                                  ctx.recipe.data.max_length)
+        return cache[(split, max_examples)]
+
+    facts = {"trimmed": True, "size": len(keep), "original_size": original, "kept": why}
+    for s in ("dev", "test"):
+        enc = encoded(s)
+        after = predict_logits(model, enc, desc=f"vocabulary: {s} after").argmax(-1)
+        old = before[s].argmax(-1)
+        facts[s] = {"accuracy_full_vocabulary": float((old == enc.labels).mean()),
+                    "accuracy_trimmed": float((after == enc.labels).mean()),
+                    "agreement": float((after == old).mean()),
+                    "texts_tokenized_differently": sum(a != [int(keep[i]) for i in b] for a, b in
+                                                       zip(ctx.encoded(s).ids, enc.ids))}
+    log(f"export: vocabulary trimmed to {len(keep):,} of {original:,} pieces ({why}); test accuracy "
+        f"{facts['test']['accuracy_full_vocabulary']:.2%} -> {facts['test']['accuracy_trimmed']:.2%} "
+        f"({facts['test']['texts_tokenized_differently']} texts tokenized differently)")
+    return encoded, facts
+
+
+def _int8_on_host(model, cfg: ExportConfig, ctx: Context, out: Path, val_data: Encoded, extra: dict) -> dict:
+    """The integer-kernel check and INT8-vs-FP32 timing on the host; ships FP32 when INT8 does not pay."""
+    from .layout import check_int8
+
+    seq_len = min(128, ctx.recipe.data.max_length)
+    result = check_int8(out, val_data, seq_len, cfg.int8_min_speedup)
+    kernels = result["integer_kernels"]
+    log(f"export: integer kernels {kernels['integer_kernels']} run {kernels['time_share']['integer_kernels']:.0%} of "
+        f"the time; {result['reason']}")
+    if not result["int8_pays"]:
+        (out / "model.onnx").rename(out / "model-int8.onnx")
+        (out / "model-fp32.onnx").rename(out / "model.onnx")
+        with fake_quant_off(model):
+            validation = validate_export(model, out / "model.onnx", val_data, cfg.min_agreement,
+                                         extra["onnx"]["inputs"])
+        if validation["failures"]:
+            raise ExportValidationError(f"export: the FP32 model shipped instead of INT8 disagrees with PyTorch: "
+                                        f"{validation['failures']}", validation["failures"])
+        extra["validation_int8"] = extra["validation"]
+        extra["validation"] = validation
+        extra["onnx_int8"] = {**extra.pop("onnx"), "file": "model-int8.onnx"}
+        extra["onnx"] = {**extra.pop("onnx_fp32"), "file": "model.onnx"}
+    return result

@@ -12,7 +12,7 @@ from ..data.batching import Encoded
 from ..devices.runtime import onnx_logits
 from ..progress import log, progress
 from ..devices.feeds import image_feeds, model_input_dims, text_feeds
-from .latency import combine_rounds, measure_latency
+from ..devices.latency import combine_rounds, measure_latency
 from ..devices.profiles import DeviceProfile
 
 # Texts used for fixed-length timing: real sentences padded to the profile's length (content does
@@ -72,10 +72,13 @@ def _cases(path: Path, data: Encoded, profile: DeviceProfile, natural: bool, nat
     return latency, batch_cases
 
 
-def measure_models(paths: dict[str, Path], data: Encoded, profile: DeviceProfile, *, warmup: int, runs: int,
-                   rounds: int, natural: bool, natural_max: int, max_positions: int | None = None,
-                   desc: str = "timing") -> tuple[dict, dict]:
+def measure_models(paths: dict[str, Path], data: Encoded | dict[str, Encoded], profile: DeviceProfile, *,
+                   warmup: int, runs: int, rounds: int, natural: bool, natural_max: int,
+                   max_positions: int | None = None, desc: str = "timing") -> tuple[dict, dict]:
     """Latency ({model: {case: stats}}) and throughput ({model: {case: stats}}) of several models.
+
+    data: the examples fed to every model, or {model: examples} where models take different encodings
+    (a vocabulary of their own).
 
     Cases: seq{L}_t{T} (text), t{T} (images), natural_t1 (texts at their own length), and for each
     batch size > 1 in the profile b{B}_..._t{max threads} (items per second). Every case is measured
@@ -87,7 +90,8 @@ def measure_models(paths: dict[str, Path], data: Encoded, profile: DeviceProfile
     seq_lens = usable_seq_lens(profile, max_positions)
     jobs = []  # (model, kind, case, feeds, threads, runs, batch)
     for name, path in paths.items():
-        latency, batches = _cases(path, data, profile, natural, natural_max, seq_lens)
+        latency, batches = _cases(path, data[name] if isinstance(data, dict) else data, profile, natural,
+                                  natural_max, seq_lens)
         for case, (feeds, threads) in latency.items():
             jobs.append((name, "latency", case, feeds, threads, len(feeds) if case == "natural_t1" else runs, 1))
         for case, (feeds, threads, b) in batches.items():

@@ -2,7 +2,13 @@
 
 Accuracy is that of the exported ONNX model under onnxruntime on the held-out test split, not
 of the PyTorch model that is thrown away. Models: the final export, its own FP32 export (same
-architecture, quantization off) and the teacher exported in FP32.
+architecture, quantization off), the teacher exported in FP32, and post-training quantization
+baselines of the FP32 export built with onnxruntime's own tools (baselines.py; not shipped).
+
+A model entry is {"path", "params"} and optionally "data" (the test split encoded as that model is
+fed; default the run's encoding, see encoded_test), "encode" ((split, max_examples) -> Encoded, the
+same encoding for other splits: what calibrates a PTQ baseline of it), "only_on" (a device build),
+"baseline" (a PTQ baseline's label) and "file"/"artifact" (where a model not in the export artifact lies).
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ from ..train.context import Context
 from ..progress import log
 from ..devices.feeds import model_input_dims, model_input_names
 from .measure import accuracy_on, measure_models, usable_seq_lens
+from ..data.batching import Encoded
 from ..devices.profiles import detect_host, load_profile
 
 
@@ -69,7 +76,7 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
     the profiler (host-cpu), else to the profiled runs' own wall time.
     """
     from ..devices.feeds import image_feeds, text_feeds
-    from .op_profile import op_breakdown, scale_breakdown
+    from ..devices.op_profile import op_breakdown, scale_breakdown
 
     names = model_input_names(path)
     if test.images is not None:
@@ -85,20 +92,83 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
             "profiler_kernel_ms": prof["kernel_ms"], "profiler_run_ms": prof["run_ms"]}
 
 
+def export_encoding(parent, ctx: Context) -> dict:
+    """{"encode": (split, max_examples) -> Encoded} with the export folder's own tokenizer when the export
+    trimmed the vocabulary (its models take renumbered ids), else {} (the run's tokenizer)."""
+    if not (parent.manifest.get("vocabulary") or {}).get("trimmed"):
+        return {}
+    from transformers import AutoTokenizer
+
+    from ..data.batching import encode
+
+    tok = AutoTokenizer.from_pretrained(str(parent.path))
+    cache: dict = {}
+
+    def encoded(split: str, max_examples: int | None = None) -> Encoded:
+        if (split, max_examples) not in cache:
+            cache[(split, max_examples)] = encode(getattr(ctx.data, split).head(max_examples), tok,
+                                                  ctx.recipe.data.max_length)
+        return cache[(split, max_examples)]
+
+    return {"encode": encoded}
+
+
+def encoded_test(m: dict, ctx: Context) -> Encoded:
+    """The test split as the model entry `m` is fed: its own encoding when it has one, else the run's."""
+    return m["data"] if "data" in m else m.get("encode", ctx.encoded)("test")
+
+
+def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -> tuple[dict, dict]:
+    """PTQ baselines of the final model's FP32 export (the entry `fp32`), built into out/baselines:
+    (model entries to measure, {name: {"baseline", "error"}} for those onnxruntime failed to build)."""
+    from .baselines import CALIBRATION_EXAMPLES, build_baselines
+
+    # Train examples encoded as the FP32 model is fed. An entry with test "data" of its own but no "encode"
+    # cannot say how: no calibration (ptq-static is then an error) rather than ids of another vocabulary.
+    own = "data" in fp32 and "encode" not in fp32
+    calib = None if own else fp32.get("encode", ctx.encoded)("train", CALIBRATION_EXAMPLES)
+    # the weight range of the shipped model: 7 bits where QAT chose int7 (x86 without VNNI)
+    reduce_range = (parent.spec.get("quant") or {}).get("scheme", {}).get("weight_qmax") == 63
+    built = build_baselines(fp32["path"], calib, out / "baselines", reduce_range)
+    models, failed = {}, {}
+    for name, b in built.items():
+        if "error" in b:
+            failed[name] = {**b, "built_from": fp32["path"].name}
+            log(f"[yellow]profile: PTQ baseline {name} ({b['baseline']}) could not be built; the run goes on "
+                f"without it — {b['error'][:300]}[/]")
+            continue
+        models[name] = {"path": b["path"], "params": fp32["params"], "baseline": b["baseline"],
+                        "quantization": b["quantization"], "file": str(b["path"].relative_to(out)),
+                        "artifact": key, **{k: fp32[k] for k in ("data", "encode") if k in fp32}}
+    if models:
+        log(f"profile: PTQ baselines {', '.join(models)} built from {fp32['path'].name} with onnxruntime's own "
+            "quantization tools (not shipped)")
+    return models, failed
+
+
 def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     models: dict[str, dict] = {}
     teacher_onnx = parent.manifest.get("teacher_onnx")
     if cfg.compare_teacher and teacher_onnx:  # exported by the export stage (export.teacher)
         models["teacher-fp32"] = {"path": parent.path / teacher_onnx["file"], "params": teacher_onnx["params"]}
     params = parent.spec.get("summary", {}).get("params")
+    own = export_encoding(parent, ctx)  # the export's trimmed vocabulary, which every model but the teacher takes
     if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():
-        models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params}
-    models["final"] = {"path": parent.path / "model.onnx", "params": params}
+        models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params, **own}
+    models["final"] = {"path": parent.path / "model.onnx", "params": params, **own}
+    if (parent.path / "model-int8.onnx").is_file():  # INT8 did not pay on the host: FP32 ships, INT8 is shown
+        models["final-int8"] = {"path": parent.path / "model-int8.onnx", "params": params, **own,
+                                "not_shipped": "INT8 did not pay on the host (see the export's int8 entry)"}
     # Device builds (export.devices): on its device, the build made for it is what ships, not the CPU model.
     shipped = {p: "final" for p in ctx.recipe.profiles}
     for pname, build in (parent.manifest.get("devices") or {}).items():
-        models[f"final-{pname}"] = {"path": parent.path / build["file"], "params": params, "only_on": pname}
+        models[f"final-{pname}"] = {"path": parent.path / build["file"], "params": params, "only_on": pname, **own}
         shipped[pname] = f"final-{pname}"
+    failed: dict[str, dict] = {}
+    fp32 = models.get("final-fp32") or (models["final"] if "final-int8" in models else None)
+    if cfg.ptq_baselines and fp32 is not None:
+        baselines, failed = build_ptq_baselines(fp32, parent, ctx, out, key)
+        models.update(baselines)
 
     test = ctx.encoded("test")
     # Agreement is with the teacher as it ships (its FP32 ONNX export) when measured, else with
@@ -106,15 +176,19 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     teacher_pred = None if "teacher-fp32" in models else ctx.teacher_logits("test").argmax(-1)
     results: dict[str, dict] = {}
     for name, m in models.items():  # teacher first: its predictions define agreement
-        acc, pred = accuracy_on(m["path"], test, teacher_pred, f"accuracy {name}")
+        acc, pred = accuracy_on(m["path"], encoded_test(m, ctx), teacher_pred, f"accuracy {name}")
         if name == "teacher-fp32":
             teacher_pred = pred
             acc["agreement"] = 1.0
         results[name] = {**acc, "params": m["params"], "size_mb": os.path.getsize(m["path"]) / 1e6,
-                         "file": str(m["path"].relative_to(parent.path)), "artifact": parent.id, "latency_ms": {},
-                         **({"built_for": m["only_on"]} if "only_on" in m else {})}
+                         "file": m.get("file") or str(m["path"].relative_to(parent.path)),
+                         "artifact": m.get("artifact", parent.id), "latency_ms": {},
+                         **({"built_for": m["only_on"]} if "only_on" in m else {}),
+                         **({k: m[k] for k in ("baseline", "quantization", "not_shipped") if k in m})}
         log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples"
-            + (" (onnxruntime CPU running the device's QDQ graph)" if "only_on" in m else ""))
+            + (" (onnxruntime CPU running the device's QDQ graph)" if "only_on" in m else "")
+            + (f" (PTQ baseline: {m['baseline']})" if "baseline" in m else ""))
+    results.update(failed)  # a baseline that could not be built: its error, nothing measured
 
     compat: dict = {}
     estimator = None
@@ -129,8 +203,9 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
             estimator = estimate_all(here, results, profile, max_positions) or estimator
             continue
         latency, throughput = measure_models(
-            {n: m["path"] for n, m in here.items()}, test, profile, warmup=cfg.warmup, runs=cfg.runs,
-            rounds=cfg.rounds, natural=cfg.natural_lengths, natural_max=cfg.natural_max_examples,
+            {n: m["path"] for n, m in here.items()}, {n: encoded_test(m, ctx) for n, m in here.items()}, profile,
+            warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds, natural=cfg.natural_lengths,
+            natural_max=cfg.natural_max_examples,
             max_positions=max_positions, desc="profile: timing")
         for name in here:
             results[name]["latency_ms"][pname] = latency[name]
@@ -138,7 +213,8 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                 results[name].setdefault("throughput", {})[pname] = throughput[name]
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
                "estimator": estimator, "measurement": _protocol(cfg),
-               "op_breakdown": final_op_breakdown(models["final"]["path"], test, ctx, results["final"]["latency_ms"])}
+               "op_breakdown": final_op_breakdown(models["final"]["path"], encoded_test(models["final"], ctx), ctx,
+                                                  results["final"]["latency_ms"])}
     return {"metrics": metrics, "spec": parent.spec}
 
 

@@ -6,11 +6,18 @@ in int16 and saturate with full-range weights — measured here as 95% argmax ag
 PyTorch at int8 and 100% at int7. The op's range is [-128, 127] because ONNX's QuantizeLinear has
 no restricted-range int8; values stay within [-qmax, qmax].
 Activations (the layer's input): per-tensor, uint8 asymmetric by default (x86 integer kernels
-want u8 x s8), range tracked by an exponential moving average of batch min/max, then frozen.
+want u8 x s8), range tracked by an exponential moving average of each batch's range, then frozen.
+A batch's range comes from its observer: `minmax` (the extremes), `percentile` (clips the rare
+outliers of GELU/attention outputs) or `mse` (the clipping of the extremes that minimises the
+batch's quantization error, searched on a grid).
 
-The quantized classes subclass nn.Linear / nn.Conv*, so parameter names do not change and a
-module is converted by swapping its class and adding buffers: the QAT state (ranges) is saved
-in the same safetensors file as the weights.
+Embedding tables: per-row symmetric int8 (one scale per token), no activation quantization: the
+export stores the table as int8 and dequantizes only the rows a sequence gathers (export/qdq.py),
+so the table is 4x smaller on disk and no inference dequantizes the whole table.
+
+The quantized classes subclass nn.Linear / nn.Conv* / nn.Embedding, so parameter names do not
+change and a module is converted by swapping its class and adding buffers: the QAT state (ranges)
+is saved in the same safetensors file as the weights.
 """
 from __future__ import annotations
 
@@ -23,6 +30,9 @@ from torch import nn
 
 from ..errors import EdgekdError
 
+_OBSERVER_SAMPLE = 1 << 18  # values a percentile / mse observer looks at per batch
+_MSE_GRID = [0.85 ** i for i in range(20)]  # clip factors 1.0 .. 0.046 of the batch's extremes
+
 # mode: "off" (float), "calibrate" (observe ranges, no quantization), "train" (observe + fake quant),
 # "frozen" (fake quant with fixed ranges — what is exported).
 MODES = ("off", "calibrate", "train", "frozen")
@@ -33,7 +43,8 @@ class _FakeQuantMixin:
     act_max: torch.Tensor
     w_scale: torch.Tensor
 
-    def _init_quant(self, activation_dtype: str = "uint8", ema_decay: float = 0.99, weight_qmax: int = 127) -> None:
+    def _init_quant(self, activation_dtype: str = "uint8", ema_decay: float = 0.99, weight_qmax: int = 127,
+                    observer: str = "minmax", percentile: float = 99.99) -> None:
         out_ch = self.weight.shape[0]
         self.register_buffer("act_min", torch.tensor(float("inf")))
         self.register_buffer("act_max", torch.tensor(float("-inf")))
@@ -41,6 +52,8 @@ class _FakeQuantMixin:
         self.activation_dtype = activation_dtype
         self.ema_decay = ema_decay
         self.weight_qmax = weight_qmax  # 127 (int8) or 63 (int7: no int16 saturation in u8s8 kernels without VNNI)
+        self.observer = observer
+        self.percentile = percentile
         self.quant_mode = "frozen"
 
     # ------------------------------------------------------------------ activations
@@ -59,9 +72,36 @@ class _FakeQuantMixin:
         zp = int(round(qmin - lo / scale))
         return scale, min(max(zp, qmin), qmax)
 
+    def _batch_range(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = x.min(), x.max()
+        observer = getattr(self, "observer", "minmax")
+        if observer == "minmax":
+            return lo, hi
+        flat = x.detach().reshape(-1)
+        if flat.numel() > _OBSERVER_SAMPLE:  # a strided sample: quantile and the search stay cheap
+            flat = flat[:: flat.numel() // _OBSERVER_SAMPLE + 1]
+        flat = flat.float()
+        if observer == "percentile":
+            q = torch.tensor([1 - self.percentile / 100, self.percentile / 100], device=flat.device)
+            plo, phi = torch.quantile(flat, q)
+            return torch.minimum(plo, torch.zeros_like(plo)), torch.maximum(phi, torch.zeros_like(phi))
+        # mse: clip each extreme in turn (the top, then the bottom), keeping the clip with the least squared error
+        qmin, qmax = self.act_qrange
+
+        def error(clo: float, chi: float) -> float:
+            clo, chi = min(clo, 0.0), max(chi, 0.0)
+            scale = max((chi - clo) / (qmax - qmin), 1e-8)
+            zp = int(min(max(round(qmin - clo / scale), qmin), qmax))
+            return float((torch.fake_quantize_per_tensor_affine(flat, scale, zp, qmin, qmax) - flat).pow(2).mean())
+
+        blo, bhi = float(lo), float(hi)
+        bhi = min((bhi * f for f in _MSE_GRID), key=lambda h: error(blo, h))
+        blo = min((blo * f for f in _MSE_GRID), key=lambda v: error(v, bhi))
+        return torch.tensor(blo, device=x.device), torch.tensor(bhi, device=x.device)
+
     def _observe(self, x: torch.Tensor) -> None:
         with torch.no_grad():
-            lo, hi = x.min(), x.max()
+            lo, hi = self._batch_range(x)
             if torch.isinf(self.act_min):
                 self.act_min.copy_(lo)
                 self.act_max.copy_(hi)
@@ -129,15 +169,52 @@ class QuantConv2d(_FakeQuantMixin, nn.Conv2d):
         return self._conv_forward(self._quant_input(x), self._quant_weight(), self.bias)
 
 
-_QUANT_CLASS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d}
+class QuantEmbedding(nn.Embedding):
+    """Embedding table fake-quantized per row (symmetric int8, one scale per token id).
+
+    Its output is not quantized: it is the residual stream (plus positions, then LayerNorm), whose
+    next quantized consumer is a Linear layer that quantizes its own input.
+    """
+
+    w_scale: torch.Tensor
+
+    def _init_quant(self, *_, weight_qmax: int = 127, **__) -> None:
+        self.register_buffer("w_scale", torch.ones(self.weight.shape[0]))
+        self.weight_qmax = 127  # a gathered row is dequantized to float: no integer kernel saturates
+        self.quant_mode = "frozen"
+
+    def _weight_scale(self) -> torch.Tensor:
+        amax = self.weight.detach().abs().amax(dim=1)
+        return torch.clamp(amax / float(self.weight_qmax), min=1e-8)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.quant_mode in ("train", "frozen"):
+            scale = self.w_scale if self.quant_mode == "frozen" else self._weight_scale()
+            zp = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
+            w = torch.fake_quantize_per_channel_affine(w, scale.float(), zp, 0, -128, 127)
+        return F.embedding(ids, w, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq,
+                           self.sparse)
+
+    def freeze(self, name: str) -> dict:
+        self.w_scale.copy_(self._weight_scale())
+        self.quant_mode = "frozen"
+        return {"rows": int(self.w_scale.numel()), "w_scale_min": float(self.w_scale.min()),
+                "w_scale_max": float(self.w_scale.max()), "weights": "int8 per-row symmetric"}
 
 
-def quantizable_modules(model: nn.Module) -> list[str]:
-    return [name for name, m in model.named_modules() if type(m) in _QUANT_CLASS]
+_QUANT_CLASS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Embedding: QuantEmbedding}
+_QUANTIZED = (_FakeQuantMixin, QuantEmbedding)  # every class whose forward has a quant_mode
+
+
+def quantizable_modules(model: nn.Module, embeddings: bool = True) -> list[str]:
+    """Linear/Conv layers, and embedding tables unless `embeddings` is False."""
+    return [name for name, m in model.named_modules()
+            if type(m) in _QUANT_CLASS and (embeddings or type(m) is not nn.Embedding)]
 
 
 def convert(model: nn.Module, names: list[str], activation_dtype: str, ema_decay: float = 0.99,
-            weight_qmax: int = 127) -> None:
+            weight_qmax: int = 127, observer: str = "minmax", percentile: float = 99.99) -> None:
     """Swap the named Linear/Conv modules to their fake-quant classes, in place (parameters kept)."""
     for name in names:
         m = model.get_submodule(name)
@@ -145,31 +222,32 @@ def convert(model: nn.Module, names: list[str], activation_dtype: str, ema_decay
         if cls is None:
             raise EdgekdError(f"QAT: module {name!r} is a {type(m).__name__}, which edgekd cannot quantize.")
         m.__class__ = cls
-        m._init_quant(activation_dtype, ema_decay, weight_qmax)
+        m._init_quant(activation_dtype, ema_decay, weight_qmax, observer, percentile)
 
 
 def set_mode(model: nn.Module, mode: str) -> None:
     if mode not in MODES:
         raise ValueError(mode)
     for m in model.modules():
-        if isinstance(m, _FakeQuantMixin):
-            m.quant_mode = mode
+        if isinstance(m, _QUANTIZED):
+            # an embedding has no activation range to observe: it is float while calibrating
+            m.quant_mode = "off" if mode == "calibrate" and isinstance(m, QuantEmbedding) else mode
 
 
 @contextmanager
 def fake_quant_off(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
     """Switch fake quantization off (a float export of a QAT model), restoring each layer's mode after.
 
-    Yields the quantized layers by name.
+    Yields the layers with a learned activation range (Linear/Conv) by name.
     """
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, _FakeQuantMixin)}
-    modes = {name: m.quant_mode for name, m in layers.items()}
-    for m in layers.values():
+    every = {name: m for name, m in model.named_modules() if isinstance(m, _QUANTIZED)}
+    modes = {name: m.quant_mode for name, m in every.items()}
+    for m in every.values():
         m.quant_mode = "off"
     try:
-        yield layers
+        yield {name: m for name, m in every.items() if isinstance(m, _FakeQuantMixin)}
     finally:
-        for name, m in layers.items():
+        for name, m in every.items():
             m.quant_mode = modes[name]
 
 

@@ -55,11 +55,14 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
 
         raise EdgekdError("qat: the input model is already quantized; QAT runs once, on a float model.")
     folded = fold_batchnorm(model)
-    names = quantizable_modules(model)
+    names = quantizable_modules(model, cfg.embeddings)
     weight_qmax, range_reason = resolve_weight_range(cfg, ctx.recipe.profiles)
-    convert(model, names, cfg.activation_dtype, cfg.ema_decay, weight_qmax)
-    log(f"qat: {len(names)} Linear/Conv layers fake-quantized (weights int8 per-channel, "
-        f"activations {cfg.activation_dtype} per-tensor){'; folded ' + str(len(folded)) + ' BatchNorm' if folded else ''}")
+    convert(model, names, cfg.activation_dtype, cfg.ema_decay, weight_qmax, cfg.observer, cfg.percentile)
+    tables = [n for n in names if isinstance(model.get_submodule(n), torch.nn.Embedding)]
+    log(f"qat: {len(names) - len(tables)} Linear/Conv layers fake-quantized (weights int8 per-channel, "
+        f"activations {cfg.activation_dtype} per-tensor)"
+        + (f", {len(tables)} embedding tables int8 per row" if tables else "")
+        + (f"; folded {len(folded)} BatchNorm" if folded else ""))
     n_cal = calibrate(model, ctx, cfg)
     set_mode(model, "train")
     metrics: dict = {"calibration_batches": n_cal, "train": distill_fit(model, cfg, ctx, "qat", key)}
@@ -67,7 +70,7 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     model.edgekd_quant = {
         "scheme": {"weights": "int8 per-channel symmetric", "weight_qmax": weight_qmax,
                    "weight_range_reason": range_reason, "activation_dtype": cfg.activation_dtype,
-                   "activations": "per-tensor", "scope": "linear"},
+                   "activations": "per-tensor", "observer": cfg.observer, "scope": "linear", "embeddings": tables},
         "modules": names,
         "ranges": ranges,
     }

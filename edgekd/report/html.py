@@ -15,7 +15,7 @@ from .. import __version__
 from ..artifact import write_json_atomic
 from ..errors import EdgekdError
 from . import plots
-from .recommend import device_info, normalize_accuracy, pareto, profile_names, recommend, run_labels
+from .recommend import baseline_label, device_info, normalize_accuracy, pareto, profile_names, recommend, run_labels
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#222;margin:0 auto;
@@ -25,7 +25,7 @@ table{border-collapse:collapse;font-size:12.5px;margin:6px 0}th,td{border:1px so
  text-align:right;vertical-align:top}th{background:#f3f3f3}td.l,th.l{text-align:left}
 tr.est td{background:#fff6f6;font-style:italic}.wrap{overflow-x:auto}
 .badge{display:inline-block;padding:0 5px;border-radius:3px;font-size:11px;font-style:normal;color:#fff}
-.m{background:#1f77b4}.e{background:#d62728}.ok{color:#2a7d2a}.bad{color:#b00}
+.m{background:#1f77b4}.e{background:#d62728}.b{background:#7f7f7f}.ok{color:#2a7d2a}.bad{color:#b00}
 .rec{border:2px solid #2ca02c;background:#f3fbf3;padding:10px 14px;border-radius:6px}
 .rec.none{border-color:#d62728;background:#fdf3f3}.note{color:#666;font-size:12.5px}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.grid figure{margin:0;flex:1 1 520px;max-width:600px}img{max-width:100%;height:auto}
@@ -73,8 +73,8 @@ def _table(rec: dict) -> str:
         return '<p class="note">No latency measurements or estimates in these runs.</p>'
     front = _pareto_flags(rows)
     head = ["run/model", "device (class)", "source", "case", "p50 ms", "p90 ms", "throughput /s", "peak memory MB",
-            "size MB", "accuracy %", "other cases, p50 ms", "Pareto", "constraints"]
-    left = {0, 1, 2, 3, 10, 12}  # text columns; the numbers stay right-aligned
+            "size MB", "accuracy %", "agreement with teacher %", "other cases, p50 ms", "Pareto", "constraints"]
+    left = {0, 1, 2, 3, 11, 13}  # text columns; the numbers stay right-aligned
     out = ['<div class="wrap"><table><tr>' + "".join(
         f'<th{" class=l" if i in left else ""}>{_e(h)}</th>' for i, h in enumerate(head)) + "</tr>"]
     for c in rows:
@@ -82,11 +82,13 @@ def _table(rec: dict) -> str:
         other = ", ".join(f"{k}: {_n(v)}" for k, v in c["other_cases"].items()) or "—"
         fails = c.get("failures") or []
         verdict = '<span class="ok">meets</span>' if not fails else f'<span class="bad">{_e("; ".join(fails))}</span>'
-        cells = [f'<td class="l">{_e(c["label"])}</td>', f'<td class="l">{_e(c["device"])} ({_e(c["device_class"])})</td>',
+        what = f'<br><span class="badge b">{_e(c["baseline"])}</span>' if c.get("baseline") else ""
+        cells = [f'<td class="l">{_e(c["label"])}{what}</td>', f'<td class="l">{_e(c["device"])} ({_e(c["device_class"])})</td>',
                  f'<td class="l">{_source(c)}</td>', f'<td class="l">{_e(c["case"])}</td>',
                  f"<td>{_n(c['p50_ms'])}{est}</td>", f"<td>{_n(c['p90_ms'])}</td>", f"<td>{_n(c['throughput'])}</td>",
                  f"<td>{_n(c['peak_memory_mb'], '{:.1f}')}</td>", f"<td>{_n(c['size_mb'], '{:.3g}')}</td>",
                  f"<td>{_n(None if c['accuracy'] is None else 100 * c['accuracy'], '{:.2f}')}</td>",
+                 f"<td>{_n(None if c.get('agreement') is None else 100 * c['agreement'], '{:.2f}')}</td>",
                  f'<td class="l">{_e(other)}{est if other != "—" else ""}</td>',
                  f"<td>{'✓' if id(c) in front else ''}</td>", f'<td class="l">{verdict}</td>']
         out.append(f'<tr class="{"est" if c["estimated"] else ""}">' + "".join(cells) + "</tr>")
@@ -97,8 +99,20 @@ def _table(rec: dict) -> str:
                "Rows marked <em>estimated</em> (pink, italic) are computed from the device's published peak figures, "
                "not measured; their p90, memory and throughput are not estimated. Accuracy: the model's test accuracy "
                "under ONNX Runtime on the host; <code>final-&lt;device&gt;</code> is the build made for that device "
-               "(static shapes, its quantization scheme), whose accuracy is onnxruntime CPU running the device's graph.</p>")
+               "(static shapes, its quantization scheme), whose accuracy is onnxruntime CPU running the device's graph. "
+               "Agreement: the share of test examples on which the model predicts what the teacher predicts. Rows marked <em>PTQ baseline</em> are not shipped: the final model's own FP32 export "
+               "quantized after training by onnxruntime's tools (<code>ptq-dynamic</code>: quantize_dynamic; "
+               "<code>ptq-static</code>: quantize_static, QDQ, MinMax-calibrated on train examples), measured like "
+               "the other models — what QAT buys over quantizing the trained float model.</p>")
     return "\n".join(out)
+
+
+def _failed_baselines(summaries, labels) -> str:
+    """A note for each PTQ baseline onnxruntime could not build (they have no row above)."""
+    items = [f"<li>{_e(lab)}/{_e(name)} ({_e(baseline_label(m))}): not built — {_e(str(m['error'])[:500])}</li>"
+             for lab, s in zip(labels, summaries) for name, m in (s.get("systems") or {}).items()
+             if isinstance(m, dict) and "error" in m]
+    return f'<p class="note">PTQ baselines that could not be built:</p><ul class="note">{"".join(items)}</ul>' if items else ""
 
 
 def _recommendation(rec: dict) -> str:
@@ -106,8 +120,9 @@ def _recommendation(rec: dict) -> str:
     lim = [f"max latency {rec['max_latency_ms']:g} ms" if rec["max_latency_ms"] is not None else "no latency limit",
            f"min accuracy {100 * rec['min_accuracy']:g}%" if rec["min_accuracy"] is not None else "no accuracy minimum"]
     return (f'<div class="{cls}" id="recommendation"><strong>{_e(rec["text"])}</strong><br>'
-            f'<span class="note">Constraints: {_e(", ".join(lim))}. {rec["qualifying"]} of {len(rec["candidates"])} '
-            f"candidates qualify.</span></div><p class=\"note\"><strong>Rule.</strong> {_code(rec['rule'])}</p>")
+            f'<span class="note">Constraints: {_e(", ".join(lim))}. {rec["qualifying"]} of '
+            f'{rec.get("eligible", len(rec["candidates"]))} candidates qualify.</span></div>'
+            f"<p class=\"note\"><strong>Rule.</strong> {_code(rec['rule'])}</p>")
 
 
 def _pareto_section(rec: dict) -> str:
@@ -181,7 +196,7 @@ def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_
     title = f"edgekd device report — {', '.join(labels)}"
     body = [f"<h1>{_e(title)}</h1>",
             "<h2>Recommendation</h2>", _recommendation(rec),
-            "<h2>Models × devices</h2>", _table(rec),
+            "<h2>Models × devices</h2>", _table(rec), _failed_baselines(summaries, labels),
             "<h2>Pareto plots</h2>", _pareto_section(rec),
             "<h2>Per-operator breakdown</h2>", _op_section(summaries, labels),
             "<h2>Compatibility per profile</h2>", _compat_section(summaries, labels),
@@ -195,17 +210,24 @@ def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_
 def render_devices_markdown(rec: dict, labels: list[str]) -> str:
     out = [f"# edgekd device report — {', '.join(labels)}", "", "## Recommendation", "", rec["text"], "",
            f"**Rule.** {rec['rule']}", "", "## Models × devices", "",
-           "| run/model | device (class) | source | case | p50 ms | p90 ms | peak memory MB | size MB | accuracy % | constraints |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| run/model | device (class) | source | case | p50 ms | p90 ms | peak memory MB | size MB | accuracy % | "
+           "agreement with teacher % | constraints |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in rec["candidates"]:
         src = "measured" if not c["estimated"] else "estimated" + (
             "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%")
         p50 = _n(c["p50_ms"]) + (" (estimated)" if c["estimated"] else "")
         acc = _n(None if c["accuracy"] is None else 100 * c["accuracy"], "{:.2f}")
-        out.append(f"| {c['label']} | {c['device']} ({c['device_class']}) | {src} | {c['case']} | {p50} | "
+        agr = _n(None if c.get("agreement") is None else 100 * c["agreement"], "{:.2f}")
+        label = c["label"] + (f" — {c['baseline']}" if c.get("baseline") else "")
+        out.append(f"| {label} | {c['device']} ({c['device_class']}) | {src} | {c['case']} | {p50} | "
                    f"{_n(c['p90_ms'])} | {_n(c['peak_memory_mb'], '{:.1f}')} | {_n(c['size_mb'], '{:.3g}')} | {acc} | "
-                   f"{'; '.join(c['failures']) or 'meets'} |")
-    out += ["", "Estimated rows are computed from published peak figures, not measured.", ""]
+                   f"{agr} | {'; '.join(c['failures']) or 'meets'} |")
+    out += ["", "Estimated rows are computed from published peak figures, not measured."]
+    if any(c.get("baseline") for c in rec["candidates"]):
+        out.append("PTQ baseline rows are not shipped: the final model's own FP32 export quantized after training "
+                   "by onnxruntime's tools, measured like the other models.")
+    out.append("")
     return "\n".join(out)
 
 

@@ -1,6 +1,8 @@
 """Markdown report: one table across all stages, then the measured models on each profile."""
 from __future__ import annotations
 
+from .recommend import baseline_label
+
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
@@ -12,6 +14,12 @@ def _num(x, fmt="{:.2f}") -> str:
 
 def _params(n) -> str:
     return "—" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k")
+
+
+def _cell(text: str, limit: int = 200) -> str:
+    """Text that stays inside one table cell: one line, no column separators, at most `limit` characters."""
+    text = " ".join(str(text).split()).replace("|", "/")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _latency_cases(systems: dict) -> list[tuple[str, str]]:
@@ -60,6 +68,10 @@ def render_markdown(s: dict) -> str:
         ) + " | peak memory MB |"
         out += [head, "| " + " | ".join(["---"] * (6 + len(cases))) + " |"]
         for name, m in systems.items():
+            label = f"{name} — {baseline_label(m)}" if baseline_label(m) else name
+            if "error" in m:  # a PTQ baseline onnxruntime could not build: nothing measured
+                out.append(f"| {label}: not built ({_cell(m['error'])}) | " + " | ".join(["—"] * (5 + len(cases))) + " |")
+                continue
             lat = m.get("latency_ms", {})
             cells = []
             peak = None
@@ -74,13 +86,19 @@ def render_markdown(s: dict) -> str:
                     cells.append(f"{x['p50']:.2f} / {x['p90']:.2f}")
                 if x is not None and not x.get("estimated"):
                     peak = max(peak or 0.0, x.get("peak_memory_mb", 0.0))
-            out.append(f"| {name} | {_pct(m.get('accuracy'))} | {_pct(m.get('agreement'))} | {_num(m.get('size_mb'))} | "
+            out.append(f"| {label} | {_pct(m.get('accuracy'))} | {_pct(m.get('agreement'))} | {_num(m.get('size_mb'))} | "
                        f"{_params(m.get('params'))} | " + " | ".join(cells) + f" | {_num(peak, '{:.1f}')} |")
         out += ["", "Latency: ONNX Runtime CPU, batch 1, warm-up excluded; `seqN_tT` = padded to N tokens with T "
                 "threads, `natural_t1` = each test text at its own length, 1 thread. Measured cases: p50 is the "
                 "lowest median of several rounds (each a fresh process at another time: the machine when quiet), p90 "
                 "pools every run of every round. `final-<profile>` is the build made for that device (static "
                 "shapes, its quantization scheme); its accuracy is onnxruntime CPU running that device graph.", ""]
+        if any(baseline_label(m) for m in systems.values()):
+            out += ["PTQ baselines (not shipped): the final model's own FP32 export quantized after training by "
+                    "onnxruntime's tools — `ptq-dynamic` with quantize_dynamic (int8 per-channel weights, activations "
+                    "quantized at run time), `ptq-static` with quantize_static (QDQ, uint8 activations calibrated "
+                    "MinMax on train examples, int8 per-channel weights) — measured like the other models: what QAT "
+                    "buys over quantizing the trained float model. Agreement is with the teacher.", ""]
         spreads = {f"{name} {p} {c}": x["round_spread"] for name, m in systems.items()
                    for p, lat in m.get("latency_ms", {}).items() for c, x in lat.items() if "round_spread" in x}
         if spreads:
@@ -119,6 +137,7 @@ def render_markdown(s: dict) -> str:
                 f"ONNX Runtime vs PyTorch on {v['examples']} dev examples: argmax agreement "
                 f"{_pct(v.get('argmax_agreement'))}%, max |Δlogit| {_num(v.get('max_abs_logit_diff'), '{:.4g}')}, "
                 f"failures: {len(v.get('failures', []))}.", ""]
+    out += _int8_section(s.get("int8")) + _vocabulary_section(s.get("vocabulary"))
     mach = s.get("machine")
     if mach:
         isa = ", ".join(k for k, on in mach.get("isa", {}).items() if on) or "none detected"
@@ -126,3 +145,39 @@ def render_markdown(s: dict) -> str:
                 f"ISA: {isa}, {_num(mach.get('memory_gb'), '{:.0f}')} GB.", ""]
     out += [f"_edgekd {s.get('edgekd_version')}_", ""]
     return "\n".join(out)
+
+
+def _int8_section(int8: dict | None) -> list[str]:
+    """Whether INT8 paid on the host: the integer-kernel check of onnxruntime's optimised graph and the timing."""
+    if not int8:
+        return []
+    k = int8["integer_kernels"]
+    share = k["time_share"]
+    kernels = ", ".join(f"{op} ×{n}" for op, n in k["integer_kernels"].items()) or "none"
+    out = ["## INT8 on this host", "", f"**{'INT8 ships' if int8['int8_pays'] else 'FP32 ships'}**: {int8['reason']}.", "",
+           f"Integer-kernel check of the graph onnxruntime runs (`{k['optimized_graph']}`): "
+           f"{'every quantized layer runs as an integer kernel' if k['ok'] else 'quantized layers left in float'}; "
+           f"integer kernels {kernels}. Share of the profiled time ({k['profiled']['inputs']}, "
+           f"{k['profiled']['threads']} thread): integer kernels {_pct(share['integer_kernels'])}%, float layers "
+           f"{_pct(share['float_layers'])}%, other float ops {_pct(share['float_ops'])}%, quantize/dequantize "
+           f"{_pct(share['quantize_dequantize'])}%.", ""]
+    if k["float_layers"]:
+        out += ["| float layer left | op | int8 weight | time % |", "| --- | --- | --- | --- |"]
+        out += [f"| {_cell(f['node'], 80)} | {f['op']} | {'yes' if f['quantized_weight'] else 'no'} | "
+                f"{_pct(f['time_share'])} |" for f in k["float_layers"][:20]] + [""]
+    top = list(k["float_ops"].items())[:8]
+    if top:
+        out += ["Float ops by share of time: " + ", ".join(f"{op} {_pct(v)}%" for op, v in top) + ".", ""]
+    return out
+
+
+def _vocabulary_section(v: dict | None) -> list[str]:
+    if not v:
+        return []
+    if not v.get("trimmed"):
+        return ["## Vocabulary", "", f"Not trimmed: {v.get('reason')}.", ""]
+    t = v["test"]
+    return ["## Vocabulary", "", f"Trimmed to {v['size']:,} of {v['original_size']:,} pieces ({v['kept']}). "
+            f"Test accuracy of the PyTorch model {_pct(t['accuracy_full_vocabulary'])}% with the full vocabulary, "
+            f"{_pct(t['accuracy_trimmed'])}% trimmed ({t['texts_tokenized_differently']} test texts tokenized "
+            f"differently; agreement {_pct(t['agreement'])}%).", ""]

@@ -14,7 +14,8 @@ The rule (also printed in every report, from RULE_TEXT):
   candidate device states one, otherwise by device class, cost_usd breaking ties), then the
   smallest model (MB), then the lowest p50 latency;
 - when nothing qualifies the closest candidate is shown: the smallest total relative shortfall
-  (latency over the limit / limit + accuracy under the minimum / minimum), then cheapest.
+  (latency over the limit / limit + accuracy under the minimum / minimum), then cheapest;
+- PTQ baselines (candidates with `baseline`) are rows for comparison, never the choice.
 """
 from __future__ import annotations
 
@@ -44,8 +45,20 @@ RULE_TEXT = (
     "profile's name, execution provider or description, or given by its `cost_rank` 0–3; a profile matching "
     "no class counts as an x86 server; `cost_usd` breaks ties) — then the smallest model file (MB), then "
     "the lowest p50 latency. When nothing qualifies, the closest candidate is shown: the smallest total "
-    "relative shortfall (latency over the limit ÷ limit + accuracy under the minimum ÷ minimum)."
+    "relative shortfall (latency over the limit ÷ limit + accuracy under the minimum ÷ minimum). "
+    "PTQ baselines (the final model's FP32 export quantized after training by onnxruntime's own tools) are "
+    "measured for comparison and never recommended: the run does not ship them."
 )
+
+
+def baseline_label(model: dict | None) -> str | None:
+    """"PTQ baseline (onnxruntime …)" for a post-training quantization baseline the profile stage built and
+    measured next to the shipped models (not shipped itself), else None."""
+    tool = (model or {}).get("baseline")
+    if tool:
+        return f"PTQ baseline ({tool})"
+    why = (model or {}).get("not_shipped")  # the QAT INT8 model where it did not pay on the host
+    return f"not shipped: {why}" if why else None
 
 
 def device_class(name: str, info: dict | None = None) -> tuple[int, str]:
@@ -142,7 +155,8 @@ def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) ->
                     "case": case, "p50_ms": float(entry["p50"]), "p90_ms": entry.get("p90"),
                     "throughput": _throughput(m, prof),
                     "peak_memory_mb": entry.get("peak_memory_mb"), "size_mb": m.get("size_mb"),
-                    "params": m.get("params"), "accuracy": m.get("accuracy"), "estimated": estimated,
+                    "params": m.get("params"), "accuracy": m.get("accuracy"), "agreement": m.get("agreement"),
+                    "baseline": baseline_label(m), "estimated": estimated,
                     "estimator_error": _est_error(entry, s) if estimated else None,
                     "compat_ok": None if not isinstance(compat, dict) else compat.get("ok"),
                     "other_cases": {c: e.get("p50") for c, e in lat.items() if c != case and isinstance(e, dict)},
@@ -207,18 +221,20 @@ def recommend(summaries: list[dict], max_latency_ms: float | None = None, min_ac
     rows = candidates(summaries, devices)
     for c in rows:
         c["failures"] = _failures(c, max_latency_ms, min_accuracy)
+    eligible = [c for c in rows if not c.get("baseline")]  # PTQ baselines: for comparison, not shipped
     result = {"max_latency_ms": max_latency_ms, "min_accuracy": min_accuracy, "rule": RULE_TEXT,
-              "candidates": rows, "qualifying": sum(not c["failures"] for c in rows), "choice": None}
-    if not rows:
+              "candidates": rows, "eligible": len(eligible), "qualifying": sum(not c["failures"] for c in eligible),
+              "choice": None}
+    if not eligible:
         result.update(qualified=False, text="No candidate: no run has latency measurements or estimates.")
         return result
-    key = _cost_key(rows)
-    ok = sorted((c for c in rows if not c["failures"]), key=key)
+    key = _cost_key(eligible)
+    ok = sorted((c for c in eligible if not c["failures"]), key=key)
     if ok:
         choice = ok[0]
         result.update(qualified=True, choice=choice, text=f"Recommended: {describe(choice)}.")
     else:
-        choice = min(rows, key=lambda c: (_shortfall(c, max_latency_ms, min_accuracy), key(c)))
+        choice = min(eligible, key=lambda c: (_shortfall(c, max_latency_ms, min_accuracy), key(c)))
         result.update(qualified=False, choice=choice,
                       text=f"No device and model meet the constraints. Closest candidate: {describe(choice)} — "
                            + "; ".join(choice["failures"]) + ".")

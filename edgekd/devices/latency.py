@@ -95,7 +95,7 @@ def timing_stats(times: np.ndarray, threads: int) -> dict:
 
 def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, runs: int,
                   providers: list[str], affinity: list[int] | None = None) -> dict:
-    """Run `_measure` in a fresh interpreter (`python -m edgekd.profile.latency`).
+    """Run `_measure` in a fresh interpreter (`python -m edgekd.devices.latency`).
 
     A plain subprocess rather than multiprocessing: spawn re-imports the caller's __main__ (an
     unguarded user script would run again) and sends arguments by pickle. Feeds travel as an
@@ -107,7 +107,7 @@ def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, 
         args = {"onnx_path": onnx_path, "feeds": str(Path(tmp) / "feeds.npz"), "n_feeds": len(feeds),
                 "threads": threads, "warmup": warmup, "runs": runs, "providers": providers,
                 "affinity": affinity}
-        proc = subprocess.run([sys.executable, "-m", "edgekd.profile.latency", json.dumps(args)],
+        proc = subprocess.run([sys.executable, "-m", "edgekd.devices.latency", json.dumps(args)],
                               capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"latency measurement failed in the child process (exit {proc.returncode}):\n"

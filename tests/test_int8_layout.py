@@ -1,0 +1,228 @@
+"""INT8 that is small and runs in integers: embedding tables, the integer-kernel check, vocabulary trimming."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekd.devices.kernels import integer_kernel_report
+from edgekd.export.onnx_export import example_inputs, export_onnx
+from edgekd.export.vocab import kept_ids, trim_embeddings, write_trimmed_tokenizer
+from edgekd.quantize.fakequant import QuantEmbedding, convert, quantizable_modules, set_mode
+
+from conftest import write_tiny_bert
+
+
+def _qat_tiny_bert(folder):
+    """A tiny BERT classifier with every Linear and embedding fake-quantized and calibrated on random ids."""
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(str(write_tiny_bert(folder, classifier=True))).eval()
+    names = quantizable_modules(model)
+    convert(model, names, "uint8")
+    set_mode(model, "calibrate")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(4):
+            ids = torch.randint(0, model.config.vocab_size, (4, 12))
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    for n in names:
+        model.get_submodule(n).freeze(n)
+    return model, names
+
+
+def test_int8_embedding_rows_match_float_within_half_a_step():
+    emb = torch.nn.Embedding(50, 16)
+    torch.nn.init.normal_(emb.weight)
+    ref = emb.weight.detach().clone()
+    parent = torch.nn.Sequential(emb)
+    convert(parent, ["0"], "uint8")
+    q = parent[0]
+    assert isinstance(q, QuantEmbedding)
+    q.freeze("0")
+    ids = torch.arange(50)
+    got = q(ids).detach()
+    step = (ref.abs().amax(dim=1) / 127).unsqueeze(1)
+    assert torch.all((got - ref).abs() <= step / 2 + 1e-7)
+    assert torch.all(torch.round(got / step).abs() <= 127)  # on the int8 grid of its row
+    set_mode(parent, "off")
+    assert torch.equal(q(ids), ref)
+
+
+def test_quantized_export_stores_int8_tables_gathers_rows_and_runs_every_layer_in_integers(tmp_path):
+    import onnxruntime as ort
+
+    model, names = _qat_tiny_bert(tmp_path / "bert")
+    inputs = example_inputs("text-classification", {}, 12)
+    facts = export_onnx(model, inputs, tmp_path / "model.onnx", 17)
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    inits = {i.name: i for i in graph.initializer}
+    assert facts["int8_tables"] == 3  # words, positions, token types
+    for n in graph.node:
+        if n.op_type == "Gather" and n.input[0] in inits and numpy_helper.to_array(inits[n.input[0]]).ndim == 2:
+            assert inits[n.input[0]].data_type in (TensorProto.INT8, TensorProto.FLOAT), n.name
+        if n.op_type == "Gather":  # never a dequantized whole table
+            assert n.input[0] not in producers or producers[n.input[0]].op_type != "DequantizeLinear"
+    word = next(i for i in graph.initializer if i.data_type == TensorProto.INT8
+                and list(i.dims) == [model.config.vocab_size, model.config.hidden_size])
+    assert word is not None
+    # the same logits as PyTorch's fake quantization, on padded inputs
+    ids = torch.randint(0, model.config.vocab_size, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    got = ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, {"input_ids": ids.numpy(),
+                                                                         "attention_mask": mask.numpy()})[0]
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    feed = {"input_ids": ids[:1].numpy(), "attention_mask": mask[:1].numpy()}
+    report = integer_kernel_report(tmp_path / "model.onnx", tmp_path / "opt.onnx", feed)
+    assert report["ok"], report["float_layers"]
+    linear = [n for n in names if not isinstance(model.get_submodule(n), torch.nn.Embedding)]
+    assert sum(report["integer_kernels"].values()) == len(linear)  # pooler and classifier too (QGemm)
+    assert (tmp_path / "opt.onnx").is_file() and 0 < report["time_share"]["integer_kernels"] <= 1
+
+
+def _unfused_qdq_matmul(path):
+    """y = x @ DQ(int8 W): the activation is never quantized, so no integer kernel can take the layer."""
+    w = np.random.default_rng(0).integers(-127, 128, (8, 4)).astype(np.int8)
+    g = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["w", "w_scale"], ["w_f"], name="dq"),
+         helper.make_node("MatMul", ["x", "w_f"], ["y"], name="layer/MatMul")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(0.01, np.float32), "w_scale")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_integer_kernel_check_fires_on_a_quantized_layer_left_in_float(tmp_path):
+    _unfused_qdq_matmul(tmp_path / "m.onnx")
+    report = integer_kernel_report(tmp_path / "m.onnx", tmp_path / "opt.onnx",
+                                   {"x": np.ones((1, 8), np.float32)})
+    assert not report["ok"]
+    assert [f["quantized_weight"] for f in report["float_layers"]] == [True]
+    assert report["integer_kernels"] == {}
+
+
+def test_integer_kernel_check_lists_float_layers_of_a_float_model_without_failing(tmp_path):
+    model, _ = _qat_tiny_bert(tmp_path / "bert")
+    set_mode(model, "off")
+    export_onnx(model, example_inputs("text-classification", {}, 12), tmp_path / "fp32.onnx", 17)
+    ids = np.ones((1, 12), np.int64)
+    report = integer_kernel_report(tmp_path / "fp32.onnx", tmp_path / "opt.onnx",
+                                   {"input_ids": ids, "attention_mask": ids})
+    assert report["ok"]  # nothing was quantized, so nothing was left behind
+    assert report["float_layers"] and not any(f["quantized_weight"] for f in report["float_layers"])
+    assert report["time_share"]["integer_kernels"] == 0
+
+
+# ------------------------------------------------------------------------------------------ vocabulary
+def _wordpiece_tokenizer(folder):
+    from transformers import BertTokenizerFast
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "film", "was", "good", "bad", "play", "##ing",
+             "##ed", "un", "##known", "movie", "a", "b", "c", "d", "e", "f", "g", "i", "k", "l", "m", "n", "o", "p",
+             "s", "t", "u", "w", "##a", "##d", "##e", "##g", "##i", "##n", "##o", "##s", "##t", "##w", "##k",
+             "ok", "fine", "great", "awful"]
+    folder.mkdir(parents=True, exist_ok=True)
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True).save_pretrained(str(folder))
+    return folder
+
+
+def test_trimmed_tokenizer_gives_the_same_pieces_for_in_vocabulary_text_and_falls_back_to_smaller_ones(tmp_path):
+    from transformers import AutoTokenizer
+
+    src = _wordpiece_tokenizer(tmp_path / "full")
+    full = AutoTokenizer.from_pretrained(str(src))
+    train = ["the film was good", "the movie was bad", "playing"]
+    used = {i for ids in full(train)["input_ids"] for i in ids}
+    keep, why = kept_ids(json.loads((src / "tokenizer.json").read_text()), used)
+    assert "single characters" in why
+    vocab = full.get_vocab()
+    assert vocab["great"] not in keep and vocab["##known"] not in keep  # unused multi-character pieces go
+    assert all(vocab[t] in keep for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "##a", "##k"))
+    dst = tmp_path / "trimmed"
+    shutil.copytree(src, dst)
+    write_trimmed_tokenizer(dst, keep)
+    trimmed = AutoTokenizer.from_pretrained(str(dst))
+    assert len(trimmed) == len(keep)
+    for text in train + ["the film was playing", "bad bad film"]:  # in vocabulary: the same pieces
+        a, b = full(text)["input_ids"], trimmed(text)["input_ids"]
+        assert a == [int(keep[i]) for i in b]
+        assert full.convert_ids_to_tokens(a) == trimmed.convert_ids_to_tokens(b)
+    # a word whose piece was dropped splits into smaller pieces, exactly as WordPiece does
+    assert full.tokenize("fine") == ["fine"]
+    assert trimmed.tokenize("fine") == ["f", "##i", "##n", "##e"]
+    assert trimmed.pad_token_id == 0 and trimmed.cls_token_id == int(np.searchsorted(keep, full.cls_token_id))
+    # the slow tokenizer's vocab.txt is renumbered alike
+    if (dst / "vocab.txt").is_file():
+        lines = (dst / "vocab.txt").read_text().split("\n")
+        assert lines[trimmed.cls_token_id] == "[CLS]"
+
+
+def test_trimmed_embeddings_give_identical_logits_on_renumbered_ids(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification.from_pretrained(
+        str(write_tiny_bert(tmp_path / "bert", classifier=True))).eval()
+    keep = np.array([0, 1, 2, 3, 5, 8, 13, 21], dtype=np.int64)
+    old_ids = torch.tensor([[2, 5, 13, 8, 21, 3, 0, 0]])
+    mask = (old_ids != 0).long()
+    with torch.no_grad():
+        ref = model(input_ids=old_ids, attention_mask=mask).logits
+        assert trim_embeddings(model, keep) == 33  # the tiny BERT's vocabulary
+        new_ids = torch.as_tensor(np.searchsorted(keep, old_ids.numpy()))
+        got = model(input_ids=new_ids, attention_mask=mask).logits
+    assert model.config.vocab_size == 8 and model.get_input_embeddings().weight.shape[0] == 8
+    torch.testing.assert_close(got, ref)
+
+
+def test_trimming_refuses_a_non_wordpiece_tokenizer_with_the_reason():
+    keep, why = kept_ids({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}}, {0})
+    assert keep is None and "BPE" in why
+
+
+def test_quantized_table_keeps_its_row_scales_when_trimmed(tmp_path):
+    model, _ = _qat_tiny_bert(tmp_path / "bert")
+    emb = model.get_input_embeddings()
+    scales = emb.w_scale.clone()
+    keep = np.array([0, 2, 3, 7], dtype=np.int64)
+    trim_embeddings(model, keep)
+    torch.testing.assert_close(model.get_input_embeddings().w_scale, scales[torch.as_tensor(keep)])
+
+
+def test_percentile_and_mse_observers_clip_outliers_that_minmax_keeps():
+    torch.manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((4096,))  # a heavy tail
+    x[:4] = torch.tensor([40.0, -35.0, 38.0, 50.0])  # and rare outliers, as GELU / attention outputs have
+    ranges, errors = {}, {}
+    for observer in ("minmax", "percentile", "mse"):
+        parent = torch.nn.Sequential(torch.nn.Linear(4096, 1))
+        convert(parent, ["0"], "uint8", observer=observer, percentile=99.9)
+        layer = parent[0]
+        layer._observe(x)
+        ranges[observer] = (float(layer.act_min), float(layer.act_max))
+        scale, zp = layer.act_qparams()
+        errors[observer] = float((torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255) - x).pow(2).mean())
+    assert ranges["minmax"] == (-35.0, 50.0)
+    assert ranges["percentile"][1] < 10 and ranges["percentile"][0] > -10
+    assert errors["mse"] <= errors["minmax"]  # what it searches for, on the grid that includes minmax
+    # on the same batch the mse observer's range never quantizes worse than the extremes
+    y = torch.distributions.Laplace(0.0, 1.0).sample((50_000,))
+    parent = torch.nn.Sequential(torch.nn.Linear(4096, 1))
+    convert(parent, ["0"], "uint8", observer="mse")
+    parent[0]._observe(y)
+    lo, hi = float(parent[0].act_min), float(parent[0].act_max)
+
+    def err(a, b):
+        scale = (b - a) / 255
+        return float((torch.fake_quantize_per_tensor_affine(y, scale, int(round(-a / scale)), 0, 255) - y).pow(2).mean())
+
+    assert float(y.min()) <= lo < 0 < hi <= float(y.max())
+    assert err(lo, hi) <= err(float(y.min()), float(y.max())) + 1e-9
