@@ -129,10 +129,26 @@ class RecoveryConfig(KDConfig):
     epochs: float = Field(1.0, gt=0, le=1000)
 
 
-class PruneConfig(Strict):
-    """Structured pruning with torch-pruning: attention heads and FFN channels (transformers), conv channels (CNNs)."""
+class PruneBudget(Strict):
+    """What the pruned model may cost; pruning continues step by step until it fits."""
 
-    ratio: float = Field(0.3, gt=0, lt=1, description="share of FFN / conv channels removed")
+    params: float = Field(..., gt=0, lt=1, description="keep at most this share of the model's non-embedding "
+                          "parameters (embedding tables are not pruned: vocabulary trimming shrinks them)")
+
+
+class PruneConfig(Strict):
+    """Structured pruning with torch-pruning: attention heads and FFN channels (transformers), conv channels (CNNs).
+
+    With `budget` the ratios are found by the stage: `steps` rounds of prune-then-recover, each
+    removing an equal share (geometrically) of what the budget asks, the last one landing on it.
+    """
+
+    ratio: float = Field(0.3, gt=0, lt=1, description="share of FFN / conv channels removed (ignored with a budget)")
+    budget: PruneBudget | None = None
+    steps: int = Field(1, ge=1, le=20, description="prune-and-recover steps to reach the budget, each a checkpoint")
+    width_multiple: int | None = Field(
+        None, ge=1, le=256, description="keep FFN / conv channels in multiples of this (vector widths, NPU tiles); "
+        "default: the first profile's width_multiple")
     head_ratio: float | None = Field(None, gt=0, lt=1, description="share of attention heads removed (default: ratio)")
     importance: Literal["magnitude", "taylor"] = "magnitude"
     global_pruning: bool = Field(True, description="rank channels across layers (uneven widths) rather than per layer")

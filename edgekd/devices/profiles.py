@@ -55,6 +55,8 @@ class DeviceProfile(Strict):
     static_shapes: bool = False
     opset: int | None = Field(None, ge=13, le=21, description="ONNX opset the device's runtime reads; default: "
                               "export.opset, else 17")
+    width_multiple: PositiveInt = Field(1, description="channel counts the device computes without waste: its "
+                                        "vector width in floats (x86 AVX-512: 16, ARM NEON: 4-8) or its tile (NPUs: 32-64)")
     ort_format: bool = Field(False, description="also ship the model in ORT format (model.ort) for onnxruntime-mobile "
                              "builds, which read no .onnx")
     supported_ops: list[str] | None = Field(

@@ -1,6 +1,16 @@
-"""The `prune` stage: structured pruning to a target ratio, then a short recovery distillation."""
+"""The `prune` stage: structured pruning to a ratio, or step by step to a budget, each step recovered by distillation.
+
+With `prune.budget`, the stage runs `prune.steps` rounds: prune the share that brings the model's
+non-embedding parameters to this step's target (the budget reached geometrically, the last step
+on it; the ratio is found by bisection on a copy, because torch-pruning's ratio counts prunable
+channels while the budget counts parameters), recover with the run's distillation, evaluate on
+dev. Each finished step is a checkpoint (its spec and weights: shapes change between steps), so
+a stopped run resumes at the next step. The manifest reports every step.
+"""
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -8,15 +18,16 @@ import torch
 
 from ..configs import PruneConfig
 from ..models.hf import logits_of
-from ..models.spec import base_of, architecture_summary, load_model_from_artifact, make_spec, save_weights
+from ..models.spec import (architecture_summary, base_of, build_model, load_model_from_artifact, load_weights,
+                           make_spec, save_weights)
 from ..progress import log
 from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
 from ..train.losses import logit_kd_loss
-from .structured import prune_structured
-
+from .structured import non_embedding_params, prune_structured
 
 IMPORTANCE_EXAMPLES = 32
+BISECTION_ROUNDS = 12
 
 
 def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -25,24 +36,104 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     # The first examples of the train split: a trace input for torch-pruning and the batch Taylor
     # importance is scored on (only these are tokenized and run through the teacher).
     train = ctx.encoded("train", IMPORTANCE_EXAMPLES)
-    idx = np.arange(len(train))
-    example = train.batch(idx)
+    example = train.batch(np.arange(len(train)))
 
     def importance_loss(m):
         # Taylor importance is scored on the distillation objective the student is trained with.
         teacher = torch.from_numpy(ctx.teacher_logits("train", IMPORTANCE_EXAMPLES))
         return logit_kd_loss(logits_of(m, example), teacher, torch.from_numpy(train.labels), 2.0, 0.5)
 
-    model.eval()
-    prune_structured(model, example, cfg, parent.spec["family"], importance_loss)
+    round_to = _width_multiple(cfg, ctx)
+    family = parent.spec["family"]
+    metrics: dict = {"params_before": before["params"], "before": before,
+                     "non_embedding_params_before": non_embedding_params(model), "width_multiple": round_to}
+    if cfg.budget is None:
+        model.eval()
+        prune_structured(model, example, cfg, family, importance_loss, round_to=round_to)
+        if cfg.recovery is not None:
+            metrics["recovery"] = distill_fit(model, cfg.recovery, ctx, "prune recovery", key)
+    else:
+        model, metrics["steps"] = _prune_to_budget(model, parent, cfg, ctx, key, example, importance_loss, round_to)
     after = architecture_summary(model)
+    metrics.update({"params_after": after["params"], "after": after,
+                    "non_embedding_params_after": non_embedding_params(model)})
     log(f"prune: {before['params'] / 1e6:.3f}M -> {after['params'] / 1e6:.3f}M parameters "
-        f"({1 - after['params'] / before['params']:.1%} removed)")
-    metrics: dict = {"params_before": before["params"], "params_after": after["params"],
-                     "before": before, "after": after}
-    if cfg.recovery is not None:
-        metrics["recovery"] = distill_fit(model, cfg.recovery, ctx, "prune recovery", key)
+        f"({1 - after['params'] / before['params']:.1%} removed; non-embedding "
+        f"{metrics['non_embedding_params_after'] / metrics['non_embedding_params_before']:.1%} kept)")
     metrics.update(evaluate(model, ctx, "pruned"))
     save_weights(model, out)
-    base = base_of(parent.spec)
-    return {"metrics": metrics, "spec": make_spec(model, base)}
+    return {"metrics": metrics, "spec": make_spec(model, base_of(parent.spec))}
+
+
+def _width_multiple(cfg: PruneConfig, ctx: Context) -> int:
+    if cfg.width_multiple is not None:
+        return cfg.width_multiple
+    if not ctx.recipe.profiles:
+        return 1
+    from ..devices.profiles import load_profile
+
+    return load_profile(ctx.recipe.profiles[0]).width_multiple
+
+
+def _ratio_for(model, target: int, example, cfg: PruneConfig, family: str, importance_loss, round_to: int) -> float:
+    """The smallest ratio whose pruning brings non-embedding parameters to <= target (bisection on copies)."""
+    lo, hi = 0.0, 0.95
+    for _ in range(BISECTION_ROUNDS):
+        mid = (lo + hi) / 2
+        trial = copy.deepcopy(model).eval()
+        prune_structured(trial, example, cfg, family, importance_loss, ratio=mid, round_to=round_to)
+        if non_embedding_params(trial) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, example, importance_loss,
+                     round_to: int):
+    family = parent.spec["family"]
+    start = non_embedding_params(model)
+    budget = int(cfg.budget.params * start)
+    steps: list[dict] = []
+    work = ctx.work_dir(key)
+    done = _last_step(work)
+    if done is not None:  # resume: the model as the last finished step left it
+        k, folder = done
+        model = load_weights(build_model(json.loads((folder / "spec.json").read_text())), folder).eval()
+        steps = json.loads((folder / "steps.json").read_text())
+        log(f"prune: resuming after step {k} of {cfg.steps}")
+    for k in range(len(steps) + 1, cfg.steps + 1):
+        target = int(start * cfg.budget.params ** (k / cfg.steps)) if k < cfg.steps else budget
+        model.eval()
+        ratio = _ratio_for(model, target, example, cfg, family, importance_loss, round_to)
+        prune_structured(model, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
+        step = {"step": k, "ratio": ratio, "target_non_embedding_params": target,
+                "non_embedding_params": non_embedding_params(model), "architecture": architecture_summary(model),
+                "dev_accuracy_before_recovery": evaluate(model, ctx, f"prune step {k}", splits=("dev",))["dev_accuracy"]}
+        if cfg.recovery is not None:
+            step["recovery"] = distill_fit(model, cfg.recovery, ctx, f"prune recovery {k}/{cfg.steps}", f"{key}-step{k}")
+        step["dev_accuracy"] = evaluate(model, ctx, f"prune step {k}", splits=("dev",))["dev_accuracy"]
+        steps.append(step)
+        log(f"prune step {k}/{cfg.steps}: ratio {ratio:.3f}, non-embedding parameters {step['non_embedding_params']:,} "
+            f"(target {target:,}); dev {step['dev_accuracy_before_recovery']:.2%} -> {step['dev_accuracy']:.2%} after "
+            "recovery")
+        _save_step(work, k, model, parent, steps, ctx)
+    return model, steps
+
+
+def _save_step(work: Path, k: int, model, parent, steps: list[dict], ctx: Context) -> None:
+    """The step's spec and weights (shapes change between steps), written by rank 0 only."""
+    if ctx.runtime.is_main:
+        folder = work / f"step-{k:02d}"
+        tmp = work / f".tmp-step-{k:02d}"
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_weights(model, tmp)
+        (tmp / "spec.json").write_text(json.dumps(make_spec(model, base_of(parent.spec))))
+        (tmp / "steps.json").write_text(json.dumps(steps))
+        tmp.rename(folder)
+    ctx.runtime.barrier()
+
+
+def _last_step(work: Path) -> tuple[int, Path] | None:
+    found = sorted(work.glob("step-*")) if work.is_dir() else []
+    return (int(found[-1].name.split("-")[1]), found[-1]) if found else None

@@ -34,9 +34,17 @@ def _transformer_roots(model: nn.Module) -> tuple[dict, list[nn.Module]]:
     return num_heads, roots
 
 
+def non_embedding_params(model: nn.Module) -> int:
+    """Parameters outside embedding tables: what structured pruning can shrink (and what budgets count)."""
+    emb = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
+    return sum(p.numel() for p in model.parameters()) - emb
+
+
 def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, family: str,
-                     importance_loss=None) -> None:
-    """Prune `model` in place to the configured ratios."""
+                     importance_loss=None, ratio: float | None = None, round_to: int | None = None) -> None:
+    """Prune `model` in place: `ratio` (default cfg.ratio) of the channels and heads, kept widths in
+    multiples of `round_to` (torch-pruning rounds each layer's channel count)."""
+    ratio = cfg.ratio if ratio is None else ratio
     if family == "hf":
         num_heads, roots = _transformer_roots(model)
     else:
@@ -54,11 +62,11 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
 
     strategy = importance_strategy(cfg.importance)
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=strategy.make(), pruning_ratio=cfg.ratio, global_pruning=cfg.global_pruning,
+        model, example_inputs, importance=strategy.make(), pruning_ratio=ratio, global_pruning=cfg.global_pruning,
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
         num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
-        head_pruning_ratio=cfg.head_ratio if cfg.head_ratio is not None else cfg.ratio,
-        unwrapped_parameters=unwrapped or None,
+        head_pruning_ratio=cfg.head_ratio if cfg.head_ratio is not None and cfg.budget is None else ratio,
+        unwrapped_parameters=unwrapped or None, round_to=round_to if round_to and round_to > 1 else None,
     )
     if strategy.needs_gradients:
         if importance_loss is None:

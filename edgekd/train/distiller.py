@@ -61,10 +61,10 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
                runtime=ctx.runtime)
 
 
-def evaluate(model: torch.nn.Module, ctx: Context, desc: str) -> dict:
-    """Accuracy on dev and test, and argmax agreement with the teacher on test."""
+def evaluate(model: torch.nn.Module, ctx: Context, desc: str, splits: tuple[str, ...] = ("dev", "test")) -> dict:
+    """Accuracy on dev and test, and argmax agreement with the teacher on test (model selection reads dev only)."""
     out = {}
-    for split in ("dev", "test"):
+    for split in splits:
         enc = ctx.encoded(split)
         logits = predict_logits(model, enc, desc=f"{desc} eval ({split})", runtime=ctx.runtime)
         out[f"{split}_accuracy"] = accuracy(logits, enc.labels)

@@ -1,0 +1,76 @@
+"""Pruning to a budget: step by step with recovery, hardware-aligned widths, resumable steps."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_text_recipe
+from edgekd.configs import PruneConfig
+from edgekd.models.spec import architecture_summary, load_model_from_artifact
+from edgekd.pipeline import Pipeline
+from edgekd.prune.structured import non_embedding_params, prune_structured
+from edgekd.recipe import validate_recipe
+from test_prune_importance import tiny_bert, tiny_cnn
+
+
+@pytest.mark.parametrize("multiple", [8, 16])
+def test_kept_ffn_and_conv_widths_are_multiples_of_the_width_multiple(multiple):
+    model, bert_example = tiny_bert()  # FFN 64 wide
+    prune_structured(model, bert_example, PruneConfig(ratio=0.3), "hf", round_to=multiple)
+    ffn = architecture_summary(model)["ffn_per_layer"]
+    assert all(w % multiple == 0 and 0 < w < 64 for w in ffn), ffn
+    cnn, example = tiny_cnn()  # 8 and 16 channels
+    prune_structured(cnn, example, PruneConfig(ratio=0.4), "cnn-image", round_to=4)
+    assert all(c % 4 == 0 for c in architecture_summary(cnn)["conv_channels"])
+    with torch.no_grad():
+        assert torch.isfinite(model(**bert_example).logits).all()
+
+
+def _budget_recipe(tmp_path, teacher, data, **prune):
+    r = tiny_text_recipe(teacher, data, tmp_path / "run")
+    kd = r["stages"][0]["distill"]
+    r["stages"] = [r["stages"][0], {"prune": {"budget": {"params": 0.5}, "steps": 2, "width_multiple": 8,
+                                              "recovery": {**kd, "epochs": 1}, **prune}}]
+    return validate_recipe(r)
+
+
+def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(tmp_path, tiny_bert_dir, text_data_dir):
+    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir))
+    m = pipe.run()["prune"]
+    assert m["non_embedding_params_after"] <= 0.5 * m["non_embedding_params_before"]
+    assert m["non_embedding_params_after"] >= 0.3 * m["non_embedding_params_before"]  # not far past it
+    steps = m["steps"]
+    assert [s["step"] for s in steps] == [1, 2]
+    assert steps[0]["non_embedding_params"] > steps[1]["non_embedding_params"]  # each step takes its share
+    assert all("dev_accuracy_before_recovery" in s and "dev_accuracy" in s and s["recovery"]["steps"] > 0
+               for s in steps)
+    assert all(w % 8 == 0 for w in m["after"]["ffn_per_layer"])
+    art = next(a for a in pipe.artifacts if a.stage == "prune")
+    model = load_model_from_artifact(art)
+    assert non_embedding_params(model) == m["non_embedding_params_after"]
+
+
+def test_a_stopped_budget_run_resumes_at_the_next_step(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):
+    import edgekd.prune.stage as prune_stage
+
+    real = prune_stage.distill_fit
+    calls = []
+
+    def stop_in_step_two(model, cfg, ctx, desc, key):
+        calls.append(desc)
+        if desc.startswith("prune recovery 2/"):
+            raise KeyboardInterrupt  # a run stopped during the second step's recovery
+        return real(model, cfg, ctx, desc, key)
+
+    monkeypatch.setattr(prune_stage, "distill_fit", stop_in_step_two)
+    recipe = _budget_recipe(tmp_path, tiny_bert_dir, text_data_dir)
+    with pytest.raises(KeyboardInterrupt):
+        Pipeline(recipe).run()
+    monkeypatch.setattr(prune_stage, "distill_fit", real)
+    first = [c for c in calls if c.startswith("prune recovery")]
+    assert first == ["prune recovery 1/2", "prune recovery 2/2"]
+    calls.clear()
+    monkeypatch.setattr(prune_stage, "distill_fit", lambda *a: (calls.append(a[3]), real(*a))[1])
+    m = Pipeline(recipe).run()["prune"]
+    assert [c for c in calls if c.startswith("prune recovery")] == ["prune recovery 2/2"]  # step 1 was not redone
+    assert [s["step"] for s in m["steps"]] == [1, 2]
