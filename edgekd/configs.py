@@ -46,6 +46,11 @@ class KDConfig(TrainConfig):
 
     temperature: float = Field(2.0, gt=0, le=100)
     alpha: float = Field(0.9, ge=0, le=1)
+    hidden_weight: float = Field(0.0, ge=0, description="weight of TinyBERT's hidden-state MSE (student and teacher "
+                                 "of the same width); the teacher runs live, its hidden states are not cached")
+    attention_weight: float = Field(0.0, ge=0, description="weight of the attention-distribution KL (same head count)")
+    layer_map: list[int] | None = Field(None, description="teacher layer (0-based) for each student layer; default: "
+                                        "uniform, the last student layer on the teacher's last")
 
 
 class FinetuneConfig(TrainConfig):
@@ -149,7 +154,8 @@ class PruneConfig(Strict):
     width_multiple: int | None = Field(
         None, ge=1, le=256, description="keep FFN / conv channels in multiples of this (vector widths, NPU tiles); "
         "default: the first profile's width_multiple")
-    head_ratio: float | None = Field(None, gt=0, lt=1, description="share of attention heads removed (default: ratio)")
+    head_ratio: float | None = Field(None, ge=0, lt=1, description="share of attention heads removed (default: ratio; "
+                                     "0 keeps every head)")
     importance: Literal["magnitude", "taylor"] = "magnitude"
     global_pruning: bool = Field(True, description="rank channels across layers (uneven widths) rather than per layer")
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more than this share of one layer")

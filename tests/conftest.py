@@ -96,7 +96,7 @@ def tiny_image_recipe(output: Path) -> dict:
                                "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
                                "intermediate_size": 32}, "finetune": train},
         "student": {"kind": "cnn", "channels": [8, 16]},
-        "stages": [{"distill": kd}, {"prune": {"ratio": 0.25, "recovery": {**kd, "epochs": 2}}},
+        "stages": [{"distill": kd}, {"prune": {"ratio": 0.25, "width_multiple": 4, "recovery": {**kd, "epochs": 2}}},
                    {"qat": {**kd, "epochs": 1, "calibration_batches": 2}},
                    {"export": {"validation_examples": 64, "min_agreement": 0.95}},
                    {"profile": {"runs": 5, "rounds": 1, "warmup": 1}}],

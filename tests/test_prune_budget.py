@@ -74,3 +74,24 @@ def test_a_stopped_budget_run_resumes_at_the_next_step(tmp_path, tiny_bert_dir, 
     m = Pipeline(recipe).run()["prune"]
     assert [c for c in calls if c.startswith("prune recovery")] == ["prune recovery 2/2"]  # step 1 was not redone
     assert [s["step"] for s in m["steps"]] == [1, 2]
+
+
+def test_an_evenly_pruned_bert_round_trips_through_from_pretrained_and_a_head_pruned_one_says_why(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from edgekd.models.hf_folder import hf_folder_blocker, save_hf_folder
+
+    model, example = tiny_bert()
+    # FFN channels only, the same share of every layer: a config's single intermediate_size describes it
+    prune_structured(model, example, PruneConfig(ratio=0.5, head_ratio=0, global_pruning=False), "hf", round_to=8)
+    summary = architecture_summary(model)
+    assert summary["heads_per_layer"] == [4, 4] and len(set(summary["ffn_per_layer"])) == 1
+    assert hf_folder_blocker(model) is None
+    facts = save_hf_folder(model, tmp_path / "hf")
+    loaded = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "hf")).eval()
+    assert facts["intermediate_size"] == summary["ffn_per_layer"][0] == loaded.config.intermediate_size
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**example).logits, model(**example).logits)
+    heads, example = tiny_bert()
+    prune_structured(heads, example, PruneConfig(ratio=0.3, head_ratio=0.5), "hf")
+    assert "attention heads were pruned" in hf_folder_blocker(heads)

@@ -17,7 +17,7 @@ from edgekd.data.batching import Encoded, batch_indices, bucketed_batches
 from edgekd.errors import EdgekdError
 from edgekd.train.distiller import Distiller, Teacher
 from edgekd.train.loop import epoch_batches, fit
-from edgekd.train.losses import logit_kd_loss
+from edgekd.train.losses import LogitKD, logit_kd_loss
 from edgekd.train.runtime import Runtime, resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,8 +144,8 @@ def test_default_distiller_is_alpha_weighted_logit_kd_plus_ce():
 
 def test_two_identical_teachers_give_the_same_soft_targets_as_one():
     logits = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
-    one = Distiller([Teacher(logits)], [(1.0, None)]).teacher_outputs(np.arange(5), torch.device("cpu"))
-    two = Distiller([Teacher(logits, 1.0), Teacher(logits, 3.0)], [(1.0, None)]).teacher_outputs(
+    one = Distiller([Teacher(logits)], [(1.0, LogitKD(1.0))]).teacher_outputs(np.arange(5), torch.device("cpu"))
+    two = Distiller([Teacher(logits, 1.0), Teacher(logits, 3.0)], [(1.0, LogitKD(1.0))]).teacher_outputs(
         np.arange(5), torch.device("cpu"))
     assert torch.allclose(torch.softmax(one.logits, -1), torch.softmax(two.logits, -1), atol=1e-6)
 

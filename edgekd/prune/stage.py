@@ -18,6 +18,7 @@ import torch
 
 from ..configs import PruneConfig
 from ..models.hf import logits_of
+from ..models.hf_folder import hf_folder_blocker, save_hf_folder
 from ..models.spec import (architecture_summary, base_of, build_model, load_model_from_artifact, load_weights,
                            make_spec, save_weights)
 from ..progress import log
@@ -62,6 +63,11 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
         f"{metrics['non_embedding_params_after'] / metrics['non_embedding_params_before']:.1%} kept)")
     metrics.update(evaluate(model, ctx, "pruned"))
     save_weights(model, out)
+    if family == "hf":  # leaving edgekd: a from_pretrained folder where a transformers config can describe the model
+        blocker = hf_folder_blocker(model)
+        metrics["hf_folder"] = (save_hf_folder(model, out / "hf", tokenizer_from=out) if blocker is None else
+                                {"saved": False, "reason": blocker, "load_instead": "edgekd.load_model(ARTIFACT), or "
+                                 "the exported ONNX model (onnxruntime, Optimum's ORTModel)"})
     return {"metrics": metrics, "spec": make_spec(model, base_of(parent.spec))}
 
 

@@ -45,8 +45,12 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
     """Prune `model` in place: `ratio` (default cfg.ratio) of the channels and heads, kept widths in
     multiples of `round_to` (torch-pruning rounds each layer's channel count)."""
     ratio = cfg.ratio if ratio is None else ratio
+    head_ratio = cfg.head_ratio if cfg.head_ratio is not None and (cfg.budget is None or cfg.head_ratio == 0) else ratio
     if family == "hf":
         num_heads, roots = _transformer_roots(model)
+        if head_ratio == 0:  # every head stays: the attention projections are not roots at all
+            roots = [m for m in roots if m not in num_heads]
+            num_heads = {}
     else:
         num_heads, roots = {}, [m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d))]
     root_ids = {id(m) for m in roots}
@@ -65,7 +69,7 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
         model, example_inputs, importance=strategy.make(), pruning_ratio=ratio, global_pruning=cfg.global_pruning,
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
         num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
-        head_pruning_ratio=cfg.head_ratio if cfg.head_ratio is not None and cfg.budget is None else ratio,
+        head_pruning_ratio=head_ratio,
         unwrapped_parameters=unwrapped or None, round_to=round_to if round_to and round_to > 1 else None,
     )
     if strategy.needs_gradients:

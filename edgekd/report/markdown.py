@@ -58,6 +58,8 @@ def render_markdown(s: dict) -> str:
     out.append("Accuracy of the torch stages is measured in PyTorch; the export row is the ONNX model under "
                "ONNX Runtime. Size: safetensors (torch stages) or the .onnx file.")
     out.append("")
+    prune = next((st["metrics"] for st in s.get("stages", []) if st["stage"] == "prune"), {})
+    out += _prune_steps_section(prune)
     if systems:
         cases = _latency_cases(systems)
         out += ["## Measured models", ""]
@@ -181,3 +183,26 @@ def _vocabulary_section(v: dict | None) -> list[str]:
             f"Test accuracy of the PyTorch model {_pct(t['accuracy_full_vocabulary'])}% with the full vocabulary, "
             f"{_pct(t['accuracy_trimmed'])}% trimmed ({t['texts_tokenized_differently']} test texts tokenized "
             f"differently; agreement {_pct(t['agreement'])}%).", ""]
+
+
+def _prune_steps_section(m: dict) -> list[str]:
+    """Each prune -> recover step of a budget run: what it removed and what dev accuracy it kept."""
+    steps = m.get("steps")
+    if not steps:
+        return []
+    start = m.get("non_embedding_params_before")
+    out = ["## Pruning steps", "", f"Budget run from {_params(start)} non-embedding parameters; widths in multiples of "
+           f"{m.get('width_multiple', 1)}.", "",
+           "| step | ratio | non-embedding params | kept % | heads per layer | FFN per layer | dev % before recovery | "
+           "dev % after |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for st in steps:
+        a = st.get("architecture", {})
+        out.append(f"| {st['step']} | {st['ratio']:.3f} | {_params(st['non_embedding_params'])} | "
+                   f"{_pct(st['non_embedding_params'] / start if start else None)} | {a.get('heads_per_layer', '—')} | "
+                   f"{a.get('ffn_per_layer', '—')} | {_pct(st.get('dev_accuracy_before_recovery'))} | "
+                   f"{_pct(st.get('dev_accuracy'))} |")
+    hf = m.get("hf_folder") or {}
+    if hf:
+        out += ["", (f"Hugging Face folder: `{hf['folder']}/` in the prune artifact ({hf['loads_with']})." if hf.get("folder")
+                     else f"No Hugging Face folder: {hf.get('reason')}; load it with {hf.get('load_instead')}.")]
+    return out + [""]

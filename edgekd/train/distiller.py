@@ -16,7 +16,7 @@ from ..configs import KDConfig
 from ..models.hf import logits_of
 from .context import Context
 from .loop import fit
-from .losses import HardLabelCE, LogitKD, LossTerm, Outputs
+from .losses import AttentionKL, HardLabelCE, HiddenStateMSE, LogitKD, LossTerm, Outputs, uniform_layer_map
 from .predict import accuracy, predict_logits
 
 
@@ -29,16 +29,26 @@ class Teacher:
 
 
 class Distiller:
-    def __init__(self, teachers: list[Teacher], terms: list[tuple[float, LossTerm]]):
+    def __init__(self, teachers: list[Teacher], terms: list[tuple[float, LossTerm]], live_teacher=None):
         if not terms:
             raise ValueError("a distiller needs at least one loss term")
         self.teachers = teachers
         self.terms = [(w, t) for w, t in terms if w > 0]
+        self.needs = frozenset().union(*(t.needs for _, t in self.terms))
+        if self.needs and live_teacher is None:
+            raise ValueError(f"loss terms needing {sorted(self.needs)} need the teacher model (live_teacher)")
+        self.live_teacher = live_teacher  # run on each batch for what is too large to cache (hidden states, attentions)
 
     @classmethod
-    def from_config(cls, cfg: KDConfig, teacher_logits: np.ndarray) -> "Distiller":
-        """The recipe's logit distillation: alpha * T^2 * KL + (1 - alpha) * CE."""
-        return cls([Teacher(teacher_logits)], [(cfg.alpha, LogitKD(cfg.temperature)), (1.0 - cfg.alpha, HardLabelCE())])
+    def from_config(cls, cfg: KDConfig, teacher_logits: np.ndarray, teacher_model=None,
+                    student: torch.nn.Module | None = None) -> "Distiller":
+        """The recipe's distillation: alpha * T^2 * KL + (1 - alpha) * CE, plus the intermediate terms it weights."""
+        terms: list[tuple[float, LossTerm]] = [(cfg.alpha, LogitKD(cfg.temperature)), (1.0 - cfg.alpha, HardLabelCE())]
+        if cfg.hidden_weight or cfg.attention_weight:
+            layer_map = intermediate_layer_map(cfg, student, teacher_model)
+            terms += [(cfg.hidden_weight, HiddenStateMSE(layer_map)), (cfg.attention_weight, AttentionKL(layer_map))]
+        return cls([Teacher(teacher_logits)], terms, live_teacher=teacher_model if cfg.hidden_weight or
+                   cfg.attention_weight else None)
 
     def teacher_outputs(self, idx: np.ndarray, device: torch.device) -> Outputs:
         if len(self.teachers) == 1:
@@ -48,15 +58,57 @@ class Distiller:
         return Outputs(torch.log(probs.clamp_min(1e-12)).to(device))  # log of the averaged distribution
 
     def loss(self, module: torch.nn.Module, batch: dict, idx: np.ndarray, labels: torch.Tensor) -> torch.Tensor:
-        student = Outputs(logits_of(module, batch))
         teacher = self.teacher_outputs(idx, labels.device)
+        if not self.needs:
+            student = Outputs(logits_of(module, batch))
+        else:
+            flags = {"output_hidden_states": "hidden_states" in self.needs, "output_attentions": "attentions" in self.needs}
+            out = module(**batch, **flags)
+            with torch.no_grad():
+                live = self.live_teacher(**batch, **flags)
+            mask = batch["attention_mask"]
+            student = Outputs(out.logits, out.hidden_states, out.attentions, mask)
+            teacher = Outputs(teacher.logits, live.hidden_states, live.attentions, mask)
         return sum(w * term(student, teacher, labels) for w, term in self.terms)
+
+
+def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
+    """The recipe's layer_map, or the uniform one; checked against both models' depth, width and heads."""
+    from ..errors import EdgekdError
+
+    s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
+    if s_cfg is None or t_cfg is None or not hasattr(t_cfg, "num_hidden_layers"):
+        raise EdgekdError("hidden_weight / attention_weight: both the student and the teacher must be transformers "
+                          "(a CNN student has no hidden states or attention maps to match); set them to 0.")
+    n_s, n_t = s_cfg.num_hidden_layers, t_cfg.num_hidden_layers
+    layer_map = cfg.layer_map or uniform_layer_map(n_s, n_t)
+    if len(layer_map) != n_s or not all(0 <= t < n_t for t in layer_map):
+        raise EdgekdError(f"layer_map {layer_map}: needs one teacher layer in 0..{n_t - 1} for each of the student's "
+                          f"{n_s} layers.")
+    if cfg.hidden_weight and s_cfg.hidden_size != t_cfg.hidden_size:
+        raise EdgekdError(f"hidden_weight: the student's hidden size {s_cfg.hidden_size} differs from the teacher's "
+                          f"{t_cfg.hidden_size}; hidden-state distillation through a learned projection is not built yet: "
+                          "set hidden_weight to 0.")
+    if cfg.attention_weight:
+        from ..models.spec import architecture_summary
+
+        heads = architecture_summary(student).get("heads_per_layer", [])
+        if any(h != t_cfg.num_attention_heads for h in heads):
+            raise EdgekdError(f"attention_weight: the student has {heads} attention heads per layer and the teacher "
+                              f"{t_cfg.num_attention_heads}; attention maps are matched head by head (MiniLM's relation "
+                              "transfer, which works across head counts, is not built yet): set attention_weight to 0.")
+    return layer_map
 
 
 def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, work_key: str) -> dict:
     """Train `model` against the run's teacher with the recipe's loss; shared by distill, prune recovery and QAT."""
     train = ctx.encoded("train", cfg.max_train_examples)
-    distiller = Distiller.from_config(cfg, ctx.teacher_logits("train", cfg.max_train_examples))
+    live = None
+    if cfg.hidden_weight or cfg.attention_weight:  # the teacher runs beside the student on every batch
+        live = ctx.teacher_model().to(ctx.runtime.device).eval()
+        for p in live.parameters():
+            p.requires_grad_(False)
+    distiller = Distiller.from_config(cfg, ctx.teacher_logits("train", cfg.max_train_examples), live, model)
     return fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
                runtime=ctx.runtime)
 

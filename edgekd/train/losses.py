@@ -14,13 +14,22 @@ import torch.nn.functional as F
 
 @dataclass
 class Outputs:
-    """What a loss term may look at for one batch (on the training device)."""
+    """What a loss term may look at for one batch (on the training device).
+
+    hidden_states: the embeddings' output then every layer's (Hugging Face's output_hidden_states);
+    attentions: every layer's attention probabilities [batch, heads, query, key]; mask: 1 for real
+    tokens. They are filled only when a term asks for them (`LossTerm.needs`).
+    """
 
     logits: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+    mask: torch.Tensor | None = None
 
 
 class LossTerm:
     name: str = "term"
+    needs: frozenset[str] = frozenset()  # "hidden_states", "attentions": computed live for both models
 
     def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -52,6 +61,49 @@ class HardLabelCE(LossTerm):
 
     def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(student.logits.float(), labels)
+
+
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (0-based) for each student layer: evenly spaced, the last on the last (TinyBERT's mapping)."""
+    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+
+
+class HiddenStateMSE(LossTerm):
+    """TinyBERT's hidden-state loss: MSE between each student layer's output and its mapped teacher layer's,
+    plus the embeddings' outputs, over real (unpadded) tokens. Widths must match (projections: not yet)."""
+
+    name = "hidden_mse"
+    needs = frozenset({"hidden_states"})
+
+    def __init__(self, layer_map: list[int]):
+        self.layer_map = layer_map
+
+    def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
+        m = student.mask.unsqueeze(-1).float()
+        tokens = m.sum() * student.hidden_states[0].shape[-1]
+        return sum(((student.hidden_states[s].float() - teacher.hidden_states[t].float()) ** 2 * m).sum() / tokens
+                   for s, t in pairs) / len(pairs)
+
+
+class AttentionKL(LossTerm):
+    """TinyBERT / MiniLM attention transfer: KL(teacher || student) of every head's attention distribution
+    over keys, averaged over real query tokens and heads, for each mapped layer. Head counts must match."""
+
+    name = "attention_kl"
+    needs = frozenset({"attentions"})
+
+    def __init__(self, layer_map: list[int]):
+        self.layer_map = layer_map
+
+    def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        q = student.mask.float()[:, None, :, None]  # real query rows
+        total = 0.0
+        for i, t in enumerate(self.layer_map):
+            s_att, t_att = student.attentions[i].float(), teacher.attentions[t].float()
+            kl = (t_att * (torch.log(t_att.clamp_min(1e-9)) - torch.log(s_att.clamp_min(1e-9)))).sum(-1, keepdim=True)
+            total = total + (kl * q).sum() / (q.sum() * s_att.shape[1])
+        return total / len(self.layer_map)
 
 
 def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,

@@ -1,0 +1,97 @@
+"""Distillation ablation on SST-2 (issue 11): which loss terms transfer what, for the flagship's 2-layer student.
+
+    python benchmarks/distill_ablation.py --mode quick   # the quick benchmark's teacher and schedules (4,000 examples)
+
+Every variant distils the same student (MiniLM-L6 layers [2, 5]) from the same cached teacher, in one run folder
+(the teacher is trained once), then reports test.tsv accuracy, agreement with the teacher, expected calibration
+error (15 bins) of student and teacher, wall time and device. Model selection never reads test.tsv.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+VARIANTS = {  # name: distill overrides
+    "ce-only": {"alpha": 0.0},
+    "logit-kd": {"alpha": 0.9},
+    "logit-kd+hidden+attention": {"alpha": 0.9, "hidden_weight": 1.0, "attention_weight": 1.0},
+}
+MODES = {"quick": {"teacher": ["teacher.finetune.max_train_examples=4000", "teacher.finetune.epochs=1"],
+                   "distill": {"max_train_examples": 4000, "epochs": 2}},
+         "full": {"teacher": [], "distill": {}}}
+
+
+def ece(logits: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error: the confidence-weighted gap between confidence and accuracy."""
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    conf, pred = p.max(-1), p.argmax(-1)
+    edges = np.linspace(0, 1, bins + 1)
+    total = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (conf > lo) & (conf <= hi)
+        if sel.any():
+            total += sel.mean() * abs((pred[sel] == labels[sel]).mean() - conf[sel].mean())
+    return float(total)
+
+
+def main() -> None:
+    from sst2 import commit, host_facts, versions  # one definition of the machine, versions and commit facts
+
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
+    from edgekd.train.predict import predict_logits
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--data", default="../shared/data/sst2")
+    ap.add_argument("--run-dir", default=None, help="default: runs/bench-<mode> (the benchmark's, whose teacher is cached)")
+    args = ap.parse_args()
+    mode = MODES[args.mode]
+    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{args.mode}")
+    rows = {}
+    for name, over in VARIANTS.items():
+        raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
+                              [f"data.path={args.data}", f"output={run_dir}", *mode["teacher"]])
+        distill = next(s["distill"] for s in raw["stages"] if "distill" in s)
+        raw["stages"] = [{"distill": {**distill, **mode["distill"], **over}}]
+        raw["profiles"] = ["host-cpu"]
+        pipe = Pipeline(validate_recipe(raw, f"ablation {name}"))
+        start = time.perf_counter()
+        metrics = pipe.run()["distill"]
+        wall = time.perf_counter() - start
+        art = next(a for a in pipe.artifacts if a.stage == "distill")
+        from edgekd.models.spec import load_model_from_artifact
+
+        test = pipe.ctx.encoded("test")
+        s_logits = predict_logits(load_model_from_artifact(art), test, desc=f"{name}: test")
+        t_logits = pipe.ctx.teacher_logits("test")
+        rows[name] = {"distill": {**mode["distill"], **over}, "test_accuracy": metrics["test_accuracy"],
+                      "dev_accuracy": metrics["dev_accuracy"], "agreement": metrics["test_agreement"],
+                      "ece": ece(s_logits, test.labels), "teacher_ece": ece(t_logits, test.labels),
+                      "teacher_test_accuracy": float((t_logits.argmax(-1) == test.labels).mean()),
+                      "kept": metrics["test_accuracy"] / float((t_logits.argmax(-1) == test.labels).mean()),
+                      "train_wall_s": metrics["train"].get("wall_s"), "stage_wall_s": wall,
+                      "device": metrics["train"].get("device"), "artifact": art.id}
+        print(f"{name}: test {100 * metrics['test_accuracy']:.2f}% (kept {100 * rows[name]['kept']:.1f}%), agreement "
+              f"{100 * metrics['test_agreement']:.2f}%, ECE {rows[name]['ece']:.3f}")
+    out = HERE / "results" / f"distill-ablation-{args.mode}.json"
+    out.write_text(json.dumps({"benchmark": f"distill-ablation-{args.mode}", "variants": rows, "machine": host_facts(),
+                               "versions": versions(), "commit": commit(),
+                               "date": datetime.date.today().isoformat(),
+                               "student": "MiniLM-L6 layers [2, 5] (recipes/sst2-minilm.yaml)"}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
