@@ -120,8 +120,11 @@ def render_markdown(s: dict) -> str:
                 + ", ".join(f"{k} {v:.2f}x" for k, v in speed.items()) + ".", ""]
         slow = [k for k, v in speed.items() if v < 1.0]
         if slow:
-            out += [f"**Warning:** INT8 is slower than FP32 for {', '.join(slow)}: on this device the quantized "
-                    "graph does not reach fast integer kernels (or the model is too small to benefit); ship FP32 there.", ""]
+            shipped_fp32 = "final-int8" in systems  # the export measured it too and shipped FP32
+            out += [f"**{'Note' if shipped_fp32 else 'Warning'}:** INT8 is slower than FP32 for {', '.join(slow)}: on "
+                    "this device the quantized graph does not reach fast integer kernels (or the model is too small "
+                    "to benefit); " + ("the FP32 model ships (see INT8 on this host)." if shipped_fp32 else
+                                       "ship FP32 there."), ""]
     compat = s.get("compat")
     if compat:
         out += ["## Device compatibility of the shipped model", "",
