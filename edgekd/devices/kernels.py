@@ -69,8 +69,10 @@ def classify_nodes(graph, dequantized: set[str] = frozenset()) -> dict:
 
     A float layer is a FLOAT_LAYER_KERNELS node whose weight is a constant: a layer that could run
     in integers. `quantized` says its weight is stored in int8 and dequantized to feed the float
-    kernel — a quantized layer onnxruntime did not fuse into an integer kernel. MatMuls of two
-    activations (attention scores and context) are float ops, not layers.
+    kernel — a quantized layer onnxruntime did not fuse into an integer kernel. `dequantized`: the
+    tensors the source graph dequantized from int8, which onnxruntime may have constant-folded into
+    float initializers of the same name. MatMuls of two activations (attention scores and context)
+    are float ops, not layers.
     """
     g = graph.graph
     consts = {i.name for i in g.initializer}
@@ -79,18 +81,18 @@ def classify_nodes(graph, dequantized: set[str] = frozenset()) -> dict:
     dequant_names = set(dequantized)
 
     def weight(name: str) -> tuple[bool, bool]:
-        """(constant, passes through a DequantizeLinear) of a node input."""
-        dequantized = name in dequant_names
+        """(constant, quantized) of a node input: int8 data, or dequantized from int8 on the way."""
+        quantized = name in dequant_names
         for _ in range(4):  # DQ / Transpose / Cast ... of a constant
             if name in consts or name not in producers:
                 break
             node = producers[name]
             if node.op_type not in ("DequantizeLinear", "Transpose", "Cast", "Reshape", "Identity"):
                 return False, False
-            dequantized |= node.op_type == "DequantizeLinear"
+            quantized |= node.op_type == "DequantizeLinear"
             name = node.input[0]
-            dequantized |= name in dequant_names
-        return name in consts, dequantized or name in integer_consts
+            quantized |= name in dequant_names
+        return name in consts, quantized or name in integer_consts
 
     out: dict[str, list] = {"integer": [], "float_layers": [], "float_ops": []}
     for n in g.node:

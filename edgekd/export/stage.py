@@ -174,7 +174,7 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
     """
     from ..devices.profiles import load_profile
 
-    wanted = {p: load_profile(p) for p in profiles if load_profile(p).ort_format}
+    wanted = {p: prof for p, prof in ((p, load_profile(p)) for p in profiles) if prof.ort_format}
     if not wanted:
         return {}
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
