@@ -259,3 +259,23 @@ def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logit
     a = ort.InferenceSession(str(folder / "model.onnx")).run(None, feed)[0]
     b = ort.InferenceSession(str(folder / "model.ort")).run(None, feed)[0]
     np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_where_int8_does_not_pay_the_text_run_ships_fp32_and_still_reports_the_int8_model(tmp_path, tiny_bert_dir,
+                                                                                           text_data_dir):
+    """int8_min_speedup no host reaches: the FP32 export ships (trimmed vocabulary and all), INT8 is measured beside it."""
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "out")
+    r["stages"][3]["export"]["int8_min_speedup"] = 100.0
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()
+    export = next(a for a in pipe.artifacts if a.stage == "export")
+    assert result["export"]["shipped"] == "fp32" and "below export.int8_min_speedup=100" in export.manifest["int8"]["reason"]
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "out" / "model.onnx")).graph.node}
+    assert "QuantizeLinear" not in ops and (export.path / "model-int8.onnx").is_file()
+    assert export.metrics["validation"]["failures"] == [] and export.manifest["validation_int8"]["failures"] == []
+    systems = result["summary"]["systems"]
+    assert systems["final-int8"]["not_shipped"] and systems["final-int8"]["accuracy"] > 0.5
+    assert "ptq-dynamic" in systems  # the baselines are built from the FP32 model that ships
+    assert result["summary"]["int8_speedup_vs_fp32"]  # INT8 (final-int8) against the shipped FP32 (final)
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "**FP32 ships**" in report and "## Vocabulary" in report
