@@ -44,10 +44,38 @@ def test_a_run_with_hidden_and_attention_kd_trains_and_a_cnn_student_is_refused(
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
     distill = {**r["stages"][0]["distill"], "hidden_weight": 1.0, "attention_weight": 1.0, "epochs": 2}
     r["stages"] = [{"distill": distill}]
-    result = Pipeline(validate_recipe(r)).run()["distill"]
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()["distill"]
     assert result["train"]["steps"] > 0 and result["test_accuracy"] > 0.5
+    transfer = result["transfer"]  # what transferred, on test: calibration of both, per class, disagreements
+    assert transfer["agreement"] == result["test_agreement"] and 0 <= transfer["ece"] <= 1
+    art = next(a for a in pipe.artifacts if a.stage == "distill")
+    lines = (art.path / "disagreements-test.jsonl").read_text().splitlines()
+    assert len(lines) == transfer["disagreements"]
     r2 = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "cnn")
     r2["student"] = {"kind": "cnn", "channels": [8]}
     r2["stages"] = [{"distill": distill}]
     with pytest.raises(EdgekdError, match="CNN student has no hidden states"):
         Pipeline(validate_recipe(r2)).run()
+
+
+def test_transfer_report_has_calibration_per_class_accuracy_and_the_disagreements(tmp_path):
+    import json
+
+    import numpy as np
+
+    from edgekd.train.transfer import expected_calibration_error, transfer_report
+
+    labels = np.array([0, 1, 1, 0])
+    confident_right = np.array([[9.0, 0], [0, 9.0], [0, 9.0], [9.0, 0]])
+    confident_wrong = confident_right[:, ::-1].copy()
+    assert expected_calibration_error(confident_right, labels) < 0.01
+    assert expected_calibration_error(confident_wrong, labels) > 0.99
+    student = confident_right.copy()
+    student[2] = [2.0, 0.0]  # wrong, and disagrees with the teacher
+    r = transfer_report(student, confident_right, labels, ["neg", "pos"], ["a", "b", "c", "d"], tmp_path / "d.jsonl")
+    assert r["accuracy"] == 0.75 and r["teacher_accuracy"] == 1.0 and r["agreement"] == 0.75
+    assert r["per_class_accuracy"] == {"neg": 1.0, "pos": 0.5} and r["disagreements"] == 1
+    line = json.loads((tmp_path / "d.jsonl").read_text())
+    assert line["text"] == "c" and line["label"] == "pos" and line["student"] == "neg" and line["teacher"] == "pos"
+    assert 0.5 < line["student_confidence"] < 1 and line["teacher_confidence"] > 0.99

@@ -9,6 +9,20 @@ from ..models.students import build_student
 from ..progress import log
 from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
+from ..train.predict import predict_logits
+from ..train.transfer import transfer_report
+
+# Inputs where student and teacher disagree on the test split (shadow comparison), one JSON object per line.
+DISAGREEMENTS = "disagreements-test.jsonl"
+
+
+def _transfer(student, ctx: Context, out: Path) -> dict:
+    """What transferred, on the held-out test split (read only, never for selection): ECE of both models,
+    per-class accuracy, and the disagreements file."""
+    test = ctx.encoded("test")
+    logits = predict_logits(student, test, desc="student: transfer report", runtime=ctx.runtime)
+    return transfer_report(logits, ctx.teacher_logits("test"), test.labels, ctx.data.label_names,
+                           ctx.data.test.texts, out / DISAGREEMENTS if ctx.runtime.is_main else None)
 
 
 def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -21,5 +35,6 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     log(f"distill: student {student_cfg.kind} with {n_s / 1e6:.2f}M parameters (teacher {n_t / 1e6:.2f}M)")
     metrics = {"train": distill_fit(student, cfg, ctx, "distill", key)}
     metrics.update(evaluate(student, ctx, "student"))
+    metrics["transfer"] = _transfer(student, ctx, out)
     save_weights(student, out)
     return {"metrics": metrics, "spec": make_spec(student, base)}
