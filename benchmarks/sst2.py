@@ -196,15 +196,11 @@ def _lat(stats: dict) -> dict:
 
 def test_data(pipe, paths: dict) -> dict:
     """The test split as each system is fed: edgekd's exports take their folder's (trimmed) tokenizer."""
-    from transformers import AutoTokenizer
-
-    from edgekd.data.batching import encode
-
     export = next(a for a in pipe.artifacts if a.stage == "export")
     test = pipe.ctx.encoded("test")
     if not (export.manifest.get("vocabulary") or {}).get("trimmed"):
         return {name: test for name in paths}
-    own = encode(pipe.ctx.data.test, AutoTokenizer.from_pretrained(str(export.path)), pipe.recipe.data.max_length)
+    own = pipe.ctx.encoded("test", tokenizer_dir=export.path)
     return {name: own if export.path in path.parents else test for name, path in paths.items()}
 
 

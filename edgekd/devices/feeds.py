@@ -3,8 +3,12 @@ file declares. Shared by export (calibration, validation of static builds) and p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from ..data.batching import Encoded
 
 
 def text_feeds(
@@ -32,6 +36,15 @@ def text_feeds(
         }
         feeds.append({name: arrays[name] for name in input_names})
     return feeds
+
+
+def encoded_feeds(data: "Encoded", input_names: list[str], seq_len: int | None = None,
+                  limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Batch-1 feeds of the first `limit` examples of a split: images as they are, texts padded/truncated to
+    seq_len (or each at its own length when None)."""
+    if data.images is not None:
+        return image_feeds(data.images[:limit], input_names[0])
+    return text_feeds(data.ids[:limit], input_names, seq_len, data.pad_id)
 
 
 def image_feeds(images: np.ndarray, input_name: str = "pixel_values") -> list[dict[str, np.ndarray]]:

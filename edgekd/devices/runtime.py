@@ -1,12 +1,25 @@
 """Running an exported model with onnxruntime on encoded data (for validation and accuracy)."""
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..data.batching import Encoded
 from ..progress import progress
+
+
+@contextmanager
+def quiet_ort() -> Iterator[None]:
+    """onnxruntime's quantization tools log advice on the root logger ('consider pre-processing' ...)."""
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
 
 
 def session(path: str | Path, threads: int = 0):
@@ -60,13 +73,9 @@ def fit_to_static(data: Encoded, static: dict[str, list[int]]) -> Encoded:
 
 def _static_onnx_logits(sess, data: Encoded, static: dict[str, list[int]], desc: str) -> np.ndarray:
     """Logits of a static-shape model, one example per run (batch 1), texts padded to its length."""
-    from .feeds import image_feeds, text_feeds
+    from .feeds import encoded_feeds
 
-    names = list(static)
-    if data.ids is not None:
-        feeds = text_feeds(data.ids, names, static["input_ids"][1], data.pad_id)
-    else:
-        feeds = image_feeds(data.images, names[0])
+    feeds = encoded_feeds(data, list(static), static["input_ids"][1] if data.ids is not None else None)
     rows = []
     with progress(len(feeds), desc) as advance:
         for f in feeds:

@@ -20,10 +20,8 @@ The attention mask is rebuilt so that it survives quantization: see attention_ma
 """
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from torch import nn
 
 from ..errors import EdgekdError
 from ..devices.profiles import DeviceProfile
+from ..devices.runtime import quiet_ort
 from ..progress import log
 from ..quantize.fakequant import fake_quant_off
 from .attention_mask import export_float, fit_mask
@@ -68,7 +67,7 @@ def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir
         onnx.save(raw, str(tmp / "raw.onnx"))
         from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
-        with _quiet_ort():
+        with quiet_ort():
             pre = tmp / "pre.onnx" if qnn_preprocess_model(tmp / "raw.onnx", tmp / "pre.onnx",
                                                            fuse_layernorm=True) else tmp / "raw.onnx"
         float_model = onnx.load(str(pre))
@@ -155,16 +154,6 @@ def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
     return overrides, fact
 
 
-@contextmanager
-def _quiet_ort():
-    """onnxruntime's quantization tools log advice on the root logger ('consider pre-processing' ...)."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str, np.ndarray]],
               overrides: dict) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
@@ -180,7 +169,7 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
     scheme = profile.quantization
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     per_channel = scheme.weight_granularity == "per-channel"
-    with _quiet_ort():
+    with quiet_ort():
         config = get_qnn_qdq_config(str(src), FeedReader(), activation_type=qtype[scheme.activation_dtype],
                                     weight_type=qtype[scheme.weight_dtype], per_channel=per_channel,
                                     init_overrides=overrides or None)

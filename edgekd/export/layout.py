@@ -12,24 +12,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
 from ..data.batching import Encoded
-from ..devices.feeds import image_feeds, model_input_names, text_feeds
+from ..devices.feeds import encoded_feeds, model_input_names
 from ..devices.kernels import integer_kernel_report
 from ..devices.latency import combine_rounds, measure_latency
 
 TIMING_FEEDS = 16
 ROUNDS = 3
 RUNS = 30
-
-
-def host_feeds(path: Path, data: Encoded, seq_len: int) -> list[dict[str, np.ndarray]]:
-    """Batch-1 feeds of real examples at the timed sequence length (images as they are)."""
-    names = model_input_names(path)
-    if data.images is not None:
-        return image_feeds(data.images[:TIMING_FEEDS], names[0])
-    return text_feeds(data.ids[:TIMING_FEEDS], names, seq_len, data.pad_id)
 
 
 def int8_speedup(int8: Path, fp32: Path, feeds: list[dict], threads: int = 1) -> dict:
@@ -52,7 +42,8 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float) -> di
     Writes out/model.optimized.onnx (the graph onnxruntime runs here). Returns
     {"integer_kernels": report, "timing": {...}, "int8_pays": bool, "reason": str}.
     """
-    feeds = host_feeds(out / "model.onnx", data, seq_len)
+    # real examples at the timed sequence length (images as they are)
+    feeds = encoded_feeds(data, model_input_names(out / "model.onnx"), seq_len, limit=TIMING_FEEDS)
     kernels = integer_kernel_report(out / "model.onnx", out / "model.optimized.onnx", feeds[0])
     timing = int8_speedup(out / "model.onnx", out / "model-fp32.onnx", feeds)
     case = f"batch 1, {'sequence ' + str(seq_len) + ', ' if data.images is None else ''}1 thread"

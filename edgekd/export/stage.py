@@ -17,10 +17,12 @@ from pathlib import Path
 
 import shutil
 import tempfile
+from functools import partial
 from typing import Callable
 
 from ..configs import ExportConfig
-from ..data.batching import Encoded, encode
+from ..data.batching import Encoded
+from ..devices.feeds import encoded_feeds
 from ..errors import ExportValidationError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
@@ -120,7 +122,7 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         seq_len = max(fitting) if fitting else limit
     inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
     if device:
-        facts = export_for_device(model, inputs, out, profile, _calibration_feeds(calibration, list(inputs), seq_len),
+        facts = export_for_device(model, inputs, out, profile, encoded_feeds(calibration, list(inputs), seq_len),
                                   opset)
         extra = {"onnx": facts, "compat": facts.pop("compat"), "onnx_fp32": facts.pop("fp32")}
         if not float_twin:  # export_for_device always writes the float model it quantized
@@ -155,15 +157,6 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         f"{validation['argmax_agreement']:.2%}, max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
     extra["validation"] = validation
     return facts, extra
-
-
-def _calibration_feeds(enc: Encoded, names: list[str], seq_len: int) -> list[dict]:
-    """Batch-1 feeds from the train split, shaped as the static export (texts padded/truncated to seq_len)."""
-    from ..devices.feeds import image_feeds, text_feeds
-
-    if enc.images is not None:
-        return image_feeds(enc.images, names[0])
-    return text_feeds(enc.ids, names, seq_len, enc.pad_id)
 
 
 def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
@@ -220,17 +213,7 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Call
     before = {s: predict_logits(model, ctx.encoded(s), desc=f"vocabulary: {s} before") for s in ("dev", "test")}
     original = trim_embeddings(model, keep)
     write_trimmed_tokenizer(out, keep)
-    from transformers import AutoTokenizer
-
-    trimmed_tok = AutoTokenizer.from_pretrained(str(out))
-    cache: dict = {}
-
-    def encoded(split: str, max_examples: int | None = None) -> Encoded:
-        if (split, max_examples) not in cache:
-            cache[(split, max_examples)] = encode(getattr(ctx.data, split).head(max_examples), trimmed_tok,
-                                                  ctx.recipe.data.max_length)
-        return cache[(split, max_examples)]
-
+    encoded = partial(ctx.encoded, tokenizer_dir=out)
     facts = {"trimmed": True, "size": len(keep), "original_size": original, "kept": why}
     for s in ("dev", "test"):
         enc = encoded(s)

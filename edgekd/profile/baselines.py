@@ -14,15 +14,14 @@ returned as {"error": ...}: a missing baseline must not cost the run.
 """
 from __future__ import annotations
 
-import logging
 import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from ..data.batching import Encoded
-from ..devices.feeds import image_feeds, model_input_dims, model_input_names, text_feeds
+from ..devices.feeds import encoded_feeds, model_input_dims, model_input_names
+from ..devices.runtime import quiet_ort
 
 # What each baseline is, as the results and reports label it.
 BASELINES = {"ptq-dynamic": "onnxruntime quantize_dynamic",
@@ -37,12 +36,8 @@ def calibration_feeds(path: Path, data: Encoded) -> list[dict[str, np.ndarray]]:
     """Batch-1 feeds for the model at `path`: images as they are; texts padded/truncated to the model's fixed
     length when it has one (as the export's calibration of a static build), else each at its own length —
     the distribution a dynamic-shape model sees (padding would add the ranges of positions the mask ignores)."""
-    names = model_input_names(path)
-    if data.images is not None:
-        return image_feeds(data.images, names[0])
     ids_dims = model_input_dims(path).get("input_ids", [])
-    fixed = ids_dims[1] if len(ids_dims) == 2 else None
-    return text_feeds(data.ids, names, fixed, data.pad_id)
+    return encoded_feeds(data, model_input_names(path), ids_dims[1] if len(ids_dims) == 2 else None)
 
 
 def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_range: bool = False) -> dict[str, dict]:
@@ -89,7 +84,7 @@ def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_ran
         for name, build in (("ptq-dynamic", dynamic), ("ptq-static", static)):
             dst = out_dir / f"{name}.onnx"
             try:
-                with _quiet_ort():
+                with quiet_ort():
                     facts = build(dst)
                 results[name] = {"path": dst, "baseline": BASELINES[name], "quantization": facts}
             except Exception as e:  # noqa: BLE001 — onnxruntime raises anything; a baseline must not break the run
@@ -110,19 +105,9 @@ def _preprocess(fp32: Path, dst: Path) -> tuple[Path, str]:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     try:
-        with _quiet_ort():
+        with quiet_ort():
             quant_pre_process(str(fp32), str(dst), skip_symbolic_shape=True)
         return dst, "quant_pre_process (graph optimisation + ONNX shape inference; no symbolic shape inference)"
     except Exception as e:  # noqa: BLE001
         dst.unlink(missing_ok=True)
         return fp32, f"none: quant_pre_process failed ({type(e).__name__}: {str(e)[:300]})"
-
-
-@contextmanager
-def _quiet_ort():
-    """onnxruntime's quantization tools log advice on the root logger ('consider pre-processing' ...)."""
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)

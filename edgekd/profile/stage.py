@@ -5,9 +5,8 @@ of the PyTorch model that is thrown away. Models: the final export, its own FP32
 architecture, quantization off), the teacher exported in FP32, and post-training quantization
 baselines of the FP32 export built with onnxruntime's own tools (baselines.py; not shipped).
 
-A model entry is {"path", "params"} and optionally "data" (the test split encoded as that model is
-fed; default the run's encoding, see encoded_test), "encode" ((split, max_examples) -> Encoded, the
-same encoding for other splits: what calibrates a PTQ baseline of it), "only_on" (a device build),
+A model entry is {"path", "params"} and optionally "tokenizer_dir" (the export folder, whose trimmed
+vocabulary the model takes; default the run's tokenizer, see encoded_for), "only_on" (a device build),
 "baseline" (a PTQ baseline's label) and "file"/"artifact" (where a model not in the export artifact lies).
 """
 from __future__ import annotations
@@ -75,14 +74,10 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
     The profiler's shares are scaled to the p50 the profile stage measured for the same case without
     the profiler (host-cpu), else to the profiled runs' own wall time.
     """
-    from ..devices.feeds import image_feeds, text_feeds
+    from ..devices.feeds import encoded_feeds
     from ..devices.op_profile import op_breakdown, scale_breakdown
 
-    names = model_input_names(path)
-    if test.images is not None:
-        feed = image_feeds(test.images[:1], names[0])[0]
-    else:
-        feed = text_feeds(test.ids[:1], names, min(128, ctx.recipe.data.max_length), test.pad_id)[0]
+    feed = encoded_feeds(test, model_input_names(path), min(128, ctx.recipe.data.max_length), limit=1)[0]
     case = "t1" if test.images is not None else f"seq{len(feed['input_ids'][0])}_t1"
     prof = op_breakdown(path, feed, threads=1)
     measured = next((lat[case]["p50"] for lat in latency.values() if case in lat and not lat[case].get("estimated")), None)
@@ -92,30 +87,15 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
             "profiler_kernel_ms": prof["kernel_ms"], "profiler_run_ms": prof["run_ms"]}
 
 
-def export_encoding(parent, ctx: Context) -> dict:
-    """{"encode": (split, max_examples) -> Encoded} with the export folder's own tokenizer when the export
-    trimmed the vocabulary (its models take renumbered ids), else {} (the run's tokenizer)."""
-    if not (parent.manifest.get("vocabulary") or {}).get("trimmed"):
-        return {}
-    from transformers import AutoTokenizer
-
-    from ..data.batching import encode
-
-    tok = AutoTokenizer.from_pretrained(str(parent.path))
-    cache: dict = {}
-
-    def encoded(split: str, max_examples: int | None = None) -> Encoded:
-        if (split, max_examples) not in cache:
-            cache[(split, max_examples)] = encode(getattr(ctx.data, split).head(max_examples), tok,
-                                                  ctx.recipe.data.max_length)
-        return cache[(split, max_examples)]
-
-    return {"encode": encoded}
+def export_encoding(parent) -> dict:
+    """{"tokenizer_dir": the export folder} when the export trimmed the vocabulary (its models take
+    renumbered ids), else {} (the run's tokenizer)."""
+    return {"tokenizer_dir": parent.path} if (parent.manifest.get("vocabulary") or {}).get("trimmed") else {}
 
 
-def encoded_test(m: dict, ctx: Context) -> Encoded:
-    """The test split as the model entry `m` is fed: its own encoding when it has one, else the run's."""
-    return m["data"] if "data" in m else m.get("encode", ctx.encoded)("test")
+def encoded_for(m: dict, ctx: Context, split: str = "test", max_examples: int | None = None) -> Encoded:
+    """A split as the model entry `m` is fed."""
+    return ctx.encoded(split, max_examples, tokenizer_dir=m.get("tokenizer_dir"))
 
 
 def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -> tuple[dict, dict]:
@@ -123,10 +103,7 @@ def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -
     (model entries to measure, {name: {"baseline", "error"}} for those onnxruntime failed to build)."""
     from .baselines import CALIBRATION_EXAMPLES, build_baselines
 
-    # Train examples encoded as the FP32 model is fed. An entry with test "data" of its own but no "encode"
-    # cannot say how: no calibration (ptq-static is then an error) rather than ids of another vocabulary.
-    own = "data" in fp32 and "encode" not in fp32
-    calib = None if own else fp32.get("encode", ctx.encoded)("train", CALIBRATION_EXAMPLES)
+    calib = encoded_for(fp32, ctx, "train", CALIBRATION_EXAMPLES)  # train examples as the FP32 model is fed
     # the weight range of the shipped model: 7 bits where QAT chose int7 (x86 without VNNI)
     reduce_range = (parent.spec.get("quant") or {}).get("scheme", {}).get("weight_qmax") == 63
     built = build_baselines(fp32["path"], calib, out / "baselines", reduce_range)
@@ -139,7 +116,7 @@ def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -
             continue
         models[name] = {"path": b["path"], "params": fp32["params"], "baseline": b["baseline"],
                         "quantization": b["quantization"], "file": str(b["path"].relative_to(out)),
-                        "artifact": key, **{k: fp32[k] for k in ("data", "encode") if k in fp32}}
+                        "artifact": key, **{k: fp32[k] for k in ("tokenizer_dir",) if k in fp32}}
     if models:
         log(f"profile: PTQ baselines {', '.join(models)} built from {fp32['path'].name} with onnxruntime's own "
             "quantization tools (not shipped)")
@@ -152,7 +129,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     if cfg.compare_teacher and teacher_onnx:  # exported by the export stage (export.teacher)
         models["teacher-fp32"] = {"path": parent.path / teacher_onnx["file"], "params": teacher_onnx["params"]}
     params = parent.spec.get("summary", {}).get("params")
-    own = export_encoding(parent, ctx)  # the export's trimmed vocabulary, which every model but the teacher takes
+    own = export_encoding(parent)  # the export's trimmed vocabulary, which every model but the teacher takes
     if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():
         models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params, **own}
     models["final"] = {"path": parent.path / "model.onnx", "params": params, **own}
@@ -176,7 +153,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     teacher_pred = None if "teacher-fp32" in models else ctx.teacher_logits("test").argmax(-1)
     results: dict[str, dict] = {}
     for name, m in models.items():  # teacher first: its predictions define agreement
-        acc, pred = accuracy_on(m["path"], encoded_test(m, ctx), teacher_pred, f"accuracy {name}")
+        acc, pred = accuracy_on(m["path"], encoded_for(m, ctx), teacher_pred, f"accuracy {name}")
         if name == "teacher-fp32":
             teacher_pred = pred
             acc["agreement"] = 1.0
@@ -203,7 +180,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
             estimator = estimate_all(here, results, profile, max_positions) or estimator
             continue
         latency, throughput = measure_models(
-            {n: m["path"] for n, m in here.items()}, {n: encoded_test(m, ctx) for n, m in here.items()}, profile,
+            {n: m["path"] for n, m in here.items()}, {n: encoded_for(m, ctx) for n, m in here.items()}, profile,
             warmup=cfg.warmup, runs=cfg.runs, rounds=cfg.rounds, natural=cfg.natural_lengths,
             natural_max=cfg.natural_max_examples,
             max_positions=max_positions, desc="profile: timing")
@@ -213,7 +190,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                 results[name].setdefault("throughput", {})[pname] = throughput[name]
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
                "estimator": estimator, "measurement": _protocol(cfg),
-               "op_breakdown": final_op_breakdown(models["final"]["path"], encoded_test(models["final"], ctx), ctx,
+               "op_breakdown": final_op_breakdown(models["final"]["path"], encoded_for(models["final"], ctx), ctx,
                                                   results["final"]["latency_ms"])}
     return {"metrics": metrics, "spec": parent.spec}
 

@@ -23,6 +23,7 @@ class Context:
     _data: TaskData | None = None
     teacher: Artifact | None = None
     _tokenizer: object = None
+    _tokenizers: dict = field(default_factory=dict)  # folder -> tokenizer (an export's trimmed vocabulary)
     _encoded: dict = field(default_factory=dict)
     _teacher_logits: dict = field(default_factory=dict)
     _teacher_model: object = None
@@ -59,12 +60,23 @@ class Context:
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.teacher.path))
         return self._tokenizer
 
-    def encoded(self, split: str, max_examples: int | None = None) -> Encoded:
-        key = (split, max_examples)
+    def encoded(self, split: str, max_examples: int | None = None, tokenizer_dir: str | Path | None = None) -> Encoded:
+        """A split tokenized once per run; `tokenizer_dir`: with the tokenizer saved there instead of the run's
+        (an export folder whose trimmed vocabulary renumbers the ids)."""
+        key = (split, max_examples, None if tokenizer_dir is None else str(tokenizer_dir))
         if key not in self._encoded:
             s = getattr(self.data, split).head(max_examples)
-            self._encoded[key] = encode(s, self.tokenizer, self.recipe.data.max_length)
+            self._encoded[key] = encode(s, self._tokenizer_at(key[2]), self.recipe.data.max_length)
         return self._encoded[key]
+
+    def _tokenizer_at(self, folder: str | None):
+        if folder is None:
+            return self.tokenizer
+        if folder not in self._tokenizers:
+            from transformers import AutoTokenizer
+
+            self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
+        return self._tokenizers[folder]
 
     def teacher_model(self):
         if self._teacher_model is None:
