@@ -41,8 +41,36 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(200, ge=1, description="optimizer steps between resumable checkpoints")
 
 
+class AugmentConfig(Strict):
+    """Augmented copies of the train texts for the transfer set (TinyBERT; Tang et al. 2019), labelled by the teacher."""
+
+    copies: int = Field(4, ge=1, le=50, description="augmented copies of each train text")
+    replace_prob: float = Field(0.3, ge=0, le=1, description="share of single-piece words replaced by one of their "
+                                "nearest neighbours in the teacher's token-embedding space")
+    neighbours: int = Field(15, ge=1, le=200, description="nearest neighbours a replacement is drawn from")
+    mask_prob: float = Field(0.0, ge=0, le=1, description="share of single-piece words replaced by the mask token")
+
+
+class TransferConfig(Strict):
+    """The transfer set: the labelled train split plus text the teacher labels (its soft targets only).
+
+    Teacher-labelled examples carry no gold label: the hard-label CE skips them, the KD terms do not.
+    """
+
+    unlabelled: list[str] = Field(default_factory=list, description="files of extra text: .txt (one text per line) "
+                                  "or .tsv/.csv/.jsonl with the data's text column; labels in them are ignored")
+    text_column: str | None = Field(None, description="text column of the unlabelled files (default: data.text_column)")
+    augment: AugmentConfig | None = None
+    min_confidence: float = Field(0.0, ge=0, lt=1, description="drop teacher-labelled examples whose top teacher "
+                                  "probability is below this (the share dropped is reported)")
+    max_examples: int | None = Field(None, ge=1, description="cap on the teacher-labelled examples kept")
+
+
 class KDConfig(TrainConfig):
     """Logit distillation: loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE."""
+
+    transfer: TransferConfig | None = Field(None, description="train on the train split plus teacher-labelled text "
+                                            "(unlabelled files, augmented copies)")
 
     temperature: float = Field(2.0, gt=0, le=100)
     alpha: float = Field(0.9, ge=0, le=1)

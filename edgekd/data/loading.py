@@ -123,6 +123,28 @@ def _read_rows(path: Path, fmt: str) -> tuple[list[str], list[dict]]:
     return list(reader.fieldnames or []), rows
 
 
+def read_texts(path: str | Path, column: str, fmt: str = "auto") -> list[str]:
+    """Texts of an unlabelled file: a .txt file holds one text per line; a .tsv/.csv/.jsonl file the `column`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"unlabelled text file {str(p)!r} does not exist. Check the path in distill.transfer.unlabelled.")
+    if p.suffix.lower() == ".txt":
+        try:
+            texts = [t.strip() for t in p.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as e:
+            raise DataError(f"{str(p)!r} is not UTF-8 text (byte {e.start}: {e.reason}); re-save it as UTF-8.") from None
+    else:
+        columns, rows = _read_rows(p, fmt)
+        if column not in columns:
+            raise DataError(f"{str(p)!r} has no text column {column!r} (columns: {', '.join(map(repr, columns)) or 'none'}). "
+                            "Set distill.transfer.text_column to one of them.")
+        texts = [str(r.get(column) or "").strip() for r in rows]
+    texts = [t for t in texts if t]
+    if not texts:
+        raise DataError(f"{str(p)!r} holds no text. Give a file with one text per line (.txt) or a text column.")
+    return texts
+
+
 def _load_folder(cfg: DataConfig, task: str) -> TaskData:
     folder = Path(cfg.path)
     if not folder.is_dir():

@@ -108,9 +108,16 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
         live = ctx.teacher_model().to(ctx.runtime.device).eval()
         for p in live.parameters():
             p.requires_grad_(False)
-    distiller = Distiller.from_config(cfg, ctx.teacher_logits("train", cfg.max_train_examples), live, model)
-    return fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
-               runtime=ctx.runtime)
+    logits = ctx.teacher_logits("train", cfg.max_train_examples)
+    report = None
+    if cfg.transfer is not None:  # the train split plus teacher-labelled text (unlabelled files, augmentation)
+        from .transfer_set import build_transfer_set
+
+        train, logits, report = build_transfer_set(cfg.transfer, ctx, train, logits, cfg.max_train_examples)
+    distiller = Distiller.from_config(cfg, logits, live, model)
+    out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
+              runtime=ctx.runtime)
+    return {**out, "transfer_set": report} if report is not None else out
 
 
 def evaluate(model: torch.nn.Module, ctx: Context, desc: str, splits: tuple[str, ...] = ("dev", "test")) -> dict:

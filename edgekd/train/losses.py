@@ -55,12 +55,15 @@ class LogitKD(LossTerm):
 
 
 class HardLabelCE(LossTerm):
-    """Cross-entropy with the task labels."""
+    """Cross-entropy with the task labels; examples labelled -100 (teacher-labelled transfer data) are skipped."""
 
     name = "hard_label_ce"
 
     def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(student.logits.float(), labels)
+        gold = labels >= 0
+        if not bool(gold.any()):  # a batch of teacher-labelled examples only: no hard-label term (not NaN)
+            return student.logits.sum() * 0.0
+        return F.cross_entropy(student.logits.float(), labels, ignore_index=-100)
 
 
 def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
