@@ -76,9 +76,16 @@ class KDConfig(TrainConfig):
     alpha: float = Field(0.9, ge=0, le=1)
     hidden_weight: float = Field(0.0, ge=0, description="weight of TinyBERT's hidden-state MSE (student and teacher "
                                  "of the same width); the teacher runs live, its hidden states are not cached")
+    hidden_loss: Literal["mse", "cosine"] = Field("mse", description="hidden-state loss: TinyBERT's MSE or "
+                                                  "DistilBERT's cosine (directions only)")
     attention_weight: float = Field(0.0, ge=0, description="weight of the attention-distribution KL (same head count)")
-    layer_map: list[int] | None = Field(None, description="teacher layer (0-based) for each student layer; default: "
-                                        "uniform, the last student layer on the teacher's last")
+    relation_weight: float = Field(0.0, ge=0, description="weight of MiniLM-v2's query/key/value relation KL: works "
+                                   "across head counts and pruned heads")
+    relation_heads: int | None = Field(None, ge=1, le=256, description="relation heads (default: the teacher's head "
+                                       "count, or the largest divisor of every layer's width below it)")
+    layer_map: list[int] | Literal["uniform", "last"] | None = Field(
+        None, description="teacher layer (0-based) for each student layer, or `uniform` (default: evenly spaced, the "
+        "last on the last) or `last` (the teacher's last k layers)")
 
 
 class FinetuneConfig(TrainConfig):

@@ -79,3 +79,84 @@ def test_transfer_report_has_calibration_per_class_accuracy_and_the_disagreement
     line = json.loads((tmp_path / "d.jsonl").read_text())
     assert line["text"] == "c" and line["label"] == "pos" and line["student"] == "neg" and line["teacher"] == "pos"
     assert 0.5 < line["student_confidence"] < 1 and line["teacher_confidence"] > 0.99
+
+
+def test_last_k_layer_map_takes_the_teachers_top_layers():
+    from edgekd.train.losses import last_layer_map
+
+    assert last_layer_map(2, 6) == [4, 5] and last_layer_map(3, 3) == [0, 1, 2]
+
+
+def test_cosine_hidden_loss_ignores_scale_and_padding_but_not_direction():
+    from edgekd.train.losses import HiddenStateCosine
+
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    a, b = _outputs(0, mask=mask), _outputs(0, mask=mask)
+    b.hidden_states = tuple(3.0 * h for h in a.hidden_states)  # same directions, 3x the norm
+    for h in b.hidden_states:
+        h[0, 3:] = torch.randn(2, 8)  # padded positions differ
+    term = HiddenStateCosine([0, 1])
+    assert term(a, b, None).item() == pytest.approx(0.0, abs=1e-5)
+    assert term(a, _outputs(1, mask=mask), None).item() > 0.1
+
+
+def _qkv(seed, width, layers=2, mask=None):
+    g = torch.Generator().manual_seed(seed)
+    out = _outputs(seed, layers=layers, mask=mask)
+    out.qkv = [tuple(torch.randn(2, 5, width, generator=g) for _ in range(3)) for _ in range(layers)]
+    return out
+
+
+def test_relation_kl_compares_models_of_different_widths_and_ignores_padding():
+    from edgekd.train.losses import RelationKL
+
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    student, teacher = _qkv(0, 8, mask=mask), _qkv(1, 12, mask=mask)
+    term = RelationKL([0, 1], relation_heads=4)  # divides both widths: 8 (a pruned student) and 12
+    assert term(student, teacher, None).item() > 0
+    assert term(teacher, teacher, None).item() == pytest.approx(0.0, abs=1e-5)
+    moved = _qkv(1, 12, mask=mask)
+    for trio in moved.qkv:
+        for x in trio:
+            x[0, 3:] = 50.0  # the first text's padded tokens
+    assert term(student, moved, None).item() == pytest.approx(term(student, teacher, None).item(), rel=1e-5)
+
+
+def test_relation_heads_default_divides_a_pruned_students_uneven_layers(tiny_bert_dir):
+    from edgekd.configs import KDConfig
+    from edgekd.train.distiller import capture_qkv, qkv_projections, relation_heads
+    from transformers import BertConfig, BertForSequenceClassification
+
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=4, intermediate_size=64))
+    student = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=1,
+                                                       num_attention_heads=4, intermediate_size=64))
+    attn = student.bert.encoder.layer[0].attention  # 3 heads of 8 left, as a head-pruned layer has
+    for name in ("query", "key", "value"):
+        setattr(attn.self, name, torch.nn.Linear(32, 24))
+    attn.output.dense = torch.nn.Linear(24, 32)
+    for name, value in (("num_attention_heads", 3), ("all_head_size", 24)):
+        if hasattr(attn.self, name):
+            setattr(attn.self, name, value)
+    assert [q.out_features for q, _, _ in qkv_projections(student)] == [24]
+    assert relation_heads(KDConfig(), student, teacher, [1]) == 4  # gcd(24, 32) = 8; its largest divisor <= 4 heads
+    with pytest.raises(EdgekdError, match="relation_heads 3 does not divide the projection widths \\[32\\]"):
+        relation_heads(KDConfig(relation_heads=3), student, teacher, [1])
+    with capture_qkv(student) as qkv:
+        student(input_ids=torch.ones(2, 6, dtype=torch.long))
+    assert [tuple(x.shape) for x in qkv[0]] == [(2, 6, 24)] * 3
+
+
+def test_pruned_heads_recover_with_relation_transfer(tmp_path, tiny_bert_dir, text_data_dir):
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    prune = r["stages"][1]["prune"]
+    prune["recovery"] = {**prune["recovery"], "relation_weight": 1.0, "hidden_weight": 1.0, "hidden_loss": "cosine",
+                         "layer_map": "last"}
+    r["stages"] = r["stages"][:2]
+    result = Pipeline(validate_recipe(r)).run()["prune"]
+    assert result["dev_accuracy"] > 0.5
+    with pytest.raises(Exception, match="attention_weight to 0 and use relation_weight"):
+        r2 = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run2")
+        r2["stages"] = r2["stages"][:2]
+        r2["stages"][1]["prune"]["recovery"]["attention_weight"] = 1.0
+        Pipeline(validate_recipe(r2)).run()

@@ -7,6 +7,8 @@ their soft targets are averaged by weight (in probability space).
 """
 from __future__ import annotations
 
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,8 @@ from ..configs import KDConfig
 from ..models.hf import logits_of
 from .context import Context
 from .loop import fit
-from .losses import AttentionKL, HardLabelCE, HiddenStateMSE, LogitKD, LossTerm, Outputs, uniform_layer_map
+from .losses import (AttentionKL, HardLabelCE, HiddenStateCosine, HiddenStateMSE, LogitKD, LossTerm, Outputs,
+                     RelationKL, last_layer_map, uniform_layer_map)
 from .predict import accuracy, predict_logits
 
 
@@ -44,11 +47,14 @@ class Distiller:
                     student: torch.nn.Module | None = None) -> "Distiller":
         """The recipe's distillation: alpha * T^2 * KL + (1 - alpha) * CE, plus the intermediate terms it weights."""
         terms: list[tuple[float, LossTerm]] = [(cfg.alpha, LogitKD(cfg.temperature)), (1.0 - cfg.alpha, HardLabelCE())]
-        if cfg.hidden_weight or cfg.attention_weight:
+        if needs_live_teacher(cfg):
             layer_map = intermediate_layer_map(cfg, student, teacher_model)
-            terms += [(cfg.hidden_weight, HiddenStateMSE(layer_map)), (cfg.attention_weight, AttentionKL(layer_map))]
-        return cls([Teacher(teacher_logits)], terms, live_teacher=teacher_model if cfg.hidden_weight or
-                   cfg.attention_weight else None)
+            hidden = HiddenStateCosine(layer_map) if cfg.hidden_loss == "cosine" else HiddenStateMSE(layer_map)
+            terms += [(cfg.hidden_weight, hidden), (cfg.attention_weight, AttentionKL(layer_map))]
+            if cfg.relation_weight:
+                heads = relation_heads(cfg, student, teacher_model, layer_map)
+                terms.append((cfg.relation_weight, RelationKL(layer_map, heads)))
+        return cls([Teacher(teacher_logits)], terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None)
 
     def teacher_outputs(self, idx: np.ndarray, device: torch.device) -> Outputs:
         if len(self.teachers) == 1:
@@ -63,13 +69,70 @@ class Distiller:
             student = Outputs(logits_of(module, batch))
         else:
             flags = {"output_hidden_states": "hidden_states" in self.needs, "output_attentions": "attentions" in self.needs}
-            out = module(**batch, **flags)
-            with torch.no_grad():
+            hooks = "qkv" in self.needs
+            with capture_qkv(module, hooks) as s_qkv:
+                out = module(**batch, **flags)
+            with torch.no_grad(), capture_qkv(self.live_teacher, hooks) as t_qkv:
                 live = self.live_teacher(**batch, **flags)
             mask = batch["attention_mask"]
-            student = Outputs(out.logits, out.hidden_states, out.attentions, mask)
-            teacher = Outputs(teacher.logits, live.hidden_states, live.attentions, mask)
+            student = Outputs(out.logits, out.hidden_states, out.attentions, mask, s_qkv)
+            teacher = Outputs(teacher.logits, live.hidden_states, live.attentions, mask, t_qkv)
         return sum(w * term(student, teacher, labels) for w, term in self.terms)
+
+
+def needs_live_teacher(cfg: KDConfig) -> bool:
+    """Whether a weighted term needs the teacher's hidden states, attentions or projections (too large to cache)."""
+    return bool(cfg.hidden_weight or cfg.attention_weight or cfg.relation_weight)
+
+
+def qkv_projections(model: torch.nn.Module) -> list[tuple[torch.nn.Module, ...]]:
+    """Each layer's query, key and value projections, in layer order (BERT/RoBERTa/ViT: query/key/value;
+    DistilBERT: q_lin/k_lin/v_lin)."""
+    layers: dict[str, dict[str, torch.nn.Module]] = {}
+    for name, m in model.named_modules():
+        prefix, _, leaf = name.rpartition(".")
+        for role, leaves in (("q", ("query", "q_lin")), ("k", ("key", "k_lin")), ("v", ("value", "v_lin"))):
+            if leaf in leaves and isinstance(m, torch.nn.Linear):
+                layers.setdefault(prefix, {})[role] = m
+    return [(d["q"], d["k"], d["v"]) for d in layers.values() if len(d) == 3]
+
+
+@contextmanager
+def capture_qkv(model: torch.nn.Module, enabled: bool = True):
+    """Yields a list that, after a forward pass, holds each layer's (query, key, value) projection outputs."""
+    if not enabled:
+        yield None
+        return
+    layers = qkv_projections(model)
+    captured: list[list] = [[None, None, None] for _ in layers]
+    handles = [m.register_forward_hook(lambda _m, _in, out, i=i, j=j: captured[i].__setitem__(j, out))
+               for i, trio in enumerate(layers) for j, m in enumerate(trio)]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def relation_heads(cfg: KDConfig, student, teacher, layer_map: list[int]) -> int:
+    """cfg.relation_heads, checked; by default the teacher's head count, or the largest divisor of every mapped
+    layer's projection width below it (a pruned student's layers have fewer heads, unevenly)."""
+    from ..errors import EdgekdError
+
+    s_layers, t_layers = qkv_projections(student), qkv_projections(teacher)
+    if len(s_layers) != student.config.num_hidden_layers or len(t_layers) != teacher.config.num_hidden_layers:
+        raise EdgekdError("relation_weight: edgekd finds the query/key/value projections of BERT-like (query, key, "
+                          "value) and DistilBERT-like (q_lin, k_lin, v_lin) layers only; set relation_weight to 0.")
+    widths = {m.out_features for trio in s_layers for m in trio} | \
+             {m.out_features for t in layer_map for m in t_layers[t]}
+    if cfg.relation_heads is not None:
+        bad = sorted(w for w in widths if w % cfg.relation_heads)
+        if bad:
+            raise EdgekdError(f"relation_heads {cfg.relation_heads} does not divide the projection widths {bad}; choose "
+                              f"a divisor of {math.gcd(*widths)}.")
+        return cfg.relation_heads
+    common = math.gcd(*widths)
+    return max(d for d in range(1, teacher.config.num_attention_heads + 1) if common % d == 0)
 
 
 def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
@@ -78,10 +141,14 @@ def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
 
     s_cfg, t_cfg = getattr(student, "config", None), getattr(teacher, "config", None)
     if s_cfg is None or t_cfg is None or not hasattr(t_cfg, "num_hidden_layers"):
-        raise EdgekdError("hidden_weight / attention_weight: both the student and the teacher must be transformers "
-                          "(a CNN student has no hidden states or attention maps to match); set them to 0.")
+        raise EdgekdError("hidden_weight / attention_weight / relation_weight: both the student and the teacher must be "
+                          "transformers (a CNN student has no hidden states or attention maps to match); set them to 0.")
     n_s, n_t = s_cfg.num_hidden_layers, t_cfg.num_hidden_layers
-    layer_map = cfg.layer_map or uniform_layer_map(n_s, n_t)
+    layer_map = (last_layer_map(n_s, n_t) if cfg.layer_map == "last" else
+                 uniform_layer_map(n_s, n_t) if cfg.layer_map in (None, "uniform") else cfg.layer_map)
+    if n_s > n_t:
+        raise EdgekdError(f"layer_map: the student has {n_s} layers and the teacher {n_t}; intermediate-layer terms "
+                          "map each student layer on a teacher layer: set them to 0.")
     if len(layer_map) != n_s or not all(0 <= t < n_t for t in layer_map):
         raise EdgekdError(f"layer_map {layer_map}: needs one teacher layer in 0..{n_t - 1} for each of the student's "
                           f"{n_s} layers.")
@@ -95,8 +162,8 @@ def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
         heads = architecture_summary(student).get("heads_per_layer", [])
         if any(h != t_cfg.num_attention_heads for h in heads):
             raise EdgekdError(f"attention_weight: the student has {heads} attention heads per layer and the teacher "
-                              f"{t_cfg.num_attention_heads}; attention maps are matched head by head (MiniLM's relation "
-                              "transfer, which works across head counts, is not built yet): set attention_weight to 0.")
+                              f"{t_cfg.num_attention_heads}; attention maps are matched head by head. Set attention_weight "
+                              "to 0 and use relation_weight (MiniLM's relation transfer works across head counts).")
     return layer_map
 
 
@@ -104,7 +171,7 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     """Train `model` against the run's teacher with the recipe's loss; shared by distill, prune recovery and QAT."""
     train = ctx.encoded("train", cfg.max_train_examples)
     live = None
-    if cfg.hidden_weight or cfg.attention_weight:  # the teacher runs beside the student on every batch
+    if needs_live_teacher(cfg):  # the teacher runs beside the student on every batch
         live = ctx.teacher_model().to(ctx.runtime.device).eval()
         for p in live.parameters():
             p.requires_grad_(False)

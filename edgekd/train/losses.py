@@ -6,6 +6,7 @@ one more term here plus the outputs it needs; the loop and the stages do not cha
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,14 +18,16 @@ class Outputs:
     """What a loss term may look at for one batch (on the training device).
 
     hidden_states: the embeddings' output then every layer's (Hugging Face's output_hidden_states);
-    attentions: every layer's attention probabilities [batch, heads, query, key]; mask: 1 for real
-    tokens. They are filled only when a term asks for them (`LossTerm.needs`).
+    attentions: every layer's attention probabilities [batch, heads, query, key]; qkv: every layer's
+    query, key and value projections [batch, tokens, heads * head size] (captured by hooks); mask: 1
+    for real tokens. They are filled only when a term asks for them (`LossTerm.needs`).
     """
 
     logits: torch.Tensor
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
     mask: torch.Tensor | None = None
+    qkv: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None  # per layer: query, key, value projections
 
 
 class LossTerm:
@@ -107,6 +110,63 @@ class AttentionKL(LossTerm):
             kl = (t_att * (torch.log(t_att.clamp_min(1e-9)) - torch.log(s_att.clamp_min(1e-9)))).sum(-1, keepdim=True)
             total = total + (kl * q).sum() / (q.sum() * s_att.shape[1])
         return total / len(self.layer_map)
+
+
+def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """The teacher's last k layers for a k-layer student (DistilBERT-style "last-k")."""
+    return list(range(teacher_layers - student_layers, teacher_layers))
+
+
+class HiddenStateCosine(LossTerm):
+    """DistilBERT's cosine loss: 1 - cos(student, teacher) of each real token's hidden vector, for the embeddings'
+    output and every mapped layer. It aligns directions only, so it tolerates a scale mismatch that MSE punishes."""
+
+    name = "hidden_cosine"
+    needs = frozenset({"hidden_states"})
+
+    def __init__(self, layer_map: list[int]):
+        self.layer_map = layer_map
+
+    def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
+        m = student.mask.float()
+        return sum(((1 - F.cosine_similarity(student.hidden_states[s].float(), teacher.hidden_states[t].float(),
+                                             dim=-1)) * m).sum() / m.sum() for s, t in pairs) / len(pairs)
+
+
+class RelationKL(LossTerm):
+    """MiniLM-v2's self-attention relation transfer: for each mapped layer, the query-query, key-key and
+    value-value relations softmax(X_r X_r^T / sqrt(d_r)) of `relation_heads` relation heads, teacher || student KL
+    over real tokens.
+
+    The relation heads split the concatenated projections afresh, so the student's and the teacher's attention
+    head counts (and a pruned student's uneven heads) need not match: only `relation_heads` must divide each
+    layer's projection width.
+    """
+
+    name = "relation_kl"
+    needs = frozenset({"qkv"})
+
+    def __init__(self, layer_map: list[int], relation_heads: int):
+        self.layer_map = layer_map
+        self.relation_heads = relation_heads
+
+    def _log_relations(self, x: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        b, n, width = x.shape
+        r = x.float().view(b, n, self.relation_heads, width // self.relation_heads).transpose(1, 2)
+        scores = r @ r.transpose(-1, -2) / math.sqrt(r.shape[-1])
+        return torch.log_softmax(scores.masked_fill(~keys, torch.finfo(scores.dtype).min), dim=-1)
+
+    def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
+        keys = student.mask.bool()[:, None, None, :]
+        rows = student.mask.float()[:, None, :, None]
+        total = 0.0
+        for i, t in enumerate(self.layer_map):
+            for s_x, t_x in zip(student.qkv[i], teacher.qkv[t]):
+                ls, lt = self._log_relations(s_x, keys), self._log_relations(t_x, keys)
+                kl = (lt.exp() * (lt - ls)).masked_fill(~keys, 0.0).sum(-1, keepdim=True)
+                total = total + (kl * rows).sum() / (rows.sum() * self.relation_heads)
+        return total / (3 * len(self.layer_map))
 
 
 def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
