@@ -170,10 +170,20 @@ class RecoveryConfig(KDConfig):
 
 
 class PruneBudget(Strict):
-    """What the pruned model may cost; pruning continues step by step until it fits."""
+    """What the pruned model may cost (exactly one of params, latency_ms); pruning continues step by step until it fits."""
 
-    params: float = Field(..., gt=0, lt=1, description="keep at most this share of the model's non-embedding "
-                          "parameters (embedding tables are not pruned: vocabulary trimming shrinks them)")
+    params: float | None = Field(None, gt=0, lt=1, description="keep at most this share of the model's non-embedding "
+                                 "parameters (embedding tables are not pruned: vocabulary trimming shrinks them)")
+    latency_ms: float | None = Field(None, gt=0, description="FP32 ONNX latency at batch 1, sequence 128 (or the "
+                                     "data's max_length if shorter), 1 thread, measured on this host (the first "
+                                     "profile, which must be a measured one)")
+
+    @model_validator(mode="after")
+    def _one_budget(self):
+        given = [k for k in ("params", "latency_ms") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of prune.budget.params or prune.budget.latency_ms (got {given or 'none'})")
+        return self
 
 
 class PruneConfig(Strict):

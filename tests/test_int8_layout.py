@@ -10,7 +10,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.devices.kernels import integer_kernel_report
-from edgekd.export.onnx_export import example_inputs, export_onnx
+from edgekd.export.onnx_export import export_onnx
+from edgekd.models.onnx_graph import example_inputs
 from edgekd.export.vocab import kept_ids, trim_embeddings, write_trimmed_tokenizer
 from edgekd.quantize.fakequant import QuantEmbedding, convert, quantizable_modules, set_mode
 

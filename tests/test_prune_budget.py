@@ -95,3 +95,30 @@ def test_an_evenly_pruned_bert_round_trips_through_from_pretrained_and_a_head_pr
     heads, example = tiny_bert()
     prune_structured(heads, example, PruneConfig(ratio=0.3, head_ratio=0.5), "hf")
     assert "attention heads were pruned" in hf_folder_blocker(heads)
+
+
+def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, text_data_dir):
+    from conftest import write_tiny_bert
+
+    # wide enough that FFN width dominates the latency (the tiny test BERT is all overhead)
+    teacher = write_tiny_bert(tmp_path / "teacher", hidden_size=128, intermediate_size=2048)
+    r = tiny_text_recipe(teacher, text_data_dir, tmp_path / "run", data={"path": str(text_data_dir), "max_length": 64})
+    r["teacher"]["finetune"]["epochs"] = 1
+    kd = {**r["stages"][0]["distill"], "epochs": 1}
+    r["stages"] = [{"distill": kd}]
+    pipe = Pipeline(validate_recipe(r))
+    pipe.run()
+    from edgekd.prune.stage import HostLatency
+
+    unpruned = load_model_from_artifact(next(a for a in pipe.artifacts if a.stage == "distill"))
+    probe = HostLatency(pipe.ctx)
+    start = min(probe(unpruned) for _ in range(2))
+    budget = 0.6 * start
+    r["stages"].append({"prune": {"budget": {"latency_ms": budget}, "steps": 1, "width_multiple": 8, "head_ratio": 0,
+                                  "recovery": {**kd, "epochs": 1}}})
+    m = Pipeline(validate_recipe(r)).run()["prune"]
+    assert m["budget"]["latency_ms"] == budget and m["steps"][0]["budget"] == "latency_ms"
+    assert abs(m["budget"]["off_by"]) <= 0.25, m["budget"]  # lands near the budget (timings on 2 shared cores)
+    assert m["non_embedding_params_after"] < m["non_embedding_params_before"]
+    with pytest.raises(Exception, match="give exactly one of prune.budget.params or prune.budget.latency_ms"):
+        validate_recipe({**r, "stages": [{"prune": {"budget": {"params": 0.5, "latency_ms": 3.0}}}]})

@@ -42,7 +42,7 @@ from torch import nn
 
 from ..models.hf import logits_of
 from ..progress import log
-from .onnx_export import LogitsOnly, torch_to_onnx
+from ..models.onnx_graph import LogitsOnly, torch_to_onnx
 
 # Placeholder for M in the first export; replaced by the measured value (see the module doc).
 _MASK_PLACEHOLDER = 12345.0

@@ -29,7 +29,8 @@ from ..progress import log
 from ..quantize.fakequant import fake_quant_off
 from ..train.context import Context
 from .device import export_for_device
-from .onnx_export import example_inputs, export_onnx
+from ..models.onnx_graph import example_inputs
+from .onnx_export import export_onnx
 from .validate import validate_export
 
 DEFAULT_OPSET = 17

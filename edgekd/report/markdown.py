@@ -196,14 +196,22 @@ def _prune_steps_section(m: dict) -> list[str]:
     start = m.get("non_embedding_params_before")
     out = ["## Pruning steps", "", f"Budget run from {_params(start)} non-embedding parameters; widths in multiples of "
            f"{m.get('width_multiple', 1)}.", "",
-           "| step | ratio | non-embedding params | kept % | heads per layer | FFN per layer | dev % before recovery | "
-           "dev % after |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| step | ratio | non-embedding params | kept % | FP32 host ms | heads per layer | FFN per layer | "
+           "dev % before recovery | dev % after |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for st in steps:
         a = st.get("architecture", {})
+        ms = f"{st['latency_ms']:.3g}" if st.get("latency_ms") is not None else "—"
         out.append(f"| {st['step']} | {st['ratio']:.3f} | {_params(st['non_embedding_params'])} | "
-                   f"{_pct(st['non_embedding_params'] / start if start else None)} | {a.get('heads_per_layer', '—')} | "
-                   f"{a.get('ffn_per_layer', '—')} | {_pct(st.get('dev_accuracy_before_recovery'))} | "
-                   f"{_pct(st.get('dev_accuracy'))} |")
+                   f"{_pct(st['non_embedding_params'] / start if start else None)} | {ms} | "
+                   f"{a.get('heads_per_layer', '—')} | {a.get('ffn_per_layer', '—')} | "
+                   f"{_pct(st.get('dev_accuracy_before_recovery'))} | {_pct(st.get('dev_accuracy'))} |")
+    case = next((st["latency_case"] for st in steps if st.get("latency_case")), None)
+    if case:
+        out += ["", f"Host latency: the FP32 ONNX model at {case}."]
+    budget = m.get("budget") or {}
+    if budget.get("latency_ms"):
+        out += ["", f"Latency budget {budget['latency_ms']:g} ms: measured {budget['measured_ms']:.3g} ms "
+                    f"({budget['off_by']:+.1%})."]
     hf = m.get("hf_folder") or {}
     if hf:
         out += ["", (f"Hugging Face folder: `{hf['folder']}/` in the prune artifact ({hf['loads_with']})." if hf.get("folder")
