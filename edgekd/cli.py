@@ -117,6 +117,26 @@ def export(artifact: Path = typer.Argument(..., help="a stage artifact folder (w
 
 @app.command()
 @handle_errors
+def shadow(export_dir: Path = typer.Argument(..., help="an export artifact with teacher.onnx, or its run folder"),
+           inputs: Path = typer.Argument(..., help="new, unlabelled inputs: .txt (one per line) or .tsv/.csv/.jsonl"),
+           out_dir: Path = typer.Option(Path("shadow"), "--out", help="where the results go"),
+           text_column: str = typer.Option("sentence", "--text-column"),
+           hard_confidence: float = typer.Option(0.6, "--hard-confidence", min=0.0, max=1.0,
+                                                 help="inputs the teacher is less sure of are written as hard")):
+    """Run the shipped student beside its teacher on new inputs: agreement, disagreements, input drift."""
+    from .shadow import shadow as run_shadow
+
+    s = run_shadow(export_dir, inputs, out_dir, text_column, hard_confidence)
+    out.print(f"[bold]{s['examples']}[/] inputs: student and teacher agree on {100 * s['agreement']:.2f}% "
+              f"({s['disagreements']} disagreements in {out_dir}/shadow-disagreements.jsonl)")
+    for name, d in (s["drift"] or {}).items():
+        out.print(f"drift of {name.replace('_', ' ')}: PSI {d['psi']:.3f} ({d['reading']}); mean {d['mean']:.3g} "
+                  f"against {d['reference_mean']:.3g} in training")
+    out.print(f"{s['hard_inputs']} hard inputs in {out_dir}/shadow-hard.txt: {s['redistil']}")
+
+
+@app.command()
+@handle_errors
 def profile(model: Path = typer.Argument(..., help="an .onnx file"),
             profile: str = typer.Option("host-cpu", "--profile", help="device profile name or YAML path"),
             data: Optional[Path] = typer.Option(None, "--data", help="labelled data folder for accuracy (test split)"),

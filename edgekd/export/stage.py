@@ -96,6 +96,8 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                               cfg.opset or DEFAULT_OPSET)
         extra["teacher_onnx"] = {**teacher, "artifact": ctx.teacher.id, "params": ctx.teacher.spec["summary"]["params"]}
         log(f"export: teacher.onnx {teacher['size_mb']:.2f} MB (FP32 reference)")
+        if ctx.task == "text-classification":  # what `edgekd shadow` needs to run the teacher beside the student
+            extra["shadow"] = _shadow_files(ctx, out, encoded, trimmed=bool(vocabulary and vocabulary.get("trimmed")))
     ort = _ort_format_models(profiles, devices, out)
     if ort:
         extra["ort_format"] = ort
@@ -158,6 +160,20 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         f"{validation['argmax_agreement']:.2%}, max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
     extra["validation"] = validation
     return facts, extra
+
+
+def _shadow_files(ctx: Context, out: Path, encoded, trimmed: bool) -> dict:
+    """teacher-tokenizer/ (teacher.onnx takes the untrimmed ids) and drift-reference.json: the teacher's
+    confidence and the token length on the train split, which `edgekd shadow` compares new inputs with."""
+    import json
+
+    from ..data.drift import drift_reference
+
+    if trimmed:
+        ctx.tokenizer.save_pretrained(str(out / "teacher-tokenizer"))
+    reference = drift_reference(ctx.teacher_logits("train"), encoded("train").lengths)
+    (out / "drift-reference.json").write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
+    return {"teacher_tokenizer": "teacher-tokenizer" if trimmed else ".", "drift_reference": "drift-reference.json"}
 
 
 def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
