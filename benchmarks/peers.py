@@ -52,7 +52,7 @@ def optimum_peer(teacher_model, tokenizer_dir: Path, work: Path, vnni: bool) -> 
 
 def optimum_style_export(model: torch.nn.Module, path: Path) -> Path:
     """The teacher as Optimum exports a BERT classifier: three inputs, dynamic batch and sequence, opset 14."""
-    from edgekd.export.onnx_export import LogitsOnly, torch_to_onnx
+    from edgekd.models.onnx_graph import LogitsOnly, torch_to_onnx
 
     ids = torch.full((1, 16), 5, dtype=torch.long)
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}

@@ -90,7 +90,8 @@ def commit() -> str:
 def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
     """{name: ONNX path} of every ONNX system, and facts about how each peer was made."""
     from edgekd.devices.feeds import text_feeds
-    from edgekd.export.onnx_export import example_inputs, export_onnx
+    from edgekd.export.onnx_export import export_onnx
+    from edgekd.models.onnx_graph import example_inputs
     from edgekd.models.spec import load_model_from_artifact
     from peers import optimum_peer, static_ptq
 

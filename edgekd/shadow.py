@@ -1,8 +1,8 @@
 """`edgekd shadow`: the shipped ONNX student beside its teacher on new, unlabelled inputs (production traffic).
 
 Reports how often they agree, lists the inputs where they do not (both predictions and
-confidences), and how far the inputs have moved from the data the student was distilled on (PSI
-of the teacher's confidence and of the token length, data/drift.py). It writes the inputs worth
+confidences), and how far the inputs have moved from the task's held-out data (PSI of the
+teacher's confidence and of the token length against the dev split, data/drift.py). It writes the inputs worth
 re-distilling on — disagreements and those the teacher itself is unsure of — as a text file that
 `distill.transfer.unlabelled` takes, so the same recipe re-distils on fresh teacher outputs.
 """

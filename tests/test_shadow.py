@@ -51,7 +51,7 @@ def test_shadow_runs_student_and_teacher_on_new_inputs_and_writes_what_to_redist
     assert all(r["student"] != r["teacher"] and r["text"] in lines for r in rows)
     hard = (out / "shadow-hard.txt").read_text().splitlines()
     assert len(hard) == s["hard_inputs"] == 30
-    # these inputs are longer than the train sentences (2-10 words): the length has drifted
+    # these inputs are longer than the task's sentences (2-10 words): the length has drifted
     assert s["drift"]["length"]["mean"] > s["drift"]["length"]["reference_mean"]
     assert s["drift"]["length"]["psi"] > 0.25
     # the hard inputs feed the next run's transfer set

@@ -1,7 +1,7 @@
 """How far new inputs have moved from the data the student was distilled on: the population stability index.
 
 The reference (written at export, beside the model) holds the decile edges of the teacher's
-confidence and of the token length on the train split, and the share of the train split in each
+confidence and of the token length on held-out task data (the dev split), and its share in each
 bin. New inputs are binned on the same edges. PSI = sum((new - ref) * ln(new / ref)) over the
 bins; the usual reading in production monitoring is < 0.1 stable, 0.1-0.25 moderate shift,
 > 0.25 a shift worth acting on (here: re-distilling on fresh teacher outputs). Written by hand:
@@ -32,7 +32,7 @@ def confidences(logits: np.ndarray) -> np.ndarray:
 
 
 def drift_reference(teacher_logits: np.ndarray, lengths: np.ndarray) -> dict:
-    """Bins of teacher confidence and token length on the data the student learned from."""
+    """Bins of teacher confidence and token length on the task's held-out data."""
     out = {"examples": int(len(lengths))}
     for name, values in (("teacher_confidence", confidences(teacher_logits)), ("length", lengths.astype(float))):
         edges = _edges(values)

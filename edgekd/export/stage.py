@@ -164,14 +164,15 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
 
 def _shadow_files(ctx: Context, out: Path, encoded, trimmed: bool) -> dict:
     """teacher-tokenizer/ (teacher.onnx takes the untrimmed ids) and drift-reference.json: the teacher's
-    confidence and the token length on the train split, which `edgekd shadow` compares new inputs with."""
+    confidence and the token length on the dev split, which `edgekd shadow` compares new inputs with. Dev, not
+    train: the teacher was fine-tuned on train and is more confident there than on any new input."""
     import json
 
     from ..data.drift import drift_reference
 
     if trimmed:
         ctx.tokenizer.save_pretrained(str(out / "teacher-tokenizer"))
-    reference = drift_reference(ctx.teacher_logits("train"), encoded("train").lengths)
+    reference = drift_reference(ctx.teacher_logits("dev"), encoded("dev").lengths)
     (out / "drift-reference.json").write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
     return {"teacher_tokenizer": "teacher-tokenizer" if trimmed else ".", "drift_reference": "drift-reference.json"}
 
