@@ -123,6 +123,22 @@ def test_html_is_self_contained_with_pareto_plots_and_recommendation():
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
+def test_budget_pruning_steps_get_a_table_and_a_plot():
+    steps = [{"step": 1, "ratio": 0.29, "non_embedding_params": 2_600_000, "latency_ms": 7.9,
+              "dev_accuracy_before_recovery": 0.930, "dev_accuracy": 0.9385},
+             {"step": 2, "ratio": 0.28, "non_embedding_params": 1_840_000, "latency_ms": 5.3,
+              "dev_accuracy_before_recovery": 0.908, "dev_accuracy": 0.933}]
+    s = summary(op_breakdown=False)
+    s["stages"] = [{"stage": "prune", "metrics": {"steps": steps, "non_embedding_params_before": 3_700_000,
+                                                  "budget": {"latency_ms": 5.0, "measured_ms": 5.3, "off_by": 0.06}}}]
+    page = render_html([s], devices=DEVICES)
+    section = page[page.index("<h2>Pruning steps</h2>"):page.index("<h2>Compatibility")]
+    assert "latency budget 5 ms, measured 5.3 ms (+6.0%)" in section
+    assert "<td>1,840,000</td><td>49.7%</td><td>5.3</td><td>90.80</td><td>93.30</td>" in section
+    assert len(_pngs(section)) == 1 and _pngs(section)[0].startswith(PNG_MAGIC)
+    assert "No budget pruning" in render_html([summary()], devices=DEVICES)
+
+
 def test_write_reports_writes_html_markdown_and_json(tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -152,6 +152,36 @@ def _op_section(summaries, labels) -> str:
         '<p class="note">No per-operator breakdown in these runs (no <code>op_breakdown</code>).</p>'
 
 
+def _prune_section(summaries, labels) -> str:
+    """Each budget-pruning run's steps: a table (parameters, FP32 host latency, dev accuracy around recovery) and
+    the accuracy-against-size plot."""
+    parts = []
+    for lab, s in zip(labels, summaries):
+        prune = next((st for st in s.get("stages", []) if st.get("stage") == "prune"), None)
+        m = (prune or {}).get("metrics") or {}
+        steps, start = m.get("steps"), m.get("non_embedding_params_before")
+        if not steps or not start:
+            continue
+        rows = "".join(
+            f'<tr><td>{st["step"]}</td><td>{_n(st["ratio"], "{:.3f}")}</td><td>{st["non_embedding_params"]:,}</td>'
+            f'<td>{_n(100 * st["non_embedding_params"] / start, "{:.1f}")}%</td><td>{_n(st.get("latency_ms"))}</td>'
+            f'<td>{_n(100 * st["dev_accuracy_before_recovery"], "{:.2f}")}</td>'
+            f'<td>{_n(100 * st["dev_accuracy"], "{:.2f}")}</td></tr>' for st in steps)
+        budget = m.get("budget") or {}
+        head = (f"latency budget {_n(budget['latency_ms'])} ms, measured {_n(budget['measured_ms'])} ms "
+                f"({100 * budget['off_by']:+.1f}%)" if budget.get("latency_ms") else f"from {start:,} non-embedding "
+                "parameters")
+        parts.append(f"<h3>{_e(lab)}: {_e(head)}</h3><table><tr><th>step</th><th>ratio</th><th>non-embedding params"
+                     "</th><th>kept</th><th>FP32 host ms</th><th>dev % before recovery</th><th>dev % after</th></tr>"
+                     + rows + "</table>"
+                     + _img(plots.prune_steps_png(f"{lab}: pruning steps", steps, start),
+                            f"Dev accuracy against parameters kept for each pruning step of {lab}"))
+    if not parts:
+        return '<p class="note">No budget pruning in these runs (no <code>prune.budget</code>).</p>'
+    return "".join(parts) + ('<p class="note">FP32 host ms: the FP32 ONNX model at batch 1, sequence 128, 1 thread, '
+                             "measured on the host when the first profile is measured.</p>")
+
+
 def _compat_section(summaries, labels) -> str:
     rows = []
     for lab, s in zip(labels, summaries):
@@ -199,6 +229,7 @@ def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_
             "<h2>Models × devices</h2>", _table(rec), _failed_baselines(summaries, labels),
             "<h2>Pareto plots</h2>", _pareto_section(rec),
             "<h2>Per-operator breakdown</h2>", _op_section(summaries, labels),
+            "<h2>Pruning steps</h2>", _prune_section(summaries, labels),
             "<h2>Compatibility per profile</h2>", _compat_section(summaries, labels),
             "<h2>Latency estimator error</h2>", _estimator_section(summaries, labels),
             f'<p class="note">edgekd {_e(__version__)}. Every number marked <em>estimated</em> is computed, '

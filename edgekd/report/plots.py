@@ -114,3 +114,24 @@ def op_breakdown_png(title: str, op_ms: dict[str, float], top: int = 12) -> byte
     ax.margins(x=0.3)
     ax.tick_params(axis="y", labelsize=8)
     return _png(fig)
+
+
+def prune_steps_png(title: str, steps: list[dict], start_params: int) -> bytes:
+    """A budget run's trajectory: dev accuracy against the non-embedding parameters kept, before (hollow) and after
+    (filled) each step's recovery; each point labelled with its step and, when measured, its FP32 host latency."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    kept = [100 * s["non_embedding_params"] / start_params for s in steps]
+    before = [100 * s["dev_accuracy_before_recovery"] for s in steps]
+    after = [100 * s["dev_accuracy"] for s in steps]
+    ax.plot(kept, after, "-o", color=_MEASURED, label="after recovery")
+    ax.plot(kept, before, "o", mfc="none", color=_ESTIMATED, label="before recovery")
+    for s, x, y in zip(steps, kept, after):
+        ms = f", {s['latency_ms']:.3g} ms" if s.get("latency_ms") is not None else ""
+        ax.annotate(f"step {s['step']}{ms}", (x, y), textcoords="offset points", xytext=(4, 6), fontsize=7.5)
+    ax.invert_xaxis()  # pruning moves right: fewer parameters kept
+    ax.set_xlabel("non-embedding parameters kept, %")
+    ax.set_ylabel("dev accuracy, %")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
