@@ -74,8 +74,8 @@ class KDConfig(TrainConfig):
 
     temperature: float = Field(2.0, gt=0, le=100)
     alpha: float = Field(0.9, ge=0, le=1)
-    hidden_weight: float = Field(0.0, ge=0, description="weight of TinyBERT's hidden-state MSE (student and teacher "
-                                 "of the same width); the teacher runs live, its hidden states are not cached")
+    hidden_weight: float = Field(0.0, ge=0, description="weight of the hidden-state loss (a narrower student's "
+                                 "states through learned projections, never shipped); the teacher runs live")
     hidden_loss: Literal["mse", "cosine"] = Field("mse", description="hidden-state loss: TinyBERT's MSE or "
                                                   "DistilBERT's cosine (directions only)")
     attention_weight: float = Field(0.0, ge=0, description="weight of the attention-distribution KL (same head count)")
@@ -140,12 +140,14 @@ class StudentConfig(Strict):
     """The student architecture.
 
     - layers: the teacher's architecture with a subset of its layers, initialised from them;
-    - config: the teacher's family with a smaller config (overrides), randomly initialised;
+    - config: the teacher's family with a smaller config (overrides: fewer layers, narrower hidden / FFN, fewer
+      heads), initialised from the teacher by layer selection (`layers`, default uniform) and weight slicing;
     - cnn: a cross-architecture convolutional student (image or text).
     """
 
     kind: Literal["layers", "config", "cnn"] = "layers"
-    layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers)")
+    layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers) or to initialise "
+                                     "a config student's layers from (kind=config; default: uniform)")
     overrides: dict | None = Field(None, description="config changes (kind=config), e.g. hidden_size")
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
     kernel_size: int = Field(3, ge=1, le=15)

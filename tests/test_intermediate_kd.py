@@ -160,3 +160,52 @@ def test_pruned_heads_recover_with_relation_transfer(tmp_path, tiny_bert_dir, te
         r2["stages"] = r2["stages"][:2]
         r2["stages"][1]["prune"]["recovery"]["attention_weight"] = 1.0
         Pipeline(validate_recipe(r2)).run()
+
+
+def test_a_narrow_config_student_is_sliced_from_the_teacher_not_random():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from edgekd.configs import StudentConfig
+    from edgekd.models.students import build_student
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=30, hidden_size=32, num_hidden_layers=3,
+                                                       num_attention_heads=4, intermediate_size=64)).eval()
+    cfg = StudentConfig(kind="config", overrides={"hidden_size": 16, "num_attention_heads": 2,
+                                                  "intermediate_size": 24, "num_hidden_layers": 2})
+    student, base = build_student(cfg, teacher, {"family": "hf"}, "text-classification", 2)
+    init = student.edgekd_init
+    assert init["layer_map"] == [0, 2] and init["random"] == [] and init["sliced"] > 0
+    t, s = teacher.state_dict(), student.state_dict()
+    assert torch.equal(s["bert.embeddings.word_embeddings.weight"], t["bert.embeddings.word_embeddings.weight"][:, :16])
+    # student layer 1 comes from teacher layer 2: its first two heads (head size 8 kept) and first 24 FFN channels
+    q = "bert.encoder.layer.{}.attention.self.query.weight"
+    assert torch.equal(s[q.format(1)], t[q.format(2)][:16, :16])
+    ffn = "bert.encoder.layer.{}.intermediate.dense.weight"
+    assert torch.equal(s[ffn.format(1)], t[ffn.format(2)][:24, :16])
+    assert torch.equal(s["classifier.weight"], t["classifier.weight"][:, :16])
+    with torch.no_grad():  # a working model: the sliced teacher is a start, not a copy
+        assert torch.isfinite(student(input_ids=torch.ones(2, 5, dtype=torch.long)).logits).all()
+    bad = StudentConfig(kind="config", layers=[0], overrides={"num_hidden_layers": 2})
+    with pytest.raises(Exception, match="needs that many teacher layers"):
+        build_student(bad, teacher, {"family": "hf"}, "text-classification", 2)
+
+
+def test_a_narrow_student_distils_hidden_states_through_projections_that_are_not_shipped(
+        tmp_path, tiny_bert_dir, text_data_dir):
+    from safetensors import safe_open
+
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["student"] = {"kind": "config", "overrides": {"hidden_size": 16, "num_attention_heads": 2,
+                                                    "intermediate_size": 32, "num_hidden_layers": 1}}
+    r["stages"] = [{"distill": {**r["stages"][0]["distill"], "epochs": 2, "hidden_weight": 1.0,
+                                "relation_weight": 1.0}}]
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()["distill"]
+    assert result["student_init"]["layer_map"] == [1] and result["student_init"]["random"] == []
+    art = next(a for a in pipe.artifacts if a.stage == "distill")
+    with safe_open(str(art.path / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and not any("projection" in k for k in keys)
+    from edgekd.models.spec import load_model_from_artifact
+    assert load_model_from_artifact(art).config.hidden_size == 16

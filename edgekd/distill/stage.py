@@ -33,7 +33,8 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     n_t = sum(p.numel() for p in teacher.parameters())
     n_s = sum(p.numel() for p in student.parameters())
     log(f"distill: student {student_cfg.kind} with {n_s / 1e6:.2f}M parameters (teacher {n_t / 1e6:.2f}M)")
-    metrics = {"train": distill_fit(student, cfg, ctx, "distill", key)}
+    init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
+    metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {})}
     metrics.update(evaluate(student, ctx, "student"))
     metrics["transfer"] = _transfer(student, ctx, out)
     save_weights(student, out)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import torch
 from torch import nn
@@ -45,7 +46,13 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
                 raise ModelError(f"student.overrides.{k}: the teacher's config has no field {k!r}.")
             setattr(config, k, v)
         student = type(teacher)._from_config(config, attn_implementation="eager")
-        _copy_matching(teacher, student)
+        n_t = teacher.config.num_hidden_layers
+        layer_map = cfg.layers or [(i + 1) * n_t // config.num_hidden_layers - 1  # uniform, the last on the last
+                                   for i in range(config.num_hidden_layers)]
+        if len(layer_map) != config.num_hidden_layers or max(layer_map) >= n_t:
+            raise ModelError(f"student.layers {layer_map}: a config student with {config.num_hidden_layers} layers needs "
+                             f"that many teacher layers (0…{n_t - 1}) to initialise them from.")
+        student.edgekd_init = slice_from_teacher(teacher, student, layer_map)
         return student, hf_base_spec(student, task)
     # cnn: cross-architecture
     if task == "image-classification":
@@ -70,10 +77,31 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
     return student, base
 
 
-def _copy_matching(src: nn.Module, dst: nn.Module) -> None:
-    """Initialise every parameter whose name and shape agree (e.g. embeddings of a shallower student)."""
-    s = src.state_dict()
+_LAYER_INDEX = re.compile(r"(\.(?:layer|layers)\.)(\d+)(\.)")
+
+
+def slice_from_teacher(teacher: nn.Module, student: nn.Module, layer_map: list[int]) -> dict:
+    """Initialise a narrower, shallower student from the teacher: student layer i from teacher layer layer_map[i], each
+    tensor the teacher's leading block (the first hidden / FFN / head dimensions).
+
+    Taking the same leading indices of the hidden width in every tensor keeps the residual stream consistent from
+    the embeddings through every layer and LayerNorm to the classifier; with the teacher's head size kept, the
+    leading query/key/value columns are whole heads. A randomly initialised narrow transformer starts far behind
+    (the field's students are all initialised from their teachers: DistilBERT, TinyBERT, MiniLM).
+    """
+    src = teacher.state_dict()
+    copied, sliced, random = 0, 0, []
     with torch.no_grad():
-        for k, v in dst.state_dict().items():
-            if k in s and s[k].shape == v.shape:
-                v.copy_(s[k])
+        for name, dst in student.state_dict().items():
+            t_name = _LAYER_INDEX.sub(lambda m: f"{m.group(1)}{layer_map[int(m.group(2))]}{m.group(3)}", name)
+            t = src.get(t_name)
+            if t is None or t.dim() != dst.dim() or any(d > e for d, e in zip(dst.shape, t.shape)):
+                random.append(name)
+                continue
+            block = t[tuple(slice(0, d) for d in dst.shape)]
+            dst.copy_(block)
+            if block.shape == t.shape:
+                copied += 1
+            else:
+                sliced += 1
+    return {"layer_map": layer_map, "copied": copied, "sliced": sliced, "random": random}

@@ -49,7 +49,9 @@ class Distiller:
         terms: list[tuple[float, LossTerm]] = [(cfg.alpha, LogitKD(cfg.temperature)), (1.0 - cfg.alpha, HardLabelCE())]
         if needs_live_teacher(cfg):
             layer_map = intermediate_layer_map(cfg, student, teacher_model)
-            hidden = HiddenStateCosine(layer_map) if cfg.hidden_loss == "cosine" else HiddenStateMSE(layer_map)
+            projections = hidden_projections(student, teacher_model, len(layer_map) + 1) if cfg.hidden_weight else None
+            kind = HiddenStateCosine if cfg.hidden_loss == "cosine" else HiddenStateMSE
+            hidden = kind(layer_map, projections)
             terms += [(cfg.hidden_weight, hidden), (cfg.attention_weight, AttentionKL(layer_map))]
             if cfg.relation_weight:
                 heads = relation_heads(cfg, student, teacher_model, layer_map)
@@ -78,6 +80,21 @@ class Distiller:
             student = Outputs(out.logits, out.hidden_states, out.attentions, mask, s_qkv)
             teacher = Outputs(teacher.logits, live.hidden_states, live.attentions, mask, t_qkv)
         return sum(w * term(student, teacher, labels) for w, term in self.terms)
+
+
+# Where a narrower student carries its hidden-state projections while it trains (so that the engine's optimizer,
+# checkpoints and DistributedDataParallel treat them as the student's parameters); removed before it is saved.
+PROJECTIONS = "edgekd_kd_projections"
+
+
+def hidden_projections(student, teacher, pairs: int) -> torch.nn.ModuleList | None:
+    """Linear maps from the student's hidden width to the teacher's, attached to the student; None when equal."""
+    d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
+    if d_s == d_t:
+        return None
+    projections = torch.nn.ModuleList(torch.nn.Linear(d_s, d_t) for _ in range(pairs))
+    setattr(student, PROJECTIONS, projections)
+    return projections
 
 
 def needs_live_teacher(cfg: KDConfig) -> bool:
@@ -152,10 +169,6 @@ def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
     if len(layer_map) != n_s or not all(0 <= t < n_t for t in layer_map):
         raise EdgekdError(f"layer_map {layer_map}: needs one teacher layer in 0..{n_t - 1} for each of the student's "
                           f"{n_s} layers.")
-    if cfg.hidden_weight and s_cfg.hidden_size != t_cfg.hidden_size:
-        raise EdgekdError(f"hidden_weight: the student's hidden size {s_cfg.hidden_size} differs from the teacher's "
-                          f"{t_cfg.hidden_size}; hidden-state distillation through a learned projection is not built yet: "
-                          "set hidden_weight to 0.")
     if cfg.attention_weight:
         from ..models.spec import architecture_summary
 
@@ -182,8 +195,12 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
 
         train, logits, report = build_transfer_set(cfg.transfer, ctx, train, logits, cfg.max_train_examples)
     distiller = Distiller.from_config(cfg, logits, live, model)
-    out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
-              runtime=ctx.runtime)
+    try:
+        out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
+                  runtime=ctx.runtime)
+    finally:  # projections are trained, never shipped
+        if hasattr(model, PROJECTIONS):
+            delattr(model, PROJECTIONS)
     return {**out, "transfer_set": report} if report is not None else out
 
 

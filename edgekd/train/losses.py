@@ -74,22 +74,34 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
 
 
-class HiddenStateMSE(LossTerm):
-    """TinyBERT's hidden-state loss: MSE between each student layer's output and its mapped teacher layer's,
-    plus the embeddings' outputs, over real (unpadded) tokens. Widths must match (projections: not yet)."""
+class _HiddenTerm(LossTerm):
+    """Hidden states of the embeddings and every mapped layer; a narrower student's go through a learned linear
+    projection to the teacher's width (TinyBERT's W_h, one per pair), trained with the student, never shipped."""
 
-    name = "hidden_mse"
     needs = frozenset({"hidden_states"})
 
-    def __init__(self, layer_map: list[int]):
+    def __init__(self, layer_map: list[int], projections: torch.nn.ModuleList | None = None):
         self.layer_map = layer_map
+        self.projections = projections
+
+    def pairs(self, student: Outputs, teacher: Outputs):
+        for k, (s, t) in enumerate([(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]):
+            h = student.hidden_states[s].float()
+            if self.projections is not None:
+                h = self.projections[k](h)
+            yield h, teacher.hidden_states[t].float()
+
+
+class HiddenStateMSE(_HiddenTerm):
+    """TinyBERT's hidden-state loss: MSE between each student layer's output and its mapped teacher layer's,
+    plus the embeddings' outputs, over real (unpadded) tokens."""
+
+    name = "hidden_mse"
 
     def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
-        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
         m = student.mask.unsqueeze(-1).float()
-        tokens = m.sum() * student.hidden_states[0].shape[-1]
-        return sum(((student.hidden_states[s].float() - teacher.hidden_states[t].float()) ** 2 * m).sum() / tokens
-                   for s, t in pairs) / len(pairs)
+        total = [((s - t) ** 2 * m).sum() / (m.sum() * t.shape[-1]) for s, t in self.pairs(student, teacher)]
+        return sum(total) / len(total)
 
 
 class AttentionKL(LossTerm):
@@ -117,21 +129,16 @@ def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return list(range(teacher_layers - student_layers, teacher_layers))
 
 
-class HiddenStateCosine(LossTerm):
+class HiddenStateCosine(_HiddenTerm):
     """DistilBERT's cosine loss: 1 - cos(student, teacher) of each real token's hidden vector, for the embeddings'
     output and every mapped layer. It aligns directions only, so it tolerates a scale mismatch that MSE punishes."""
 
     name = "hidden_cosine"
-    needs = frozenset({"hidden_states"})
-
-    def __init__(self, layer_map: list[int]):
-        self.layer_map = layer_map
 
     def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
-        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
         m = student.mask.float()
-        return sum(((1 - F.cosine_similarity(student.hidden_states[s].float(), teacher.hidden_states[t].float(),
-                                             dim=-1)) * m).sum() / m.sum() for s, t in pairs) / len(pairs)
+        total = [((1 - F.cosine_similarity(s, t, dim=-1)) * m).sum() / m.sum() for s, t in self.pairs(student, teacher)]
+        return sum(total) / len(total)
 
 
 class RelationKL(LossTerm):
