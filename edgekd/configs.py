@@ -74,6 +74,9 @@ class KDConfig(TrainConfig):
 
     temperature: float = Field(2.0, gt=0, le=100)
     alpha: float = Field(0.9, ge=0, le=1)
+    temperature_end: float | None = Field(None, gt=0, le=100, description="anneal the temperature linearly to this "
+                                          "by the last step (default: constant)")
+    alpha_end: float | None = Field(None, ge=0, le=1, description="anneal alpha linearly to this by the last step")
     hidden_weight: float = Field(0.0, ge=0, description="weight of the hidden-state loss (a narrower student's "
                                  "states through learned projections, never shipped); the teacher runs live")
     hidden_loss: Literal["mse", "cosine"] = Field("mse", description="hidden-state loss: TinyBERT's MSE or "

@@ -209,3 +209,35 @@ def test_a_narrow_student_distils_hidden_states_through_projections_that_are_not
     assert keys and not any("projection" in k for k in keys)
     from edgekd.models.spec import load_model_from_artifact
     assert load_model_from_artifact(art).config.hidden_size == 16
+
+
+def test_alpha_and_temperature_anneal_linearly_over_training():
+    import numpy as np
+
+    from edgekd.configs import KDConfig
+    from edgekd.data.batching import Encoded
+    from edgekd.train.distiller import Distiller
+    from edgekd.train.loop import fit
+    from edgekd.train.losses import HardLabelCE, LogitKD
+
+    d = Distiller.from_config(KDConfig(alpha=0.5, alpha_end=1.0, temperature=4.0, temperature_end=1.0),
+                              np.zeros((8, 2), dtype=np.float32))
+
+    def weights():
+        kd = next((w, t.temperature) for w, t in d.terms if isinstance(t, LogitKD))
+        ce = next((w for w, t in d.terms if isinstance(t, HardLabelCE)), 0.0)
+        return kd, ce
+
+    d.set_progress(0.0)
+    assert weights() == ((0.5, 4.0), 0.5)
+    d.set_progress(0.5)
+    assert weights() == ((0.75, 2.5), 0.25)
+    d.set_progress(1.0)
+    assert weights() == ((1.0, 1.0), 0.0)  # the hard-label term is gone at the end
+    seen = []
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    data = Encoded(np.array([0, 1] * 4), ids=[[1, 2, 3]] * 8)
+    fit(model, data, KDConfig(epochs=2, batch_size=4, lr=1e-3),
+        lambda m, b, idx, y: torch.nn.functional.cross_entropy(m(b["input_ids"]), y), seed=0, desc="t",
+        on_step=seen.append)
+    assert seen == [0.0, 0.25, 0.5, 0.75]

@@ -36,6 +36,7 @@ class Distiller:
         if not terms:
             raise ValueError("a distiller needs at least one loss term")
         self.teachers = teachers
+        self._all_terms = list(terms)  # a schedule may bring a zero-weight term in later
         self.terms = [(w, t) for w, t in terms if w > 0]
         self.needs = frozenset().union(*(t.needs for _, t in self.terms))
         if self.needs and live_teacher is None:
@@ -56,7 +57,28 @@ class Distiller:
             if cfg.relation_weight:
                 heads = relation_heads(cfg, student, teacher_model, layer_map)
                 terms.append((cfg.relation_weight, RelationKL(layer_map, heads)))
-        return cls([Teacher(teacher_logits)], terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None)
+        distiller = cls([Teacher(teacher_logits)], terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None)
+        if cfg.temperature_end is not None or cfg.alpha_end is not None:
+            distiller.schedule = (cfg.alpha, cfg.alpha if cfg.alpha_end is None else cfg.alpha_end,
+                                  cfg.temperature, cfg.temperature if cfg.temperature_end is None else cfg.temperature_end)
+        return distiller
+
+    schedule: tuple[float, float, float, float] | None = None  # alpha start, end, temperature start, end
+
+    def set_progress(self, progress: float) -> None:
+        """Anneal alpha and the temperature linearly (fit's on_step); the logit and hard-label weights follow alpha."""
+        if self.schedule is None:
+            return
+        a0, a1, t0, t1 = self.schedule
+        alpha = a0 + (a1 - a0) * progress
+        terms = []
+        for w, term in self._all_terms:
+            if isinstance(term, LogitKD):
+                term.temperature, w = t0 + (t1 - t0) * progress, alpha
+            elif isinstance(term, HardLabelCE):
+                w = 1.0 - alpha
+            terms.append((w, term))
+        self.terms = [(w, t) for w, t in terms if w > 0]
 
     def teacher_outputs(self, idx: np.ndarray, device: torch.device) -> Outputs:
         if len(self.teachers) == 1:
@@ -197,7 +219,7 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     distiller = Distiller.from_config(cfg, logits, live, model)
     try:
         out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
-                  runtime=ctx.runtime)
+                  runtime=ctx.runtime, on_step=distiller.set_progress)
     finally:  # projections are trained, never shipped
         if hasattr(model, PROJECTIONS):
             delattr(model, PROJECTIONS)

@@ -49,10 +49,12 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossFn, *, seed: int, desc: str,
         work_dir: Path | None = None, runtime: Runtime | None = None, max_grad_norm: float = 1.0,
-        params=None) -> dict:
+        params=None, on_step: Callable[[float], None] | None = None) -> dict:
     """Train `model` in place on `runtime` (default: one CPU process); returns the figures for the manifest.
 
-    The model is left on the runtime's device, in eval mode.
+    on_step(progress) is called before each optimizer step with the share of training done (0 to 1; it follows
+    the checkpointed step, so a resumed run continues a schedule where it stopped). The model is left on the
+    runtime's device, in eval mode.
     """
     rt = runtime or Runtime.cpu()
     if cfg.batch_size < rt.world_size:
@@ -101,6 +103,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                     idx = rt.shard(global_idx)
                     batch = to_device(train.batch(idx), rt.device)
                     labels = torch.from_numpy(train.labels[idx]).to(rt.device)
+                    if on_step is not None:
+                        on_step(step / total)
                     with rt.autocast():
                         loss = loss_fn(module, batch, idx, labels).float()
                     if rt.any(not bool(torch.isfinite(loss))):
