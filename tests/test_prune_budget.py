@@ -122,3 +122,50 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
     assert m["non_embedding_params_after"] < m["non_embedding_params_before"]
     with pytest.raises(Exception, match="give exactly one of prune.budget.params or prune.budget.latency_ms"):
         validate_recipe({**r, "stages": [{"prune": {"budget": {"params": 0.5, "latency_ms": 3.0}}}]})
+
+
+def _tiny(kind):
+    from transformers import (DistilBertConfig, DistilBertForSequenceClassification, RobertaConfig,
+                              RobertaForSequenceClassification, ViTConfig, ViTForImageClassification)
+
+    torch.manual_seed(0)
+    text = {"input_ids": torch.randint(5, 60, (3, 9)), "attention_mask": torch.ones(3, 9, dtype=torch.long)}
+    text["attention_mask"][0, 6:] = 0  # one padded text
+    if kind == "roberta":
+        return RobertaForSequenceClassification(RobertaConfig(
+            vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=40, attn_implementation="eager")), "text-classification", text
+    if kind == "distilbert":
+        return DistilBertForSequenceClassification(DistilBertConfig(
+            vocab_size=60, dim=32, n_layers=2, n_heads=4, hidden_dim=64, max_position_embeddings=40,
+            attn_implementation="eager")), "text-classification", text
+    return ViTForImageClassification(ViTConfig(
+        image_size=8, patch_size=4, num_channels=1, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, num_labels=3, attn_implementation="eager")), "image-classification", \
+        {"pixel_values": torch.randn(3, 1, 8, 8)}
+
+
+@pytest.mark.parametrize("kind", ["roberta", "distilbert", "vit"])
+def test_other_transformers_prune_heads_and_ffn_reload_identically_and_export(tmp_path, kind):
+    import numpy as np
+    import onnxruntime as ort
+
+    from edgekd.export.onnx_export import export_onnx
+    from edgekd.models.hf import hf_base_spec, logits_of
+    from edgekd.models.spec import build_model, load_weights, make_spec, save_weights
+
+    model, task, example = _tiny(kind)
+    model.eval()
+    prune_structured(model, example, PruneConfig(ratio=0.3, head_ratio=0.25), "hf", round_to=8)
+    after = architecture_summary(model)
+    assert sum(after["heads_per_layer"]) < 8 and all(w < 64 and w % 8 == 0 for w in after["ffn_per_layer"]), after
+    save_weights(model, tmp_path)
+    reloaded = load_weights(build_model(make_spec(model, hf_base_spec(model, task))), tmp_path).eval()
+    with torch.no_grad():
+        ref = logits_of(model, example)
+        assert torch.equal(ref, logits_of(reloaded, example))
+    export_onnx(reloaded, {k: v[:1] for k, v in example.items()}, tmp_path / "model.onnx", 17)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    got = session.run(None, {k: v.numpy() for k, v in example.items() if k in names})[0]
+    assert np.abs(got - ref.numpy()).max() < 1e-4

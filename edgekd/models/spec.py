@@ -86,8 +86,8 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
 
 # transformers names: BERT-style (query/key/value, attention_head_size) and the newer
 # q_proj/k_proj/v_proj + head_dim (ViT in transformers 5).
-QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"))
-FFN_SUFFIXES = ("intermediate.dense", "mlp.fc1")
+QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))  # BERT/ViT, …, DistilBERT
+FFN_SUFFIXES = ("intermediate.dense", "mlp.fc1", "ffn.lin1")
 
 
 def attention_projections(m: nn.Module) -> tuple[list[nn.Linear], int] | None:
@@ -108,9 +108,11 @@ def sync_attention_heads(model: nn.Module) -> None:
     """
     for m in model.modules():
         found = attention_projections(m)
-        if found and hasattr(m, "num_attention_heads"):
+        if found:
             (q, _, _), head = found
-            m.num_attention_heads = q.out_features // head
+            for attr in ("num_attention_heads", "n_heads"):  # BERT/ViT, DistilBERT
+                if hasattr(m, attr):
+                    setattr(m, attr, q.out_features // head)
             if hasattr(m, "all_head_size"):
                 m.all_head_size = q.out_features
 
