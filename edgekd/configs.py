@@ -145,16 +145,19 @@ class StudentConfig(Strict):
     - layers: the teacher's architecture with a subset of its layers, initialised from them;
     - config: the teacher's family with a smaller config (overrides: fewer layers, narrower hidden / FFN, fewer
       heads), initialised from the teacher by layer selection (`layers`, default uniform) and weight slicing;
-    - cnn: a cross-architecture convolutional student (image or text).
+    - cnn: a cross-architecture convolutional student (image or text);
+    - bilstm: a cross-architecture text student (Tang et al. 2019), no prune stage.
     """
 
-    kind: Literal["layers", "config", "cnn"] = "layers"
+    kind: Literal["layers", "config", "cnn", "bilstm"] = "layers"
     layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers) or to initialise "
                                      "a config student's layers from (kind=config; default: uniform)")
     overrides: dict | None = Field(None, description="config changes (kind=config), e.g. hidden_size")
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
     kernel_size: int = Field(3, ge=1, le=15)
-    embedding_dim: int = Field(128, ge=8, le=4096, description="token embedding width of a text CNN")
+    embedding_dim: int = Field(128, ge=8, le=4096, description="token embedding width of a text CNN; a BiLSTM's "
+                               "LSTM input width (the teacher's embeddings projected down when narrower)")
+    lstm_hidden: int = Field(256, ge=8, le=4096, description="hidden units per direction of a BiLSTM student")
     init_embeddings_from_teacher: bool = True
 
     @model_validator(mode="after")

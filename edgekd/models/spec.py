@@ -178,6 +178,10 @@ def build_base(spec: dict) -> nn.Module:
         from .cnn import build_cnn
 
         return build_cnn(spec)
+    if family == "bilstm-text":
+        from .rnn import build_rnn
+
+        return build_rnn(spec)
     raise ModelError(f"unknown model family {family!r} in the artifact's spec.")
 
 

@@ -10,6 +10,7 @@ from torch import nn
 from ..configs import StudentConfig
 from ..errors import ModelError
 from .cnn import build_cnn
+from .rnn import build_rnn
 from .hf import hf_base_spec
 
 
@@ -54,7 +55,9 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
                              f"that many teacher layers (0…{n_t - 1}) to initialise them from.")
         student.edgekd_init = slice_from_teacher(teacher, student, layer_map)
         return student, hf_base_spec(student, task)
-    # cnn: cross-architecture
+    # cnn, bilstm: cross-architecture
+    if cfg.kind == "bilstm":
+        return _bilstm_student(cfg, teacher, task, num_labels, pad_id)
     if task == "image-classification":
         in_ch = int(getattr(getattr(teacher, "config", None), "num_channels", 1))
         base = {"family": "cnn-image", "task": task, "cnn_config": {
@@ -72,6 +75,24 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
         "num_labels": num_labels, "pad_id": pad_id}}
     student = build_cnn(base)
     if cfg.init_embeddings_from_teacher and emb is not None:
+        with torch.no_grad():
+            student.embeddings.weight.copy_(emb.weight)
+    return student, base
+
+
+def _bilstm_student(cfg: StudentConfig, teacher: nn.Module, task: str, num_labels: int, pad_id: int):
+    """A BiLSTM on the teacher's token embeddings (copied; projected down to embedding_dim when that is narrower)."""
+    emb = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
+    if emb is None:
+        raise ModelError("A BiLSTM student needs the teacher's vocabulary (its input embeddings).")
+    from_teacher = cfg.init_embeddings_from_teacher
+    dim = emb.embedding_dim if from_teacher else cfg.embedding_dim
+    base = {"family": "bilstm-text", "task": task, "rnn_config": {
+        "vocab_size": emb.num_embeddings, "embedding_dim": dim, "hidden_size": cfg.lstm_hidden,
+        "num_labels": num_labels, "pad_id": pad_id,
+        "projection_dim": cfg.embedding_dim if from_teacher and cfg.embedding_dim < dim else None}}
+    student = build_rnn(base)
+    if from_teacher:
         with torch.no_grad():
             student.embeddings.weight.copy_(emb.weight)
     return student, base
