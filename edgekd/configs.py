@@ -115,6 +115,23 @@ class TeacherConfig(Strict):
         return self
 
 
+class SeededTeacherConfig(TeacherConfig):
+    """A further teacher as the teacher stage builds it: its fine-tuning may take a seed of its own."""
+
+    seed: int | None = Field(None, description="fine-tuning seed (default: the recipe's)")
+
+
+class ExtraTeacherConfig(SeededTeacherConfig):
+    """A further teacher (another seed, size or architecture; its own tokenizer is fine: it reads the same texts).
+    Its soft targets are averaged with the primary teacher's in probability space, by weight (the primary's is 1)."""
+
+    weight: float = Field(1.0, gt=0, le=100)
+
+    def stage_config(self) -> SeededTeacherConfig:
+        """What the teacher stage sees (the weight is the distiller's business, not part of the teacher's cache key)."""
+        return SeededTeacherConfig(**self.model_dump(exclude={"weight"}))
+
+
 class DataConfig(Strict):
     """The task data: a local folder of TSV/CSV/JSONL files, a hub data set, or a bundled scikit-learn set."""
 

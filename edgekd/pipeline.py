@@ -127,6 +127,9 @@ class Pipeline:
         self.artifacts = []
         parent = self._run_stage(STAGES["teacher"], self.recipe.teacher, None)
         self.ctx.teacher = parent
+        # further teachers: one artifact each; the chain of stages continues from the primary teacher
+        self.ctx.extra_teachers = [(self._run_stage(STAGES["teacher"], t.stage_config(), None), t.weight)
+                                   for t in self.recipe.teachers]
         for entry in self.recipe.stages:
             parent = self._run_stage(STAGES[entry.name], entry.config, parent)
         summary = None

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from .configs import DataConfig, Strict, StudentConfig, TeacherConfig, type_hint
+from .configs import DataConfig, ExtraTeacherConfig, Strict, StudentConfig, TeacherConfig, type_hint
 from .errors import RecipeError
 from .stages import FIRST, LISTED
 from .yamlio import safe_load
@@ -58,6 +58,8 @@ class Recipe(Strict):
     output: str = Field(..., min_length=1, description="run folder; stage artifacts go under output/stages")
     data: DataConfig
     teacher: TeacherConfig
+    teachers: list[ExtraTeacherConfig] = Field(default_factory=list, description="further teachers for the distillation "
+                                               "(logit terms average them; hidden/attention/relation terms use `teacher`)")
     student: StudentConfig | None = None
     stages: list[StageEntry] = Field(default_factory=list)
     profiles: list[str] = Field(default_factory=lambda: ["host-cpu"])
@@ -93,6 +95,10 @@ class Recipe(Strict):
         names = [s.name for s in self.stages]
         if "distill" in names and self.student is None:
             raise ValueError("the distill stage needs a `student:` section")
+        for i, extra in enumerate(self.teachers):
+            if extra.model_dump(exclude={"weight", "seed"}) == self.teacher.model_dump() and extra.seed in (None, self.seed):
+                raise ValueError(f"teachers[{i}] is the same as `teacher` (same source and fine-tuning): a copy adds "
+                                 "nothing; give it another source, seed or fine-tuning, or remove it")
         if self.student is not None and self.student.kind == "bilstm":
             if self.task != "text-classification":
                 raise ValueError("student.kind=bilstm is a text student; use kind=cnn for an image task")

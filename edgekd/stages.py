@@ -26,6 +26,11 @@ def _nothing(recipe) -> dict:
     return {}
 
 
+def _teachers(recipe) -> dict:
+    """The further teachers a training stage distils from (absent when there are none: cache keys stay as they were)."""
+    return {"teachers": [t.model_dump(mode="json") for t in recipe.teachers]} if recipe.teachers else {}
+
+
 @dataclass(frozen=True)
 class StageDescriptor:
     name: str
@@ -45,11 +50,12 @@ class StageDescriptor:
 STAGES: dict[str, StageDescriptor] = {d.name: d for d in (
     StageDescriptor("teacher", TeacherConfig, ".teacher.stage:run_teacher", trains=True, in_stage_list=False),
     StageDescriptor("distill", DistillConfig, ".distill.stage:run_distill", frozenset({"teacher"}), trains=True,
-                    key_inputs=lambda r: {"student": r.student.model_dump(mode="json")}),
-    StageDescriptor("prune", PruneConfig, ".prune.stage:run_prune", frozenset({"teacher", "distill"}), trains=True),
+                    key_inputs=lambda r: {"student": r.student.model_dump(mode="json"), **_teachers(r)}),
+    StageDescriptor("prune", PruneConfig, ".prune.stage:run_prune", frozenset({"teacher", "distill"}), trains=True,
+                    key_inputs=_teachers),
     # the quantization scheme (int7/int8 weights) follows the first target profile
     StageDescriptor("qat", QATConfig, ".quantize.stage:run_qat", frozenset({"teacher", "distill", "prune"}),
-                    trains=True, key_inputs=lambda r: {"target": r.profiles[:1]}),
+                    trains=True, key_inputs=lambda r: {"target": r.profiles[:1], **_teachers(r)}),
     StageDescriptor("export", ExportConfig, ".export.stage:run_export",
                     frozenset({"teacher", "distill", "prune", "qat"}), key_inputs=lambda r: {"profiles": r.profiles}),
     StageDescriptor("profile", ProfileStageConfig, ".profile.stage:run_profile", frozenset({"export"}),

@@ -241,3 +241,25 @@ def test_alpha_and_temperature_anneal_linearly_over_training():
         lambda m, b, idx, y: torch.nn.functional.cross_entropy(m(b["input_ids"]), y), seed=0, desc="t",
         on_step=seen.append)
     assert seen == [0.0, 0.25, 0.5, 0.75]
+
+
+def test_two_teachers_each_get_an_artifact_and_the_student_learns_from_their_average(
+        tmp_path, tiny_bert_dir, text_data_dir):
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["teachers"] = [{**r["teacher"], "seed": 7, "weight": 0.5}]  # the same model fine-tuned from another seed
+    r["stages"] = [{"distill": {**r["stages"][0]["distill"], "epochs": 2}}]
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()["distill"]
+    teachers = [a for a in pipe.artifacts if a.stage == "teacher"]
+    assert len(teachers) == 2 and teachers[0].id != teachers[1].id
+    members = result["teachers"]["members"]
+    assert [m["artifact"] for m in members] == [t.id for t in teachers] and members[1]["weight"] == 0.5
+    assert 0 <= result["teachers"]["ensemble_test_accuracy"] <= 1 and result["test_accuracy"] > 0.5
+    # adding a teacher changes what the student learns from: the single-teacher distill is another artifact
+    r1 = {**r, "teachers": []}
+    single = Pipeline(validate_recipe(r1))
+    single.run()
+    assert next(a for a in single.artifacts if a.stage == "distill").id != \
+        next(a for a in pipe.artifacts if a.stage == "distill").id
+    with pytest.raises(Exception, match="is the same as `teacher`"):
+        validate_recipe({**r, "teachers": [{**r["teacher"], "weight": 2.0}]})

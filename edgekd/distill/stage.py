@@ -25,6 +25,22 @@ def _transfer(student, ctx: Context, out: Path) -> dict:
                            ctx.data.test.texts, out / DISAGREEMENTS if ctx.runtime.is_main else None)
 
 
+def _ensemble(ctx: Context) -> dict:
+    """Each teacher's test accuracy and their weighted ensemble's (probabilities averaged, as the distiller does)."""
+    import numpy as np
+
+    labels = ctx.encoded("test").labels
+    members = [(ctx.teacher, 1.0)] + list(ctx.extra_teachers)
+    rows, probs = [], 0.0
+    total = sum(w for _, w in members)
+    for art, weight in members:
+        logits = ctx.teacher_logits("test", None, art)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        probs = probs + weight / total * p / p.sum(-1, keepdims=True)
+        rows.append({"artifact": art.id, "weight": weight, "test_accuracy": float((logits.argmax(-1) == labels).mean())})
+    return {"members": rows, "ensemble_test_accuracy": float((probs.argmax(-1) == labels).mean())}
+
+
 def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     student_cfg: StudentConfig = ctx.recipe.student
     teacher = ctx.teacher_model().cpu()  # students are built on the CPU; the engine moves them
@@ -37,5 +53,7 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {})}
     metrics.update(evaluate(student, ctx, "student"))
     metrics["transfer"] = _transfer(student, ctx, out)
+    if ctx.extra_teachers:
+        metrics["teachers"] = _ensemble(ctx)
     save_weights(student, out)
     return {"metrics": metrics, "spec": make_spec(student, base)}

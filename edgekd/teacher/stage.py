@@ -17,8 +17,12 @@ from ..train.predict import accuracy, predict_logits
 
 
 def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -> dict:
-    """The first stage: it has no parent artifact."""
+    """The first stage: it has no parent artifact. Run again for each further teacher (recipe `teachers:`), which
+    reads the texts with its own tokenizer and leaves the run's (the primary teacher's) alone."""
     data = ctx.data
+    primary = ctx.teacher is None
+    seed = getattr(cfg, "seed", None)
+    seed = ctx.seed if seed is None else seed
     tokenizer_src = None
     if cfg.config is not None:
         model = build_hf_from_config(cfg.config, ctx.task, data.num_labels)
@@ -49,22 +53,25 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
         except (OSError, ValueError) as e:
             raise ModelError(f"Cannot load the tokenizer of {tokenizer_src!r}: {str(e).splitlines()[0]}") from None
         tok.save_pretrained(str(out))
-        ctx._tokenizer = tok
+        if primary:
+            ctx._tokenizer = tok
+    encoded = ctx.encoded if primary or ctx.task != "text-classification" else \
+        (lambda split, n=None: ctx.encoded(split, n, tokenizer_dir=out))
     (out / "preprocess.json").write_text(json.dumps({**data.preprocess, "labels": data.label_names}, indent=2))
 
     metrics: dict = {}
     if cfg.finetune is not None:
         ft = cfg.finetune
-        train = ctx.encoded("train", ft.max_train_examples)
+        train = encoded("train", ft.max_train_examples)
 
         def loss_fn(m, batch, idx, labels):
             return F.cross_entropy(logits_of(m, batch), labels)
 
         log(f"teacher: fine-tuning on {len(train)} examples for {ft.epochs} epoch(s)")
-        metrics["train"] = fit(model, train, ft, loss_fn, seed=ctx.seed, desc="teacher fine-tune",
+        metrics["train"] = fit(model, train, ft, loss_fn, seed=seed, desc="teacher fine-tune",
                                work_dir=ctx.work_dir(key), runtime=ctx.runtime)
     for split in ("dev", "test"):
-        enc = ctx.encoded(split)
+        enc = encoded(split)
         logits = predict_logits(model, enc, desc=f"teacher eval ({split})", runtime=ctx.runtime)
         metrics[f"{split}_accuracy"] = accuracy(logits, enc.labels)
     save_weights(model, out)

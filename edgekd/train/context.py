@@ -28,6 +28,8 @@ class Context:
     _teacher_logits: dict = field(default_factory=dict)
     _teacher_model: object = None
     runtime: Runtime = field(default_factory=Runtime.cpu)
+    extra_teachers: list = field(default_factory=list)  # (artifact, weight) of the recipe's further `teachers:`
+    _extra_models: dict = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -85,14 +87,17 @@ class Context:
             self._teacher_model = load_model_from_artifact(self.teacher)
         return self._teacher_model
 
-    def teacher_logits(self, split: str, max_examples: int | None = None) -> np.ndarray:
-        """The teacher's logits on a split, computed once per run and cached on disk (safetensors)."""
-        key = (split, max_examples)
+    def teacher_logits(self, split: str, max_examples: int | None = None, teacher: Artifact | None = None) -> np.ndarray:
+        """A teacher's logits on a split (default: the run's teacher; a further teacher reads the texts with its own
+        tokenizer), computed once per run and cached on disk (safetensors)."""
+        teacher = teacher or self.teacher
+        primary = teacher.id == self.teacher.id
+        key = (split, max_examples) if primary else (teacher.id, split, max_examples)
         if key in self._teacher_logits:
             return self._teacher_logits[key]
         from safetensors.numpy import load_file, save_file
 
-        name = stable_hash({"teacher": self.teacher.id, "data": self.data.fingerprint, "split": split,
+        name = stable_hash({"teacher": teacher.id, "data": self.data.fingerprint, "split": split,
                             "n": max_examples, "max_length": self.recipe.data.max_length})
         path = self.cache_dir() / f"teacher-logits-{split}-{name}.safetensors"
         if path.is_file():
@@ -100,9 +105,18 @@ class Context:
         else:
             from .predict import predict_logits
 
+            if primary:
+                model, data = self.teacher_model(), self.encoded(split, max_examples)
+            else:
+                if teacher.id not in self._extra_models:
+                    from ..models.spec import load_model_from_artifact
+
+                    self._extra_models[teacher.id] = load_model_from_artifact(teacher)
+                model = self._extra_models[teacher.id]
+                data = self.encoded(split, max_examples, tokenizer_dir=teacher.path if self.task ==
+                                    "text-classification" else None)
             # every process computes a shard and receives the whole array; rank 0 writes the cache
-            logits = predict_logits(self.teacher_model(), self.encoded(split, max_examples),
-                                    desc=f"teacher outputs ({split})", runtime=self.runtime)
+            logits = predict_logits(model, data, desc=f"teacher outputs ({split})", runtime=self.runtime)
             if self.runtime.is_main:
                 tmp = path.with_name("." + path.name + ".tmp")
                 save_file({"logits": logits}, str(tmp))

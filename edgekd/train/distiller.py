@@ -44,9 +44,11 @@ class Distiller:
         self.live_teacher = live_teacher  # run on each batch for what is too large to cache (hidden states, attentions)
 
     @classmethod
-    def from_config(cls, cfg: KDConfig, teacher_logits: np.ndarray, teacher_model=None,
+    def from_config(cls, cfg: KDConfig, teacher_logits: "np.ndarray | list[Teacher]", teacher_model=None,
                     student: torch.nn.Module | None = None) -> "Distiller":
-        """The recipe's distillation: alpha * T^2 * KL + (1 - alpha) * CE, plus the intermediate terms it weights."""
+        """The recipe's distillation: alpha * T^2 * KL + (1 - alpha) * CE, plus the intermediate terms it weights.
+
+        teacher_logits: the teacher's logits on the training examples, or several weighted teachers'."""
         terms: list[tuple[float, LossTerm]] = [(cfg.alpha, LogitKD(cfg.temperature)), (1.0 - cfg.alpha, HardLabelCE())]
         if needs_live_teacher(cfg):
             layer_map = intermediate_layer_map(cfg, student, teacher_model)
@@ -57,7 +59,8 @@ class Distiller:
             if cfg.relation_weight:
                 heads = relation_heads(cfg, student, teacher_model, layer_map)
                 terms.append((cfg.relation_weight, RelationKL(layer_map, heads)))
-        distiller = cls([Teacher(teacher_logits)], terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None)
+        teachers = teacher_logits if isinstance(teacher_logits, list) else [Teacher(teacher_logits)]
+        distiller = cls(teachers, terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None)
         if cfg.temperature_end is not None or cfg.alpha_end is not None:
             distiller.schedule = (cfg.alpha, cfg.alpha if cfg.alpha_end is None else cfg.alpha_end,
                                   cfg.temperature, cfg.temperature if cfg.temperature_end is None else cfg.temperature_end)
@@ -213,10 +216,17 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     logits = ctx.teacher_logits("train", cfg.max_train_examples)
     report = None
     if cfg.transfer is not None:  # the train split plus teacher-labelled text (unlabelled files, augmentation)
+        if ctx.extra_teachers:
+            from ..errors import EdgekdError
+
+            raise EdgekdError("distill.transfer with several teachers: only one teacher labels transfer data in this "
+                              "version; remove `teachers:` or distill.transfer.")
         from .transfer_set import build_transfer_set
 
         train, logits, report = build_transfer_set(cfg.transfer, ctx, train, logits, cfg.max_train_examples)
-    distiller = Distiller.from_config(cfg, logits, live, model)
+    teachers = [Teacher(logits)] + [Teacher(ctx.teacher_logits("train", cfg.max_train_examples, art), weight)
+                                    for art, weight in ctx.extra_teachers]
+    distiller = Distiller.from_config(cfg, teachers, live, model)
     try:
         out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
                   runtime=ctx.runtime, on_step=distiller.set_progress)
