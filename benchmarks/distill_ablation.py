@@ -48,6 +48,7 @@ def main() -> None:
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{args.mode}")
     out = HERE / "results" / f"distill-ablation-{args.mode}.json"
     rows = json.loads(out.read_text())["variants"] if out.is_file() else {}  # variants not re-run keep their rows
+    launched = commit()  # the code the variants run (edgekd imports lazily: do not edit it while this runs)
     for name in args.variants:
         over = VARIANTS[name]
         raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
@@ -61,7 +62,7 @@ def main() -> None:
         wall = time.perf_counter() - start
         art = next(a for a in pipe.artifacts if a.stage == "distill")
         t = metrics["transfer"]  # the distill stage's own report on test.tsv (ECE of both, disagreements)
-        rows[name] = {"distill": {**mode["distill"], **over}, "commit": commit(), "test_accuracy": metrics["test_accuracy"],
+        rows[name] = {"distill": {**mode["distill"], **over}, "commit": launched, "test_accuracy": metrics["test_accuracy"],
                       "dev_accuracy": metrics["dev_accuracy"], "agreement": metrics["test_agreement"],
                       "ece": t["ece"], "teacher_ece": t["teacher_ece"], "per_class_accuracy": t["per_class_accuracy"],
                       "teacher_test_accuracy": t["teacher_accuracy"], "kept": metrics["test_accuracy"] / t["teacher_accuracy"],
@@ -71,7 +72,7 @@ def main() -> None:
         print(f"{name}: test {100 * metrics['test_accuracy']:.2f}% (kept {100 * rows[name]['kept']:.1f}%), agreement "
               f"{100 * metrics['test_agreement']:.2f}%, ECE {rows[name]['ece']:.3f}")
     out.write_text(json.dumps({"benchmark": f"distill-ablation-{args.mode}", "variants": rows, "machine": host_facts(),
-                               "versions": versions(), "commit": commit(),
+                               "versions": versions(), "commit": launched,
                                "date": datetime.date.today().isoformat(),
                                "student": "MiniLM-L6 layers [2, 5] (recipes/sst2-minilm.yaml)"}, indent=2) + "\n")
     print(f"wrote {out}")

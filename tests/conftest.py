@@ -46,9 +46,8 @@ def write_tiny_bert(folder: Path, classifier: bool = False, num_labels: int = 2,
     words = SPECIAL + POS + NEG + FILL
     tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=4, intermediate_size=64, max_position_embeddings=160, num_labels=num_labels,
-                     **config)
+    cfg = BertConfig(**{"vocab_size": len(words), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+                        "intermediate_size": 64, "max_position_embeddings": 160, "num_labels": num_labels, **config})
     model = BertForSequenceClassification(cfg) if classifier else BertModel(cfg)
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))

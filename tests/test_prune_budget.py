@@ -102,7 +102,8 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
 
     # wide enough that FFN width dominates the latency (the tiny test BERT is all overhead)
     teacher = write_tiny_bert(tmp_path / "teacher", hidden_size=128, intermediate_size=2048)
-    r = tiny_text_recipe(teacher, text_data_dir, tmp_path / "run", data={"path": str(text_data_dir), "max_length": 64})
+    r = tiny_text_recipe(teacher, text_data_dir, tmp_path / "run")
+    r["data"]["max_length"] = 64
     r["teacher"]["finetune"]["epochs"] = 1
     kd = {**r["stages"][0]["distill"], "epochs": 1}
     r["stages"] = [{"distill": kd}]
