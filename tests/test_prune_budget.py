@@ -101,9 +101,9 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
     from conftest import write_tiny_bert
 
     # wide enough that FFN width dominates the latency (the tiny test BERT is all overhead)
-    teacher = write_tiny_bert(tmp_path / "teacher", hidden_size=128, intermediate_size=2048)
+    teacher = write_tiny_bert(tmp_path / "teacher", hidden_size=128, intermediate_size=4096)
     r = tiny_text_recipe(teacher, text_data_dir, tmp_path / "run")
-    r["data"]["max_length"] = 64
+    r["data"]["max_length"] = 128  # a few ms per inference: timing noise stays well below the budget's 40% cut
     r["teacher"]["finetune"]["epochs"] = 1
     kd = {**r["stages"][0]["distill"], "epochs": 1}
     r["stages"] = [{"distill": kd}]
@@ -119,7 +119,8 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
                                   "recovery": {**kd, "epochs": 1}}})
     m = Pipeline(validate_recipe(r)).run()["prune"]
     assert m["budget"]["latency_ms"] == budget and m["steps"][0]["budget"] == "latency_ms"
-    assert abs(m["budget"]["off_by"]) <= 0.25, m["budget"]  # lands near the budget (timings on 2 shared cores)
+    # lands near the budget: measured +0.6% and +5% here; the bound leaves room for a noisy shared CI machine
+    assert -0.3 <= m["budget"]["off_by"] <= 0.2, m["budget"]
     assert m["non_embedding_params_after"] < m["non_embedding_params_before"]
     with pytest.raises(Exception, match="give exactly one of prune.budget.params or prune.budget.latency_ms"):
         validate_recipe({**r, "stages": [{"prune": {"budget": {"params": 0.5, "latency_ms": 3.0}}}]})
