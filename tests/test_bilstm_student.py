@@ -37,6 +37,7 @@ def test_a_bilstm_student_distils_quantizes_and_exports_and_refuses_pruning(tmp_
     pipe = Pipeline(validate_recipe(r))
     result = pipe.run()
     assert result["distill"]["test_accuracy"] > 0.5
+    assert result["qat"]["transfer"]["accuracy"] == result["qat"]["test_accuracy"]  # QAT reports what transferred too
     export = next(a for a in pipe.artifacts if a.stage == "export")
     ops = {n.op_type for n in onnx.load(str(export.path / "model.onnx")).graph.node}
     assert "LSTM" in ops and result["export"]["validation"]["argmax_agreement"] >= 0.95

@@ -153,8 +153,13 @@ def test_pruned_heads_recover_with_relation_transfer(tmp_path, tiny_bert_dir, te
     prune["recovery"] = {**prune["recovery"], "relation_weight": 1.0, "hidden_weight": 1.0, "hidden_loss": "cosine",
                          "layer_map": "last"}
     r["stages"] = r["stages"][:2]
-    result = Pipeline(validate_recipe(r)).run()["prune"]
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()["prune"]
     assert result["dev_accuracy"] > 0.5
+    # the pruned model's own transfer report on test, with its disagreements file
+    art = next(a for a in pipe.artifacts if a.stage == "prune")
+    lines = (art.path / "disagreements-test.jsonl").read_text().splitlines()
+    assert len(lines) == result["transfer"]["disagreements"] and 0 <= result["transfer"]["ece"] <= 1
     with pytest.raises(Exception, match="attention_weight to 0 and use relation_weight"):
         r2 = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run2")
         r2["stages"] = r2["stages"][:2]

@@ -8,22 +8,7 @@ from ..models.spec import make_spec, save_weights
 from ..models.students import build_student
 from ..progress import log
 from ..train.context import Context
-from ..train.distiller import distill_fit, evaluate
-from ..train.predict import predict_logits
-from ..train.transfer import transfer_report
-
-# Inputs where student and teacher disagree on the test split (shadow comparison), one JSON object per line.
-DISAGREEMENTS = "disagreements-test.jsonl"
-
-
-def _transfer(student, ctx: Context, out: Path) -> dict:
-    """What transferred, on the held-out test split (read only, never for selection): ECE of both models,
-    per-class accuracy, and the disagreements file."""
-    test = ctx.encoded("test")
-    logits = predict_logits(student, test, desc="student: transfer report", runtime=ctx.runtime)
-    return transfer_report(logits, ctx.teacher_logits("test"), test.labels, ctx.data.label_names,
-                           ctx.data.test.texts, out / DISAGREEMENTS if ctx.runtime.is_main else None)
-
+from ..train.distiller import distill_fit, evaluate, transfer_on_test
 
 def _ensemble(ctx: Context) -> dict:
     """Each teacher's test accuracy and their weighted ensemble's (probabilities averaged, as the distiller does)."""
@@ -52,7 +37,7 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
     metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {})}
     metrics.update(evaluate(student, ctx, "student"))
-    metrics["transfer"] = _transfer(student, ctx, out)
+    metrics["transfer"] = transfer_on_test(student, ctx, out)
     if ctx.extra_teachers:
         metrics["teachers"] = _ensemble(ctx)
     save_weights(student, out)

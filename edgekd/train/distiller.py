@@ -246,3 +246,18 @@ def evaluate(model: torch.nn.Module, ctx: Context, desc: str, splits: tuple[str,
         if split == "test":
             out["test_agreement"] = float((logits.argmax(-1) == ctx.teacher_logits("test").argmax(-1)).mean())
     return out
+
+
+# Inputs where a stage's model and the teacher disagree on the test split (shadow comparison), one JSON object a line.
+DISAGREEMENTS = "disagreements-test.jsonl"
+
+
+def transfer_on_test(model: torch.nn.Module, ctx: Context, out) -> dict:
+    """What transferred, on the held-out test split (read only, never for selection): ECE of model and teacher,
+    per-class accuracy, and out/disagreements-test.jsonl. Every stage that trains a student reports it."""
+    from .transfer import transfer_report
+
+    test = ctx.encoded("test")
+    logits = predict_logits(model, test, desc="transfer report", runtime=ctx.runtime)
+    return transfer_report(logits, ctx.teacher_logits("test"), test.labels, ctx.data.label_names,
+                           ctx.data.test.texts, out / DISAGREEMENTS if ctx.runtime.is_main else None)
