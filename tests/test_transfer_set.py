@@ -99,3 +99,17 @@ def test_a_run_distils_on_unlabelled_and_augmented_text_and_caches_the_teacher_l
     r2["stages"][0]["distill"]["epochs"] = 2
     again = Pipeline(validate_recipe(r2)).run()["distill"]["train"]["transfer_set"]
     assert again == report and cache[0].stat().st_mtime_ns == stamp
+
+
+def test_every_teacher_labels_the_transfer_set_through_its_own_tokenizer(tmp_path, tiny_bert_dir, text_data_dir):
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["teachers"] = [{**r["teacher"], "seed": 3, "weight": 1.0}]
+    r["stages"] = [{"distill": {**r["stages"][0]["distill"], "epochs": 1,
+                                "transfer": {"augment": {"copies": 1, "replace_prob": 0.5, "neighbours": 2}}}}]
+    result = Pipeline(validate_recipe(r)).run()["distill"]
+    report = result["train"]["transfer_set"]
+    assert report["augmented"] > 0 and result["train"]["examples"] == 240 + report["kept"]
+    labels = list((tmp_path / "run" / "cache").glob("transfer-labels-*.safetensors"))
+    assert len(labels) == 1  # the further teacher's labels of the augmented texts, cached
+    from safetensors.numpy import load_file
+    assert load_file(str(labels[0]))["logits"].shape == (report["augmented"], 2)

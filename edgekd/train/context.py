@@ -87,6 +87,14 @@ class Context:
             self._teacher_model = load_model_from_artifact(self.teacher)
         return self._teacher_model
 
+    def teacher_model_of(self, teacher: Artifact):
+        """A further teacher's model (loaded once per run)."""
+        if teacher.id not in self._extra_models:
+            from ..models.spec import load_model_from_artifact
+
+            self._extra_models[teacher.id] = load_model_from_artifact(teacher)
+        return self._extra_models[teacher.id]
+
     def teacher_logits(self, split: str, max_examples: int | None = None, teacher: Artifact | None = None) -> np.ndarray:
         """A teacher's logits on a split (default: the run's teacher; a further teacher reads the texts with its own
         tokenizer), computed once per run and cached on disk (safetensors)."""
@@ -108,11 +116,7 @@ class Context:
             if primary:
                 model, data = self.teacher_model(), self.encoded(split, max_examples)
             else:
-                if teacher.id not in self._extra_models:
-                    from ..models.spec import load_model_from_artifact
-
-                    self._extra_models[teacher.id] = load_model_from_artifact(teacher)
-                model = self._extra_models[teacher.id]
+                model = self.teacher_model_of(teacher)
                 data = self.encoded(split, max_examples, tokenizer_dir=teacher.path if self.task ==
                                     "text-classification" else None)
             # every process computes a shard and receives the whole array; rank 0 writes the cache

@@ -215,17 +215,19 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
             p.requires_grad_(False)
     logits = ctx.teacher_logits("train", cfg.max_train_examples)
     report = None
+    n_train = len(train)
     if cfg.transfer is not None:  # the train split plus teacher-labelled text (unlabelled files, augmentation)
-        if ctx.extra_teachers:
-            from ..errors import EdgekdError
-
-            raise EdgekdError("distill.transfer with several teachers: only one teacher labels transfer data in this "
-                              "version; remove `teachers:` or distill.transfer.")
         from .transfer_set import build_transfer_set
 
         train, logits, report = build_transfer_set(cfg.transfer, ctx, train, logits, cfg.max_train_examples)
-    teachers = [Teacher(logits)] + [Teacher(ctx.teacher_logits("train", cfg.max_train_examples, art), weight)
-                                    for art, weight in ctx.extra_teachers]
+    teachers = [Teacher(logits)]
+    for art, weight in ctx.extra_teachers:
+        own = ctx.teacher_logits("train", cfg.max_train_examples, art)
+        if len(train) > n_train:  # every teacher labels the transfer examples, each through its own tokenizer
+            from .transfer_set import relabel
+
+            own = np.concatenate([own, relabel(ctx, art, train.ids[n_train:])])
+        teachers.append(Teacher(own, weight))
     distiller = Distiller.from_config(cfg, teachers, live, model)
     try:
         out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),

@@ -170,3 +170,29 @@ def _augmented(cfg: AugmentConfig, ctx: Context, seqs: list[list[int]]) -> list[
     neighbours = embedding_neighbours(table, used, candidates, cfg.neighbours) if len(used) and len(candidates) > 1 \
         else {}
     return augment_ids(seqs, cfg, start, cont, neighbours, tok.mask_token_id, ctx.seed)
+
+
+def relabel(ctx: Context, teacher, seqs: list[list[int]]) -> np.ndarray:
+    """A further teacher's logits on transfer examples given in the run tokenizer's ids: decoded to text and read
+    with that teacher's own tokenizer (it may split words differently), cached like the primary's labels."""
+    from safetensors.numpy import load_file, save_file
+
+    from .predict import predict_logits
+
+    key = stable_hash({"teacher": teacher.id, "run_teacher": ctx.teacher.id, "ids": stable_hash(seqs),
+                       "max_length": ctx.recipe.data.max_length})
+    path = ctx.cache_dir() / f"transfer-labels-{key}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["logits"]
+    texts = ctx.tokenizer.batch_decode(seqs, skip_special_tokens=True)
+    from transformers import AutoTokenizer
+
+    enc = encode(Split("transfer", np.zeros(len(texts), dtype=np.int64), texts=texts),
+                 AutoTokenizer.from_pretrained(str(teacher.path)), ctx.recipe.data.max_length)
+    logits = predict_logits(ctx.teacher_model_of(teacher), enc, desc="further teacher labels the transfer set",
+                            runtime=ctx.runtime)
+    if ctx.runtime.is_main:
+        tmp = path.with_name("." + path.name + ".tmp")
+        save_file({"logits": logits}, str(tmp))
+        tmp.replace(path)
+    return logits
