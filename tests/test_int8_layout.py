@@ -122,6 +122,28 @@ def test_integer_kernel_check_lists_float_layers_of_a_float_model_without_failin
     assert report["time_share"]["integer_kernels"] == 0
 
 
+def test_integer_time_share_counts_fused_kernels_of_unnamed_nodes(tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekd.devices.runtime import quiet_ort
+
+    model, _ = _qat_tiny_bert(tmp_path / "bert")
+    set_mode(model, "off")
+    export_onnx(model, example_inputs("text-classification", {}, 12), tmp_path / "fp32.onnx", 17)
+    with quiet_ort():  # dynamic activations: onnxruntime fuses them into DynamicQuantizeMatMul
+        quantize_dynamic(str(tmp_path / "fp32.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8)
+    graph = onnx.load(str(tmp_path / "dyn.onnx"))
+    for n in graph.graph.node:  # names are optional in ONNX: the fused kernels get none, the profiler its own
+        n.name = ""
+    onnx.save(graph, str(tmp_path / "dyn.onnx"))
+    ids = np.ones((1, 12), np.int64)
+    report = integer_kernel_report(tmp_path / "dyn.onnx", tmp_path / "opt.onnx", {"input_ids": ids, "attention_mask": ids})
+    fused = [n for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node
+             if n.op_type in ("DynamicQuantizeMatMul", "MatMulIntegerToFloat")]
+    assert fused and report["ok"]
+    assert report["time_share"]["integer_kernels"] > 0.05, report["time_share"]
+
+
 # ------------------------------------------------------------------------------------------ vocabulary
 def _wordpiece_tokenizer(folder):
     from transformers import BertTokenizerFast

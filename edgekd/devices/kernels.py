@@ -130,11 +130,14 @@ def integer_kernel_report(path: str | Path, save_optimized: str | Path, feed: di
     def time_of(nodes) -> float:
         return float(sum(share.get(n.name, ("", 0.0))[1] for n in nodes))
 
+    def time_of_ops(op_types) -> float:
+        # by op type: node names are optional in ONNX; a fused node made from unnamed nodes is saved unnamed, and
+        # the profiler calls it <op>_<index>, so a join by node name would miss it
+        return float(sum(t for op, t in prof["share"].items() if op in op_types))
+
     float_ops: dict[str, float] = {}
     for n in kinds["float_ops"]:
         float_ops[n.op_type] = float_ops.get(n.op_type, 0.0) + share.get(n.name, ("", 0.0))[1]
-    quant_nodes = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear",
-                                                                  "DynamicQuantizeLinear")]
     return {
         "ok": not any(q for _, q in kinds["float_layers"]),
         "optimized_graph": Path(save_optimized).name,
@@ -142,10 +145,11 @@ def integer_kernel_report(path: str | Path, save_optimized: str | Path, feed: di
                             for op in sorted({n.op_type for n in kinds["integer"]})},
         "float_layers": [{"node": n.name, "op": n.op_type, "quantized_weight": q,
                           "time_share": round(share.get(n.name, ("", 0.0))[1], 4)} for n, q in kinds["float_layers"]],
-        "time_share": {"integer_kernels": round(time_of(kinds["integer"]), 4),
+        "time_share": {"integer_kernels": round(time_of_ops(INTEGER_KERNELS), 4),
                        "float_layers": round(time_of([n for n, _ in kinds["float_layers"]]), 4),
                        "float_ops": round(sum(float_ops.values()), 4),
-                       "quantize_dequantize": round(time_of(quant_nodes), 4)},
+                       "quantize_dequantize": round(time_of_ops({"QuantizeLinear", "DequantizeLinear",
+                                                                 "DynamicQuantizeLinear"}), 4)},
         "float_ops": {op: round(s, 4) for op, s in sorted(float_ops.items(), key=lambda kv: -kv[1])},
         "profiled": {"threads": threads, "inputs": {k: list(v.shape) for k, v in feed.items()},
                      "kernel_ms": round(prof["kernel_ms"], 4)},
