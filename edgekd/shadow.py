@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.batching import encode
 from .data.drift import confidences, drift
-from .data.loading import read_texts
+from .data.loading import Split, read_texts
 from .errors import EdgekdError
 
 BATCH = 32
@@ -43,29 +44,22 @@ def _logits(model: Path, tokenizer_dir: Path, texts: list[str], max_length: int)
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    ids = tok(texts, truncation=True, max_length=max_length)["input_ids"]
-    lengths = np.array([len(x) for x in ids])
+    enc = encode(Split("shadow", np.zeros(len(texts), dtype=np.int64), texts=texts),
+                 AutoTokenizer.from_pretrained(str(tokenizer_dir)), max_length)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    order = np.argsort(lengths, kind="stable")
-    rows = []
+    order = np.argsort(enc.lengths, kind="stable")
+    out = None
     for start in range(0, len(order), BATCH):
         idx = order[start: start + BATCH]
-        width = int(lengths[idx].max())
-        batch = np.full((len(idx), width), tok.pad_token_id or 0, dtype=np.int64)
-        mask = np.zeros_like(batch)
-        for r, i in enumerate(idx):
-            batch[r, : lengths[i]] = ids[i]
-            mask[r, : lengths[i]] = 1
-        feed = {"input_ids": batch, "attention_mask": mask, "token_type_ids": np.zeros_like(batch)}
-        rows.append((idx, session.run(None, {n: feed[n] for n in names})[0]))
-    out = np.zeros((len(ids), rows[0][1].shape[-1]), dtype=np.float32)
-    for idx, logits in rows:
+        feed = {k: v.numpy() for k, v in enc.batch(idx).items()}
+        feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+        logits = session.run(None, {n: feed[n] for n in names})[0]
+        out = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32) if out is None else out
         out[idx] = logits
-    return out, lengths
+    return out, enc.lengths
 
 
 def shadow(folder: Path, inputs: Path, out_dir: Path, text_column: str = "sentence",

@@ -8,7 +8,8 @@ from conftest import tiny_text_recipe
 from edgekd.errors import EdgekdError
 from edgekd.pipeline import Pipeline
 from edgekd.recipe import validate_recipe
-from edgekd.train.losses import AttentionKL, HiddenStateMSE, Outputs, uniform_layer_map
+from edgekd.models.students import uniform_layer_map
+from edgekd.train.losses import AttentionKL, HiddenStateMSE, Outputs
 
 
 def test_uniform_layer_map_puts_the_last_student_layer_on_the_last_teacher_layer():
@@ -82,7 +83,7 @@ def test_transfer_report_has_calibration_per_class_accuracy_and_the_disagreement
 
 
 def test_last_k_layer_map_takes_the_teachers_top_layers():
-    from edgekd.train.losses import last_layer_map
+    from edgekd.models.students import last_layer_map
 
     assert last_layer_map(2, 6) == [4, 5] and last_layer_map(3, 3) == [0, 1, 2]
 
@@ -142,7 +143,7 @@ def test_relation_heads_default_divides_a_pruned_students_uneven_layers(tiny_ber
     assert relation_heads(KDConfig(), student, teacher, [1]) == 4  # gcd(24, 32) = 8; its largest divisor <= 4 heads
     with pytest.raises(EdgekdError, match="relation_heads 3 does not divide the projection widths \\[32\\]"):
         relation_heads(KDConfig(relation_heads=3), student, teacher, [1])
-    with capture_qkv(student) as qkv:
+    with capture_qkv(qkv_projections(student)) as qkv:
         student(input_ids=torch.ones(2, 6, dtype=torch.long))
     assert [tuple(x.shape) for x in qkv[0]] == [(2, 6, 24)] * 3
 

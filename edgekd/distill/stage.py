@@ -8,11 +8,11 @@ from ..models.spec import make_spec, save_weights
 from ..models.students import build_student
 from ..progress import log
 from ..train.context import Context
-from ..train.distiller import distill_fit, evaluate, transfer_on_test
+from ..train.distiller import distill_fit, evaluate
 
 def _ensemble(ctx: Context) -> dict:
     """Each teacher's test accuracy and their weighted ensemble's (probabilities averaged, as the distiller does)."""
-    import numpy as np
+    from scipy.special import softmax
 
     labels = ctx.encoded("test").labels
     members = [(ctx.teacher, 1.0)] + list(ctx.extra_teachers)
@@ -20,8 +20,7 @@ def _ensemble(ctx: Context) -> dict:
     total = sum(w for _, w in members)
     for art, weight in members:
         logits = ctx.teacher_logits("test", None, art)
-        p = np.exp(logits - logits.max(-1, keepdims=True))
-        probs = probs + weight / total * p / p.sum(-1, keepdims=True)
+        probs = probs + weight / total * softmax(logits, axis=-1)
         rows.append({"artifact": art.id, "weight": weight, "test_accuracy": float((logits.argmax(-1) == labels).mean())})
     return {"members": rows, "ensemble_test_accuracy": float((probs.argmax(-1) == labels).mean())}
 
@@ -36,8 +35,7 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     log(f"distill: student {student_cfg.kind} with {n_s / 1e6:.2f}M parameters (teacher {n_t / 1e6:.2f}M)")
     init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
     metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {})}
-    metrics.update(evaluate(student, ctx, "student"))
-    metrics["transfer"] = transfer_on_test(student, ctx, out)
+    metrics.update(evaluate(student, ctx, "student", report_dir=out))
     if ctx.extra_teachers:
         metrics["teachers"] = _ensemble(ctx)
     save_weights(student, out)

@@ -14,6 +14,16 @@ from .rnn import build_rnn
 from .hf import hf_base_spec
 
 
+def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """Teacher layer (0-based) for each student layer: evenly spaced, the last on the last (TinyBERT's mapping)."""
+    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+
+
+def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
+    """The teacher's last k layers for a k-layer student (DistilBERT-style "last-k")."""
+    return list(range(teacher_layers - student_layers, teacher_layers))
+
+
 def _encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     """The ModuleList of transformer blocks (`bert.encoder.layer`, `vit.layers` in transformers 5, …)."""
     for name, m in model.named_modules():
@@ -48,8 +58,7 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
             setattr(config, k, v)
         student = type(teacher)._from_config(config, attn_implementation="eager")
         n_t = teacher.config.num_hidden_layers
-        layer_map = cfg.layers or [(i + 1) * n_t // config.num_hidden_layers - 1  # uniform, the last on the last
-                                   for i in range(config.num_hidden_layers)]
+        layer_map = cfg.layers or uniform_layer_map(config.num_hidden_layers, n_t)
         if len(layer_map) != config.num_hidden_layers or max(layer_map) >= n_t:
             raise ModelError(f"student.layers {layer_map}: a config student with {config.num_hidden_layers} layers needs "
                              f"that many teacher layers (0…{n_t - 1}) to initialise them from.")

@@ -23,7 +23,7 @@ from ..models.spec import (architecture_summary, base_of, build_model, load_mode
                            make_spec, save_weights)
 from ..progress import log
 from ..train.context import Context
-from ..train.distiller import distill_fit, evaluate, transfer_on_test
+from ..train.distiller import distill_fit, evaluate
 from ..train.losses import logit_kd_loss
 from .structured import non_embedding_params, prune_structured
 
@@ -71,8 +71,7 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     log(f"prune: {before['params'] / 1e6:.3f}M -> {after['params'] / 1e6:.3f}M parameters "
         f"({1 - after['params'] / before['params']:.1%} removed; non-embedding "
         f"{metrics['non_embedding_params_after'] / metrics['non_embedding_params_before']:.1%} kept)")
-    metrics.update(evaluate(model, ctx, "pruned"))
-    metrics["transfer"] = transfer_on_test(model, ctx, out)
+    metrics.update(evaluate(model, ctx, "pruned", report_dir=out))
     save_weights(model, out)
     if family == "hf":  # leaving edgekd: a from_pretrained folder where a transformers config can describe the model
         blocker = hf_folder_blocker(model)

@@ -12,7 +12,7 @@ from ..models.hf import logits_of
 from ..models.spec import base_of, load_model_from_artifact, make_spec, save_weights
 from ..progress import log, progress
 from ..train.context import Context
-from ..train.distiller import distill_fit, evaluate, transfer_on_test
+from ..train.distiller import distill_fit, evaluate
 from ..train.loop import to_device
 from .fakequant import convert, fold_batchnorm, quantizable_modules, set_mode
 
@@ -74,8 +74,7 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
         "modules": names,
         "ranges": ranges,
     }
-    metrics.update(evaluate(model, ctx, "qat"))
-    metrics["transfer"] = transfer_on_test(model, ctx, out)
+    metrics.update(evaluate(model, ctx, "qat", report_dir=out))
     save_weights(model, out)
     base = base_of(parent.spec)
     return {"metrics": metrics, "spec": make_spec(model, base)}

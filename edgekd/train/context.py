@@ -26,10 +26,9 @@ class Context:
     _tokenizers: dict = field(default_factory=dict)  # folder -> tokenizer (an export's trimmed vocabulary)
     _encoded: dict = field(default_factory=dict)
     _teacher_logits: dict = field(default_factory=dict)
-    _teacher_model: object = None
     runtime: Runtime = field(default_factory=Runtime.cpu)
     extra_teachers: list = field(default_factory=list)  # (artifact, weight) of the recipe's further `teachers:`
-    _extra_models: dict = field(default_factory=dict)
+    _teacher_models: dict = field(default_factory=dict)  # artifact id -> model, loaded once per run
 
     @property
     def seed(self) -> int:
@@ -80,20 +79,14 @@ class Context:
             self._tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
         return self._tokenizers[folder]
 
-    def teacher_model(self):
-        if self._teacher_model is None:
+    def teacher_model(self, teacher: Artifact | None = None):
+        """A teacher's model (default: the run's), loaded once per run."""
+        teacher = teacher or self.teacher
+        if teacher.id not in self._teacher_models:
             from ..models.spec import load_model_from_artifact
 
-            self._teacher_model = load_model_from_artifact(self.teacher)
-        return self._teacher_model
-
-    def teacher_model_of(self, teacher: Artifact):
-        """A further teacher's model (loaded once per run)."""
-        if teacher.id not in self._extra_models:
-            from ..models.spec import load_model_from_artifact
-
-            self._extra_models[teacher.id] = load_model_from_artifact(teacher)
-        return self._extra_models[teacher.id]
+            self._teacher_models[teacher.id] = load_model_from_artifact(teacher)
+        return self._teacher_models[teacher.id]
 
     def teacher_logits(self, split: str, max_examples: int | None = None, teacher: Artifact | None = None) -> np.ndarray:
         """A teacher's logits on a split (default: the run's teacher; a further teacher reads the texts with its own
@@ -113,12 +106,9 @@ class Context:
         else:
             from .predict import predict_logits
 
-            if primary:
-                model, data = self.teacher_model(), self.encoded(split, max_examples)
-            else:
-                model = self.teacher_model_of(teacher)
-                data = self.encoded(split, max_examples, tokenizer_dir=teacher.path if self.task ==
-                                    "text-classification" else None)
+            own_tokenizer = not primary and self.task == "text-classification"
+            data = self.encoded(split, max_examples, tokenizer_dir=teacher.path if own_tokenizer else None)
+            model = self.teacher_model(teacher)
             # every process computes a shard and receives the whole array; rank 0 writes the cache
             logits = predict_logits(model, data, desc=f"teacher outputs ({split})", runtime=self.runtime)
             if self.runtime.is_main:

@@ -18,8 +18,9 @@ from ..configs import KDConfig
 from ..models.hf import logits_of
 from .context import Context
 from .loop import fit
+from ..models.students import last_layer_map, uniform_layer_map
 from .losses import (AttentionKL, HardLabelCE, HiddenStateCosine, HiddenStateMSE, LogitKD, LossTerm, Outputs,
-                     RelationKL, last_layer_map, uniform_layer_map)
+                     RelationKL)
 from .predict import accuracy, predict_logits
 
 
@@ -42,6 +43,9 @@ class Distiller:
         if self.needs and live_teacher is None:
             raise ValueError(f"loss terms needing {sorted(self.needs)} need the teacher model (live_teacher)")
         self.live_teacher = live_teacher  # run on each batch for what is too large to cache (hidden states, attentions)
+        self.schedule: tuple[float, float, float, float] | None = None  # alpha start, end, temperature start, end
+        # (student, teacher) query/key/value projections a relation term reads, found once, not on every step
+        self.qkv_layers: tuple[list, list] | None = None
 
     @classmethod
     def from_config(cls, cfg: KDConfig, teacher_logits: "np.ndarray | list[Teacher]", teacher_model=None,
@@ -64,9 +68,9 @@ class Distiller:
         if cfg.temperature_end is not None or cfg.alpha_end is not None:
             distiller.schedule = (cfg.alpha, cfg.alpha if cfg.alpha_end is None else cfg.alpha_end,
                                   cfg.temperature, cfg.temperature if cfg.temperature_end is None else cfg.temperature_end)
+        if "qkv" in distiller.needs:
+            distiller.qkv_layers = (qkv_projections(student), qkv_projections(teacher_model))
         return distiller
-
-    schedule: tuple[float, float, float, float] | None = None  # alpha start, end, temperature start, end
 
     def set_progress(self, progress: float) -> None:
         """Anneal alpha and the temperature linearly (fit's on_step); the logit and hard-label weights follow alpha."""
@@ -96,10 +100,10 @@ class Distiller:
             student = Outputs(logits_of(module, batch))
         else:
             flags = {"output_hidden_states": "hidden_states" in self.needs, "output_attentions": "attentions" in self.needs}
-            hooks = "qkv" in self.needs
-            with capture_qkv(module, hooks) as s_qkv:
+            s_layers, t_layers = self.qkv_layers or (None, None)
+            with capture_qkv(s_layers) as s_qkv:
                 out = module(**batch, **flags)
-            with torch.no_grad(), capture_qkv(self.live_teacher, hooks) as t_qkv:
+            with torch.no_grad(), capture_qkv(t_layers) as t_qkv:
                 live = self.live_teacher(**batch, **flags)
             mask = batch["attention_mask"]
             student = Outputs(out.logits, out.hidden_states, out.attentions, mask, s_qkv)
@@ -128,24 +132,19 @@ def needs_live_teacher(cfg: KDConfig) -> bool:
 
 
 def qkv_projections(model: torch.nn.Module) -> list[tuple[torch.nn.Module, ...]]:
-    """Each layer's query, key and value projections, in layer order (BERT/RoBERTa/ViT: query/key/value;
-    DistilBERT: q_lin/k_lin/v_lin)."""
-    layers: dict[str, dict[str, torch.nn.Module]] = {}
-    for name, m in model.named_modules():
-        prefix, _, leaf = name.rpartition(".")
-        for role, leaves in (("q", ("query", "q_lin")), ("k", ("key", "k_lin")), ("v", ("value", "v_lin"))):
-            if leaf in leaves and isinstance(m, torch.nn.Linear):
-                layers.setdefault(prefix, {})[role] = m
-    return [(d["q"], d["k"], d["v"]) for d in layers.values() if len(d) == 3]
+    """Each layer's query, key and value projections, in layer order (the self-attention modules the pruner knows)."""
+    from ..models.spec import attention_projections
+
+    return [tuple(found[0]) for m in model.modules() if (found := attention_projections(m))]
 
 
 @contextmanager
-def capture_qkv(model: torch.nn.Module, enabled: bool = True):
-    """Yields a list that, after a forward pass, holds each layer's (query, key, value) projection outputs."""
-    if not enabled:
+def capture_qkv(layers: list[tuple[torch.nn.Module, ...]] | None):
+    """Yields a list that, after a forward pass, holds each given layer's (query, key, value) projection outputs
+    (None when `layers` is None: nothing to capture)."""
+    if layers is None:
         yield None
         return
-    layers = qkv_projections(model)
     captured: list[list] = [[None, None, None] for _ in layers]
     handles = [m.register_forward_hook(lambda _m, _in, out, i=i, j=j: captured[i].__setitem__(j, out))
                for i, trio in enumerate(layers) for j, m in enumerate(trio)]
@@ -238,8 +237,13 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     return {**out, "transfer_set": report} if report is not None else out
 
 
-def evaluate(model: torch.nn.Module, ctx: Context, desc: str, splits: tuple[str, ...] = ("dev", "test")) -> dict:
-    """Accuracy on dev and test, and argmax agreement with the teacher on test (model selection reads dev only)."""
+def evaluate(model: torch.nn.Module, ctx: Context, desc: str, splits: tuple[str, ...] = ("dev", "test"),
+             report_dir=None) -> dict:
+    """Accuracy on dev and test, and argmax agreement with the teacher on test (model selection reads dev only).
+
+    report_dir: also what transferred, from the same test predictions (read only, never for selection): ECE of
+    model and teacher, per-class accuracy, and report_dir/disagreements-test.jsonl — every stage that trains a
+    student reports it."""
     out = {}
     for split in splits:
         enc = ctx.encoded(split)
@@ -247,19 +251,14 @@ def evaluate(model: torch.nn.Module, ctx: Context, desc: str, splits: tuple[str,
         out[f"{split}_accuracy"] = accuracy(logits, enc.labels)
         if split == "test":
             out["test_agreement"] = float((logits.argmax(-1) == ctx.teacher_logits("test").argmax(-1)).mean())
+            if report_dir is not None:
+                from .transfer import transfer_report
+
+                out["transfer"] = transfer_report(logits, ctx.teacher_logits("test"), enc.labels, ctx.data.label_names,
+                                                  ctx.data.test.texts,
+                                                  report_dir / DISAGREEMENTS if ctx.runtime.is_main else None)
     return out
 
 
 # Inputs where a stage's model and the teacher disagree on the test split (shadow comparison), one JSON object a line.
 DISAGREEMENTS = "disagreements-test.jsonl"
-
-
-def transfer_on_test(model: torch.nn.Module, ctx: Context, out) -> dict:
-    """What transferred, on the held-out test split (read only, never for selection): ECE of model and teacher,
-    per-class accuracy, and out/disagreements-test.jsonl. Every stage that trains a student reports it."""
-    from .transfer import transfer_report
-
-    test = ctx.encoded("test")
-    logits = predict_logits(model, test, desc="transfer report", runtime=ctx.runtime)
-    return transfer_report(logits, ctx.teacher_logits("test"), test.labels, ctx.data.label_names,
-                           ctx.data.test.texts, out / DISAGREEMENTS if ctx.runtime.is_main else None)

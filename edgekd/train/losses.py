@@ -63,15 +63,10 @@ class HardLabelCE(LossTerm):
     name = "hard_label_ce"
 
     def __call__(self, student: Outputs, teacher: Outputs | None, labels: torch.Tensor) -> torch.Tensor:
-        gold = labels >= 0
-        if not bool(gold.any()):  # a batch of teacher-labelled examples only: no hard-label term (not NaN)
-            return student.logits.sum() * 0.0
-        return F.cross_entropy(student.logits.float(), labels, ignore_index=-100)
-
-
-def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """Teacher layer (0-based) for each student layer: evenly spaced, the last on the last (TinyBERT's mapping)."""
-    return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
+        # the mean over gold labels; a batch of teacher-labelled examples only gives 0, not the NaN of an empty mean,
+        # and without a host-device sync to find out
+        total = F.cross_entropy(student.logits.float(), labels, ignore_index=-100, reduction="sum")
+        return total / (labels >= 0).sum().clamp_min(1)
 
 
 class _HiddenTerm(LossTerm):
@@ -122,11 +117,6 @@ class AttentionKL(LossTerm):
             kl = (t_att * (torch.log(t_att.clamp_min(1e-9)) - torch.log(s_att.clamp_min(1e-9)))).sum(-1, keepdim=True)
             total = total + (kl * q).sum() / (q.sum() * s_att.shape[1])
         return total / len(self.layer_map)
-
-
-def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
-    """The teacher's last k layers for a k-layer student (DistilBERT-style "last-k")."""
-    return list(range(teacher_layers - student_layers, teacher_layers))
 
 
 class HiddenStateCosine(_HiddenTerm):

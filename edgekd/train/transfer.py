@@ -11,18 +11,14 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy.special import softmax
 
 ECE_BINS = 15
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(-1, keepdims=True))
-    return z / z.sum(-1, keepdims=True)
-
-
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """The share-weighted gap between confidence and accuracy over equal-width confidence bins."""
-    p = softmax(logits.astype(np.float64))
+    p = softmax(logits.astype(np.float64), axis=-1)
     conf, pred = p.max(-1), p.argmax(-1)
     edges = np.linspace(0.0, 1.0, bins + 1)
     total = 0.0
@@ -41,7 +37,7 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, names: list[str]) -
 def transfer_report(student: np.ndarray, teacher: np.ndarray, labels: np.ndarray, label_names: list[str],
                     texts: list[str] | None, out_file: Path | None) -> dict:
     """Metrics of a student against its teacher on one split; writes the disagreements as JSON lines."""
-    ps, pt = softmax(student.astype(np.float64)), softmax(teacher.astype(np.float64))
+    ps, pt = softmax(student.astype(np.float64), axis=-1), softmax(teacher.astype(np.float64), axis=-1)
     s_pred, t_pred = ps.argmax(-1), pt.argmax(-1)
     disagree = np.flatnonzero(s_pred != t_pred)
     if out_file is not None:

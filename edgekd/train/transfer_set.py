@@ -23,6 +23,7 @@ import torch
 from ..artifact import file_hash, stable_hash
 from ..configs import AugmentConfig, TransferConfig
 from ..data.batching import Encoded, encode
+from ..data.drift import confidences
 from ..data.loading import Split, read_texts
 from ..progress import log
 from .context import Context
@@ -136,8 +137,7 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
             flat = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(offsets[-1]))
             save_file({"ids": flat, "offsets": offsets, "logits": logits, "source": source}, str(tmp))
             tmp.replace(path)
-    confidence = torch.softmax(torch.from_numpy(logits).float(), -1).max(-1).values.numpy() if len(seqs) else \
-        np.zeros(0, dtype=np.float32)
+    confidence = confidences(logits) if len(seqs) else np.zeros(0, dtype=np.float32)
     keep = np.flatnonzero(confidence >= cfg.min_confidence)
     if cfg.max_examples is not None and len(keep) > cfg.max_examples:
         keep = np.sort(np.random.default_rng(ctx.seed).choice(keep, cfg.max_examples, replace=False))
@@ -189,7 +189,7 @@ def relabel(ctx: Context, teacher, seqs: list[list[int]]) -> np.ndarray:
 
     enc = encode(Split("transfer", np.zeros(len(texts), dtype=np.int64), texts=texts),
                  AutoTokenizer.from_pretrained(str(teacher.path)), ctx.recipe.data.max_length)
-    logits = predict_logits(ctx.teacher_model_of(teacher), enc, desc="further teacher labels the transfer set",
+    logits = predict_logits(ctx.teacher_model(teacher), enc, desc="further teacher labels the transfer set",
                             runtime=ctx.runtime)
     if ctx.runtime.is_main:
         tmp = path.with_name("." + path.name + ".tmp")
