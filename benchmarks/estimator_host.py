@@ -117,7 +117,7 @@ def _errors(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    from edgekd.profile.estimate import calibrate, estimate_latency, host_peaks, save_calibration
+    from edgekd.devices.estimate import calibrate, estimate_latency, host_peaks, save_calibration
     from edgekd.devices.profiles import detect_host, load_profile
 
     start = time.perf_counter()

@@ -26,7 +26,7 @@ CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 
 def host_estimates(run_dir: Path, m: dict, systems: dict) -> dict:
     """edgekd's latency estimate for the host next to the measurement, for every model and fixed shape."""
-    from edgekd.profile.estimate import estimate_latency
+    from edgekd.devices.estimate import estimate_latency
     from edgekd.devices.profiles import load_profile
 
     folders = {Path(p).name.rsplit("-", 1)[-1]: run_dir / p

@@ -230,7 +230,7 @@ def measure(pipe, paths: dict, cfg: dict) -> dict:
             s["peak_memory_mb"] = max(x["peak_memory_mb"] for x in latency[name].values())
     if "edgekd-npu-int8" in paths:
         from edgekd.devices.profiles import load_profile
-        from edgekd.profile.estimate import estimate_latency, load_calibration
+        from edgekd.devices.estimate import estimate_latency, load_calibration
 
         cal = load_calibration()
         est = estimate_latency(paths["edgekd-npu-int8"], load_profile("hexagon-npu"), None, 1, cal)

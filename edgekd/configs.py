@@ -195,19 +195,27 @@ class RecoveryConfig(KDConfig):
 
 
 class PruneBudget(Strict):
-    """What the pruned model may cost (exactly one of params, latency_ms); pruning continues step by step until it fits."""
+    """What the pruned model may cost (exactly one of params, macs, latency_ms); pruning continues step by step until
+    it fits."""
 
     params: float | None = Field(None, gt=0, lt=1, description="keep at most this share of the model's non-embedding "
                                  "parameters (embedding tables are not pruned: vocabulary trimming shrinks them)")
+    macs: float | None = Field(None, gt=0, description="at most this many multiply-adds per inference (matrix "
+                               "products, attention's included) at batch 1, sequence 128 (or the data's max_length "
+                               "if shorter), counted on the FP32 ONNX graph")
     latency_ms: float | None = Field(None, gt=0, description="FP32 ONNX latency at batch 1, sequence 128 (or the "
-                                     "data's max_length if shorter), 1 thread, measured on this host (the first "
-                                     "profile, which must be a measured one)")
+                                     "data's max_length if shorter), 1 thread: measured on this host when the profile "
+                                     "is a measured one, else estimated (labelled so, with the estimator's error)")
+    profile: str | None = Field(None, description="the device profile of latency_ms (default: the recipe's first)")
 
     @model_validator(mode="after")
     def _one_budget(self):
-        given = [k for k in ("params", "latency_ms") if getattr(self, k) is not None]
+        given = [k for k in ("params", "macs", "latency_ms") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"give exactly one of prune.budget.params or prune.budget.latency_ms (got {given or 'none'})")
+            raise ValueError("give exactly one of prune.budget.params, prune.budget.macs or prune.budget.latency_ms "
+                             f"(got {given or 'none'})")
+        if self.profile is not None and self.latency_ms is None:
+            raise ValueError("prune.budget.profile names the device of a latency budget; it needs prune.budget.latency_ms")
         return self
 
 

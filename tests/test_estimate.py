@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.errors import ProfileError
-from edgekd.profile.estimate import calibrate, estimate_latency, load_calibration
+from edgekd.devices.estimate import calibrate, estimate_latency, load_calibration
 from edgekd.devices.graph_costs import graph_costs, summarize
 from edgekd.devices.profiles import DeviceProfile
 

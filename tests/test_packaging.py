@@ -44,7 +44,7 @@ def test_installed_wheel_finds_host_cpu_and_the_calibration(wheel, tmp_path):
     zipfile.ZipFile(wheel).extractall(site)  # what pip install puts in site-packages
     code = ("import sys, edgekd\n"
             "from edgekd.devices.profiles import list_profiles, load_profile\n"
-            "from edgekd.profile.estimate import load_calibration\n"
+            "from edgekd.devices.estimate import load_calibration\n"
             "assert edgekd.__file__.startswith(sys.argv[1]), edgekd.__file__\n"
             "assert load_profile('host-cpu').measured and 'params' in load_calibration()\n"
             "print(','.join(p.name for p in list_profiles()))\n")

@@ -30,7 +30,7 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     calibration exists — then nothing is estimated rather than guessed.
     """
     from ..errors import ProfileError
-    from .estimate import calibration_path, estimate_latency, load_calibration
+    from ..devices.estimate import calibration_path, estimate_latency, load_calibration
 
     try:
         cal = load_calibration()

@@ -15,6 +15,7 @@ from .. import __version__
 from ..artifact import write_json_atomic
 from ..errors import EdgekdError
 from . import plots
+from .markdown import budget_text
 from .recommend import baseline_label, device_info, normalize_accuracy, pareto, profile_names, recommend, run_labels
 
 CSS = """
@@ -164,22 +165,24 @@ def _prune_section(summaries, labels) -> str:
             continue
         rows = "".join(
             f'<tr><td>{st["step"]}</td><td>{_n(st["ratio"], "{:.3f}")}</td><td>{st["non_embedding_params"]:,}</td>'
-            f'<td>{_n(100 * st["non_embedding_params"] / start, "{:.1f}")}%</td><td>{_n(st.get("latency_ms"))}</td>'
+            f'<td>{_n(100 * st["non_embedding_params"] / start, "{:.1f}")}%</td>'
+            f'<td>{_n(st.get("macs") and st["macs"] / 1e6, "{:,.1f}M")}</td><td>{_n(st.get("onnx_fp32_mb"))}</td>'
+            f'<td>{_n(st.get("latency_ms"))}</td><td>{_n(st.get("int8_dynamic_latency_ms"))}</td>'
             f'<td>{_n(100 * st["dev_accuracy_before_recovery"], "{:.2f}")}</td>'
             f'<td>{_n(100 * st["dev_accuracy"], "{:.2f}")}</td></tr>' for st in steps)
         budget = m.get("budget") or {}
-        head = (f"latency budget {_n(budget['latency_ms'])} ms, measured {_n(budget['measured_ms'])} ms "
-                f"({100 * budget['off_by']:+.1f}%)" if budget.get("latency_ms") else f"from {start:,} non-embedding "
-                "parameters")
+        head = budget_text(budget) if budget else f"from {start:,} non-embedding parameters"
         parts.append(f"<h3>{_e(lab)}: {_e(head)}</h3><table><tr><th>step</th><th>ratio</th><th>non-embedding params"
-                     "</th><th>kept</th><th>FP32 host ms</th><th>dev % before recovery</th><th>dev % after</th></tr>"
+                     "</th><th>kept</th><th>MACs</th><th>FP32 ONNX MB</th><th>FP32 host ms</th><th>INT8 host ms</th>"
+                     "<th>dev % before recovery</th><th>dev % after</th></tr>"
                      + rows + "</table>"
                      + _img(plots.prune_steps_png(f"{lab}: pruning steps", steps, start),
                             f"Dev accuracy against parameters kept for each pruning step of {lab}"))
     if not parts:
         return '<p class="note">No budget pruning in these runs (no <code>prune.budget</code>).</p>'
-    return "".join(parts) + ('<p class="note">FP32 host ms: the FP32 ONNX model at batch 1, sequence 128, 1 thread, '
-                             "measured on the host when the first profile is measured.</p>")
+    return "".join(parts) + ('<p class="note">MACs and host ms: the step\'s FP32 ONNX model at batch 1, sequence 128, '
+                             "1 thread, timed on the host when the run measures it; INT8 host ms: onnxruntime's "
+                             "dynamic INT8 of that export (a stand-in for the QAT model the export stage times).</p>")
 
 
 def _compat_section(summaries, labels) -> str:

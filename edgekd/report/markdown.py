@@ -12,6 +12,17 @@ def _num(x, fmt="{:.2f}") -> str:
     return "—" if x is None else fmt.format(x)
 
 
+def budget_text(budget: dict) -> str:
+    """A prune budget that is not a parameter share, and how close the pruned model came: one line."""
+    name = next(k for k in ("latency_ms", "macs") if k in budget)
+    fmt = (lambda v: f"{v:.3g} ms") if name == "latency_ms" else (lambda v: f"{v / 1e6:,.1f}M MACs")
+    est = budget.get("estimated")
+    how = (f"estimated on {est['profile']} (estimator error on the host ±{100 * (est.get('estimator_error') or 0):.0f}%)"
+           if est else "measured on the host" if name == "latency_ms" else "counted")
+    return f"{'Latency' if name == 'latency_ms' else 'MAC'} budget {fmt(budget[name])}: {how} {fmt(budget.get('reached', budget.get('measured_ms')))} " \
+           f"({budget['off_by']:+.1%}) at {budget.get('case', 'batch 1')}"
+
+
 def _params(n) -> str:
     return "—" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k")
 
@@ -196,22 +207,23 @@ def _prune_steps_section(m: dict) -> list[str]:
     start = m.get("non_embedding_params_before")
     out = ["## Pruning steps", "", f"Budget run from {_params(start)} non-embedding parameters; widths in multiples of "
            f"{m.get('width_multiple', 1)}.", "",
-           "| step | ratio | non-embedding params | kept % | FP32 host ms | heads per layer | FFN per layer | "
-           "dev % before recovery | dev % after |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| step | ratio | non-embedding params | kept % | MACs | FP32 ONNX MB | FP32 host ms | INT8 host ms | "
+           "heads per layer | FFN per layer | dev % before recovery | dev % after |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for st in steps:
         a = st.get("architecture", {})
-        ms = f"{st['latency_ms']:.3g}" if st.get("latency_ms") is not None else "—"
         out.append(f"| {st['step']} | {st['ratio']:.3f} | {_params(st['non_embedding_params'])} | "
-                   f"{_pct(st['non_embedding_params'] / start if start else None)} | {ms} | "
+                   f"{_pct(st['non_embedding_params'] / start if start else None)} | "
+                   f"{_num(st.get('macs') and st['macs'] / 1e6, '{:,.1f}M')} | {_num(st.get('onnx_fp32_mb'))} | "
+                   f"{_num(st.get('latency_ms'), '{:.3g}')} | {_num(st.get('int8_dynamic_latency_ms'), '{:.3g}')} | "
                    f"{a.get('heads_per_layer', '—')} | {a.get('ffn_per_layer', '—')} | "
                    f"{_pct(st.get('dev_accuracy_before_recovery'))} | {_pct(st.get('dev_accuracy'))} |")
     case = next((st["latency_case"] for st in steps if st.get("latency_case")), None)
     if case:
-        out += ["", f"Host latency: the FP32 ONNX model at {case}."]
-    budget = m.get("budget") or {}
-    if budget.get("latency_ms"):
-        out += ["", f"Latency budget {budget['latency_ms']:g} ms: measured {budget['measured_ms']:.3g} ms "
-                    f"({budget['off_by']:+.1%})."]
+        out += ["", f"MACs and host latency at {case}; INT8 host ms: onnxruntime's dynamic INT8 of the step's FP32 "
+                    "export (a stand-in: the shipped model's INT8 comes from QAT and is timed by the export stage)."]
+    if m.get("budget"):
+        out += ["", budget_text(m["budget"]) + "."]
     hf = m.get("hf_folder") or {}
     if hf:
         out += ["", (f"Hugging Face folder: `{hf['folder']}/` in the prune artifact ({hf['loads_with']})." if hf.get("folder")

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EdgekdError, ProfileError
-from ..devices.graph_costs import CLASSES, graph_costs, summarize
-from ..devices.profile_folders import shipped_calibration
-from ..devices.profiles import DeviceProfile, detect_host
+from .graph_costs import CLASSES, graph_costs, summarize
+from .profile_folders import shipped_calibration
+from .profiles import DeviceProfile, detect_host
 
 # Package data (importlib.resources), so that an installed wheel carries the host calibration too.
 DEFAULT_CALIBRATION = shipped_calibration()
