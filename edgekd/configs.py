@@ -234,7 +234,12 @@ class PruneConfig(Strict):
         "default: the first profile's width_multiple")
     head_ratio: float | None = Field(None, ge=0, lt=1, description="share of attention heads removed (default: ratio; "
                                      "0 keeps every head)")
-    importance: Literal["magnitude", "taylor"] = "magnitude"
+    importance: Literal["magnitude", "taylor", "loss"] = Field(
+        "magnitude", description="what ranks heads and channels: weight magnitude, first-order Taylor on the weights, "
+        "or the loss a head or channel carries (first-order, on its activation: Michel et al. 2019 for heads)")
+    min_heads: int = Field(1, ge=0, description="never leave a layer fewer attention heads than this")
+    min_channels: int = Field(1, ge=0, description="never leave a layer fewer FFN / conv channels than this (rounded "
+                              "up to the width multiple)")
     global_pruning: bool = Field(True, description="rank channels across layers (uneven widths) rather than per layer")
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more than this share of one layer")
     recovery: RecoveryConfig | None = Field(default_factory=RecoveryConfig)

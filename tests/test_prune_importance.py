@@ -37,7 +37,7 @@ def loss_of(batch, labels):
 def test_the_config_and_the_registry_name_the_same_importances():
     assert set(get_args(PruneConfig.model_fields["importance"].annotation)) == set(IMPORTANCES)
     for strategy in IMPORTANCES.values():
-        assert isinstance(strategy.make(), tp.importance.Importance)
+        assert isinstance(strategy.make({}), tp.importance.Importance)
     with pytest.raises(ValueError, match="unknown pruning importance 'random'.*magnitude"):
         importance_strategy("random")
 
@@ -70,3 +70,42 @@ def test_a_gradient_importance_without_a_loss_is_refused(name):
     model, batch = tiny_bert()
     with pytest.raises(ValueError, match=f"{name} importance needs a loss"):
         prune_structured(model, batch, PruneConfig(ratio=0.5, importance=name, recovery=None), "hf")
+
+
+def test_loss_importance_ranks_heads_by_the_loss_they_carry():
+    """A head whose output is zeroed carries no loss: it is the one removed (Michel et al. 2019)."""
+    model, batch = tiny_bert()
+    labels = torch.tensor([0, 1, 2])
+    attn = model.bert.encoder.layer[0].attention
+    with torch.no_grad():  # head 2 of layer 0 contributes nothing: its value rows are zero
+        size = attn.self.attention_head_size
+        attn.self.value.weight[2 * size:3 * size] = 0
+        attn.self.value.bias[2 * size:3 * size] = 0
+    before = model.bert.encoder.layer[0].attention.self.value.weight.clone()
+    cfg = PruneConfig(ratio=0.01, head_ratio=1 / 8, importance="loss", recovery=None, global_pruning=True)
+    prune_structured(model, batch, cfg, "hf", loss_of(batch, labels))
+    s = architecture_summary(model)
+    assert s["heads_per_layer"] == [3, 4], s
+    kept = model.bert.encoder.layer[0].attention.self.value.weight
+    # the kept value rows are heads 0, 1 and 3 of the original
+    torch.testing.assert_close(kept, torch.cat([before[:2 * size], before[3 * size:]]))
+
+
+@pytest.mark.parametrize("name", ["magnitude", "loss"])
+def test_minimum_widths_are_kept_whatever_the_ranking(name):
+    from edgekd.prune.structured import below_minimum
+
+    model, batch = tiny_bert()  # 4 heads, FFN 64 per layer
+    # layer 0's heads carry (almost) nothing: the loss ranking alone would take all four, which torch-pruning
+    # refuses, so no head at all went (measured: [4, 4] heads without the minimum)
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.value.weight.mul_(1e-3)
+        model.bert.encoder.layer[0].attention.self.value.bias.zero_()
+    cfg = PruneConfig(ratio=0.3, head_ratio=0.5, importance=name, recovery=None, min_heads=2, min_channels=40,
+                      max_layer_ratio=0.99)
+    prune_structured(model, batch, cfg, "hf", loss_of(batch, torch.tensor([0, 1, 2])), round_to=8)
+    s = architecture_summary(model)
+    assert all(h >= 2 for h in s["heads_per_layer"]) and all(c >= 40 for c in s["ffn_per_layer"]), s
+    assert sum(s["heads_per_layer"]) < 8 and sum(s["ffn_per_layer"]) < 128  # still pruned
+    assert below_minimum(model, cfg) == []
+    assert below_minimum(model, cfg.model_copy(update={"min_heads": 4})) != []

@@ -1,26 +1,140 @@
 """How pruning ranks what to remove: `PruneConfig.importance` names -> torch-pruning `Importance` objects.
 
 An `Importance` scores the channels of a dependency group (`imp(group) -> scores`, the lowest go).
-Some scores read gradients (Taylor: |weight x grad|); for those the caller's loss is run backward
-before the pruner scores. A new criterion is one entry here (and its name in `PruneConfig.importance`).
+Some scores read gradients: for those the caller's loss is run backward (`score_on`) before the pruner
+scores. A new criterion is one entry in IMPORTANCES (and its name in `PruneConfig.importance`).
+
+- magnitude: torch-pruning's group L2 norm of the weights.
+- taylor: torch-pruning's first-order Taylor on the weights, |w x dL/dw|.
+- loss: the first-order estimate of how much the loss changes when a head or channel is removed, read on its
+  activation: |sum over positions of a x dL/da| per example, averaged over examples. For a head, the sum runs
+  over the head's slice of the attention output projection's input (Michel et al. 2019, "Are Sixteen Heads
+  Really Better than One?"); for an FFN or conv channel, over that channel of the next layer's input
+  (Molchanov et al. 2017). torch-pruning has activation hooks only for its Hessian/OBD criteria, so this one
+  is written here: forward hooks store each Linear/Conv input, tensor hooks its gradient.
+
+`Protected` wraps any of them to keep a minimum width per layer (`prune.min_heads`, `prune.min_channels`).
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch_pruning as tp
+from torch import nn
+
+
+class ActivationLossImportance(tp.importance.Importance):
+    """|sum a x dL/da| per example, averaged: the loss a head or channel carries (module doc)."""
+
+    def __init__(self, num_heads: dict[nn.Module, int]):
+        self.num_heads = num_heads
+        self.per_example: dict[nn.Module, torch.Tensor] = {}  # consumer layer -> [examples, input channels]
+
+    def score_on(self, model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]) -> None:
+        handles = []
+
+        def keep(module, args):
+            x = args[0]
+            if not x.requires_grad:
+                return
+
+            def on_grad(g, module=module, x=x.detach()):
+                dims = [d for d in range(x.ndim) if d not in (0, _channel_dim(module, x))]
+                self.per_example[module] = (x * g).sum(dim=dims) if dims else x * g
+
+            x.register_hook(on_grad)
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                handles.append(m.register_forward_pre_hook(keep))
+        try:
+            loss_fn(model).backward()
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        heads = next((self.num_heads[dep.target.module] for dep, _ in group if dep.target.module in self.num_heads),
+                     None)
+        for i, (dep, idxs) in enumerate(group):
+            module = dep.target.module
+            if module not in self.per_example or not _prunes_inputs(dep):
+                continue
+            root = group[i].root_idxs
+            if any(r is None for r in root):
+                continue
+            per = self.per_example[module]  # [examples, channels]
+            if heads:  # one score per head: the head's channels summed before the absolute value
+                size = per.shape[1] // heads
+                head_score = per.view(per.shape[0], heads, size).sum(-1).abs().mean(0)
+                score = head_score.repeat_interleave(size)
+            else:
+                score = per.abs().mean(0)
+            imp = torch.zeros(len(group[0].idxs), dtype=torch.float32)
+            imp[torch.tensor(root)] = score[torch.tensor(idxs)].float().cpu()
+            return imp
+        return None  # a group no recorded layer consumes: not ranked (torch-pruning skips it)
+
+
+def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
+    return x.ndim - 1 if isinstance(module, nn.Linear) else 1
+
+
+def _prunes_inputs(dep) -> bool:
+    return dep.handler in (tp.prune_linear_in_channels, tp.prune_conv_in_channels)
+
+
+class Protected(tp.importance.Importance):
+    """Another importance, with each layer's best `min_heads` heads and `min_channels` channels put above every
+    other score, so that pruning reaches them last. They still go if a ratio asks for more than the unprotected
+    rest: the caller checks the widths afterwards (`below_minimum`)."""
+
+    BIG = 1e20  # above any score; protected scores are BIG x (1 + rank / 100): distinct in float32
+
+    def __init__(self, inner: tp.importance.Importance, num_heads: dict[nn.Module, int], min_heads: int,
+                 min_channels: int):
+        self.inner, self.num_heads, self.min_heads, self.min_channels = inner, num_heads, min_heads, min_channels
+
+    def score_on(self, model, loss_fn) -> None:
+        _score_on(self.inner, model, loss_fn)
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        imp = self.inner(group)
+        if imp is None:
+            return None
+        imp = imp.clone().float()
+        heads = next((self.num_heads[dep.target.module] for dep, _ in group if dep.target.module in self.num_heads),
+                     None)
+        if heads and self.min_heads > 0:
+            per_head = imp.view(heads, -1)
+            keep = per_head.mean(1).argsort()[-min(self.min_heads, heads):]  # ascending: the best are last
+            per_head[keep] = self.BIG * (1 + torch.arange(len(keep), dtype=imp.dtype)[:, None] / 100)
+        elif not heads and self.min_channels > 0:
+            keep = imp.argsort()[-min(self.min_channels, len(imp)):]
+            imp[keep] = self.BIG * (1 + torch.arange(len(keep), dtype=imp.dtype) / 100)
+        return imp
+
+
+def _score_on(imp, model, loss_fn) -> None:
+    if hasattr(imp, "score_on"):
+        imp.score_on(model, loss_fn)
+    else:  # torch-pruning's gradient importances read the parameters' .grad
+        loss_fn(model).backward()
 
 
 @dataclass(frozen=True)
 class ImportanceStrategy:
-    make: Callable[[], tp.importance.Importance]  # a fresh object per pruning run
-    needs_gradients: bool  # True: scored after a backward pass of the caller's loss
+    make: Callable[[dict], tp.importance.Importance]  # num_heads -> a fresh object per pruning run
+    needs_gradients: bool  # True: scored after a backward pass of the caller's loss (`score_on`)
 
 
 IMPORTANCES: dict[str, ImportanceStrategy] = {
-    "magnitude": ImportanceStrategy(lambda: tp.importance.GroupMagnitudeImportance(p=2), needs_gradients=False),
-    "taylor": ImportanceStrategy(tp.importance.GroupTaylorImportance, needs_gradients=True),
+    "magnitude": ImportanceStrategy(lambda heads: tp.importance.GroupMagnitudeImportance(p=2), needs_gradients=False),
+    "taylor": ImportanceStrategy(lambda heads: tp.importance.GroupTaylorImportance(), needs_gradients=True),
+    "loss": ImportanceStrategy(ActivationLossImportance, needs_gradients=True),
 }
 
 
@@ -28,3 +142,13 @@ def importance_strategy(name: str) -> ImportanceStrategy:
     if name not in IMPORTANCES:
         raise ValueError(f"unknown pruning importance {name!r}; known: {', '.join(sorted(IMPORTANCES))}")
     return IMPORTANCES[name]
+
+
+def make_importance(name: str, num_heads: dict[nn.Module, int], min_heads: int, min_channels: int):
+    """The importance object for one pruning run, with the minimum widths protected."""
+    return Protected(importance_strategy(name).make(num_heads), num_heads, min_heads, min_channels)
+
+
+def score_on(imp, model, loss_fn) -> None:
+    """Run what a gradient importance reads: the caller's loss backward, with its hooks in place."""
+    _score_on(imp, model, loss_fn)

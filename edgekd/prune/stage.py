@@ -27,7 +27,7 @@ from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
 from ..train.losses import logit_kd_loss
 from .costs import Probe, make_budget, step_figures
-from .structured import non_embedding_params, prune_structured
+from .structured import below_minimum, non_embedding_params, prune_structured
 
 IMPORTANCE_EXAMPLES = 32
 BISECTION_ROUNDS = 12
@@ -57,6 +57,11 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     if cfg.budget is None:
         model.eval()
         prune_structured(model, example, cfg, family, importance_loss, round_to=round_to)
+        narrow = below_minimum(model, cfg)
+        if narrow:
+            raise EdgekdError(f"prune.ratio = {cfg.ratio:g} leaves {'; '.join(narrow)}, below prune.min_heads = "
+                              f"{cfg.min_heads} / prune.min_channels = {cfg.min_channels}: lower the ratio (or "
+                              "prune.head_ratio), or the minimum widths.")
         if cfg.recovery is not None:
             metrics["recovery"] = distill_fit(model, cfg.recovery, ctx, "prune recovery", key)
     else:
@@ -95,28 +100,36 @@ def _width_multiple(cfg: PruneConfig, ctx: Context) -> int:
 def _ratio_for(model, target: float, cost, example, cfg: PruneConfig, family: str, importance_loss, round_to: int,
                rounds: int = BISECTION_ROUNDS) -> float:
     """The smallest ratio whose pruning brings cost(model) to <= target (bisection on copies)."""
+    def probe(ratio: float) -> tuple[list[str], float | None]:
+        trial = copy.deepcopy(model).eval()
+        prune_structured(trial, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
+        narrow = below_minimum(trial, cfg)
+        return narrow, (None if narrow else cost(trial))
+
     lo, hi = 0.0, MAX_RATIO
-    reached = None
+    best, least, narrowest = None, None, []
     for _ in range(rounds):
         mid = (lo + hi) / 2
-        trial = copy.deepcopy(model).eval()
-        prune_structured(trial, example, cfg, family, importance_loss, ratio=mid, round_to=round_to)
-        if cost(trial) <= target:
-            hi, reached = mid, True
+        narrow, c = probe(mid)
+        if narrow:  # too much for the minimum widths: look lower
+            hi, narrowest = mid, narrow
+        elif c <= target:
+            hi = best = mid
         else:
-            lo = mid
-    if reached is None:  # no probe met the target: does the most pruning torch-pruning may do?
-        trial = copy.deepcopy(model).eval()
-        prune_structured(trial, example, cfg, family, importance_loss, ratio=hi, round_to=round_to)
-        most = cost(trial)
-        if most > target:
-            raise EdgekdError(
-                f"prune.budget cannot be reached: this step's target is {target:,.4g}, and removing the most pruning "
-                f"allows (ratio {hi:g}, at most prune.max_layer_ratio = {cfg.max_layer_ratio:g} of any layer, widths "
-                f"in multiples of {round_to}) still costs {most:,.4g}. What pruning cannot shrink (embeddings, "
-                "LayerNorms, per-operator overheads) sets the floor: give a larger budget, or raise "
-                "prune.max_layer_ratio.")
-    return hi
+            lo, least = mid, c
+    if best is None:  # no probe met the target: does the most pruning allowed?
+        narrow, c = probe(hi)
+        if not narrow and c <= target:
+            return hi
+        narrowest, least = narrow or narrowest, c if c is not None else least
+        raise EdgekdError(
+            f"prune.budget cannot be reached: this step's target is {target:,.4g}, and the most pruning allows — at "
+            f"most prune.max_layer_ratio = {cfg.max_layer_ratio:g} of any layer, widths in multiples of {round_to}, "
+            f"at least prune.min_heads = {cfg.min_heads} heads and prune.min_channels = {cfg.min_channels} channels "
+            f"per layer{' (' + '; '.join(narrowest) + ' went below them)' if narrowest else ''} — still costs "
+            f"{least if least is not None else float('nan'):,.4g}. What pruning cannot shrink (embeddings, "
+            "LayerNorms, per-operator overheads) sets the floor: give a larger budget, or lower the minimum widths.")
+    return best
 
 
 def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, example, importance_loss,

@@ -12,8 +12,8 @@ import torch_pruning as tp
 from torch import nn
 
 from ..configs import PruneConfig
-from ..models.spec import FFN_SUFFIXES, attention_projections, sync_attention_heads
-from .importance import importance_strategy
+from ..models.spec import FFN_SUFFIXES, architecture_summary, attention_projections, sync_attention_heads
+from .importance import importance_strategy, make_importance, score_on
 
 
 _WRAPPING = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)
@@ -38,6 +38,14 @@ def non_embedding_params(model: nn.Module) -> int:
     """Parameters outside embedding tables: what structured pruning can shrink (and what budgets count)."""
     emb = sum(p.numel() for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters(recurse=False))
     return sum(p.numel() for p in model.parameters()) - emb
+
+
+def below_minimum(model: nn.Module, cfg: PruneConfig) -> list[str]:
+    """Layers left narrower than prune.min_heads / prune.min_channels (empty: none)."""
+    s = architecture_summary(model)
+    return ([f"layer {i}: {h} heads" for i, h in enumerate(s.get("heads_per_layer", [])) if h < cfg.min_heads]
+            + [f"layer {i}: {c} channels" for key in ("ffn_per_layer", "conv_channels")
+               for i, c in enumerate(s.get(key, [])) if c < cfg.min_channels])
 
 
 def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, family: str,
@@ -65,8 +73,11 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
                  for p in m.parameters(recurse=False)]
 
     strategy = importance_strategy(cfg.importance)
+    # kept minimums rounded up to the width multiple: torch-pruning rounds a layer's kept channels down
+    step = round_to if round_to and round_to > 1 else 1
+    importance = make_importance(cfg.importance, num_heads, cfg.min_heads, -(-cfg.min_channels // step) * step)
     pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=strategy.make(), pruning_ratio=ratio, global_pruning=cfg.global_pruning,
+        model, example_inputs, importance=importance, pruning_ratio=ratio, global_pruning=cfg.global_pruning,
         max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
         num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
         head_pruning_ratio=head_ratio,
@@ -76,7 +87,7 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
         if importance_loss is None:
             raise ValueError(f"{cfg.importance} importance needs a loss")
         model.zero_grad()
-        importance_loss(model).backward()  # the scores read these gradients (Taylor: |weight * grad|)
+        score_on(importance, model, importance_loss)  # the scores read these gradients
     pruner.step()
     model.zero_grad(set_to_none=True)
     sync_attention_heads(model)
