@@ -54,6 +54,16 @@ def test_cli_run_writes_a_validated_int8_onnx_model_and_report(text_run):
     assert "| prune |" in report and "teacher-fp32" in report
     pruned = next(s for s in m["stages"] if s["stage"] == "prune")
     assert pruned["params"] < next(s for s in m["stages"] if s["stage"] == "distill")["params"]
+    # what transferred to the shipped ONNX model, from the same predictions as its accuracy
+    t = final["transfer"]
+    assert t["accuracy"] == final["accuracy"] and t["agreement"] == final["agreement"]
+    assert t["teacher_accuracy"] == m["systems"]["teacher-fp32"]["accuracy"] and 0 <= t["ece"] <= 1
+    profile_dir = out / next(s for s in m["stages"] if s["stage"] == "profile")["path"]
+    lines = (profile_dir / t["disagreements_file"]).read_text().splitlines()
+    assert len(lines) == t["disagreements"]
+    assert all(json.loads(x)["student"] != json.loads(x)["teacher"] for x in lines)
+    assert "## What transferred (test split)" in report and "| shipped model.onnx (ONNX Runtime) |" in report
+    assert "| distill |" in report.split("## What transferred")[1]
 
 
 def test_cli_rerun_resumes_from_cache(text_run):

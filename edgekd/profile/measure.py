@@ -20,13 +20,19 @@ from ..devices.profiles import DeviceProfile
 FIXED_FEEDS = 32
 
 
-def accuracy_on(path: Path, data: Encoded, teacher_pred: np.ndarray | None, desc: str) -> tuple[dict, np.ndarray]:
+def scored_logits(path: Path, data: Encoded, teacher_pred: np.ndarray | None, desc: str) -> tuple[dict, np.ndarray]:
+    """Accuracy (and agreement with the teacher's predictions) of an ONNX model, and its logits."""
     logits = onnx_logits(path, data, desc=desc)
     pred = logits.argmax(-1)
     out = {"accuracy": float((pred == data.labels).mean()), "examples": len(data)}
     if teacher_pred is not None:
         out["agreement"] = float((pred == teacher_pred).mean())
-    return out, pred
+    return out, logits
+
+
+def accuracy_on(path: Path, data: Encoded, teacher_pred: np.ndarray | None, desc: str) -> tuple[dict, np.ndarray]:
+    out, logits = scored_logits(path, data, teacher_pred, desc)
+    return out, logits.argmax(-1)
 
 
 def usable_seq_lens(profile: DeviceProfile, max_positions: int | None) -> list[int]:

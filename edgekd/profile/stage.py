@@ -18,7 +18,9 @@ from ..configs import ProfileStageConfig
 from ..train.context import Context
 from ..progress import log
 from ..devices.feeds import model_input_dims, model_input_names
-from .measure import accuracy_on, measure_models, usable_seq_lens
+from ..train.distiller import DISAGREEMENTS
+from ..train.transfer import transfer_report
+from .measure import measure_models, scored_logits, usable_seq_lens
 from ..data.batching import Encoded
 from ..devices.profiles import detect_host, load_profile
 
@@ -150,13 +152,17 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     test = ctx.encoded("test")
     # Agreement is with the teacher as it ships (its FP32 ONNX export) when measured, else with
     # the PyTorch teacher.
-    teacher_pred = None if "teacher-fp32" in models else ctx.teacher_logits("test").argmax(-1)
+    teacher_logits = None if "teacher-fp32" in models else ctx.teacher_logits("test")
     results: dict[str, dict] = {}
     for name, m in models.items():  # teacher first: its predictions define agreement
-        acc, pred = accuracy_on(m["path"], encoded_for(m, ctx), teacher_pred, f"accuracy {name}")
+        acc, logits = scored_logits(m["path"], encoded_for(m, ctx), None if teacher_logits is None else
+                                    teacher_logits.argmax(-1), f"accuracy {name}")
         if name == "teacher-fp32":
-            teacher_pred = pred
+            teacher_logits = logits
             acc["agreement"] = 1.0
+        if name == "final":  # what transferred to the model that ships, as the training stages report theirs
+            acc["transfer"] = transfer_report(logits, teacher_logits, test.labels, ctx.data.label_names,
+                                              ctx.data.test.texts, out / DISAGREEMENTS)
         results[name] = {**acc, "params": m["params"], "size_mb": os.path.getsize(m["path"]) / 1e6,
                          "file": m.get("file") or str(m["path"].relative_to(parent.path)),
                          "artifact": m.get("artifact", parent.id), "latency_ms": {},

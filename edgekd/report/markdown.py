@@ -69,6 +69,7 @@ def render_markdown(s: dict) -> str:
     out.append("Accuracy of the torch stages is measured in PyTorch; the export row is the ONNX model under "
                "ONNX Runtime. Size: safetensors (torch stages) or the .onnx file.")
     out.append("")
+    out += _transfer_section(s.get("stages", []), systems.get("final", {}).get("transfer"))
     prune = next((st["metrics"] for st in s.get("stages", []) if st["stage"] == "prune"), {})
     out += _prune_steps_section(prune)
     if systems:
@@ -161,6 +162,29 @@ def render_markdown(s: dict) -> str:
                 f"ISA: {isa}, {_num(mach.get('memory_gb'), '{:.0f}')} GB.", ""]
     out += [f"_edgekd {s.get('edgekd_version')}_", ""]
     return "\n".join(out)
+
+
+def _transfer_section(stages: list[dict], shipped: dict | None) -> list[str]:
+    """What transferred at each stage that trains a student, and to the shipped ONNX model (test split)."""
+    rows = [(st["stage"], st.get("path"), st["metrics"]["transfer"]) for st in stages
+            if isinstance(st.get("metrics", {}).get("transfer"), dict)]
+    if shipped:
+        profile = next((st.get("path") for st in stages if st["stage"] == "profile"), None)
+        rows.append(("shipped model.onnx (ONNX Runtime)", profile, shipped))
+    if not rows:
+        return []
+    out = ["## What transferred (test split)", "",
+           "| model | accuracy % | teacher % | agreement % | ECE | teacher ECE | per-class accuracy % | disagreements |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, path, t in rows:
+        per_class = ", ".join(f"{_cell(k, 30)} {_pct(v)}" for k, v in (t.get("per_class_accuracy") or {}).items())
+        where = f" (`{path}/{t['disagreements_file']}`)" if path and t.get("disagreements_file") else ""
+        out.append(f"| {name} | {_pct(t.get('accuracy'))} | {_pct(t.get('teacher_accuracy'))} | "
+                   f"{_pct(t.get('agreement'))} | {_num(t.get('ece'), '{:.3f}')} | {_num(t.get('teacher_ece'), '{:.3f}')} | "
+                   f"{per_class or '—'} | {t.get('disagreements', '—')}{where} |")
+    return out + ["", "ECE: expected calibration error over 15 equal-width confidence bins (0 = confidence matches "
+                  "accuracy). The disagreements files list each input where the model and the teacher differ, with "
+                  "both predictions and confidences.", ""]
 
 
 def _int8_section(int8: dict | None) -> list[str]:
