@@ -64,6 +64,19 @@ class TransferConfig(Strict):
     min_confidence: float = Field(0.0, ge=0, lt=1, description="drop teacher-labelled examples whose top teacher "
                                   "probability is below this (the share dropped is reported)")
     max_examples: int | None = Field(None, ge=1, description="cap on the teacher-labelled examples kept")
+    repeat: dict[str, int] = Field(default_factory=dict, description="oversample unlabelled files: {file: times}, "
+                                   "e.g. {shadow-hard.txt: 3} to weigh the inputs `edgekd shadow` found hard")
+
+    @model_validator(mode="after")
+    def _repeat_known_files(self):
+        unknown = [f for f in self.repeat if f not in self.unlabelled]
+        if unknown:
+            raise ValueError(f"transfer.repeat names {unknown}, which are not in transfer.unlabelled {self.unlabelled}: "
+                             "list each file to oversample under unlabelled too")
+        bad = {f: n for f, n in self.repeat.items() if not 1 <= n <= 100}
+        if bad:
+            raise ValueError(f"transfer.repeat: times must be 1 to 100, got {bad}")
+        return self
 
 
 class KDConfig(TrainConfig):

@@ -4,7 +4,8 @@ Reports how often they agree, lists the inputs where they do not (both predictio
 confidences), and how far the inputs have moved from the task's held-out data (PSI of the
 teacher's confidence and of the token length against the dev split, data/drift.py). It writes the inputs worth
 re-distilling on — disagreements and those the teacher itself is unsure of — as a text file that
-`distill.transfer.unlabelled` takes, so the same recipe re-distils on fresh teacher outputs.
+`distill.transfer.unlabelled` takes, so the same recipe re-distils on fresh teacher outputs (and
+`distill.transfer.repeat` oversamples it: `{shadow-hard.txt: 3}`).
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ def shadow(folder: Path, inputs: Path, out_dir: Path, text_column: str = "senten
                "hard_inputs": int(len(hard)), "hard_confidence": hard_confidence,
                "student_mean_confidence": float(s_conf.mean()), "teacher_mean_confidence": float(t_conf.mean()),
                "drift": moved, "files": {"disagreements": DISAGREEMENTS, "hard_inputs": HARD},
-               "redistil": f"add {str(out_dir / HARD)!r} to distill.transfer.unlabelled and run the recipe again"}
+               "redistil": f"add {str(out_dir / HARD)!r} to distill.transfer.unlabelled (and to distill.transfer.repeat, "
+                           "e.g. 3 times, to weigh these inputs more) and run the recipe again"}
     (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return summary

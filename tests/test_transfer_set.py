@@ -113,3 +113,26 @@ def test_every_teacher_labels_the_transfer_set_through_its_own_tokenizer(tmp_pat
     assert len(labels) == 1  # the further teacher's labels of the augmented texts, cached
     from safetensors.numpy import load_file
     assert load_file(str(labels[0]))["logits"].shape == (report["augmented"], 2)
+
+
+def test_hard_inputs_from_shadow_mode_are_oversampled_without_labelling_them_again(tmp_path, tiny_bert_dir,
+                                                                                  text_data_dir):
+    traffic, hard = tmp_path / "traffic.txt", tmp_path / "shadow-hard.txt"
+    traffic.write_text("the film was superb\nvery dull plot\n", encoding="utf-8")
+    hard.write_text("not bad at all\nhardly a triumph\nit is fine i guess\n", encoding="utf-8")
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    transfer = {"unlabelled": [str(traffic), str(hard)]}
+    r["stages"] = [{"distill": {**r["stages"][0]["distill"], "epochs": 1, "transfer": transfer}}]
+    once = Pipeline(validate_recipe(r)).run()["distill"]["train"]["transfer_set"]
+    assert once["kept"] == 5 and once["examples"] == 240 + 5
+    cache = list((tmp_path / "run" / "cache").glob("transfer-set-*.safetensors"))
+    stamp = cache[0].stat().st_mtime_ns
+    r["stages"][0]["distill"]["transfer"]["repeat"] = {str(hard): 3}
+    again = Pipeline(validate_recipe(r)).run()["distill"]["train"]["transfer_set"]
+    # the three hard inputs three times, the rest once; their teacher labels come from the cache
+    assert again["kept"] == 2 + 3 * 3 and again["examples"] == 240 + 11 and again["repeat"] == {str(hard): 3}
+    assert list((tmp_path / "run" / "cache").glob("transfer-set-*.safetensors")) == cache
+    assert cache[0].stat().st_mtime_ns == stamp
+    with pytest.raises(Exception, match=r"transfer.repeat names .*not in transfer.unlabelled"):
+        r["stages"][0]["distill"]["transfer"] = {"unlabelled": [str(traffic)], "repeat": {str(hard): 3}}
+        validate_recipe(r)

@@ -99,7 +99,9 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
         raise EdgekdError("distill.transfer: teacher-labelled transfer data (unlabelled text, augmentation) is for "
                           "text tasks; remove distill.transfer for an image task.")
     column = cfg.text_column or ctx.recipe.data.text_column
-    key = stable_hash({"teacher": ctx.teacher.id, "data": ctx.data.fingerprint, "transfer": cfg.model_dump(),
+    # repeat is applied after labelling: the labels do not depend on it
+    key = stable_hash({"teacher": ctx.teacher.id, "data": ctx.data.fingerprint,
+                       "transfer": cfg.model_dump(exclude={"repeat"}),
                        "n": max_train_examples, "max_length": ctx.recipe.data.max_length, "seed": ctx.seed,
                        "files": [file_hash(f) for f in cfg.unlabelled]})
     path = ctx.cache_dir() / f"transfer-set-{key}.safetensors"
@@ -141,6 +143,9 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
     keep = np.flatnonzero(confidence >= cfg.min_confidence)
     if cfg.max_examples is not None and len(keep) > cfg.max_examples:
         keep = np.sort(np.random.default_rng(ctx.seed).choice(keep, cfg.max_examples, replace=False))
+    if cfg.repeat:  # oversampled files: their kept examples again, (times - 1) more
+        keep = np.sort(np.concatenate([keep] + [np.repeat(keep[np.isin(keep, rows)], n - 1)
+                                                for rows, n in _file_rows(cfg, column, source)]))
     labelled = len(seqs)
     report = {"train_examples": len(train), "unlabelled_files": list(cfg.unlabelled),
               "unlabelled_texts": int((source == 0).sum()), "augmented": int((source == 1).sum()),
@@ -148,6 +153,7 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
               "discarded_low_confidence": int((confidence < cfg.min_confidence).sum()),
               "discarded_share": float((confidence < cfg.min_confidence).mean()) if labelled else 0.0,
               "kept": int(len(keep)), "examples": len(train) + int(len(keep)),
+              **({"repeat": dict(cfg.repeat)} if cfg.repeat else {}),
               **({"augment": cfg.augment.model_dump()} if cfg.augment else {})}
     log(f"transfer set: {len(train):,} train + {len(keep):,} teacher-labelled examples "
         f"({report['unlabelled_texts']:,} unlabelled, {report['augmented']:,} augmented; "
@@ -155,6 +161,19 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
     data = Encoded(np.concatenate([train.labels, np.full(len(keep), IGNORE_LABEL, dtype=np.int64)]),
                    ids=list(train.ids) + [seqs[i] for i in keep], pad_id=train.pad_id)
     return data, np.concatenate([train_logits, logits[keep]]).astype(np.float32), report
+
+
+def _file_rows(cfg: TransferConfig, column: str, source: np.ndarray) -> list[tuple[np.ndarray, int]]:
+    """(rows of the labelled examples from the file, times) for each file in cfg.repeat: unlabelled files come first
+    in the transfer set, in their order, one example per text (counted again: the cache keeps no file index)."""
+    out, start = [], 0
+    for f in cfg.unlabelled:
+        n = len(read_texts(f, column))
+        if f in cfg.repeat and cfg.repeat[f] > 1:
+            out.append((np.arange(start, start + n), cfg.repeat[f]))
+        start += n
+    assert start == int((source == 0).sum()), "the unlabelled files changed since they were labelled"
+    return out
 
 
 def _augmented(cfg: AugmentConfig, ctx: Context, seqs: list[list[int]]) -> list[list[int]]:
