@@ -269,3 +269,53 @@ def test_two_teachers_each_get_an_artifact_and_the_student_learns_from_their_ave
         next(a for a in pipe.artifacts if a.stage == "distill").id
     with pytest.raises(Exception, match="is the same as `teacher`"):
         validate_recipe({**r, "teachers": [{**r["teacher"], "weight": 2.0}]})
+
+
+def test_every_loss_and_data_option_under_two_processes_matches_one_process(tmp_path, tiny_bert_dir, text_data_dir):
+    """torchrun with 2 processes (DDP over gloo) on a recipe that uses every distillation option at once: a
+    narrow config student (hidden projections in the DDP model), hidden MSE, MiniLM relation KL, an alpha /
+    temperature schedule, two teachers, unlabelled + augmented + oversampled transfer data, and budget pruning
+    whose recovery uses the cosine hidden loss and the relation loss. Same result as one process, within noise."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    traffic = tmp_path / "traffic.txt"
+    traffic.write_text("the film was superb\nvery dull plot\nit is a lovely story\nnot good\n", encoding="utf-8")
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "one")
+    r["teachers"] = [{**r["teacher"], "seed": 7, "weight": 0.5}]
+    r["student"] = {"kind": "config", "overrides": {"hidden_size": 16, "num_attention_heads": 2,
+                                                    "intermediate_size": 32, "num_hidden_layers": 1}}
+    kd = {**r["stages"][0]["distill"], "epochs": 2, "hidden_weight": 1.0, "relation_weight": 1.0,
+          "alpha_end": 1.0, "temperature_end": 1.0,
+          "transfer": {"unlabelled": [str(traffic)], "repeat": {str(traffic): 2},
+                       "augment": {"copies": 1, "replace_prob": 0.3, "neighbours": 3}}}
+    recovery = {**kd, "epochs": 1, "hidden_loss": "cosine", "transfer": None}
+    r["stages"] = [{"distill": kd}, {"prune": {"budget": {"params": 0.7}, "steps": 2, "width_multiple": 4,
+                                              "importance": "loss", "recovery": recovery}}]
+    runs = {}
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
+        r["output"] = str(tmp_path / name)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(r))
+        cmd = [sys.executable, *(launcher or []), "-m", "edgekd", "run", str(path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                              env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = json.loads((tmp_path / name / "manifest.json").read_text())
+    stages = {n: {s["stage"] + str(i): s["metrics"] for i, s in enumerate(m["stages"])} for n, m in runs.items()}
+    one, two = stages["one"], stages["two"]
+    distill = next(k for k in two if k.startswith("distill"))
+    assert two[distill]["train"]["processes"] == 2 and one[distill]["train"]["processes"] == 1
+    # the same transfer set in both: the teacher labels are a property of the data, not of the process count
+    assert two[distill]["train"]["transfer_set"] == one[distill]["train"]["transfer_set"]
+    assert two[distill]["train"]["transfer_set"]["kept"] == 2 * 4 + two[distill]["train"]["transfer_set"]["augmented"]
+    prune = next(k for k in two if k.startswith("prune"))
+    assert all(s["recovery"]["processes"] == 2 for s in two[prune]["steps"])
+    for st in (one, two):
+        assert st[prune]["non_embedding_params_after"] <= 0.7 * st[prune]["non_embedding_params_before"]
+    for k in (distill, prune):  # 60 test sentences
+        assert abs(two[k]["test_accuracy"] - one[k]["test_accuracy"]) <= 0.1, (k, two[k], one[k])
