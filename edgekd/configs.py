@@ -250,6 +250,8 @@ class PruneConfig(Strict):
     importance: Literal["magnitude", "taylor", "loss"] = Field(
         "magnitude", description="what ranks heads and channels: weight magnitude, first-order Taylor on the weights, "
         "or the loss a head or channel carries (first-order, on its activation: Michel et al. 2019 for heads)")
+    drop_layers: int = Field(0, ge=0, le=100, description="remove this many whole transformer layers first (those "
+                             "whose removal raises the distillation loss least, each measured by skipping it)")
     min_heads: int = Field(1, ge=0, description="never leave a layer fewer attention heads than this")
     min_channels: int = Field(1, ge=0, description="never leave a layer fewer FFN / conv channels than this (rounded "
                               "up to the width multiple)")

@@ -184,3 +184,51 @@ def test_a_latency_budget_on_an_absent_device_is_estimated_and_labelled(tmp_path
                                 budget={"latency_ms": 0.05 * start, "profile": "rpi5-cortex-a76"})).run()
     with pytest.raises(Exception, match="needs prune.budget.latency_ms"):
         _budget_recipe(tmp_path, teacher, text_data_dir, budget={"params": 0.5, "profile": "host-cpu"})
+
+
+def test_dropping_whole_layers_removes_those_the_loss_misses_least_and_the_model_reloads_and_exports(
+        tmp_path, tiny_bert_dir, text_data_dir):
+    import numpy as np
+    import onnxruntime as ort
+    from torch.nn import functional as F
+
+    from edgekd.models.hf import logits_of
+    from edgekd.models.students import encoder_layers
+    from edgekd.models.onnx_graph import LogitsOnly, torch_to_onnx
+    from edgekd.prune.layers import drop_layers
+
+    model, batch = tiny_bert()  # 2 layers
+    labels = torch.tensor([0, 1, 2])
+    loss = lambda m: F.cross_entropy(logits_of(m, batch), labels)  # noqa: E731
+    kept_block = encoder_layers(model)[2][1]
+    facts = drop_layers(model, 1, loss)
+    assert facts["layers_before"] == 2 and facts["dropped"] == [int(np.argmin(facts["loss_without"]))]
+    assert model.config.num_hidden_layers == 1 and len(encoder_layers(model)[2]) == 1
+    with torch.no_grad():  # the model left is the one that was scored
+        assert float(loss(model)) == pytest.approx(min(facts["loss_without"]), rel=1e-5)
+    if facts["dropped"] == [0]:
+        assert encoder_layers(model)[2][0] is kept_block
+
+    # in a run: 2 layers -> 1 and a params budget counted on the whole model; reloads and exports
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["student"] = {"kind": "layers", "layers": [0, 1]}
+    kd = r["stages"][0]["distill"]
+    r["stages"] = [{"distill": kd}, {"prune": {"drop_layers": 1, "budget": {"params": 0.4}, "steps": 1,
+                                                      "width_multiple": 8, "recovery": {**kd, "epochs": 1}}}]
+    pipe = Pipeline(validate_recipe(r))
+    m = pipe.run()["prune"]
+    assert m["layers"]["layers_before"] == 2 and len(m["layers"]["dropped"]) == 1
+    assert len(m["after"]["heads_per_layer"]) == 1
+    assert m["non_embedding_params_after"] <= 0.4 * m["non_embedding_params_before"]
+    art = next(a for a in pipe.artifacts if a.stage == "prune")
+    reloaded = load_model_from_artifact(art).eval()
+    assert reloaded.config.num_hidden_layers == 1
+    ids = torch.randint(5, reloaded.config.vocab_size, (2, 12))
+    feed = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    path = tmp_path / "pruned.onnx"
+    torch_to_onnx(LogitsOnly(reloaded, list(feed)), feed, path, 17)
+    got = ort.InferenceSession(str(path)).run(None, {k: v.numpy() for k, v in feed.items()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(got, logits_of(reloaded, feed).numpy(), atol=1e-4)
+    with pytest.raises(Exception, match="drop_layers removes transformer layers"):
+        validate_recipe({**r, "student": {"kind": "cnn", "channels": [8]}})

@@ -24,7 +24,7 @@ def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return list(range(teacher_layers - student_layers, teacher_layers))
 
 
-def _encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
+def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     """The ModuleList of transformer blocks (`bert.encoder.layer`, `vit.layers` in transformers 5, …)."""
     for name, m in model.named_modules():
         if isinstance(m, nn.ModuleList) and name.endswith(("encoder.layer", "encoder.layers", "transformer.layer", ".layers")):
@@ -40,7 +40,7 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
         if teacher_spec["family"] != "hf":
             raise ModelError("student.kind=layers needs a transformers teacher.")
         student = copy.deepcopy(teacher)
-        parent, attr, layers = _encoder_layers(student)
+        parent, attr, layers = encoder_layers(student)
         n = len(layers)
         bad = [i for i in cfg.layers if i >= n]
         if bad:

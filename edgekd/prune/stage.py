@@ -27,6 +27,7 @@ from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
 from ..train.losses import logit_kd_loss
 from .costs import Probe, make_budget, step_figures
+from .layers import base_with_depth, drop_layers
 from .structured import below_minimum, non_embedding_params, prune_structured
 
 IMPORTANCE_EXAMPLES = 32
@@ -54,7 +55,11 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     family = parent.spec["family"]
     metrics: dict = {"params_before": before["params"], "before": before,
                      "non_embedding_params_before": non_embedding_params(model), "width_multiple": round_to}
+    if cfg.drop_layers and family != "hf":
+        raise EdgekdError(f"prune.drop_layers removes transformer layers; this {family} model has none: set it to 0.")
     if cfg.budget is None:
+        if cfg.drop_layers:
+            metrics["layers"] = _drop_layers(model, cfg, importance_loss)
         model.eval()
         prune_structured(model, example, cfg, family, importance_loss, round_to=round_to)
         narrow = below_minimum(model, cfg)
@@ -65,7 +70,10 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
         if cfg.recovery is not None:
             metrics["recovery"] = distill_fit(model, cfg.recovery, ctx, "prune recovery", key)
     else:
-        model, metrics["steps"] = _prune_to_budget(model, parent, cfg, ctx, key, example, importance_loss, round_to)
+        model, metrics["steps"], layers = _prune_to_budget(model, parent, cfg, ctx, key, example, importance_loss,
+                                                           round_to)
+        if layers:
+            metrics["layers"] = layers
         last = metrics["steps"][-1]
         if last["budget"] != "params":  # recovery keeps the shapes: the last step's cost is the model's
             metrics["budget"] = {last["budget"]: last["target"], "reached": last["cost"],
@@ -84,7 +92,14 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
         metrics["hf_folder"] = (save_hf_folder(model, out / "hf", tokenizer_from=out) if blocker is None else
                                 {"saved": False, "reason": blocker, "load_instead": "edgekd.load_model(ARTIFACT), or "
                                  "the exported ONNX model (onnxruntime, Optimum's ORTModel)"})
-    return {"metrics": metrics, "spec": make_spec(model, base_of(parent.spec))}
+    return {"metrics": metrics, "spec": make_spec(model, base_with_depth(base_of(parent.spec), model))}
+
+
+def _drop_layers(model, cfg: PruneConfig, importance_loss) -> dict:
+    """Whole layers first: what is left is then pruned in width (and counts toward a budget)."""
+    dropped = drop_layers(model, cfg.drop_layers, importance_loss)
+    log(f"prune: dropped layers {dropped['dropped']} of {dropped['layers_before']} (the loss rose least without them)")
+    return dropped
 
 
 def _width_multiple(cfg: PruneConfig, ctx: Context) -> int:
@@ -150,15 +165,20 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
         model = load_weights(build_model(json.loads((folder / "spec.json").read_text())), folder).eval()
         steps = json.loads((folder / "steps.json").read_text())
         log(f"prune: resuming after step {k} of {cfg.steps}")
+    layers = steps[0].get("layers") if steps else None
+    if cfg.drop_layers and not steps:  # after the start is counted: the budget is a share of the whole model
+        layers = _drop_layers(model, cfg, importance_loss)
     share = min(1.0, limit / start)  # of the starting cost
     for k in range(len(steps) + 1, cfg.steps + 1):
         target = start * share ** (k / cfg.steps) if k < cfg.steps else limit  # geometric, the last on the budget
         model.eval()
-        ratio = _ratio_for(model, target, budget.cost, example, cfg, family, importance_loss, round_to,
-                           budget.rounds) if share < 1.0 else 0.0
+        fits = share >= 1.0 or (layers is not None and k == 1 and budget.cost(model) <= target)  # layers dropped
+        ratio = 0.0 if fits else _ratio_for(model, target, budget.cost, example, cfg, family, importance_loss,
+                                            round_to, budget.rounds)
         if ratio > 0:
             prune_structured(model, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
         step = {"step": k, "ratio": ratio, "budget": budget.name, "target": target,
+                **({"layers": layers} if layers and k == 1 else {}),
                 **({"estimated": budget.estimated} if budget.estimated else {}),
                 "non_embedding_params": non_embedding_params(model),
                 "architecture": architecture_summary(model), **step_figures(model, probe, budget),
@@ -173,7 +193,7 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
             + f" ({budget.name} {step['cost']:,.4g}{budget.unit}, target {target:,.4g}); dev "
             f"{step['dev_accuracy_before_recovery']:.2%} -> {step['dev_accuracy']:.2%} after recovery")
         _save_step(work, k, model, parent, steps, ctx)
-    return model, steps
+    return model, steps, layers
 
 
 def _save_step(work: Path, k: int, model, parent, steps: list[dict], ctx: Context) -> None:
@@ -183,7 +203,7 @@ def _save_step(work: Path, k: int, model, parent, steps: list[dict], ctx: Contex
         tmp = work / f".tmp-step-{k:02d}"
         tmp.mkdir(parents=True, exist_ok=True)
         save_weights(model, tmp)
-        (tmp / "spec.json").write_text(json.dumps(make_spec(model, base_of(parent.spec))))
+        (tmp / "spec.json").write_text(json.dumps(make_spec(model, base_with_depth(base_of(parent.spec), model))))
         (tmp / "steps.json").write_text(json.dumps(steps))
         tmp.rename(folder)
     ctx.runtime.barrier()
