@@ -107,6 +107,10 @@ def test_python_api_runs_the_image_path_cross_architecture(tmp_path):
     shipped_ops = {n.op_type for n in onnx.load(str(export.path / "model.onnx")).graph.node}
     int8 = export.manifest["int8"]
     assert (export.path / "model.optimized.onnx").is_file()
+    # every conv runs as an integer kernel, the last one too (its output is quantized: QLinearConv, not FusedConv)
+    assert int8["integer_kernels"]["ok"], int8["integer_kernels"]
+    optimized = {n.op_type for n in onnx.load(str(export.path / "model.optimized.onnx")).graph.node}
+    assert "QLinearConv" in optimized and not {"Conv", "FusedConv"} & optimized, optimized
     if result["export"]["int8_speedup"] >= 1.05 and int8["integer_kernels"]["ok"]:
         assert result["export"]["shipped"] == "int8" and "QLinearConv" not in shipped_ops
         assert "DequantizeLinear" in shipped_ops and not (export.path / "model-int8.onnx").exists()

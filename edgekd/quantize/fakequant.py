@@ -169,6 +169,36 @@ class QuantConv2d(_FakeQuantMixin, nn.Conv2d):
         return self._conv_forward(self._quant_input(x), self._quant_weight(), self.bias)
 
 
+class QuantReLU(_FakeQuantMixin, nn.ReLU):
+    """The output of a CNN student's last conv block (conv -> ReLU), fake-quantized.
+
+    Every other conv's output is quantized by its consumer (the next conv quantizes its own input), but the
+    last one feeds pooling, whose input nobody quantized: onnxruntime then ran that conv as a float FusedConv
+    between a DequantizeLinear and nothing (measured on the quickstart CNN). With its output quantized, the
+    exported `DQ -> Conv -> Relu -> Q` is what onnxruntime fuses into QLinearConv (the Relu folds into the
+    output's zero point). Observed and frozen like a layer's input range; it has no weight.
+    """
+
+    def _init_quant(self, activation_dtype: str = "uint8", ema_decay: float = 0.99, weight_qmax: int = 127,
+                    observer: str = "minmax", percentile: float = 99.99) -> None:
+        self.register_buffer("act_min", torch.tensor(float("inf")))
+        self.register_buffer("act_max", torch.tensor(float("-inf")))
+        self.activation_dtype, self.ema_decay, self.weight_qmax = activation_dtype, ema_decay, weight_qmax
+        self.observer, self.percentile, self.quant_mode = observer, percentile, "frozen"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quant_input(F.relu(x))
+
+    def freeze(self, name: str) -> dict:
+        if torch.isinf(self.act_min) or float(self.act_max - self.act_min) < 1e-6:
+            raise EdgekdError(f"QAT: the output range of {name!r} collapsed to [{float(self.act_min):.3g}, "
+                              f"{float(self.act_max):.3g}]: a dead ReLU. Check the model before QAT.")
+        self.quant_mode = "frozen"
+        scale, zp = self.act_qparams()
+        return {"act_min": float(self.act_min), "act_max": float(self.act_max), "act_scale": scale,
+                "act_zero_point": zp, "act_dtype": self.activation_dtype, "quantizes": "output"}
+
+
 class QuantEmbedding(nn.Embedding):
     """Embedding table fake-quantized per row (symmetric int8, one scale per token id).
 
@@ -203,14 +233,32 @@ class QuantEmbedding(nn.Embedding):
                 "w_scale_max": float(self.w_scale.max()), "weights": "int8 per-row symmetric"}
 
 
-_QUANT_CLASS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Embedding: QuantEmbedding}
+_QUANT_CLASS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: QuantConv2d, nn.Embedding: QuantEmbedding,
+                nn.ReLU: QuantReLU}
 _QUANTIZED = (_FakeQuantMixin, QuantEmbedding)  # every class whose forward has a quant_mode
 
 
 def quantizable_modules(model: nn.Module, embeddings: bool = True) -> list[str]:
-    """Linear/Conv layers, and embedding tables unless `embeddings` is False."""
-    return [name for name, m in model.named_modules()
-            if type(m) in _QUANT_CLASS and (embeddings or type(m) is not nn.Embedding)]
+    """Linear/Conv layers, the output of each conv stack's last block (QuantReLU), and embedding tables unless
+    `embeddings` is False."""
+    names = [name for name, m in model.named_modules()
+             if type(m) in _QUANT_CLASS and type(m) is not nn.ReLU and (embeddings or type(m) is not nn.Embedding)]
+    return names + _last_conv_outputs(model)
+
+
+def _last_conv_outputs(model: nn.Module) -> list[str]:
+    """The ReLU closing each nn.Sequential of conv blocks (conv [-> norm] -> ReLU [-> pool] ...), when a conv
+    precedes it: the one conv output no later layer quantizes."""
+    found = []
+    for parent_name, parent in model.named_modules():
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent.named_children())
+        convs = [i for i, (_, m) in enumerate(children) if isinstance(m, (nn.Conv1d, nn.Conv2d))]
+        relus = [i for i, (_, m) in enumerate(children) if type(m) is nn.ReLU]
+        if convs and relus and relus[-1] > convs[-1]:
+            found.append(f"{parent_name}.{children[relus[-1]][0]}" if parent_name else children[relus[-1]][0])
+    return found
 
 
 def convert(model: nn.Module, names: list[str], activation_dtype: str, ema_decay: float = 0.99,
@@ -245,7 +293,7 @@ def fake_quant_off(model: nn.Module) -> Iterator[dict[str, nn.Module]]:
     for m in every.values():
         m.quant_mode = "off"
     try:
-        yield {name: m for name, m in every.items() if isinstance(m, _FakeQuantMixin)}
+        yield {name: m for name, m in every.items() if isinstance(m, _FakeQuantMixin) and hasattr(m, "weight")}
     finally:
         for name, m in every.items():
             m.quant_mode = modes[name]

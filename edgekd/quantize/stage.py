@@ -59,8 +59,10 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     weight_qmax, range_reason = resolve_weight_range(cfg, ctx.recipe.profiles)
     convert(model, names, cfg.activation_dtype, cfg.ema_decay, weight_qmax, cfg.observer, cfg.percentile)
     tables = [n for n in names if isinstance(model.get_submodule(n), torch.nn.Embedding)]
-    log(f"qat: {len(names) - len(tables)} Linear/Conv layers fake-quantized (weights int8 per-channel, "
-        f"activations {cfg.activation_dtype} per-tensor)"
+    outputs = [n for n in names if not hasattr(model.get_submodule(n), "weight")]
+    log(f"qat: {len(names) - len(tables) - len(outputs)} Linear/Conv layers fake-quantized (weights int8 "
+        f"per-channel, activations {cfg.activation_dtype} per-tensor)"
+        + (f", {len(outputs)} conv-stack outputs" if outputs else "")
         + (f", {len(tables)} embedding tables int8 per row" if tables else "")
         + (f"; folded {len(folded)} BatchNorm" if folded else ""))
     n_cal = calibrate(model, ctx, cfg)
