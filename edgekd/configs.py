@@ -277,6 +277,8 @@ class QATConfig(KDConfig):
         "auto", description="int7 avoids int16 saturation of u8s8 kernels on x86 without VNNI; auto decides from the target")
     embeddings: bool = Field(True, description="also quantize embedding tables (int8, one scale per row); the export "
                              "stores them as int8 and dequantizes only the gathered rows")
+    learned_ranges: bool = Field(False, description="after calibration, train the activation ranges with the weights "
+                                 "(LSQ: learned step size and zero point) instead of following each batch's range")
     observer: Literal["minmax", "percentile", "mse"] = Field(
         "minmax", description="how a batch's activation range is read: its extremes, a percentile of its values, or "
         "the clipping that minimises its quantization error")

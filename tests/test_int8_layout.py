@@ -248,3 +248,55 @@ def test_percentile_and_mse_observers_clip_outliers_that_minmax_keeps():
 
     assert float(y.min()) <= lo < 0 < hi <= float(y.max())
     assert err(lo, hi) <= err(float(y.min()), float(y.max())) + 1e-9
+
+
+def test_learned_ranges_lsq_train_the_step_size_and_freeze_back_to_a_plain_range():
+    from edgekd.quantize.fakequant import learn_ranges
+
+    torch.manual_seed(0)
+    x = torch.distributions.Laplace(0.0, 1.0).sample((8192,)).clamp(-8, 8)
+    parent = torch.nn.Sequential(torch.nn.Linear(8192, 1))
+    convert(parent, ["0"], "uint8")
+    layer = parent[0]
+    layer._observe(torch.linspace(-30.0, 40.0, 100))  # calibrated on a batch far wider than the data that follows
+    assert learn_ranges(parent) == 1
+    set_mode(parent, "train")
+    learned = [p for n, p in parent.named_parameters() if "learned" in n]
+    assert len(learned) == 2 and all(p.requires_grad for p in learned)  # step size and (uint8) zero point
+    opt = torch.optim.Adam(learned, lr=0.01)
+
+    def error() -> float:
+        with torch.no_grad():
+            return float((layer._quant_input(x) - x).pow(2).mean())
+
+    start = error()
+    for _ in range(200):  # the quantization error itself as the loss: the step size shrinks to the data
+        opt.zero_grad()
+        (layer._quant_input(x) - x).pow(2).mean().backward()
+        opt.step()
+    assert error() < 0.25 * start, (error(), start)
+    info = layer.freeze("0")
+    assert not any("learned" in n for n, _ in parent.named_parameters())  # nothing extra saved or exported
+    assert -30.0 < info["act_min"] < 0 < info["act_max"] < 40.0
+    scale, zp = layer.act_qparams()
+    frozen = torch.fake_quantize_per_tensor_affine(x, scale, zp, 0, 255)
+    torch.testing.assert_close(layer._quant_input(x), frozen)
+    assert float((frozen - x).pow(2).mean()) < 0.3 * start
+
+
+def test_a_qat_run_with_learned_ranges_exports_and_validates(tmp_path, tiny_bert_dir, text_data_dir):
+    from safetensors import safe_open
+
+    from conftest import tiny_text_recipe
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import validate_recipe
+
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["stages"] = [r["stages"][0], {"qat": {**r["stages"][2]["qat"], "learned_ranges": True}}, r["stages"][3]]
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()
+    qat = next(a for a in pipe.artifacts if a.stage == "qat")
+    assert qat.spec["quant"]["scheme"]["range_learning"] == "LSQ from the calibrated ranges"
+    with safe_open(str(qat.path / "model.safetensors"), "pt") as f:
+        assert not any("learned" in k for k in f.keys())
+    assert result["export"]["validation"]["failures"] == []

@@ -21,6 +21,7 @@ is saved in the same safetensors file as the weights.
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -110,12 +111,43 @@ class _FakeQuantMixin:
                 self.act_min.mul_(d).add_((1 - d) * lo)
                 self.act_max.mul_(d).add_((1 - d) * hi)
 
+    # ------------------------------------------------------------------ learned ranges (LSQ)
+    def learn_range(self) -> None:
+        """Make the calibrated activation range a trained parameter: LSQ (Esser et al. 2020), through torch's
+        learnable fake quantization, whose gradients reach the scale (and an asymmetric zero point). Until
+        `freeze`, which writes the learned range back to act_min/act_max and removes the parameters — so the
+        saved model and its export are those of any other range."""
+        scale, zp = self.act_qparams()
+        device = self.act_min.device
+        self.act_scale_learned = nn.Parameter(torch.tensor([scale], device=device))
+        self.act_zp_learned = nn.Parameter(torch.tensor([float(zp)], device=device),
+                                           requires_grad=self.activation_dtype == "uint8")
+
+    def _learned(self, x: torch.Tensor) -> torch.Tensor:
+        qmin, qmax = self.act_qrange
+        scale = self.act_scale_learned.abs().clamp_min(1e-8)
+        # LSQ's gradient scale 1 / sqrt(elements x qmax) keeps the step size's updates in proportion to the weights'
+        return torch._fake_quantize_learnable_per_tensor_affine(x, scale, self.act_zp_learned, qmin, qmax,
+                                                                 1.0 / math.sqrt(x.numel() * qmax))
+
+    def _settle_learned(self) -> None:
+        if not hasattr(self, "act_scale_learned"):
+            return
+        qmin, qmax = self.act_qrange
+        scale = float(self.act_scale_learned.detach().abs().clamp_min(1e-8))
+        zp = min(max(round(float(self.act_zp_learned.detach())), qmin), qmax)
+        self.act_min.fill_((qmin - zp) * scale)
+        self.act_max.fill_((qmax - zp) * scale)
+        del self.act_scale_learned, self.act_zp_learned
+
     def _quant_input(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.quant_mode
         if mode == "off":
             return x
         if x.dtype != torch.float32:  # mixed precision hands bf16/fp16 in; ranges and fake quant are float32
             x = x.float()
+        if mode == "train" and hasattr(self, "act_scale_learned"):
+            return self._learned(x)
         if mode in ("calibrate", "train"):
             self._observe(x)
             if mode == "calibrate":
@@ -140,6 +172,7 @@ class _FakeQuantMixin:
 
     def freeze(self, name: str) -> dict:
         """Fix the ranges; refuse a collapsed range (a layer whose input never varied)."""
+        self._settle_learned()
         if torch.isinf(self.act_min) or float(self.act_max - self.act_min) < 1e-6:
             raise EdgekdError(
                 f"QAT: the activation range of layer {name!r} collapsed to [{float(self.act_min):.3g}, "
@@ -190,6 +223,7 @@ class QuantReLU(_FakeQuantMixin, nn.ReLU):
         return self._quant_input(F.relu(x))
 
     def freeze(self, name: str) -> dict:
+        self._settle_learned()
         if torch.isinf(self.act_min) or float(self.act_max - self.act_min) < 1e-6:
             raise EdgekdError(f"QAT: the output range of {name!r} collapsed to [{float(self.act_min):.3g}, "
                               f"{float(self.act_max):.3g}]: a dead ReLU. Check the model before QAT.")
@@ -271,6 +305,14 @@ def convert(model: nn.Module, names: list[str], activation_dtype: str, ema_decay
             raise EdgekdError(f"QAT: module {name!r} is a {type(m).__name__}, which edgekd cannot quantize.")
         m.__class__ = cls
         m._init_quant(activation_dtype, ema_decay, weight_qmax, observer, percentile)
+
+
+def learn_ranges(model: nn.Module) -> int:
+    """LSQ for every calibrated activation range (`_FakeQuantMixin.learn_range`); returns how many."""
+    layers = [m for m in model.modules() if isinstance(m, _FakeQuantMixin)]
+    for m in layers:
+        m.learn_range()
+    return len(layers)
 
 
 def set_mode(model: nn.Module, mode: str) -> None:

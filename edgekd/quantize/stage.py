@@ -14,7 +14,7 @@ from ..progress import log, progress
 from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
 from ..train.loop import to_device
-from .fakequant import convert, fold_batchnorm, quantizable_modules, set_mode
+from .fakequant import convert, fold_batchnorm, learn_ranges, quantizable_modules, set_mode
 
 
 @torch.no_grad()
@@ -66,13 +66,17 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
         + (f", {len(tables)} embedding tables int8 per row" if tables else "")
         + (f"; folded {len(folded)} BatchNorm" if folded else ""))
     n_cal = calibrate(model, ctx, cfg)
+    if cfg.learned_ranges:  # before training builds its optimizer: the ranges are among its parameters
+        log(f"qat: {learn_ranges(model)} activation ranges learned from here on (LSQ)")
     set_mode(model, "train")
     metrics: dict = {"calibration_batches": n_cal, "train": distill_fit(model, cfg, ctx, "qat", key)}
     ranges = {name: model.get_submodule(name).freeze(name) for name in names}
     model.edgekd_quant = {
         "scheme": {"weights": "int8 per-channel symmetric", "weight_qmax": weight_qmax,
                    "weight_range_reason": range_reason, "activation_dtype": cfg.activation_dtype,
-                   "activations": "per-tensor", "observer": cfg.observer, "scope": "linear", "embeddings": tables},
+                   "activations": "per-tensor", "observer": cfg.observer,
+                   "range_learning": "LSQ from the calibrated ranges" if cfg.learned_ranges else "EMA of batch ranges",
+                   "scope": "linear", "embeddings": tables},
         "modules": names,
         "ranges": ranges,
     }
