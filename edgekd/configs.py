@@ -277,6 +277,10 @@ class QATConfig(KDConfig):
         "auto", description="int7 avoids int16 saturation of u8s8 kernels on x86 without VNNI; auto decides from the target")
     embeddings: bool = Field(True, description="also quantize embedding tables (int8, one scale per row); the export "
                              "stores them as int8 and dequantizes only the gathered rows")
+    attention_matmuls: bool | None = Field(
+        None, description="also quantize attention's Q/K/V outputs, the inputs of its activation-by-activation "
+        "matrix products, as an integer NPU runs them (default: when a profile of the recipe quantizes in full); the "
+        "CPU build keeps them float, a full-INT8 device build takes their trained ranges")
     learned_ranges: bool = Field(False, description="after calibration, train the activation ranges with the weights "
                                  "(LSQ: learned step size and zero point) instead of following each batch's range")
     observer: Literal["minmax", "percentile", "mse"] = Field(

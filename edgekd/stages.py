@@ -47,6 +47,13 @@ class StageDescriptor:
         return getattr(import_module(module, __package__), func)
 
 
+def _qat_attention(r) -> dict:
+    """QAT also quantizes attention's products when a profile is an integer NPU (qat.attention_matmuls unset)."""
+    from .devices.profiles import any_full_int8
+
+    return {"full_int8_target": True} if any_full_int8(r.profiles) else {}
+
+
 STAGES: dict[str, StageDescriptor] = {d.name: d for d in (
     StageDescriptor("teacher", TeacherConfig, ".teacher.stage:run_teacher", trains=True, in_stage_list=False),
     StageDescriptor("distill", DistillConfig, ".distill.stage:run_distill", frozenset({"teacher"}), trains=True,
@@ -55,7 +62,7 @@ STAGES: dict[str, StageDescriptor] = {d.name: d for d in (
                     key_inputs=_teachers),
     # the quantization scheme (int7/int8 weights) follows the first target profile
     StageDescriptor("qat", QATConfig, ".quantize.stage:run_qat", frozenset({"teacher", "distill", "prune"}),
-                    trains=True, key_inputs=lambda r: {"target": r.profiles[:1], **_teachers(r)}),
+                    trains=True, key_inputs=lambda r: {"target": r.profiles[:1], **_qat_attention(r), **_teachers(r)}),
     StageDescriptor("export", ExportConfig, ".export.stage:run_export",
                     frozenset({"teacher", "distill", "prune", "qat"}), key_inputs=lambda r: {"profiles": r.profiles}),
     StageDescriptor("profile", ProfileStageConfig, ".profile.stage:run_profile", frozenset({"export"}),

@@ -151,7 +151,9 @@ def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
     path.write_text(yaml.safe_dump(recipe))
     proc = edgekd("run", path, quiet=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stderr.count("cached") == 4, proc.stderr
+    # teacher..prune come from the cache; QAT runs again: with an integer NPU among the profiles it also trains
+    # attention's Q/K/V outputs in INT8 (qat.attention_matmuls unset)
+    assert proc.stderr.count("cached") == 3, proc.stderr
     g = onnx.load(str(out / "devices" / "hexagon-npu" / "model.onnx"))
     shape = [d.dim_value for d in g.graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 128]  # static, at the longest of the profile's lengths (128, 384) the tiny model's 160 positions hold
@@ -166,6 +168,17 @@ def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
     assert list(npu["latency_ms"]["hexagon-npu"]) == ["seq128_t1"]  # estimated at its fixed length
     assert "hexagon-npu" not in m["systems"]["final"]["latency_ms"]  # the CPU model does not ship there
     assert m["device_models"]["hexagon-npu"]["file"] == "devices/hexagon-npu/model.onnx"
+    qat = json.loads(next((out / "stages").glob("*-qat-*/manifest.json")).read_text())
+    attn = qat["spec"]["quant"]["scheme"]["attention_outputs"]
+    assert len(attn) == 3 and all(a.endswith(".output_quant") for a in attn)  # 1 layer: query, key, value
+    export = json.loads(next((out / "stages").glob("*-export-*/manifest.json")).read_text())
+    assert "and for 3 attention Q/K/V outputs" in export["devices"]["hexagon-npu"]["onnx"]["quantization"]["ranges"]
+    # the CPU build keeps attention's products float: no QuantizeLinear on a Q/K/V projection's output
+    cpu = onnx.load(str(out / "model.onnx"))
+    producers = {o: n for n in cpu.graph.node for o in n.output}
+    q_after_qkv = [n.name for n in cpu.graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producers
+                   and any(k in producers[n.input[0]].name for k in ("/query/", "/key/", "/value/"))]
+    assert q_after_qkv == []
 
 
 def test_cli_export_of_a_qat_artifact_whose_run_had_device_builds(text_run, tmp_path):

@@ -170,6 +170,11 @@ def _load_file(path: Traversable) -> DeviceProfile:
     return profile
 
 
+def any_full_int8(names: list[str]) -> bool:
+    """Whether a profile among `names` runs every activation in INT8 (an integer NPU: attention's products too)."""
+    return any(load_profile(n).quantization.scope == "full" for n in names)
+
+
 def list_profiles() -> list[DeviceProfile]:
     """Every profile by name, a user one in place of the shipped one it overrides."""
     return [profile for profile, _ in list_profile_files()]

@@ -61,7 +61,7 @@ def export_for_device(model: nn.Module, inputs: dict[str, torch.Tensor], out_dir
     with fake_quant_off(model) as qat_layers, tempfile.TemporaryDirectory(prefix="edgekd-npu-") as tmp:
         tmp = Path(tmp)
         raw, mask = export_float(model, inputs, tmp / "raw.onnx", opset, calib_feeds)
-        qat_tensors = _qat_input_tensors(raw, qat_layers)
+        qat_tensors = {**_qat_input_tensors(raw, qat_layers), **_qat_output_tensors(raw, model)}
         if mask is not None:
             mask.update(fit_mask(raw, mask, calib_feeds, seq_len))
         onnx.save(raw, str(tmp / "raw.onnx"))
@@ -128,14 +128,39 @@ def _qat_input_tensors(raw: onnx.ModelProto, layers: dict[str, nn.Module]) -> di
     return out
 
 
+def _qat_output_tensors(raw: onnx.ModelProto, model: nn.Module) -> dict[str, dict]:
+    """ONNX output tensor of each Linear whose output QAT quantized (attention's Q/K/V) -> {rmin, rmax, layers}.
+
+    The Linear's output is its bias Add ('/model/.../query/Add'), or its MatMul when it has no bias."""
+    from ..quantize.fakequant import OUTPUT_QUANT, QuantLinear
+
+    scoped: dict[str, onnx.NodeProto] = {}
+    for n in raw.graph.node:
+        if n.op_type in ("MatMul", "Add") and n.name.startswith("/"):
+            scope = n.name.rsplit("/", 1)[0].replace("/", ".").lstrip(".")
+            if n.op_type == "Add" or scope not in scoped:
+                scoped[scope] = n
+    out: dict[str, dict] = {}
+    for name, m in model.named_modules():
+        q = m._modules.get(OUTPUT_QUANT) if isinstance(m, QuantLinear) else None
+        node = scoped.get(f"model.{name}")
+        if q is None or node is None or not (math.isfinite(float(q.act_min)) and math.isfinite(float(q.act_max))):
+            continue
+        out[node.output[0]] = {"rmin": min(float(q.act_min), 0.0), "rmax": max(float(q.act_max), 0.0),
+                               "layers": [f"{name}.{OUTPUT_QUANT}"]}
+    return out
+
+
 def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
                present: set[str]) -> tuple[dict, str]:
     overrides: dict[str, list[dict]] = {}
-    mapped = 0
+    mapped = outputs = 0
     for tensor, r in qat.items():
         if tensor in present:
             overrides[tensor] = [{"rmin": np.array(r["rmin"], np.float32), "rmax": np.array(r["rmax"], np.float32)}]
-            mapped += len(r["layers"])
+            is_output = r["layers"][0].endswith(".output_quant")
+            outputs += len(r["layers"]) if is_output else 0
+            mapped += 0 if is_output else len(r["layers"])
     if mask is not None:
         for a in mask["score_adds"]:
             if a["output"] in present:
@@ -149,8 +174,9 @@ def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
     elif mapped == 0:
         fact = "calibrated (QAT ranges not mapped)"
     else:
-        fact = (f"QAT ranges for the inputs of {mapped} of {len(all_layers)} quantized layers; "
-                "every other activation calibrated (MinMax)")
+        fact = (f"QAT ranges for the inputs of {mapped} of {len(all_layers)} quantized layers"
+                + (f" and for {outputs} attention Q/K/V outputs" if outputs else "")
+                + "; every other activation calibrated (MinMax)")
     return overrides, fact
 
 

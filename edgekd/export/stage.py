@@ -26,7 +26,7 @@ from ..devices.feeds import encoded_feeds
 from ..errors import ExportValidationError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
-from ..quantize.fakequant import fake_quant_off
+from ..quantize.fakequant import fake_quant_off, output_quant_off
 from ..train.context import Context
 from .device import export_for_device
 from ..models.onnx_graph import example_inputs
@@ -107,6 +107,15 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
 
 def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data: Encoded,
            calibration: Encoded, min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
+    if profile is not None and profile.quantization.scope == "full":
+        return _build_layout(model, cfg, profile, parent, ctx, out, val_data, calibration, min_agreement, float_twin)
+    with output_quant_off(model):  # a CPU build: attention's products stay float (the QAT may have trained them
+        # in INT8 for an NPU profile of the same run; float is only more precise)
+        return _build_layout(model, cfg, profile, parent, ctx, out, val_data, calibration, min_agreement, float_twin)
+
+
+def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data: Encoded,
+                  calibration: Encoded, min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
     """Export `model` to out/model.onnx as `profile` needs it and validate it against PyTorch.
 
     float_twin: also write out/model-fp32.onnx, the same network with quantization off, at the same

@@ -34,6 +34,8 @@ from ..errors import EdgekdError
 _OBSERVER_SAMPLE = 1 << 18  # values a percentile / mse observer looks at per batch
 _MSE_GRID = [0.85 ** i for i in range(20)]  # clip factors 1.0 .. 0.046 of the batch's extremes
 
+OUTPUT_QUANT = "output_quant"  # the child of a QuantLinear that quantizes its output (spec names end with it)
+
 # mode: "off" (float), "calibrate" (observe ranges, no quantization), "train" (observe + fake quant),
 # "frozen" (fake quant with fixed ranges — what is exported).
 MODES = ("off", "calibrate", "train", "frozen")
@@ -189,7 +191,9 @@ class _FakeQuantMixin:
 
 class QuantLinear(_FakeQuantMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._quant_input(x), self._quant_weight(), self.bias)
+        y = F.linear(self._quant_input(x), self._quant_weight(), self.bias)
+        out = self._modules.get(OUTPUT_QUANT)  # attention's Q/K/V on a full-INT8 target (OutputQuant)
+        return out(y) if out is not None else y
 
 
 class QuantConv1d(_FakeQuantMixin, nn.Conv1d):
@@ -202,14 +206,12 @@ class QuantConv2d(_FakeQuantMixin, nn.Conv2d):
         return self._conv_forward(self._quant_input(x), self._quant_weight(), self.bias)
 
 
-class QuantReLU(_FakeQuantMixin, nn.ReLU):
-    """The output of a CNN student's last conv block (conv -> ReLU), fake-quantized.
+class OutputQuant(_FakeQuantMixin, nn.Module):
+    """A fake-quantized *output*, observed and frozen like a layer's input range; it has no weight.
 
-    Every other conv's output is quantized by its consumer (the next conv quantizes its own input), but the
-    last one feeds pooling, whose input nobody quantized: onnxruntime then ran that conv as a float FusedConv
-    between a DequantizeLinear and nothing (measured on the quickstart CNN). With its output quantized, the
-    exported `DQ -> Conv -> Relu -> Q` is what onnxruntime fuses into QLinearConv (the Relu folds into the
-    output's zero point). Observed and frozen like a layer's input range; it has no weight.
+    Used where the next integer kernel's input is not a quantized layer's: a Linear's output that feeds a matrix
+    product of two activations (attention's Q, K and V — `QuantLinear.output_quant`, for profiles that run
+    attention in INT8), and the last conv block of a CNN (`QuantReLU`).
     """
 
     def _init_quant(self, activation_dtype: str = "uint8", ema_decay: float = 0.99, weight_qmax: int = 127,
@@ -220,17 +222,31 @@ class QuantReLU(_FakeQuantMixin, nn.ReLU):
         self.observer, self.percentile, self.quant_mode = observer, percentile, "frozen"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._quant_input(F.relu(x))
+        return self._quant_input(x)
 
     def freeze(self, name: str) -> dict:
         self._settle_learned()
         if torch.isinf(self.act_min) or float(self.act_max - self.act_min) < 1e-6:
             raise EdgekdError(f"QAT: the output range of {name!r} collapsed to [{float(self.act_min):.3g}, "
-                              f"{float(self.act_max):.3g}]: a dead ReLU. Check the model before QAT.")
+                              f"{float(self.act_max):.3g}]: a dead layer. Check the model before QAT.")
         self.quant_mode = "frozen"
         scale, zp = self.act_qparams()
         return {"act_min": float(self.act_min), "act_max": float(self.act_max), "act_scale": scale,
                 "act_zero_point": zp, "act_dtype": self.activation_dtype, "quantizes": "output"}
+
+
+class QuantReLU(OutputQuant, nn.ReLU):
+    """The output of a CNN student's last conv block (conv -> ReLU), fake-quantized.
+
+    Every other conv's output is quantized by its consumer (the next conv quantizes its own input), but the
+    last one feeds pooling, whose input nobody quantized: onnxruntime then ran that conv as a float FusedConv
+    between a DequantizeLinear and nothing (measured on the quickstart CNN). With its output quantized, the
+    exported `DQ -> Conv -> Relu -> Q` is what onnxruntime fuses into QLinearConv (the Relu folds into the
+    output's zero point).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._quant_input(F.relu(x))
 
 
 class QuantEmbedding(nn.Embedding):
@@ -272,11 +288,19 @@ _QUANT_CLASS = {nn.Linear: QuantLinear, nn.Conv1d: QuantConv1d, nn.Conv2d: Quant
 _QUANTIZED = (_FakeQuantMixin, QuantEmbedding)  # every class whose forward has a quant_mode
 
 
-def quantizable_modules(model: nn.Module, embeddings: bool = True) -> list[str]:
-    """Linear/Conv layers, the output of each conv stack's last block (QuantReLU), and embedding tables unless
-    `embeddings` is False."""
+def quantizable_modules(model: nn.Module, embeddings: bool = True, attention_matmuls: bool = False) -> list[str]:
+    """Linear/Conv layers, the output of each conv stack's last block (QuantReLU), embedding tables unless
+    `embeddings` is False, and with `attention_matmuls` the outputs of every attention's Q/K/V projections (the
+    inputs of its two activation-by-activation matrix products; the third, the softmax output, has the fixed
+    range [0, 1])."""
     names = [name for name, m in model.named_modules()
              if type(m) in _QUANT_CLASS and type(m) is not nn.ReLU and (embeddings or type(m) is not nn.Embedding)]
+    if attention_matmuls:
+        from ..models.spec import attention_projections
+
+        ids = {id(m): name for name, m in model.named_modules()}
+        names += [f"{ids[id(p)]}.{OUTPUT_QUANT}" for m in model.modules() if (found := attention_projections(m))
+                  for p in found[0]]
     return names + _last_conv_outputs(model)
 
 
@@ -299,6 +323,12 @@ def convert(model: nn.Module, names: list[str], activation_dtype: str, ema_decay
             weight_qmax: int = 127, observer: str = "minmax", percentile: float = 99.99) -> None:
     """Swap the named Linear/Conv modules to their fake-quant classes, in place (parameters kept)."""
     for name in names:
+        parent, _, child = name.rpartition(".")
+        if child == OUTPUT_QUANT:  # a Linear's output: a new child, added after the Linear itself is converted
+            m = OutputQuant()
+            model.get_submodule(parent).add_module(OUTPUT_QUANT, m)
+            m._init_quant(activation_dtype, ema_decay, weight_qmax, observer, percentile)
+            continue
         m = model.get_submodule(name)
         cls = _QUANT_CLASS.get(type(m))
         if cls is None:
@@ -322,6 +352,22 @@ def set_mode(model: nn.Module, mode: str) -> None:
         if isinstance(m, _QUANTIZED):
             # an embedding has no activation range to observe: it is float while calibrating
             m.quant_mode = "off" if mode == "calibrate" and isinstance(m, QuantEmbedding) else mode
+
+
+@contextmanager
+def output_quant_off(model: nn.Module) -> Iterator[None]:
+    """Attention's Q/K/V outputs in float (OutputQuant under a QuantLinear off), everything else as it is: the
+    CPU build of a model whose QAT also quantized them for an integer NPU (a float attention product is only
+    more precise; onnxruntime's CPU kernels for it are float)."""
+    outs = [m for m in model.modules() if isinstance(m, QuantLinear) and OUTPUT_QUANT in m._modules]
+    modes = [m._modules[OUTPUT_QUANT].quant_mode for m in outs]
+    for m in outs:
+        m._modules[OUTPUT_QUANT].quant_mode = "off"
+    try:
+        yield
+    finally:
+        for m, mode in zip(outs, modes):
+            m._modules[OUTPUT_QUANT].quant_mode = mode
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from ..progress import log, progress
 from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
 from ..train.loop import to_device
-from .fakequant import convert, fold_batchnorm, learn_ranges, quantizable_modules, set_mode
+from .fakequant import OUTPUT_QUANT, convert, fold_batchnorm, learn_ranges, quantizable_modules, set_mode
 
 
 @torch.no_grad()
@@ -55,14 +55,19 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
 
         raise EdgekdError("qat: the input model is already quantized; QAT runs once, on a float model.")
     folded = fold_batchnorm(model)
-    names = quantizable_modules(model, cfg.embeddings)
+    from ..devices.profiles import any_full_int8
+
+    attention = cfg.attention_matmuls if cfg.attention_matmuls is not None else any_full_int8(ctx.recipe.profiles)
+    names = quantizable_modules(model, cfg.embeddings, attention)
     weight_qmax, range_reason = resolve_weight_range(cfg, ctx.recipe.profiles)
     convert(model, names, cfg.activation_dtype, cfg.ema_decay, weight_qmax, cfg.observer, cfg.percentile)
     tables = [n for n in names if isinstance(model.get_submodule(n), torch.nn.Embedding)]
     outputs = [n for n in names if not hasattr(model.get_submodule(n), "weight")]
+    attn = [n for n in outputs if n.endswith(OUTPUT_QUANT)]
     log(f"qat: {len(names) - len(tables) - len(outputs)} Linear/Conv layers fake-quantized (weights int8 "
         f"per-channel, activations {cfg.activation_dtype} per-tensor)"
-        + (f", {len(outputs)} conv-stack outputs" if outputs else "")
+        + (f", {len(attn)} attention Q/K/V outputs" if attn else "")
+        + (f", {len(outputs) - len(attn)} conv-stack outputs" if len(outputs) > len(attn) else "")
         + (f", {len(tables)} embedding tables int8 per row" if tables else "")
         + (f"; folded {len(folded)} BatchNorm" if folded else ""))
     n_cal = calibrate(model, ctx, cfg)
@@ -76,7 +81,8 @@ def run_qat(cfg: QATConfig, parent, ctx: Context, out: Path, key: str) -> dict:
                    "weight_range_reason": range_reason, "activation_dtype": cfg.activation_dtype,
                    "activations": "per-tensor", "observer": cfg.observer,
                    "range_learning": "LSQ from the calibrated ranges" if cfg.learned_ranges else "EMA of batch ranges",
-                   "scope": "linear", "embeddings": tables},
+                   "scope": "linear" + (" + attention Q/K/V outputs" if attn else ""), "embeddings": tables,
+                   "attention_outputs": attn},
         "modules": names,
         "ranges": ranges,
     }
