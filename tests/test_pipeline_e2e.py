@@ -168,10 +168,11 @@ def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
     assert list(npu["latency_ms"]["hexagon-npu"]) == ["seq128_t1"]  # estimated at its fixed length
     assert "hexagon-npu" not in m["systems"]["final"]["latency_ms"]  # the CPU model does not ship there
     assert m["device_models"]["hexagon-npu"]["file"] == "devices/hexagon-npu/model.onnx"
-    qat = json.loads(next((out / "stages").glob("*-qat-*/manifest.json")).read_text())
+    used = {s["stage"]: out / s["path"] / "manifest.json" for s in m["stages"]}  # this run's, not the copied ones
+    qat = json.loads(used["qat"].read_text())
     attn = qat["spec"]["quant"]["scheme"]["attention_outputs"]
     assert len(attn) == 3 and all(a.endswith(".output_quant") for a in attn)  # 1 layer: query, key, value
-    export = json.loads(next((out / "stages").glob("*-export-*/manifest.json")).read_text())
+    export = json.loads(used["export"].read_text())
     assert "and for 3 attention Q/K/V outputs" in export["devices"]["hexagon-npu"]["onnx"]["quantization"]["ranges"]
     # the CPU build keeps attention's products float: no QuantizeLinear on a Q/K/V projection's output
     cpu = onnx.load(str(out / "model.onnx"))
