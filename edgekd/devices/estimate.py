@@ -184,6 +184,12 @@ def calibrate(cases: list[dict], host: dict | None = None) -> dict:
                     "mean_abs_rel_error": float(np.mean(np.abs(rel)))}}
 
 
+def estimator_error(cal: dict) -> float | None:
+    """The estimator's worst relative error on the host: over every measured host case (held-out models and lengths
+    included) when the calibration has them, else over the cases it was fitted on."""
+    return cal.get("measured_error", cal.get("fit", {})).get("max_abs_rel_error")
+
+
 def calibration_path() -> Path:
     # The shipped calibration is a real file wherever edgekd is installed unzipped (pip never zips).
     env = os.environ.get("EDGEKD_CALIBRATION")

@@ -33,7 +33,7 @@ from ..errors import EdgekdError
 from ..devices.profiles import DeviceProfile
 from ..devices.runtime import quiet_ort
 from ..progress import log
-from ..quantize.fakequant import fake_quant_off
+from ..quantize.fakequant import OUTPUT_QUANT, QuantLinear, fake_quant_off
 from .attention_mask import export_float, fit_mask
 from .onnx_export import export_onnx
 from .qdq import count_ops
@@ -113,8 +113,7 @@ def _qat_input_tensors(raw: onnx.ModelProto, layers: dict[str, nn.Module]) -> di
     ('/model/bert/encoder/layer.0/attention/self/query/MatMul'); its first input is the
     activation the QAT layer observed. Layers sharing an input (q/k/v) share one range (their union).
     """
-    linear = {n.name.rsplit("/", 1)[0].replace("/", ".").lstrip("."): n for n in raw.graph.node
-              if n.op_type in ("MatMul", "Gemm", "Conv") and n.name.startswith("/")}
+    linear = {_module_of(n): n for n in raw.graph.node if n.op_type in ("MatMul", "Gemm", "Conv") and n.name.startswith("/")}
     out: dict[str, dict] = {}
     for name, layer in layers.items():
         node = linear.get(f"model.{name}")
@@ -128,18 +127,22 @@ def _qat_input_tensors(raw: onnx.ModelProto, layers: dict[str, nn.Module]) -> di
     return out
 
 
+def _module_of(node: onnx.NodeProto) -> str:
+    """The module a node of the TorchScript export belongs to: '/model/bert/.../query/MatMul' ->
+    'model.bert....query' (the exporter names nodes by module scope)."""
+    return node.name.rsplit("/", 1)[0].replace("/", ".").lstrip(".")
+
+
 def _qat_output_tensors(raw: onnx.ModelProto, model: nn.Module) -> dict[str, dict]:
     """ONNX output tensor of each Linear whose output QAT quantized (attention's Q/K/V) -> {rmin, rmax, layers}.
 
     The Linear's output is its bias Add ('/model/.../query/Add'), or its MatMul when it has no bias."""
-    from ..quantize.fakequant import OUTPUT_QUANT, QuantLinear
 
     scoped: dict[str, onnx.NodeProto] = {}
     for n in raw.graph.node:
         if n.op_type in ("MatMul", "Add") and n.name.startswith("/"):
-            scope = n.name.rsplit("/", 1)[0].replace("/", ".").lstrip(".")
-            if n.op_type == "Add" or scope not in scoped:
-                scoped[scope] = n
+            if n.op_type == "Add" or _module_of(n) not in scoped:
+                scoped[_module_of(n)] = n
     out: dict[str, dict] = {}
     for name, m in model.named_modules():
         q = m._modules.get(OUTPUT_QUANT) if isinstance(m, QuantLinear) else None
@@ -158,7 +161,7 @@ def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
     for tensor, r in qat.items():
         if tensor in present:
             overrides[tensor] = [{"rmin": np.array(r["rmin"], np.float32), "rmax": np.array(r["rmax"], np.float32)}]
-            is_output = r["layers"][0].endswith(".output_quant")
+            is_output = r["layers"][0].endswith(f".{OUTPUT_QUANT}")
             outputs += len(r["layers"]) if is_output else 0
             mapped += 0 if is_output else len(r["layers"])
     if mask is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import shutil
 import tempfile
+from contextlib import nullcontext
 from functools import partial
 from typing import Callable
 
@@ -107,10 +108,10 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
 
 def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data: Encoded,
            calibration: Encoded, min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
-    if profile is not None and profile.quantization.scope == "full":
-        return _build_layout(model, cfg, profile, parent, ctx, out, val_data, calibration, min_agreement, float_twin)
-    with output_quant_off(model):  # a CPU build: attention's products stay float (the QAT may have trained them
-        # in INT8 for an NPU profile of the same run; float is only more precise)
+    full_int8 = profile is not None and profile.quantization.scope == "full"
+    # a CPU build keeps attention's products float (QAT may have trained them in INT8 for an NPU profile of the
+    # same run; float is only more precise)
+    with nullcontext() if full_int8 else output_quant_off(model):
         return _build_layout(model, cfg, profile, parent, ctx, out, val_data, calibration, min_agreement, float_twin)
 
 

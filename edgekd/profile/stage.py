@@ -32,15 +32,14 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     calibration exists — then nothing is estimated rather than guessed.
     """
     from ..errors import ProfileError
-    from ..devices.estimate import calibration_path, estimate_latency, load_calibration
+    from ..devices.estimate import calibration_path, estimate_latency, estimator_error, load_calibration
 
     try:
         cal = load_calibration()
     except ProfileError as e:
         log(f"[yellow]profile {profile.name}: not present and not estimated — {e}[/]")
         return None
-    # the error over all host cases (held-out models and lengths included), not just the fitted ones
-    error = cal.get("measured_error", cal.get("fit", {})).get("max_abs_rel_error")
+    error = estimator_error(cal)
     seq_lens = usable_seq_lens(profile, max_positions)
     for name, m in models.items():
         is_image = "pixel_values" in model_input_names(m["path"])

@@ -79,6 +79,7 @@ class Probe:
 
     def __init__(self, ctx: Context, runs: int = LATENCY_RUNS):
         from ..devices.feeds import encoded_feeds
+        from ..devices.profiles import load_profile
         from ..models.onnx_graph import example_inputs
 
         self.seq_len = min(128, ctx.recipe.data.max_length)
@@ -89,8 +90,6 @@ class Probe:
         self.runs = runs
         self.case = f"batch 1, {'sequence ' + str(self.seq_len) + ', ' if self.is_text else ''}1 thread"
         self._calibration: dict | None = None
-        from ..devices.profiles import load_profile
-
         # host latency is reported per step only where the run measures the host (its first profile)
         self.host_measured = bool(ctx.recipe.profiles) and load_profile(ctx.recipe.profiles[0]).measured
 
@@ -114,43 +113,42 @@ class Probe:
 
 @dataclass
 class Budget:
-    """One budget: what it counts (`cost(model)`), its limit, and how it is labelled."""
+    """One budget: what it counts on a model, its limit, and how it is labelled."""
 
     name: str            # params | macs | latency_ms
     limit_of: Callable[[float], float]  # the starting cost -> the limit
-    cost: Callable[[nn.Module], float]
+    probe: Probe
+    read: Callable[[Candidate], float] | None  # the figure read from the model's export; None: its parameters
+    figure: str | None   # the key of `step_figures` that holds this cost (None: parameters)
     rounds: int          # bisection rounds (a measured probe is dear: fewer)
     unit: str = ""
-    estimated: dict | None = None  # for an estimated latency: the profile's name and the estimator's error
     profile: object = None         # the DeviceProfile a latency budget is measured or estimated on
-    figure: str | None = None      # the key of `step_figures` that holds this cost (None: parameters)
+    estimated: dict | None = None  # for an estimated latency: the profile's name and the estimator's error
+
+    def cost(self, model: nn.Module) -> float:
+        if self.read is None:
+            return non_embedding_params(model)
+        with self.probe.exported(model) as c:
+            return self.read(c)
 
 
 def make_budget(budget_cfg, ctx: Context, probe: Probe, bisection_rounds: int, latency_rounds: int) -> Budget:
     """The budget a recipe's `prune.budget` asks for, with the probe that counts it."""
     if budget_cfg.params is not None:
-        return Budget("params", lambda start: int(budget_cfg.params * start), non_embedding_params, bisection_rounds)
+        return Budget("params", lambda start: int(budget_cfg.params * start), probe, None, None, bisection_rounds)
     if budget_cfg.macs is not None:
-        def macs(model):
-            with probe.exported(model) as c:
-                return c.macs()
-        return Budget("macs", lambda start: budget_cfg.macs, macs, bisection_rounds, " MACs", figure="macs")
+        return Budget("macs", lambda start: budget_cfg.macs, probe, Candidate.macs, "macs", bisection_rounds, " MACs")
     profile = _budget_profile(budget_cfg, ctx)
+    limit = lambda start: budget_cfg.latency_ms  # noqa: E731
     if profile.measured:
-        def host(model):
-            with probe.exported(model) as c:
-                return c.host_ms()
-        return Budget("latency_ms", lambda start: budget_cfg.latency_ms, host, latency_rounds, " ms", profile=profile,
-                      figure="latency_ms")
-    error = probe.calibration.get("measured_error", probe.calibration.get("fit", {})).get("max_abs_rel_error")
+        return Budget("latency_ms", limit, probe, Candidate.host_ms, "latency_ms", latency_rounds, " ms", profile)
+    from ..devices.estimate import estimator_error
 
-    def estimated(model):
-        with probe.exported(model) as c:
-            return c.estimated_ms(profile)
     # an estimate is deterministic and cheap: bisect as finely as for parameters
-    return Budget("latency_ms", lambda start: budget_cfg.latency_ms, estimated, bisection_rounds, " ms (estimated)",
-                  estimated={"profile": profile.name, "estimator_error": error, "checked_on": "host-cpu"},
-                  profile=profile, figure="estimated_latency_ms")
+    return Budget("latency_ms", limit, probe, lambda c: c.estimated_ms(profile), "estimated_latency_ms",
+                  bisection_rounds, " ms (estimated)", profile,
+                  {"profile": profile.name, "estimator_error": estimator_error(probe.calibration),
+                   "checked_on": "host-cpu"})
 
 
 def _budget_profile(budget_cfg, ctx: Context):
@@ -174,5 +172,5 @@ def step_figures(model: nn.Module, probe: Probe, budget: Budget) -> dict:
         if budget.estimated is not None:
             figures["estimated_latency_ms"] = c.estimated_ms(budget.profile)
             figures["estimated_on"] = budget.estimated["profile"]
-    figures["cost"] = figures[budget.figure] if budget.figure else budget.cost(model)
+    figures["cost"] = figures[budget.figure] if budget.figure else non_embedding_params(model)
     return figures

@@ -56,8 +56,7 @@ class ActivationLossImportance(tp.importance.Importance):
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
-        heads = next((self.num_heads[dep.target.module] for dep, _ in group if dep.target.module in self.num_heads),
-                     None)
+        heads = _heads_of(group, self.num_heads)
         for i, (dep, idxs) in enumerate(group):
             module = dep.target.module
             if module not in self.per_example or not _prunes_inputs(dep):
@@ -76,6 +75,11 @@ class ActivationLossImportance(tp.importance.Importance):
             imp[torch.tensor(root)] = score[torch.tensor(idxs)].float().cpu()
             return imp
         return None  # a group no recorded layer consumes: not ranked (torch-pruning skips it)
+
+
+def _heads_of(group, num_heads: dict[nn.Module, int]) -> int | None:
+    """The head count of an attention group (one of its Q/K/V projections is listed), else None."""
+    return next((num_heads[dep.target.module] for dep, _ in group if dep.target.module in num_heads), None)
 
 
 def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
@@ -98,7 +102,7 @@ class Protected(tp.importance.Importance):
         self.inner, self.num_heads, self.min_heads, self.min_channels = inner, num_heads, min_heads, min_channels
 
     def score_on(self, model, loss_fn) -> None:
-        _score_on(self.inner, model, loss_fn)
+        score_on(self.inner, model, loss_fn)
 
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
@@ -106,8 +110,7 @@ class Protected(tp.importance.Importance):
         if imp is None:
             return None
         imp = imp.clone().float()
-        heads = next((self.num_heads[dep.target.module] for dep, _ in group if dep.target.module in self.num_heads),
-                     None)
+        heads = _heads_of(group, self.num_heads)
         if heads and self.min_heads > 0:
             per_head = imp.view(heads, -1)
             keep = per_head.mean(1).argsort()[-min(self.min_heads, heads):]  # ascending: the best are last
@@ -116,13 +119,6 @@ class Protected(tp.importance.Importance):
             keep = imp.argsort()[-min(self.min_channels, len(imp)):]
             imp[keep] = self.BIG * (1 + torch.arange(len(keep), dtype=imp.dtype) / 100)
         return imp
-
-
-def _score_on(imp, model, loss_fn) -> None:
-    if hasattr(imp, "score_on"):
-        imp.score_on(model, loss_fn)
-    else:  # torch-pruning's gradient importances read the parameters' .grad
-        loss_fn(model).backward()
 
 
 @dataclass(frozen=True)
@@ -151,4 +147,7 @@ def make_importance(name: str, num_heads: dict[nn.Module, int], min_heads: int, 
 
 def score_on(imp, model, loss_fn) -> None:
     """Run what a gradient importance reads: the caller's loss backward, with its hooks in place."""
-    _score_on(imp, model, loss_fn)
+    if hasattr(imp, "score_on"):
+        imp.score_on(model, loss_fn)
+    else:  # torch-pruning's gradient importances read the parameters' .grad
+        loss_fn(model).backward()

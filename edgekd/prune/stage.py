@@ -46,10 +46,11 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     train = ctx.encoded("train", IMPORTANCE_EXAMPLES)
     example = train.batch(np.arange(len(train)))
 
+    teacher, labels = torch.from_numpy(ctx.teacher_logits("train", IMPORTANCE_EXAMPLES)), torch.from_numpy(train.labels)
+
     def importance_loss(m):
-        # Taylor importance is scored on the distillation objective the student is trained with.
-        teacher = torch.from_numpy(ctx.teacher_logits("train", IMPORTANCE_EXAMPLES))
-        return logit_kd_loss(logits_of(m, example), teacher, torch.from_numpy(train.labels), 2.0, 0.5)
+        # gradient importances and layer dropping score the distillation objective the student is trained with
+        return logit_kd_loss(logits_of(m, example), teacher, labels, 2.0, 0.5)
 
     round_to = _width_multiple(cfg, ctx)
     family = parent.spec["family"]

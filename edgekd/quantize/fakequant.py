@@ -48,10 +48,10 @@ class _FakeQuantMixin:
 
     def _init_quant(self, activation_dtype: str = "uint8", ema_decay: float = 0.99, weight_qmax: int = 127,
                     observer: str = "minmax", percentile: float = 99.99) -> None:
-        out_ch = self.weight.shape[0]
         self.register_buffer("act_min", torch.tensor(float("inf")))
         self.register_buffer("act_max", torch.tensor(float("-inf")))
-        self.register_buffer("w_scale", torch.ones(out_ch))
+        if hasattr(self, "weight"):  # an OutputQuant has a range and no weight
+            self.register_buffer("w_scale", torch.ones(self.weight.shape[0]))
         self.activation_dtype = activation_dtype
         self.ema_decay = ema_decay
         self.weight_qmax = weight_qmax  # 127 (int8) or 63 (int7: no int16 saturation in u8s8 kernels without VNNI)
@@ -181,12 +181,14 @@ class _FakeQuantMixin:
                 f"{float(self.act_max):.3g}]. Likely cause: too few calibration batches or a dead layer; raise "
                 "qat.calibration_batches or check the model before QAT."
             )
-        self.w_scale.copy_(self._weight_scale())
         self.quant_mode = "frozen"
         scale, zp = self.act_qparams()
-        return {"act_min": float(self.act_min), "act_max": float(self.act_max), "act_scale": scale,
-                "act_zero_point": zp, "act_dtype": self.activation_dtype,
-                "w_scale_min": float(self.w_scale.min()), "w_scale_max": float(self.w_scale.max())}
+        info = {"act_min": float(self.act_min), "act_max": float(self.act_max), "act_scale": scale,
+                "act_zero_point": zp, "act_dtype": self.activation_dtype}
+        if not hasattr(self, "weight"):
+            return {**info, "quantizes": "output"}
+        self.w_scale.copy_(self._weight_scale())
+        return {**info, "w_scale_min": float(self.w_scale.min()), "w_scale_max": float(self.w_scale.max())}
 
 
 class QuantLinear(_FakeQuantMixin, nn.Linear):
@@ -214,25 +216,8 @@ class OutputQuant(_FakeQuantMixin, nn.Module):
     attention in INT8), and the last conv block of a CNN (`QuantReLU`).
     """
 
-    def _init_quant(self, activation_dtype: str = "uint8", ema_decay: float = 0.99, weight_qmax: int = 127,
-                    observer: str = "minmax", percentile: float = 99.99) -> None:
-        self.register_buffer("act_min", torch.tensor(float("inf")))
-        self.register_buffer("act_max", torch.tensor(float("-inf")))
-        self.activation_dtype, self.ema_decay, self.weight_qmax = activation_dtype, ema_decay, weight_qmax
-        self.observer, self.percentile, self.quant_mode = observer, percentile, "frozen"
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._quant_input(x)
-
-    def freeze(self, name: str) -> dict:
-        self._settle_learned()
-        if torch.isinf(self.act_min) or float(self.act_max - self.act_min) < 1e-6:
-            raise EdgekdError(f"QAT: the output range of {name!r} collapsed to [{float(self.act_min):.3g}, "
-                              f"{float(self.act_max):.3g}]: a dead layer. Check the model before QAT.")
-        self.quant_mode = "frozen"
-        scale, zp = self.act_qparams()
-        return {"act_min": float(self.act_min), "act_max": float(self.act_max), "act_scale": scale,
-                "act_zero_point": zp, "act_dtype": self.activation_dtype, "quantizes": "output"}
 
 
 class QuantReLU(OutputQuant, nn.ReLU):
