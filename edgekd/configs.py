@@ -250,6 +250,10 @@ class PruneConfig(Strict):
     importance: Literal["magnitude", "taylor", "loss"] = Field(
         "magnitude", description="what ranks heads and channels: weight magnitude, first-order Taylor on the weights, "
         "or the loss a head or channel carries (first-order, on its activation: Michel et al. 2019 for heads)")
+    hidden_ratio: float = Field(0.0, ge=0, lt=1, description="share of the hidden width (the residual stream: embedding "
+                                "tables, every LayerNorm and every layer's input and output together) removed, kept "
+                                "in multiples of width_multiple; with a budget, spread over the steps and counted "
+                                "toward it (transformers only)")
     drop_layers: int = Field(0, ge=0, le=100, description="remove this many whole transformer layers first (those "
                              "whose removal raises the distillation loss least, each measured by skipping it)")
     min_heads: int = Field(1, ge=0, description="never leave a layer fewer attention heads than this")

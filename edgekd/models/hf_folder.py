@@ -26,6 +26,10 @@ def hf_folder_blocker(model: nn.Module) -> str | None:
         return "it is not a Hugging Face model"
     summary = architecture_summary(model)
     heads, ffn = summary.get("heads_per_layer", []), summary.get("ffn_per_layer", [])
+    hidden = summary.get("hidden", config.hidden_size)
+    if hidden != config.hidden_size:
+        return (f"the hidden width was pruned ({config.hidden_size} -> {hidden}): a transformers config derives the "
+                "attention width and head size from hidden_size, which the kept heads no longer match")
     if any(h != config.num_attention_heads for h in heads):
         return (f"attention heads were pruned ({heads} of {config.num_attention_heads} per layer): transformers 5 "
                 "derives the head size from hidden_size / num_attention_heads and no longer has pruned_heads")

@@ -46,7 +46,13 @@ def _shape_of(m: nn.Module) -> dict | None:
 
 
 def capture_shapes(model: nn.Module) -> dict[str, dict]:
-    return {name: s for name, m in model.named_modules() if (s := _shape_of(m)) is not None}
+    shapes = {name: s for name, m in model.named_modules() if (s := _shape_of(m)) is not None}
+    # parameters held outside such modules (ViT's cls_token, position_embeddings): pruning the hidden width
+    # changes their last dimension too
+    shapes.update({f"{name}.{p_name}" if name else p_name: {"type": "Parameter", "shape": list(p.shape)}
+                   for name, m in model.named_modules() if _shape_of(m) is None
+                   for p_name, p in m.named_parameters(recurse=False)})
+    return shapes
 
 
 def _make(shape: dict) -> nn.Module:
@@ -74,12 +80,17 @@ def _make(shape: dict) -> nn.Module:
 def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
     """Replace every module whose shape differs from the recorded one (pruned layers)."""
     for name, shape in shapes.items():
+        parent_name, _, child = name.rpartition(".")
         try:
+            if shape["type"] == "Parameter":
+                owner = model.get_submodule(parent_name) if parent_name else model
+                if list(getattr(owner, child).shape) != shape["shape"]:
+                    setattr(owner, child, nn.Parameter(torch.zeros(shape["shape"])))  # the weights load next
+                continue
             current = model.get_submodule(name)
         except AttributeError:
             raise ModelError(f"spec names module {name!r}, which the rebuilt model does not have.") from None
         if _shape_of(current) != shape:
-            parent_name, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, child, _make(shape))
     sync_attention_heads(model)
 
@@ -98,6 +109,28 @@ def attention_projections(m: nn.Module) -> tuple[list[nn.Linear], int] | None:
         if head and all(isinstance(p, nn.Linear) for p in projs):
             return projs, int(head)
     return None
+
+
+def residual_input(model: nn.Module) -> nn.Module | None:
+    """The layer whose output starts a transformer's residual stream (the token embedding table, or ViT's patch
+    projection): its output width is the model's hidden width. None for models without one (CNN, BiLSTM)."""
+    get = getattr(model, "get_input_embeddings", None)
+    if get is None or not hasattr(model, "config"):
+        return None
+    emb = get()
+    if isinstance(emb, nn.Embedding):
+        return emb
+    projection = getattr(emb, "projection", None)  # ViT's patch embeddings
+    return projection if isinstance(projection, (nn.Conv2d, nn.Linear)) else None
+
+
+def hidden_width(model: nn.Module) -> int | None:
+    """The width of a transformer's residual stream as the model is now (pruning may have narrowed it below
+    config.hidden_size, which must keep the value the base model is rebuilt from)."""
+    m = residual_input(model)
+    if m is None:
+        return None
+    return m.embedding_dim if isinstance(m, nn.Embedding) else getattr(m, "out_channels", getattr(m, "out_features", None))
 
 
 def sync_attention_heads(model: nn.Module) -> None:
@@ -129,6 +162,8 @@ def architecture_summary(model: nn.Module) -> dict:
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             channels.append(m.out_channels)
     out = {"params": sum(p.numel() for p in model.parameters())}
+    if heads and hidden_width(model) is not None:
+        out["hidden"] = hidden_width(model)
     if heads:
         out["heads_per_layer"] = heads
     if ffn:

@@ -10,7 +10,8 @@ scores. A new criterion is one entry in IMPORTANCES (and its name in `PruneConfi
   activation: |sum over positions of a x dL/da| per example, averaged over examples. For a head, the sum runs
   over the head's slice of the attention output projection's input (Michel et al. 2019, "Are Sixteen Heads
   Really Better than One?"); for an FFN or conv channel, over that channel of the next layer's input
-  (Molchanov et al. 2017). torch-pruning has activation hooks only for its Hessian/OBD criteria, so this one
+  (Molchanov et al. 2017); for a channel of the residual stream (hidden width), over every layer that reads it,
+  summed before the absolute value. torch-pruning has activation hooks only for its Hessian/OBD criteria, so this one
   is written here: forward hooks store each Linear/Conv input, tensor hooks its gradient.
 
 `Protected` wraps any of them to keep a minimum width per layer (`prune.min_heads`, `prune.min_channels`).
@@ -57,6 +58,7 @@ class ActivationLossImportance(tp.importance.Importance):
     @torch.no_grad()
     def __call__(self, group) -> torch.Tensor | None:
         heads = _heads_of(group, self.num_heads)
+        total = None  # [examples, root channels]: a·dL/da summed over every layer that reads the channel
         for i, (dep, idxs) in enumerate(group):
             module = dep.target.module
             if module not in self.per_example or not _prunes_inputs(dep):
@@ -65,16 +67,18 @@ class ActivationLossImportance(tp.importance.Importance):
             if any(r is None for r in root):
                 continue
             per = self.per_example[module]  # [examples, channels]
-            if heads:  # one score per head: the head's channels summed before the absolute value
-                size = per.shape[1] // heads
-                head_score = per.view(per.shape[0], heads, size).sum(-1).abs().mean(0)
-                score = head_score.repeat_interleave(size)
-            else:
-                score = per.abs().mean(0)
-            imp = torch.zeros(len(group[0].idxs), dtype=torch.float32)
-            imp[torch.tensor(root)] = score[torch.tensor(idxs)].float().cpu()
-            return imp
-        return None  # a group no recorded layer consumes: not ranked (torch-pruning skips it)
+            if total is None:
+                total = torch.zeros(per.shape[0], len(group[0].idxs), dtype=torch.float32)
+            total[:, torch.tensor(root)] += per[:, torch.tensor(idxs)].float().cpu()
+            if heads:  # a head's channels have one reader: the attention output projection
+                break
+        if total is None:
+            return None  # a group no recorded layer consumes: not ranked (torch-pruning skips it)
+        if heads:  # one score per head: the head's channels summed before the absolute value
+            size = total.shape[1] // heads
+            return total.view(total.shape[0], heads, size).sum(-1).abs().mean(0).repeat_interleave(size)
+        # a channel of the residual stream is read by every layer: removing it removes it from all of them
+        return total.abs().mean(0)
 
 
 def _heads_of(group, num_heads: dict[nn.Module, int]) -> int | None:

@@ -1,6 +1,7 @@
 """The `prune` stage: structured pruning to a ratio, or step by step to a budget, each step recovered by distillation.
 
-With `prune.budget`, the stage runs `prune.steps` rounds: prune the share that brings the model's
+`prune.hidden_ratio` narrows the residual stream first (in equal shares over the steps with a budget), then
+heads and FFN channels are pruned for the rest. With `prune.budget`, the stage runs `prune.steps` rounds: prune the share that brings the model's
 non-embedding parameters to this step's target (the budget reached geometrically, the last step
 on it; the ratio is found by bisection on a copy, because torch-pruning's ratio counts prunable
 channels while the budget counts parameters), recover with the run's distillation, evaluate on
@@ -20,15 +21,15 @@ from ..configs import PruneConfig
 from ..errors import EdgekdError
 from ..models.hf import logits_of
 from ..models.hf_folder import hf_folder_blocker, save_hf_folder
-from ..models.spec import (architecture_summary, base_of, build_model, load_model_from_artifact, load_weights,
-                           make_spec, save_weights)
+from ..models.spec import (architecture_summary, base_of, build_model, hidden_width, load_model_from_artifact,
+                           load_weights, make_spec, save_weights)
 from ..progress import log
 from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
 from ..train.losses import logit_kd_loss
 from .costs import Probe, make_budget, step_figures
 from .layers import base_with_depth, drop_layers
-from .structured import below_minimum, non_embedding_params, prune_structured
+from .structured import below_minimum, hidden_keep, non_embedding_params, prune_hidden, prune_structured
 
 IMPORTANCE_EXAMPLES = 32
 BISECTION_ROUNDS = 12
@@ -56,12 +57,18 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     family = parent.spec["family"]
     metrics: dict = {"params_before": before["params"], "before": before,
                      "non_embedding_params_before": non_embedding_params(model), "width_multiple": round_to}
-    if cfg.drop_layers and family != "hf":
-        raise EdgekdError(f"prune.drop_layers removes transformer layers; this {family} model has none: set it to 0.")
+    if family != "hf":
+        for field, what in (("drop_layers", "removes transformer layers"),
+                            ("hidden_ratio", "narrows a transformer's residual stream")):
+            if getattr(cfg, field):
+                raise EdgekdError(f"prune.{field} {what}; this {family} model has none: set it to 0.")
     if cfg.budget is None:
         if cfg.drop_layers:
             metrics["layers"] = _drop_layers(model, cfg, importance_loss)
         model.eval()
+        if cfg.hidden_ratio:
+            _narrow_hidden(model, example, cfg, importance_loss, hidden_keep(hidden_width(model), cfg.hidden_ratio,
+                                                                             round_to))
         prune_structured(model, example, cfg, family, importance_loss, round_to=round_to)
         narrow = below_minimum(model, cfg)
         if narrow:
@@ -101,6 +108,12 @@ def _drop_layers(model, cfg: PruneConfig, importance_loss) -> dict:
     dropped = drop_layers(model, cfg.drop_layers, importance_loss)
     log(f"prune: dropped layers {dropped['dropped']} of {dropped['layers_before']} (the loss rose least without them)")
     return dropped
+
+
+def _narrow_hidden(model, example, cfg: PruneConfig, importance_loss, keep: int) -> None:
+    width = hidden_width(model)
+    prune_hidden(model, example, cfg, keep, importance_loss)
+    log(f"prune: hidden width {width} -> {hidden_width(model)}")
 
 
 def _width_multiple(cfg: PruneConfig, ctx: Context) -> int:
@@ -159,6 +172,7 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
         log(f"[yellow]prune: the model already costs {start:,.4g}{budget.unit}, within the budget of "
             f"{limit:,.4g}{budget.unit}[/]")
     steps: list[dict] = []
+    width = hidden_width(model)  # the unpruned hidden width: each step's share of prune.hidden_ratio is of it
     work = ctx.work_dir(key)
     done = _last_step(work)
     if done is not None:  # resume: the model as the last finished step left it
@@ -173,7 +187,11 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
     for k in range(len(steps) + 1, cfg.steps + 1):
         target = start * share ** (k / cfg.steps) if k < cfg.steps else limit  # geometric, the last on the budget
         model.eval()
-        fits = share >= 1.0 or (layers is not None and k == 1 and budget.cost(model) <= target)  # layers dropped
+        if cfg.hidden_ratio:  # the hidden width narrows in equal shares, the bisection finds heads and FFN for the rest
+            _narrow_hidden(model, example, cfg, importance_loss, hidden_keep(width, cfg.hidden_ratio * k / cfg.steps,
+                                                                             round_to))
+        cut = (layers is not None and k == 1) or cfg.hidden_ratio > 0  # the layers or hidden cut may meet the target
+        fits = share >= 1.0 or (cut and budget.cost(model) <= target)
         ratio = 0.0 if fits else _ratio_for(model, target, budget.cost, example, cfg, family, importance_loss,
                                             round_to, budget.rounds)
         if ratio > 0:

@@ -2,8 +2,10 @@
 
 What may be removed (the "root" layers torch-pruning ranks; everything coupled to them follows):
 - transformers: whole attention heads (query/key/value outputs, in head-sized groups) and FFN
-  channels (intermediate.dense outputs). The hidden size stays: it is shared by embeddings,
-  every residual and LayerNorm, and shrinking it costs far more accuracy per FLOP saved.
+  channels (intermediate.dense outputs); and, only when asked (`prune_hidden`), the hidden width of
+  the residual stream: one dependency group that holds the embedding tables, every LayerNorm, every
+  layer's input and output channels and the pooler's input — it costs more accuracy per MAC saved
+  than heads or FFN channels, but it is the only cut that also narrows the embedding table.
 - CNNs: convolution output channels. The classifier is never a root.
 """
 from __future__ import annotations
@@ -12,7 +14,8 @@ import torch_pruning as tp
 from torch import nn
 
 from ..configs import PruneConfig
-from ..models.spec import FFN_SUFFIXES, architecture_summary, attention_projections, sync_attention_heads
+from ..models.spec import (FFN_SUFFIXES, architecture_summary, attention_projections, hidden_width, residual_input,
+                           sync_attention_heads)
 from .importance import importance_strategy, make_importance, score_on
 
 
@@ -48,6 +51,50 @@ def below_minimum(model: nn.Module, cfg: PruneConfig) -> list[str]:
                for i, c in enumerate(s.get(key, [])) if c < cfg.min_channels])
 
 
+def _unwrapped_parameters(model: nn.Module) -> list[tuple[nn.Parameter, int]]:
+    """Parameters that live outside Linear/Conv/Norm/Embedding modules (ViT's cls_token and position_embeddings):
+    their last dim is the hidden size — say so instead of letting torch-pruning guess."""
+    return [(p, p.ndim - 1) for m in model.modules() if not isinstance(m, _WRAPPING) for p in m.parameters(recurse=False)]
+
+
+def hidden_keep(width: int, ratio: float, round_to: int | None) -> int:
+    """The hidden width left when `ratio` of `width` goes: rounded down to the width multiple, never below it."""
+    step = round_to if round_to and round_to > 1 else 1
+    return max(step, int(width * (1 - ratio)) // step * step)
+
+
+def prune_hidden(model: nn.Module, example_inputs: dict, cfg: PruneConfig, keep: int, importance_loss=None) -> int:
+    """Narrow a transformer's residual stream to `keep` channels in place; returns the channels removed.
+
+    The channels are ranked by `cfg.importance` over the whole group (every table, LayerNorm and layer the stream
+    passes through), the lowest removed; prune.min_channels of the best are never ranked below the rest."""
+    root = residual_input(model)
+    if root is None:
+        raise ValueError("hidden-width pruning needs a transformer (a token embedding table or a patch projection)")
+    width = hidden_width(model)
+    if keep >= width:
+        return 0
+    handler = tp.prune_embedding_out_channels if isinstance(root, nn.Embedding) else (
+        tp.prune_conv_out_channels if isinstance(root, (nn.Conv1d, nn.Conv2d)) else tp.prune_linear_out_channels)
+    unwrapped = _unwrapped_parameters(model)
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
+                                                  unwrapped_parameters=unwrapped or None)
+    importance = make_importance(cfg.importance, {}, 0, cfg.min_channels)
+    if importance_strategy(cfg.importance).needs_gradients:
+        if importance_loss is None:
+            raise ValueError(f"{cfg.importance} importance needs a loss")
+        model.zero_grad()
+        score_on(importance, model, importance_loss)
+    scores = importance(graph.get_pruning_group(root, handler, idxs=list(range(width))))
+    model.zero_grad(set_to_none=True)
+    drop = scores.argsort()[: width - keep].tolist()
+    group = graph.get_pruning_group(root, handler, idxs=sorted(drop))
+    if not graph.check_pruning_group(group):
+        raise ValueError(f"torch-pruning refuses to remove {len(drop)} hidden channels of {width}")
+    group.prune()
+    return len(drop)
+
+
 def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, family: str,
                      importance_loss=None, ratio: float | None = None, round_to: int | None = None) -> None:
     """Prune `model` in place: `ratio` (default cfg.ratio) of the channels and heads, kept widths in
@@ -66,11 +113,7 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
     ignored = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(m) not in root_ids]
     ignored += [m for m in model.modules() if isinstance(m, nn.Embedding)]
 
-    # Parameters that live outside Linear/Conv/Norm/Embedding modules (ViT's cls_token and
-    # position_embeddings): their last dim is the hidden size, which we never prune — say so instead of
-    # letting torch-pruning guess.
-    unwrapped = [(p, p.ndim - 1) for m in model.modules() if not isinstance(m, _WRAPPING)
-                 for p in m.parameters(recurse=False)]
+    unwrapped = _unwrapped_parameters(model)
 
     strategy = importance_strategy(cfg.importance)
     # kept minimums rounded up to the width multiple: torch-pruning rounds a layer's kept channels down

@@ -232,15 +232,15 @@ def _prune_steps_section(m: dict) -> list[str]:
     out = ["## Pruning steps", "", f"Budget run from {_params(start)} non-embedding parameters; widths in multiples of "
            f"{m.get('width_multiple', 1)}.", "",
            "| step | ratio | non-embedding params | kept % | MACs | FP32 ONNX MB | FP32 host ms | INT8 host ms | "
-           "heads per layer | FFN per layer | dev % before recovery | dev % after |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "hidden | heads per layer | FFN per layer | dev % before recovery | dev % after |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for st in steps:
         a = st.get("architecture", {})
         out.append(f"| {st['step']} | {st['ratio']:.3f} | {_params(st['non_embedding_params'])} | "
                    f"{_pct(st['non_embedding_params'] / start if start else None)} | "
                    f"{_num(st.get('macs') and st['macs'] / 1e6, '{:,.1f}M')} | {_num(st.get('onnx_fp32_mb'))} | "
                    f"{_num(st.get('latency_ms'), '{:.3g}')} | {_num(st.get('int8_dynamic_latency_ms'), '{:.3g}')} | "
-                   f"{a.get('heads_per_layer', '—')} | {a.get('ffn_per_layer', '—')} | "
+                   f"{a.get('hidden', '—')} | {a.get('heads_per_layer', '—')} | {a.get('ffn_per_layer', '—')} | "
                    f"{_pct(st.get('dev_accuracy_before_recovery'))} | {_pct(st.get('dev_accuracy'))} |")
     case = next((st["latency_case"] for st in steps if st.get("latency_case")), None)
     if case:

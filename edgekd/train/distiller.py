@@ -16,6 +16,7 @@ import torch
 
 from ..configs import KDConfig
 from ..models.hf import logits_of
+from ..models.spec import hidden_width
 from .context import Context
 from .loop import fit
 from ..models.students import last_layer_map, uniform_layer_map
@@ -118,7 +119,7 @@ PROJECTIONS = "edgekd_kd_projections"
 
 def hidden_projections(student, teacher, pairs: int) -> torch.nn.ModuleList | None:
     """Linear maps from the student's hidden width to the teacher's, attached to the student; None when equal."""
-    d_s, d_t = student.config.hidden_size, teacher.config.hidden_size
+    d_s, d_t = hidden_width(student), hidden_width(teacher)  # the widths now: pruning may have narrowed the student
     if d_s == d_t:
         return None
     projections = torch.nn.ModuleList(torch.nn.Linear(d_s, d_t) for _ in range(pairs))
