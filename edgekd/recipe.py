@@ -102,9 +102,6 @@ class Recipe(Strict):
         if self.student is not None and self.student.kind == "bilstm":
             if self.task != "text-classification":
                 raise ValueError("student.kind=bilstm is a text student; use kind=cnn for an image task")
-            if "prune" in names:  # torch-pruning has no dependency rule for LSTM gates, so widths cannot shrink safely
-                raise ValueError("a BiLSTM student does not support the prune stage (its LSTM widths are fixed): remove "
-                                 "the prune stage, or size it with student.lstm_hidden instead")
         if self.task == "text-classification" and self.data.sklearn is not None:
             raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
         for i, entry in enumerate(self.stages):

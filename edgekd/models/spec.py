@@ -40,6 +40,9 @@ def _shape_of(m: nn.Module) -> dict | None:
         return {"type": "BatchNorm1d" if isinstance(m, nn.BatchNorm1d) else "BatchNorm2d", "num": m.num_features, "eps": m.eps}
     if isinstance(m, nn.Embedding):
         return {"type": "Embedding", "num": m.num_embeddings, "dim": m.embedding_dim, "padding_idx": m.padding_idx}
+    if isinstance(m, nn.LSTM):  # the BiLSTM student's directions (pruning narrows hidden_size)
+        return {"type": "LSTM", "in": m.input_size, "hidden": m.hidden_size, "layers": m.num_layers, "bias": m.bias,
+                "batch_first": m.batch_first, "bidirectional": m.bidirectional}
     if isinstance(m, nn.Identity):  # e.g. a BatchNorm folded into its conv before QAT
         return {"type": "Identity"}
     return None
@@ -72,6 +75,9 @@ def _make(shape: dict) -> nn.Module:
         return nn.BatchNorm2d(shape["num"], eps=shape["eps"])
     if t == "Identity":
         return nn.Identity()
+    if t == "LSTM":
+        return nn.LSTM(shape["in"], shape["hidden"], num_layers=shape["layers"], bias=shape["bias"],
+                       batch_first=shape["batch_first"], bidirectional=shape["bidirectional"])
     if t == "Embedding":
         return nn.Embedding(shape["num"], shape["dim"], padding_idx=shape["padding_idx"])
     raise ModelError(f"spec names an unknown module type {t!r}; the artifact was written by a newer edgekd?")
@@ -151,9 +157,11 @@ def sync_attention_heads(model: nn.Module) -> None:
 
 
 def architecture_summary(model: nn.Module) -> dict:
-    """Per-layer heads and FFN widths (transformers) or channel widths (CNNs) for the manifest."""
-    heads, ffn, channels = [], [], []
+    """Per-layer heads and FFN widths (transformers), channel widths (CNNs) or LSTM widths for the manifest."""
+    heads, ffn, channels, lstm = [], [], [], []
     for name, m in model.named_modules():
+        if isinstance(m, nn.LSTM):
+            lstm.append(m.hidden_size)
         found = attention_projections(m)
         if found:
             heads.append(found[0][0].out_features // found[1])
@@ -170,6 +178,8 @@ def architecture_summary(model: nn.Module) -> dict:
         out["ffn_per_layer"] = ffn
     if channels:
         out["conv_channels"] = channels
+    if lstm:
+        out["lstm_hidden"] = lstm
     return out
 
 

@@ -7,6 +7,7 @@ What may be removed (the "root" layers torch-pruning ranks; everything coupled t
   layer's input and output channels and the pooler's input — it costs more accuracy per MAC saved
   than heads or FFN channels, but it is the only cut that also narrows the embedding table.
 - CNNs: convolution output channels. The classifier is never a root.
+- the BiLSTM student: hidden units of each direction (`recurrent.py`; torch-pruning cannot follow an LSTM).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ..configs import PruneConfig
 from ..models.spec import (FFN_SUFFIXES, architecture_summary, attention_projections, hidden_width, residual_input,
                            sync_attention_heads)
 from .importance import importance_strategy, make_importance, score_on
+from .recurrent import prune_bilstm
 
 
 _WRAPPING = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LayerNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.Embedding)
@@ -47,7 +49,7 @@ def below_minimum(model: nn.Module, cfg: PruneConfig) -> list[str]:
     """Layers left narrower than prune.min_heads / prune.min_channels (empty: none)."""
     s = architecture_summary(model)
     return ([f"layer {i}: {h} heads" for i, h in enumerate(s.get("heads_per_layer", [])) if h < cfg.min_heads]
-            + [f"layer {i}: {c} channels" for key in ("ffn_per_layer", "conv_channels")
+            + [f"layer {i}: {c} channels" for key in ("ffn_per_layer", "conv_channels", "lstm_hidden")
                for i, c in enumerate(s.get(key, [])) if c < cfg.min_channels])
 
 
@@ -100,6 +102,9 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
     """Prune `model` in place: `ratio` (default cfg.ratio) of the channels and heads, kept widths in
     multiples of `round_to` (torch-pruning rounds each layer's channel count)."""
     ratio = cfg.ratio if ratio is None else ratio
+    if family == "bilstm-text":  # hidden units of each direction: torch-pruning cannot follow an LSTM (recurrent.py)
+        prune_bilstm(model, ratio, cfg.importance, importance_loss, round_to, cfg.min_channels, cfg.max_layer_ratio)
+        return
     head_ratio = cfg.head_ratio if cfg.head_ratio is not None and (cfg.budget is None or cfg.head_ratio == 0) else ratio
     if family == "hf":
         num_heads, roots = _transformer_roots(model)
