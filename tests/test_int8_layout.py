@@ -300,3 +300,51 @@ def test_a_qat_run_with_learned_ranges_exports_and_validates(tmp_path, tiny_bert
     with safe_open(str(qat.path / "model.safetensors"), "pt") as f:
         assert not any("learned" in k for k in f.keys())
     assert result["export"]["validation"]["failures"] == []
+
+
+def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):
+    """QAT's QDQ graph against onnxruntime's dynamic INT8 of its float twin: the faster one that validates ships."""
+    import shutil
+
+    import onnx
+
+    import edgekd.export.layout as layout
+    from conftest import tiny_text_recipe
+    from edgekd.data.batching import encode
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import validate_recipe
+
+    timings = {"qdq": 2.0, "dynamic": 1.0, "fp32": 4.0}  # ms: dynamic INT8 measured twice as fast as QDQ
+    monkeypatch.setattr(layout, "time_models", lambda models, feeds, threads=1: {k: timings[k] for k in models})
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["stages"] = [r["stages"][0], r["stages"][2], {"export": {**r["stages"][3]["export"], "int8_dynamic": True}}]
+    pipe = Pipeline(validate_recipe(r))
+    result = pipe.run()
+    export = next(a for a in pipe.artifacts if a.stage == "export")
+    int8 = export.manifest["int8"]
+    assert int8["layout"] == "dynamic" and result["export"]["shipped"] == "int8"
+    assert int8["layouts"]["dynamic"]["speedup"] == 4.0 and int8["layouts"]["qdq"]["speedup"] == 2.0
+    shipped = {n.op_type for n in onnx.load(str(export.path / "model.onnx")).graph.node}
+    assert "DynamicQuantizeLinear" in shipped and "MatMulInteger" in shipped and "QuantizeLinear" not in shipped
+    qdq = {n.op_type for n in onnx.load(str(export.path / "model-int8-qdq.onnx")).graph.node}
+    assert "QuantizeLinear" in qdq  # the QAT model stays beside it
+    assert int8["integer_kernels"]["ok"] and int8["integer_kernels"]["optimized_graph"] == "model.optimized.onnx"
+    assert export.metrics["validation"]["failures"] == [] and export.manifest["validation_qdq"]["failures"] == []
+    assert int8["layouts"]["dynamic"]["argmax_agreement"] == export.metrics["validation"]["argmax_agreement"]
+    assert "dynamic activations" in int8["reason"]
+
+    # within the margin, or failing validation, QDQ stays
+    folder = tmp_path / "again"
+    folder.mkdir()
+    shutil.copy(export.path / "model-int8-qdq.onnx", folder / "model.onnx")
+    shutil.copy(export.path / "model-fp32.onnx", folder / "model-fp32.onnx")
+    from transformers import AutoTokenizer
+
+    data = encode(pipe.ctx.data.dev.head(16), AutoTokenizer.from_pretrained(str(export.path)), 32)
+    ok = lambda path: {"failures": [], "argmax_agreement": 1.0}  # noqa: E731
+    timings.update(qdq=1.0, dynamic=0.99)
+    assert layout.check_int8(folder, data, 32, 0, dynamic=ok)["layout"] == "qdq"
+    timings.update(qdq=2.0, dynamic=1.0)
+    bad = lambda path: {"failures": [{"type": "argmax_agreement"}], "argmax_agreement": 0.5}  # noqa: E731
+    checked = layout.check_int8(folder, data, 32, 0, dynamic=bad)
+    assert checked["layout"] == "qdq" and "validation failed" in checked["reason"]

@@ -7,9 +7,14 @@ onnxruntime runs must execute every quantized layer as an integer kernel, and th
 be at least `export.int8_min_speedup` times faster than its own FP32 export at batch 1, 1 thread,
 timed in fresh processes in alternating rounds (the profile stage's protocol, shorter). Where it
 is not, the FP32 model ships and the manifest says why.
+
+The INT8 layout is chosen the same way, by measurement: the QAT model's QDQ graph (static activation ranges
+trained in QAT) against onnxruntime's dynamic INT8 of its float twin (activations quantized at run time), timed
+in the same rounds; which is faster depends on the CPU's integer instructions and on what onnxruntime fuses.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..data.batching import Encoded
@@ -22,39 +27,93 @@ ROUNDS = 3
 RUNS = 30
 
 
-def int8_speedup(int8: Path, fp32: Path, feeds: list[dict], threads: int = 1) -> dict:
-    """p50 of both models (the quietest of ROUNDS fresh-process rounds) and fp32 / int8."""
-    rounds: dict[str, list] = {"int8": [], "fp32": []}
-    for r in range(ROUNDS):  # alternating order: a slow spell of the machine falls on both alike
-        for name, path in (("int8", int8), ("fp32", fp32))[:: 1 if r % 2 == 0 else -1]:
-            rounds[name].append(measure_latency(path, feeds, threads, warmup=5, runs=RUNS))
-    p50 = {name: combine_rounds(stats)["p50"] for name, stats in rounds.items()}
-    return {"int8_p50_ms": p50["int8"], "fp32_p50_ms": p50["fp32"], "speedup": p50["fp32"] / p50["int8"],
-            "threads": threads, "rounds": ROUNDS, "runs": RUNS}
+# Another INT8 layout displaces the QAT model's QDQ graph only when it is at least this much faster: QDQ is what
+# QAT trained and validated, and a smaller gap is within the run-to-run spread of this protocol.
+LAYOUT_MARGIN = 1.05
 
 
-def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float) -> dict:
-    """The integer-kernel report of out/model.onnx and its timing against out/model-fp32.onnx.
+def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1) -> dict[str, float]:
+    """p50 of each model: the quietest of ROUNDS fresh-process rounds, the order rotated every round so that a
+    slow spell of the machine falls on all of them alike."""
+    rounds: dict[str, list] = {name: [] for name in models}
+    names = list(models)
+    for r in range(ROUNDS):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            rounds[name].append(measure_latency(models[name], feeds, threads, warmup=5, runs=RUNS))
+    return {name: combine_rounds(stats)["p50"] for name, stats in rounds.items()}
 
-    INT8 pays when it is at least `min_speedup` times faster and every quantized layer runs as an
-    integer kernel; `min_speedup` 0 ships INT8 whatever was measured.
 
-    Writes out/model.optimized.onnx (the graph onnxruntime runs here). Returns
-    {"integer_kernels": report, "timing": {...}, "int8_pays": bool, "reason": str}.
+def dynamic_int8(fp32: Path, dst: Path, reduce_range: bool) -> Path:
+    """onnxruntime's dynamic INT8 of the QAT model's float twin: the trained weights in int8 per channel (7-bit
+    where QAT trained 7-bit weights), activations quantized at run time (MatMulInteger, or DynamicQuantizeMatMul
+    once onnxruntime fuses it), embedding tables gathered in int8 — no calibrated activation ranges."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from ..devices.runtime import quiet_ort
+
+    with quiet_ort():
+        quantize_dynamic(str(fp32), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
+    return dst
+
+
+def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
+               dynamic: Callable[[Path], dict] | None = None, reduce_range: bool = False) -> dict:
+    """Which INT8 layout of out/model.onnx (QAT, QDQ) ships on this host, if any: the integer-kernel report of
+    each candidate and their timing against out/model-fp32.onnx in the same rounds.
+
+    dynamic: validates a candidate path against PyTorch (export validation: {"failures": [...], ...}); given, the
+    dynamic INT8 layout is built (out/model-int8-dynamic.onnx) and is a candidate when every quantized layer runs
+    as an integer kernel and it validates; it is chosen over QDQ only when LAYOUT_MARGIN times faster.
+
+    INT8 pays when the chosen layout is at least `min_speedup` times faster than FP32 and every quantized layer
+    runs as an integer kernel; `min_speedup` 0 ships INT8 whatever was measured.
+
+    Writes out/model.optimized.onnx (the graph onnxruntime runs here; a candidate's beside it). Returns
+    {"layout", "layouts", "integer_kernels" (of the chosen layout), "timing", "int8_pays", "reason"} and, for a
+    dynamic candidate, its "validation".
     """
     # real examples at the timed sequence length (images as they are)
     feeds = encoded_feeds(data, model_input_names(out / "model.onnx"), seq_len, limit=TIMING_FEEDS)
-    kernels = integer_kernel_report(out / "model.onnx", out / "model.optimized.onnx", feeds[0])
-    timing = int8_speedup(out / "model.onnx", out / "model-fp32.onnx", feeds)
+    candidates = {"qdq": out / "model.onnx"}
+    validations: dict[str, dict] = {}
+    if dynamic is not None:
+        candidates["dynamic"] = dynamic_int8(out / "model-fp32.onnx", out / "model-int8-dynamic.onnx", reduce_range)
+        validations["dynamic"] = dynamic(candidates["dynamic"])
+    kernels = {name: integer_kernel_report(path, path.with_suffix(".optimized.onnx"), feeds[0])
+               for name, path in candidates.items()}
+    p50 = time_models({**candidates, "fp32": out / "model-fp32.onnx"}, feeds)
+    layouts = {name: {"file": path.name, "p50_ms": p50[name], "speedup": p50["fp32"] / p50[name],
+                      "integer_kernels_ok": kernels[name]["ok"], "size_mb": path.stat().st_size / 1e6,
+                      **({"argmax_agreement": validations[name]["argmax_agreement"],
+                          "validation_failures": validations[name]["failures"]} if name in validations else {})}
+               for name, path in candidates.items()}
+    layout = "qdq"
+    for name, facts in layouts.items():
+        if (name != "qdq" and facts["integer_kernels_ok"] and not facts.get("validation_failures")
+                and p50["qdq"] / facts["p50_ms"] >= LAYOUT_MARGIN):
+            layout = name
+    chosen = layouts[layout]
+    timing = {"int8_p50_ms": chosen["p50_ms"], "fp32_p50_ms": p50["fp32"], "speedup": chosen["speedup"],
+              "threads": 1, "rounds": ROUNDS, "runs": RUNS}
     case = f"batch 1, {'sequence ' + str(seq_len) + ', ' if data.images is None else ''}1 thread"
-    left = [f"{f['node']} ({f['op']})" for f in kernels["float_layers"] if f["quantized_weight"]]
-    pays = min_speedup == 0 or (timing["speedup"] >= min_speedup and kernels["ok"])
-    reason = (f"INT8 is {timing['speedup']:.2f}x its FP32 export on this host ({case}: {timing['int8_p50_ms']:.3g} "
-              f"against {timing['fp32_p50_ms']:.3g} ms)")
+    k = kernels[layout]
+    left = [f"{f['node']} ({f['op']})" for f in k["float_layers"] if f["quantized_weight"]]
+    pays = min_speedup == 0 or (timing["speedup"] >= min_speedup and k["ok"])
+    reason = (f"INT8 ({_LAYOUT_NAMES[layout]}) is {timing['speedup']:.2f}x its FP32 export on this host ({case}: "
+              f"{timing['int8_p50_ms']:.3g} against {timing['fp32_p50_ms']:.3g} ms)")
+    if len(layouts) > 1:
+        reason += "; " + ", ".join(f"{_LAYOUT_NAMES[n]} {f['speedup']:.2f}x" + (
+            "" if f["integer_kernels_ok"] and not f.get("validation_failures") else
+            " (not eligible: " + ("float kernels" if not f["integer_kernels_ok"] else "validation failed") + ")")
+            for n, f in layouts.items()) + f" (another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed)"
     if left:  # onnxruntime dequantizes these weights on every inference and runs the layer in float
         reason += (f"; {len(left)} quantized layer(s) run as float kernels in onnxruntime's optimised graph: "
                    f"{', '.join(left[:4])}{' ...' if len(left) > 4 else ''}")
     if not pays:
         reason += (f"; below export.int8_min_speedup={min_speedup:g}" if timing["speedup"] < min_speedup else "")
         reason += ": the FP32 model ships"
-    return {"integer_kernels": kernels, "timing": {**timing, "case": case}, "int8_pays": pays, "reason": reason}
+    return {"layout": layout, "layouts": layouts, "integer_kernels": k, "timing": {**timing, "case": case},
+            "int8_pays": pays, "reason": reason, **({"validation": validations[layout]} if layout in validations else {})}
+
+
+_LAYOUT_NAMES = {"qdq": "QAT QDQ", "dynamic": "dynamic activations"}

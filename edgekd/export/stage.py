@@ -68,7 +68,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
     if vocabulary:
         extra["vocabulary"] = vocabulary
     if quantized and primary is not None and primary.measured and primary.quantization.scope != "full":
-        extra["int8"] = _int8_on_host(model, cfg, ctx, out, val_data, extra)
+        extra["int8"] = _int8_on_host(model, parent, cfg, ctx, out, val_data, extra)
     validation = extra.pop("validation")
     devices = {}
     for name in device_builds(cfg, profiles):
@@ -258,15 +258,34 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Call
     return encoded, facts
 
 
-def _int8_on_host(model, cfg: ExportConfig, ctx: Context, out: Path, val_data: Encoded, extra: dict) -> dict:
-    """The integer-kernel check and INT8-vs-FP32 timing on the host; ships FP32 when INT8 does not pay."""
+def _int8_on_host(model, parent, cfg: ExportConfig, ctx: Context, out: Path, val_data: Encoded, extra: dict) -> dict:
+    """The INT8 layout chosen by measurement (layout.py), its integer-kernel check and its timing against FP32 on the
+    host; ships FP32 when INT8 does not pay."""
     from .layout import check_int8
 
     seq_len = min(128, ctx.recipe.data.max_length)
-    result = check_int8(out, val_data, seq_len, cfg.int8_min_speedup)
+
+    def validate_dynamic(path: Path) -> dict:  # it quantizes the float twin: checked against the float model
+        with fake_quant_off(model):
+            return validate_export(model, path, val_data, cfg.min_agreement, extra["onnx"]["inputs"])
+
+    # 7-bit weights where QAT trained 7-bit ones (x86 without VNNI: u8 x s8 pairs saturate int16 otherwise)
+    reduce_range = (parent.spec.get("quant") or {}).get("scheme", {}).get("weight_qmax") == 63
+    result = check_int8(out, val_data, seq_len, cfg.int8_min_speedup,
+                        dynamic=validate_dynamic if cfg.int8_dynamic else None, reduce_range=reduce_range)
     kernels = result["integer_kernels"]
     log(f"export: integer kernels {kernels['integer_kernels']} run {kernels['time_share']['integer_kernels']:.0%} of "
         f"the time; {result['reason']}")
+    if result["layout"] != "qdq":  # another layout ships as model.onnx; the QAT QDQ graph stays beside it
+        for suffix in (".onnx", ".optimized.onnx"):
+            (out / f"model{suffix}").rename(out / f"model-int8-qdq{suffix}")
+            (out / f"model-int8-{result['layout']}{suffix}").rename(out / f"model{suffix}")
+        extra["validation_qdq"] = extra["validation"]
+        extra["validation"] = result.pop("validation")
+        extra["onnx_qdq"] = {**extra.pop("onnx"), "file": "model-int8-qdq.onnx"}
+        extra["onnx"] = {"file": "model.onnx", "layout": result["layout"], "inputs": extra["onnx_qdq"]["inputs"],
+                         "size_mb": (out / "model.onnx").stat().st_size / 1e6}
+        result["integer_kernels"]["optimized_graph"] = "model.optimized.onnx"
     if not result["int8_pays"]:
         (out / "model.onnx").rename(out / "model-int8.onnx")
         (out / "model-fp32.onnx").rename(out / "model.onnx")

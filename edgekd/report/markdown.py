@@ -201,6 +201,17 @@ def _int8_section(int8: dict | None) -> list[str]:
            f"{k['profiled']['threads']} thread): integer kernels {_pct(share['integer_kernels'])}%, float layers "
            f"{_pct(share['float_layers'])}%, other float ops {_pct(share['float_ops'])}%, quantize/dequantize "
            f"{_pct(share['quantize_dequantize'])}%.", ""]
+    layouts = int8.get("layouts") or {}
+    if len(layouts) > 1:  # the INT8 layouts measured against each other in the same rounds
+        out += [f"INT8 layouts timed in the same rounds ({int8['timing']['case']}); "
+                f"**{int8.get('layout')}** is the one kept:", "",
+                "| layout | file | p50 ms | × FP32 | integer kernels | agreement with PyTorch | MB |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        out += [f"| {name} | `{f['file']}` | {f['p50_ms']:.3g} | {f['speedup']:.2f}× | "
+                f"{'ok' if f['integer_kernels_ok'] else 'float left'} | "
+                f"{_pct(f.get('argmax_agreement')) if 'argmax_agreement' in f else 'QAT model (validated at export)'}"
+                f"{' — failed' if f.get('validation_failures') else ''} | {f['size_mb']:.2f} |"
+                for name, f in layouts.items()] + [""]
     if k["float_layers"]:
         out += ["| float layer left | op | int8 weight | time % |", "| --- | --- | --- | --- |"]
         out += [f"| {_cell(f['node'], 80)} | {f['op']} | {'yes' if f['quantized_weight'] else 'no'} | "
