@@ -1,4 +1,6 @@
-"""Distillation ablation on SST-2 (issue 11): which loss terms transfer what, for the flagship's 2-layer student.
+"""Distillation ablation on SST-2 (issue 11): which loss terms transfer what, for the flagship's 2-layer student,
+and how other students (3 layers, a BiLSTM, a text CNN: --variants 3-layers+augment bilstm+augment cnn+augment)
+do on the flagship's best data.
 
     python benchmarks/distill_ablation.py --mode quick   # the quick benchmark's teacher and schedules (4,000 examples)
 
@@ -30,6 +32,15 @@ VARIANTS = {
     "logit-kd+augment": {"alpha": 0.9, "epochs": 1, "transfer": {"augment": {"copies": 4, "replace_prob": 0.3,
                                                                              "neighbours": 15}}},
 }
+AUGMENT = VARIANTS["logit-kd+augment"]
+# Other students on the flagship's best data (logit KD on the augmented transfer set): name -> (student, distill).
+STUDENTS = {
+    "3-layers+augment": ({"kind": "layers", "layers": [1, 3, 5]}, AUGMENT),
+    # Tang et al. 2019: the teacher's 384-wide embeddings projected to 128, 256 units per direction
+    "bilstm+augment": ({"kind": "bilstm", "embedding_dim": 128, "lstm_hidden": 256}, {**AUGMENT, "lr": 1.0e-3}),
+    "cnn+augment": ({"kind": "cnn", "channels": [256, 256], "kernel_size": 3, "embedding_dim": 256},
+                    {**AUGMENT, "lr": 1.0e-3}),
+}
 MODES = {"quick": {"teacher": ["teacher.finetune.max_train_examples=4000", "teacher.finetune.epochs=1"],
                    "distill": {"max_train_examples": 4000, "epochs": 2}},
          "full": {"teacher": [], "distill": {}}}
@@ -44,7 +55,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=sorted(MODES), default="quick")
     ap.add_argument("--data", default="../shared/data/sst2")
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=sorted({**VARIANTS, **STUDENTS}), default=list(VARIANTS))
     ap.add_argument("--run-dir", default=None, help="default: runs/bench-<mode> (the benchmark's, whose teacher is cached)")
     args = ap.parse_args()
     mode = MODES[args.mode]
@@ -53,9 +64,11 @@ def main() -> None:
     rows = json.loads(out.read_text())["variants"] if out.is_file() else {}  # variants not re-run keep their rows
     launched = commit()  # the code the variants run (edgekd imports lazily: do not edit it while this runs)
     for name in args.variants:
-        over = VARIANTS[name]
+        student, over = STUDENTS[name] if name in STUDENTS else (None, VARIANTS[name])
         raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
                               [f"data.path={args.data}", f"output={run_dir}", *mode["teacher"]])
+        if student is not None:
+            raw["student"] = student
         distill = next(s["distill"] for s in raw["stages"] if "distill" in s)
         raw["stages"] = [{"distill": {**distill, **mode["distill"], **over}}]
         raw["profiles"] = ["host-cpu"]
@@ -71,6 +84,7 @@ def main() -> None:
                       "teacher_test_accuracy": t["teacher_accuracy"], "kept": metrics["test_accuracy"] / t["teacher_accuracy"],
                       "train_wall_s": metrics["train"].get("wall_s"), "stage_wall_s": wall,
                       "device": metrics["train"].get("device"), "artifact": art.id,
+                      "student": raw["student"], "params": art.spec["summary"]["params"],
                       **({"transfer_set": metrics["train"]["transfer_set"]} if "transfer_set" in metrics["train"] else {})}
         print(f"{name}: test {100 * metrics['test_accuracy']:.2f}% (kept {100 * rows[name]['kept']:.1f}%), agreement "
               f"{100 * metrics['test_agreement']:.2f}%, ECE {rows[name]['ece']:.3f}")

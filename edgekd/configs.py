@@ -176,7 +176,7 @@ class StudentConfig(Strict):
     - config: the teacher's family with a smaller config (overrides: fewer layers, narrower hidden / FFN, fewer
       heads), initialised from the teacher by layer selection (`layers`, default uniform) and weight slicing;
     - cnn: a cross-architecture convolutional student (image or text);
-    - bilstm: a cross-architecture text student (Tang et al. 2019), no prune stage.
+    - bilstm: a cross-architecture text student (Tang et al. 2019); pruning removes hidden units per direction.
     """
 
     kind: Literal["layers", "config", "cnn", "bilstm"] = "layers"
