@@ -128,6 +128,7 @@ def test_budget_pruning_steps_get_a_table_and_a_plot():
               "dev_accuracy_before_recovery": 0.930, "dev_accuracy": 0.9385},
              {"step": 2, "ratio": 0.28, "non_embedding_params": 1_840_000, "latency_ms": 5.3,
               "macs": 350_000_000, "onnx_fp32_mb": 55.1, "int8_dynamic_latency_ms": 2.4,
+              "architecture": {"hidden": 320, "heads_per_layer": [8, 3], "ffn_per_layer": [368, 1120]},
               "dev_accuracy_before_recovery": 0.908, "dev_accuracy": 0.933}]
     s = summary(op_breakdown=False)
     s["stages"] = [{"stage": "prune", "metrics": {"steps": steps, "non_embedding_params_before": 3_700_000,
@@ -136,8 +137,8 @@ def test_budget_pruning_steps_get_a_table_and_a_plot():
     page = render_html([s], devices=DEVICES)
     section = page[page.index("<h2>Pruning steps</h2>"):page.index("<h2>Compatibility")]
     assert "Latency budget 5 ms: measured on the host 5.3 ms (+6.0%) at batch 1, sequence 128, 1 thread" in section
-    assert ("<td>1,840,000</td><td>49.7%</td><td>350.0M</td><td>55.1</td><td>5.3</td><td>2.4</td><td>90.80</td>"
-            "<td>93.30</td>") in section
+    assert ("<td>1,840,000</td><td>49.7%</td><td>350.0M</td><td>55.1</td><td>5.3</td><td>2.4</td>"
+            "<td>hidden 320 · heads [8, 3] · FFN [368, 1120]</td><td>90.80</td><td>93.30</td>") in section
     # a step without MACs or INT8 timing (an older run): dashes, not an error
     assert "<td>2,600,000</td><td>70.3%</td><td>—</td><td>—</td><td>7.9</td><td>—</td>" in section
     assert len(_pngs(section)) == 1 and _pngs(section)[0].startswith(PNG_MAGIC)

@@ -153,6 +153,13 @@ def _op_section(summaries, labels) -> str:
         '<p class="note">No per-operator breakdown in these runs (no <code>op_breakdown</code>).</p>'
 
 
+def _widths(a: dict) -> str:
+    """A step's kept widths: hidden, heads and FFN per layer (transformers), channels (CNN), units (BiLSTM)."""
+    names = (("hidden", "hidden"), ("heads_per_layer", "heads"), ("ffn_per_layer", "FFN"),
+             ("conv_channels", "channels"), ("lstm_hidden", "LSTM units"))
+    return " · ".join(f"{label} {a[key]}" for key, label in names if key in a) or "—"
+
+
 def _prune_section(summaries, labels) -> str:
     """Each budget-pruning run's steps: a table (parameters, FP32 host latency, dev accuracy around recovery) and
     the accuracy-against-size plot."""
@@ -168,12 +175,13 @@ def _prune_section(summaries, labels) -> str:
             f'<td>{_n(100 * st["non_embedding_params"] / start, "{:.1f}")}%</td>'
             f'<td>{_n(st.get("macs") and st["macs"] / 1e6, "{:,.1f}M")}</td><td>{_n(st.get("onnx_fp32_mb"))}</td>'
             f'<td>{_n(st.get("latency_ms"))}</td><td>{_n(st.get("int8_dynamic_latency_ms"))}</td>'
+            f'<td>{_e(_widths(st.get("architecture") or {}))}</td>'
             f'<td>{_n(100 * st["dev_accuracy_before_recovery"], "{:.2f}")}</td>'
             f'<td>{_n(100 * st["dev_accuracy"], "{:.2f}")}</td></tr>' for st in steps)
         budget = m.get("budget") or {}
         head = budget_text(budget) if budget else f"from {start:,} non-embedding parameters"
         parts.append(f"<h3>{_e(lab)}: {_e(head)}</h3><table><tr><th>step</th><th>ratio</th><th>non-embedding params"
-                     "</th><th>kept</th><th>MACs</th><th>FP32 ONNX MB</th><th>FP32 host ms</th><th>INT8 host ms</th>"
+                     "</th><th>kept</th><th>MACs</th><th>FP32 ONNX MB</th><th>FP32 host ms</th><th>INT8 host ms</th><th>widths</th>"
                      "<th>dev % before recovery</th><th>dev % after</th></tr>"
                      + rows + "</table>"
                      + _img(plots.prune_steps_png(f"{lab}: pruning steps", steps, start),
