@@ -118,11 +118,16 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
     budget = 0.6 * start
     r["stages"].append({"prune": {"budget": {"latency_ms": budget}, "steps": 1, "width_multiple": 8, "head_ratio": 0,
                                   "recovery": {**kd, "epochs": 1}}})
-    m = Pipeline(validate_recipe(r)).run()["prune"]
+    pruned = Pipeline(validate_recipe(r))
+    m = pruned.run()["prune"]
     assert m["budget"]["latency_ms"] == budget and m["steps"][0]["budget"] == "latency_ms"
     assert "estimated" not in m["budget"] and m["budget"]["reached"] == m["steps"][0]["latency_ms"]
-    # lands near the budget: measured +0.6% and +5% here; the bound leaves room for a noisy shared CI machine
-    assert -0.3 <= m["budget"]["off_by"] <= 0.2, m["budget"]
+    # under the budget by the protocol's quietest round, and not pruned far past it
+    assert -0.3 <= m["budget"]["off_by"] <= 0.0, m["budget"]
+    # timed again on its own, the reloaded model lands near the budget (a fresh pair of rounds ran +20% once on a
+    # busy CI machine: the bound leaves room for that)
+    with probe.exported(load_model_from_artifact(next(a for a in pruned.artifacts if a.stage == "prune"))) as c:
+        assert c.host_ms() <= 1.35 * budget
     assert m["non_embedding_params_after"] < m["non_embedding_params_before"]
     with pytest.raises(Exception, match="give exactly one of prune.budget.params, prune.budget.macs or"):
         validate_recipe({**r, "stages": [{"prune": {"budget": {"params": 0.5, "latency_ms": 3.0}}}]})

@@ -127,13 +127,17 @@ def _width_multiple(cfg: PruneConfig, ctx: Context) -> int:
 
 
 def _ratio_for(model, target: float, cost, example, cfg: PruneConfig, family: str, importance_loss, round_to: int,
-               rounds: int = BISECTION_ROUNDS) -> float:
-    """The smallest ratio whose pruning brings cost(model) to <= target (bisection on copies)."""
+               rounds: int = BISECTION_ROUNDS, seen: dict | None = None) -> float:
+    """The smallest ratio whose pruning brings cost(model) to <= target (bisection on copies); `seen` collects the
+    cost measured at each ratio probed."""
     def probe(ratio: float) -> tuple[list[str], float | None]:
         trial = copy.deepcopy(model).eval()
         prune_structured(trial, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
         narrow = below_minimum(trial, cfg)
-        return narrow, (None if narrow else cost(trial))
+        c = None if narrow else cost(trial)
+        if seen is not None and c is not None:
+            seen[ratio] = c
+        return narrow, c
 
     lo, hi = 0.0, MAX_RATIO
     best, least, narrowest = None, None, []
@@ -192,15 +196,16 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
                                                                              round_to))
         cut = (layers is not None and k == 1) or cfg.hidden_ratio > 0  # the layers or hidden cut may meet the target
         fits = share >= 1.0 or (cut and budget.cost(model) <= target)
+        seen: dict[float, float] = {}
         ratio = 0.0 if fits else _ratio_for(model, target, budget.cost, example, cfg, family, importance_loss,
-                                            round_to, budget.rounds)
+                                            round_to, budget.rounds, seen)
         if ratio > 0:
             prune_structured(model, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
         step = {"step": k, "ratio": ratio, "budget": budget.name, "target": target,
                 **({"layers": layers} if layers and k == 1 else {}),
                 **({"estimated": budget.estimated} if budget.estimated else {}),
                 "non_embedding_params": non_embedding_params(model),
-                "architecture": architecture_summary(model), **step_figures(model, probe, budget),
+                "architecture": architecture_summary(model), **step_figures(model, probe, budget, seen.get(ratio)),
                 "dev_accuracy_before_recovery": evaluate(model, ctx, f"prune step {k}", splits=("dev",))["dev_accuracy"]}
         if cfg.recovery is not None:
             step["recovery"] = distill_fit(model, cfg.recovery, ctx, f"prune recovery {k}/{cfg.steps}", f"{key}-step{k}")
