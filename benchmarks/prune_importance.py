@@ -33,17 +33,37 @@ def newest(run_dir: Path, stage: str) -> Path:
     return found[-1]
 
 
-def main() -> None:
+def flagship_context(run_dir: Path, data: str, distill: Path | None):
+    """The flagship recipe's context on a benchmark run folder (its teacher and caches) and the distilled student."""
     from edgekd.artifact import Artifact
-    from edgekd.configs import PruneConfig
+    from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
+    from edgekd.train.context import Context
+
+    raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
+                          [f"data.path={data}", f"output={run_dir}"])
+    ctx = Context(validate_recipe(raw, "prune benchmark"), run_dir)
+    ctx.teacher = Artifact.load(newest(run_dir, "teacher"))
+    return ctx, Artifact.load(distill or newest(run_dir, "distill"))
+
+
+def kd_loss_on(ctx, n: int):
+    """The first n train examples as a batch, and the prune stage's importance loss on them (logit KD, T = 2)."""
     from edgekd.models.hf import logits_of
+    from edgekd.train.losses import logit_kd_loss
+
+    enc = ctx.encoded("train", n)
+    example = enc.batch(np.arange(len(enc)))
+    teacher = torch.from_numpy(ctx.teacher_logits("train")[: len(enc)])
+    labels = torch.from_numpy(enc.labels)
+    return example, lambda m: logit_kd_loss(logits_of(m, example), teacher, labels, 2.0, 0.5)
+
+
+def main() -> None:
+    from edgekd.configs import PruneConfig
     from edgekd.models.spec import architecture_summary, load_model_from_artifact
     from edgekd.prune.stage import _ratio_for
     from edgekd.prune.structured import non_embedding_params, prune_structured
-    from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
-    from edgekd.train.context import Context
     from edgekd.train.distiller import evaluate
-    from edgekd.train.losses import logit_kd_loss
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench-full")
@@ -57,15 +77,9 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
-                          [f"data.path={args.data}", f"output={args.run_dir}"])
-    recipe = validate_recipe(raw, "prune importance benchmark")
-    ctx = Context(recipe, args.run_dir)
-    ctx.teacher = Artifact.load(newest(args.run_dir, "teacher"))
-    parent = Artifact.load(args.distill or newest(args.run_dir, "distill"))
+    ctx, parent = flagship_context(args.run_dir, args.data, args.distill)
     family = parent.spec["family"]
     round_to = 16  # host-cpu's width_multiple, as the flagship recipe prunes
-    teacher_all = ctx.teacher_logits("train")
 
     base = load_model_from_artifact(parent)
     start = non_embedding_params(base)
@@ -75,14 +89,7 @@ def main() -> None:
         for criterion in args.criteria:
             for n in (args.examples if criterion != "magnitude" else [0]):
                 cfg = PruneConfig(importance=criterion, budget={"params": share})
-                enc = ctx.encoded("train", max(n, 32))
-                example = enc.batch(np.arange(len(enc)))
-                teacher = torch.from_numpy(teacher_all[: len(enc)])
-                labels = torch.from_numpy(enc.labels)
-
-                def loss(m, example=example, teacher=teacher, labels=labels):
-                    return logit_kd_loss(logits_of(m, example), teacher, labels, 2.0, 0.5)
-
+                example, loss = kd_loss_on(ctx, max(n, 32))
                 model = load_model_from_artifact(parent).eval()
                 t0 = time.perf_counter()
                 ratio = _ratio_for(model, share * start, non_embedding_params, example, cfg, family, loss, round_to)

@@ -19,10 +19,9 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from prune_importance import newest
+from prune_importance import flagship_context, kd_loss_on
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -30,15 +29,10 @@ CHECK_ROUNDS = 5
 
 
 def main() -> None:
-    from edgekd.artifact import Artifact
     from edgekd.configs import PruneConfig
-    from edgekd.models.hf import logits_of
     from edgekd.models.spec import architecture_summary, load_model_from_artifact
     from edgekd.prune.costs import Probe
     from edgekd.prune.stage import _prune_to_budget
-    from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
-    from edgekd.train.context import Context
-    from edgekd.train.losses import logit_kd_loss
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench-full")
@@ -51,18 +45,8 @@ def main() -> None:
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
-                          [f"data.path={args.data}", f"output={args.run_dir}"])
-    ctx = Context(validate_recipe(raw, "latency budget benchmark"), args.run_dir)
-    ctx.teacher = Artifact.load(newest(args.run_dir, "teacher"))
-    parent = Artifact.load(args.distill or newest(args.run_dir, "distill"))
-    enc = ctx.encoded("train", 32)
-    example = enc.batch(np.arange(len(enc)))
-    teacher = torch.from_numpy(ctx.teacher_logits("train")[:32])
-    labels = torch.from_numpy(enc.labels)
-
-    def loss(m):
-        return logit_kd_loss(logits_of(m, example), teacher, labels, 2.0, 0.5)
+    ctx, parent = flagship_context(args.run_dir, args.data, args.distill)
+    example, loss = kd_loss_on(ctx, 32)
 
     probe = Probe(ctx)
 

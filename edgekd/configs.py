@@ -263,6 +263,12 @@ class PruneConfig(Strict):
     max_layer_ratio: float = Field(0.9, gt=0, lt=1, description="never remove more than this share of one layer")
     recovery: RecoveryConfig | None = Field(default_factory=RecoveryConfig)
 
+    def transformer_only(self) -> list[str]:
+        """The options set here that only a transformer has something for, each as 'prune.<field> <what it does>'
+        (the recipe check and the stage refuse them for CNN and BiLSTM students)."""
+        what = {"drop_layers": "removes transformer layers", "hidden_ratio": "narrows a transformer's residual stream"}
+        return [f"prune.{field} {does}" for field, does in what.items() if getattr(self, field)]
+
 
 class QATConfig(KDConfig):
     """INT8 quantization-aware training of Linear/Conv layers.

@@ -112,12 +112,9 @@ class Recipe(Strict):
                     raise ValueError(f"stages[{i}].profile.compare_teacher needs the teacher's FP32 export: set "
                                      "export.teacher: true, or profile.compare_teacher: false")
             if (entry.name == "prune" and cfg is not None and self.student is not None
-                    and self.student.kind in ("cnn", "bilstm")):
-                for field, what in (("drop_layers", "removes transformer layers"),
-                                    ("hidden_ratio", "narrows a transformer's residual stream")):
-                    if getattr(cfg, field):
-                        raise ValueError(f"stages[{i}].prune.{field} {what}; a {self.student.kind} student has none: "
-                                         "set it to 0 (its channels are pruned by ratio or budget)")
+                    and self.student.kind in ("cnn", "bilstm") and cfg.transformer_only()):
+                raise ValueError(f"stages[{i}].{cfg.transformer_only()[0]}; a {self.student.kind} student has none: "
+                                 "set it to 0 (its channels are pruned by ratio or budget)")
             if entry.name == "export" and cfg is not None and cfg.devices:
                 missing = [d for d in cfg.devices if d not in self.profiles]
                 if missing:

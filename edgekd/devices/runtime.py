@@ -22,6 +22,17 @@ def quiet_ort() -> Iterator[None]:
         logging.disable(logging.NOTSET)
 
 
+def dynamic_int8(src: str | Path, dst: str | Path, reduce_range: bool = False) -> Path:
+    """onnxruntime's dynamic INT8 of an FP32 model: int8 weights per channel (7-bit with reduce_range: x86 without
+    VNNI), activations quantized at run time, embedding tables gathered in int8. The one call of it in edgekd: the
+    export's layout candidate, each pruning step's INT8 stand-in and the profile stage's PTQ baseline."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with quiet_ort():
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
+    return Path(dst)
+
+
 def session(path: str | Path, threads: int = 0):
     import onnxruntime as ort
 

@@ -21,6 +21,7 @@ from ..data.batching import Encoded
 from ..devices.feeds import encoded_feeds, model_input_names
 from ..devices.kernels import integer_kernel_report
 from ..devices.latency import combine_rounds, measure_latency
+from ..devices.runtime import dynamic_int8
 
 TIMING_FEEDS = 16
 ROUNDS = 3
@@ -41,19 +42,6 @@ def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1) ->
         for name in names[r % len(names):] + names[: r % len(names)]:
             rounds[name].append(measure_latency(models[name], feeds, threads, warmup=5, runs=RUNS))
     return {name: combine_rounds(stats)["p50"] for name, stats in rounds.items()}
-
-
-def dynamic_int8(fp32: Path, dst: Path, reduce_range: bool) -> Path:
-    """onnxruntime's dynamic INT8 of the QAT model's float twin: the trained weights in int8 per channel (7-bit
-    where QAT trained 7-bit weights), activations quantized at run time (MatMulInteger, or DynamicQuantizeMatMul
-    once onnxruntime fuses it), embedding tables gathered in int8 — no calibrated activation ranges."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from ..devices.runtime import quiet_ort
-
-    with quiet_ort():
-        quantize_dynamic(str(fp32), str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range)
-    return dst
 
 
 def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
@@ -77,6 +65,7 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
     candidates = {"qdq": out / "model.onnx"}
     validations: dict[str, dict] = {}
     if dynamic is not None:
+        # the QAT model's float twin: its trained weights, activations quantized at run time (no calibrated ranges)
         candidates["dynamic"] = dynamic_int8(out / "model-fp32.onnx", out / "model-int8-dynamic.onnx", reduce_range)
         validations["dynamic"] = dynamic(candidates["dynamic"])
     kernels = {name: integer_kernel_report(path, path.with_suffix(".optimized.onnx"), feeds[0])

@@ -49,12 +49,15 @@ def _shape_of(m: nn.Module) -> dict | None:
 
 
 def capture_shapes(model: nn.Module) -> dict[str, dict]:
-    shapes = {name: s for name, m in model.named_modules() if (s := _shape_of(m)) is not None}
-    # parameters held outside such modules (ViT's cls_token, position_embeddings): pruning the hidden width
-    # changes their last dimension too
-    shapes.update({f"{name}.{p_name}" if name else p_name: {"type": "Parameter", "shape": list(p.shape)}
-                   for name, m in model.named_modules() if _shape_of(m) is None
-                   for p_name, p in m.named_parameters(recurse=False)})
+    shapes: dict[str, dict] = {}
+    for name, m in model.named_modules():
+        shape = _shape_of(m)
+        if shape is not None:
+            shapes[name] = shape
+        else:  # parameters held outside such modules (ViT's cls_token, position_embeddings): pruning the hidden
+            # width changes their last dimension too
+            shapes.update({f"{name}.{p_name}" if name else p_name: {"type": "Parameter", "shape": list(p.shape)}
+                           for p_name, p in m.named_parameters(recurse=False)})
     return shapes
 
 
@@ -170,8 +173,8 @@ def architecture_summary(model: nn.Module) -> dict:
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             channels.append(m.out_channels)
     out = {"params": sum(p.numel() for p in model.parameters())}
-    if heads and hidden_width(model) is not None:
-        out["hidden"] = hidden_width(model)
+    if heads and (hidden := hidden_width(model)) is not None:
+        out["hidden"] = hidden
     if heads:
         out["heads_per_layer"] = heads
     if ffn:

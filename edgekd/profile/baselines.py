@@ -21,7 +21,7 @@ import numpy as np
 
 from ..data.batching import Encoded
 from ..devices.feeds import encoded_feeds, model_input_dims, model_input_names
-from ..devices.runtime import quiet_ort
+from ..devices.runtime import dynamic_int8, quiet_ort
 
 # What each baseline is, as the results and reports label it.
 BASELINES = {"ptq-dynamic": "onnxruntime quantize_dynamic",
@@ -49,7 +49,7 @@ def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_ran
     reduce_range: 7-bit weights, as the QAT model uses on an x86 CPU without VNNI (u8s8 kernels saturate int16).
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+                                          quantize_static)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -59,8 +59,7 @@ def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_ran
                   "built_from": fp32.name}
 
         def dynamic(dst: Path) -> dict:
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                             reduce_range=reduce_range)
+            dynamic_int8(src, dst, reduce_range)
             return {**common, "activations": "uint8, quantized at run time"}
 
         def static(dst: Path) -> dict:

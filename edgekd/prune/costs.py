@@ -64,14 +64,9 @@ class Candidate:
         return estimate_latency(self.path, profile, self.probe.seq_len, 1, self.probe.calibration)["ms"]
 
     def int8_host_ms(self) -> float:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from ..devices.runtime import dynamic_int8
 
-        from ..devices.runtime import quiet_ort
-
-        dst = self.path.with_name("model-int8-dynamic.onnx")
-        with quiet_ort():
-            quantize_dynamic(str(self.path), str(dst), weight_type=QuantType.QInt8, per_channel=True)
-        return self.host_ms(dst)
+        return self.host_ms(dynamic_int8(self.path, self.path.with_name("model-int8-dynamic.onnx")))
 
 
 class Probe:

@@ -149,6 +149,17 @@ def make_importance(name: str, num_heads: dict[nn.Module, int], min_heads: int, 
     return Protected(importance_strategy(name).make(num_heads), num_heads, min_heads, min_channels)
 
 
+def score_before_pruning(name: str, imp, model, loss_fn) -> None:
+    """What importance `name` reads before it scores: for a gradient criterion, the caller's loss backward (with
+    `imp`'s hooks in place, if it has any); nothing for magnitude."""
+    if not importance_strategy(name).needs_gradients:
+        return
+    if loss_fn is None:
+        raise ValueError(f"{name} importance needs a loss")
+    model.zero_grad()
+    score_on(imp, model, loss_fn)
+
+
 def score_on(imp, model, loss_fn) -> None:
     """Run what a gradient importance reads: the caller's loss backward, with its hooks in place."""
     if hasattr(imp, "score_on"):

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.rnn import TextBiLSTM
-from .importance import ActivationLossImportance
+from .importance import ActivationLossImportance, score_before_pruning
 
 
 def _directions(model: TextBiLSTM) -> list[tuple[nn.LSTM, slice]]:
@@ -48,15 +48,8 @@ def _unit_weights(lstm: nn.LSTM, classifier: nn.Linear, cols: slice) -> list[tup
 
 def unit_scores(model: TextBiLSTM, importance: str, loss_fn=None) -> list[torch.Tensor]:
     """One score per hidden unit of each direction (forward, backward): the lowest are removed first."""
-    if importance != "magnitude":
-        if loss_fn is None:
-            raise ValueError(f"{importance} importance needs a loss")
-        model.zero_grad()
-        recorder = ActivationLossImportance({})
-        if importance == "loss":
-            recorder.score_on(model, loss_fn)
-        else:
-            loss_fn(model).backward()
+    recorder = ActivationLossImportance({})  # the loss score's activations; taylor reads the weights' gradients
+    score_before_pruning(importance, recorder if importance == "loss" else None, model, loss_fn)
     scores = []
     for lstm, cols in _directions(model):
         if importance == "magnitude":

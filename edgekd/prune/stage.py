@@ -57,11 +57,8 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
     family = parent.spec["family"]
     metrics: dict = {"params_before": before["params"], "before": before,
                      "non_embedding_params_before": non_embedding_params(model), "width_multiple": round_to}
-    if family != "hf":
-        for field, what in (("drop_layers", "removes transformer layers"),
-                            ("hidden_ratio", "narrows a transformer's residual stream")):
-            if getattr(cfg, field):
-                raise EdgekdError(f"prune.{field} {what}; this {family} model has none: set it to 0.")
+    if family != "hf" and cfg.transformer_only():
+        raise EdgekdError(f"{cfg.transformer_only()[0]}; this {family} model has none: set it to 0.")
     if cfg.budget is None:
         if cfg.drop_layers:
             metrics["layers"] = _drop_layers(model, cfg, importance_loss)

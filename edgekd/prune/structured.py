@@ -17,7 +17,7 @@ from torch import nn
 from ..configs import PruneConfig
 from ..models.spec import (FFN_SUFFIXES, architecture_summary, attention_projections, hidden_width, residual_input,
                            sync_attention_heads)
-from .importance import importance_strategy, make_importance, score_on
+from .importance import make_importance, score_before_pruning
 from .recurrent import prune_bilstm
 
 
@@ -82,11 +82,7 @@ def prune_hidden(model: nn.Module, example_inputs: dict, cfg: PruneConfig, keep:
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs,
                                                   unwrapped_parameters=unwrapped or None)
     importance = make_importance(cfg.importance, {}, 0, cfg.min_channels)
-    if importance_strategy(cfg.importance).needs_gradients:
-        if importance_loss is None:
-            raise ValueError(f"{cfg.importance} importance needs a loss")
-        model.zero_grad()
-        score_on(importance, model, importance_loss)
+    score_before_pruning(cfg.importance, importance, model, importance_loss)
     scores = importance(graph.get_pruning_group(root, handler, idxs=list(range(width))))
     model.zero_grad(set_to_none=True)
     drop = scores.argsort()[: width - keep].tolist()
@@ -120,7 +116,6 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
 
     unwrapped = _unwrapped_parameters(model)
 
-    strategy = importance_strategy(cfg.importance)
     # kept minimums rounded up to the width multiple: torch-pruning rounds a layer's kept channels down
     step = round_to if round_to and round_to > 1 else 1
     importance = make_importance(cfg.importance, num_heads, cfg.min_heads, -(-cfg.min_channels // step) * step)
@@ -131,11 +126,7 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
         head_pruning_ratio=head_ratio,
         unwrapped_parameters=unwrapped or None, round_to=round_to if round_to and round_to > 1 else None,
     )
-    if strategy.needs_gradients:
-        if importance_loss is None:
-            raise ValueError(f"{cfg.importance} importance needs a loss")
-        model.zero_grad()
-        score_on(importance, model, importance_loss)  # the scores read these gradients
+    score_before_pruning(cfg.importance, importance, model, importance_loss)  # the scores read these gradients
     pruner.step()
     model.zero_grad(set_to_none=True)
     sync_attention_heads(model)
