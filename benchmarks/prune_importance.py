@@ -27,7 +27,9 @@ ROOT = HERE.parent
 
 
 def newest(run_dir: Path, stage: str) -> Path:
-    found = sorted((run_dir / "stages").glob(f"*-{stage}-*"), key=lambda p: p.stat().st_mtime)
+    # finished artifacts only: a stage still running writes into a .tmp-… folder (no manifest yet)
+    found = sorted((p for p in (run_dir / "stages").glob(f"*-{stage}-*") if (p / "manifest.json").is_file()),
+                   key=lambda p: p.stat().st_mtime)
     if not found:
         sys.exit(f"no {stage} stage in {run_dir}/stages: run the benchmark (make bench) first")
     return found[-1]
