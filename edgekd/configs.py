@@ -185,8 +185,9 @@ class StudentConfig(Strict):
     overrides: dict | None = Field(None, description="config changes (kind=config), e.g. hidden_size")
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
     kernel_size: int = Field(3, ge=1, le=15)
-    embedding_dim: int = Field(128, ge=8, le=4096, description="token embedding width of a text CNN; a BiLSTM's "
-                               "LSTM input width (the teacher's embeddings projected down when narrower)")
+    embedding_dim: int = Field(128, ge=8, le=4096, description="token embedding width of a text CNN with its own "
+                               "embeddings (one initialised from the teacher's takes their width); a BiLSTM's LSTM "
+                               "input width (the teacher's embeddings projected down when narrower)")
     lstm_hidden: int = Field(256, ge=8, le=4096, description="hidden units per direction of a BiLSTM student")
     init_embeddings_from_teacher: bool = True
 
