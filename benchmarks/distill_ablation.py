@@ -1,4 +1,4 @@
-"""Distillation ablation on SST-2 (issue 11): which loss terms transfer what, for the flagship's 2-layer student,
+"""Distillation ablation on SST-2 (issue 11): which loss terms transfer what, for a 2-layer student,
 and how other students (3 layers, a BiLSTM, text CNNs: --variants 3-layers+augment bilstm+augment cnn+augment
 cnn-wide+augment) do on the flagship's best data.
 

@@ -31,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
+from accuracy_intervals import paired_intervals  # noqa: E402 — benchmarks/ is not a package
+
 # quick: a small teacher and short schedules — the systems keep their architectures, so latency and size
 # ratios are those of the full mode; accuracies are not.
 MODES = {
@@ -205,7 +207,8 @@ def test_data(pipe, paths: dict) -> dict:
     return {name: own if export.path in path.parents else test for name, path in paths.items()}
 
 
-def measure(pipe, paths: dict, cfg: dict) -> dict:
+def measure(pipe, paths: dict, cfg: dict) -> tuple[dict, dict]:
+    """{system: accuracy, agreement, size and timings} and {system: per-sentence correctness on test.tsv}."""
     from edgekd.profile.measure import accuracy_on, measure_models
 
     test = pipe.ctx.encoded("test")
@@ -213,9 +216,11 @@ def measure(pipe, paths: dict, cfg: dict) -> dict:
     systems: dict[str, dict] = {}
     acc, teacher_pred = accuracy_on(paths["teacher-fp32"], test, None, "accuracy teacher-fp32")
     systems["teacher-fp32"] = {**acc, "agreement": 1.0}
+    correct = {"teacher-fp32": teacher_pred == test.labels}
     for name, path in paths.items():
         if name != "teacher-fp32":
-            systems[name] = accuracy_on(path, data[name], teacher_pred, f"accuracy {name}")[0]
+            systems[name], pred = accuracy_on(path, data[name], teacher_pred, f"accuracy {name}")
+            correct[name] = pred == data[name].labels
     timed = {n: p for n, p in paths.items() if n != "edgekd-npu-int8"}  # a static device build: estimated below
     latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(), warmup=10,
                                          runs=cfg["runs"], rounds=cfg["rounds"], natural=True,
@@ -240,7 +245,7 @@ def measure(pipe, paths: dict, cfg: dict) -> dict:
             latency_ms={"device_b1_t1": {"p50": est["ms"], "estimated": True, "estimator_error": error,
                                          "device": "hexagon-npu"}})
     systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, cfg)
-    return systems
+    return systems, correct
 
 
 def edgekd_stages(pipe) -> dict:
@@ -293,7 +298,7 @@ def main() -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
     pipe = run_pipeline(args.mode, args.data, run_dir)
     paths, facts = build_systems(pipe, run_dir / "bench", args.mode)
-    systems = measure(pipe, paths, cfg)
+    systems, correct = measure(pipe, paths, cfg)
     for name, f in facts.items():
         systems[name]["built_with"] = f
     stages = edgekd_stages(pipe)
@@ -312,7 +317,8 @@ def main() -> None:
               "protocol": {"rounds": cfg["rounds"], "runs": cfg["runs"], "warmup": 10, "batch": 1,
                            "natural_max_examples": cfg["natural_max"], "throughput": "batch 32, seq 128, 2 threads",
                            "test_examples": len(pipe.ctx.encoded("test"))},
-              "recipe": "recipes/sst2-minilm.yaml" + (f" with {MODES[args.mode]['overrides']}" if cfg["overrides"] else "")}
+              "recipe": "recipes/sst2-minilm.yaml" + (f" with {MODES[args.mode]['overrides']}" if cfg["overrides"] else ""),
+              "accuracy_intervals": paired_intervals(correct)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     from report_md import write_results_md
