@@ -48,7 +48,8 @@ def paired_intervals(correct: dict[str, np.ndarray], seed: int = 0) -> dict[str,
 
 def describe(intervals: dict[str, dict]) -> list[str]:
     return [f"{name}: {v['points']:+.2f} points (95% interval {v['ci95'][0]:+.2f} to {v['ci95'][1]:+.2f}; "
-            f"{v['disagreeing']} of {v['sentences']} sentences answered differently)" for name, v in intervals.items()]
+            f"{v['disagreeing']} of {v['sentences']} sentences right in one and wrong in the other)"
+            for name, v in intervals.items()]
 
 
 def main() -> None:
@@ -65,7 +66,8 @@ def main() -> None:
     pipe = run_pipeline(args.mode, args.data, run_dir)  # every stage cached after `make bench`
     paths, _ = build_systems(pipe, run_dir / "bench", args.mode)
     wanted = {s for _, a, b in DIFFERENCES for s in (a, b)}
-    data = test_data(pipe, paths)
+    # each system as sst2.py feeds it: edgekd's exports the folder's trimmed tokenizer, the teacher its own
+    data = {**test_data(pipe, paths), "teacher-fp32": pipe.ctx.encoded("test")}
     correct = {name: onnx_logits(paths[name], data[name], desc=f"test {name}").argmax(-1) == data[name].labels
                for name in wanted}
     result = paired_intervals(correct)
