@@ -55,3 +55,53 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["accuracy"] == final["accuracy"]
     assert yaml.safe_load(yaml.safe_dump(manifest["recipe"]))["teacher"]["path"].startswith("pkg://")
+
+
+def _long_review_data(folder: Path, per_class: dict[str, int], seed: int = 0) -> Path:
+    """Another task from real text: 'reviews' of 16 SST-2 train phrases (8+ words each; ~200 words, past the
+    recipe's 128 tokens) with a string label, negative / mixed / positive, in JSONL files with other column names."""
+    import csv
+    import random
+
+    rows = list(csv.reader((SST2 / "train.tsv").read_text(encoding="utf-8").splitlines()[1:], delimiter="\t",
+                           quoting=csv.QUOTE_NONE))
+    pools = {lab: [t.strip() for t, y in rows if y == lab and len(t.split()) >= 8] for lab in ("0", "1")}
+    rng = random.Random(seed)
+    for pool in pools.values():
+        rng.shuffle(pool)
+    folder.mkdir(parents=True)
+    for split, n in per_class.items():
+        lines = []
+        for i in range(n):
+            for label, positive in (("negative", 0), ("mixed", 8), ("positive", 16)):
+                phrases = [pools["1"].pop() for _ in range(positive)] + [pools["0"].pop() for _ in range(16 - positive)]
+                rng.shuffle(phrases)
+                lines.append(json.dumps({"review": " . ".join(phrases), "verdict": label}))
+        rng.shuffle(lines)
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def test_flagship_recipe_runs_unchanged_on_another_task_with_string_labels_and_long_texts(tmp_path):
+    # issue 11: the same recipe on another text classification data set — three string labels, other column names,
+    # JSONL files, texts longer than the recipe's max_length — with no code change, only data settings
+    data = _long_review_data(tmp_path / "reviews", {"train": 150, "dev": 20, "test": 20})
+    overrides = [
+        f"data.path={data}", "data.text_column=review", "data.label_column=verdict", f"output={tmp_path / 'run'}",
+        "teacher.finetune.lr=1e-4",  # the recipe's 2 epochs, on 450 texts
+        "stages.0.distill.transfer.augment.copies=1", "stages.1.prune.recovery.transfer.augment.copies=1",
+        "stages.3.export.device_min_agreement=0.8",  # a teacher fine-tuned on 450 texts, fully quantized for the NPU
+        "stages.4.profile.runs=5", "stages.4.profile.rounds=1", "stages.4.profile.natural_max_examples=10",
+    ]
+    recipe = load_recipe(ROOT / "recipes" / "sst2-minilm.yaml", overrides)
+    result = Pipeline(recipe).run()
+    s = result["summary"]
+    assert s["teacher_accuracy"] > 0.5, s["teacher_accuracy"]  # three classes: chance is 1/3
+    assert s["export_validation"]["failures"] == []
+    final = s["systems"]["final"]
+    assert final["examples"] == 60 and 0.0 < final["accuracy"] <= 1.0
+    run = tmp_path / "run"
+    config = json.loads((run / "config.json").read_text())  # the string labels travel with the shipped model
+    assert sorted(config["id2label"].values()) == ["mixed", "negative", "positive"]
+    texts = [json.loads(line)["review"] for line in (data / "test.jsonl").read_text().splitlines()]
+    assert min(len(t.split()) for t in texts) > 128  # every test text is truncated to max_length

@@ -262,11 +262,15 @@ def test_the_run_folder_loads_in_optimum_with_the_same_logits(text_run):
         "m = ORTModelForSequenceClassification.from_pretrained(sys.argv[1])\n"
         "t = AutoTokenizer.from_pretrained(sys.argv[1])\n"
         "x = t(json.loads(sys.argv[2]), return_tensors='np', padding=True)\n"
-        "print(json.dumps(m(**x).logits.tolist()))\n")
+        "print(json.dumps({'logits': m(**x).logits.tolist(), 'labels': m.config.id2label}))\n")
     proc = subprocess.run([OPTIMUM_PYTHON, "-c", script, str(out), json.dumps(texts)], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    theirs = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    theirs = np.array(answer["logits"])
+    # Optimum's pipelines name the classes as the data did (preprocess.json keeps the data's label names)
+    names = json.loads((out / "preprocess.json").read_text())["labels"]
+    assert answer["labels"] == {str(i): name for i, name in enumerate(names)}
     tok = AutoTokenizer.from_pretrained(str(out))
     ours = onnx_logits(out / "model.onnx", Encoded(np.zeros(len(texts), np.int64), ids=tok(texts)["input_ids"]))
     np.testing.assert_allclose(theirs, ours, atol=1e-4)

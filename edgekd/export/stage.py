@@ -90,7 +90,11 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
                                for n, d in devices.items()}} if devices else {})}
     if ctx.task == "text-classification" and hasattr(model, "config"):
-        model.config.save_pretrained(str(out))  # config.json: Optimum's ORTModel loads the folder with it
+        # config.json: Optimum's ORTModel loads the folder with it; the data's label names, so that its pipelines
+        # answer "positive", not LABEL_1
+        model.config.id2label = dict(enumerate(ctx.data.label_names))
+        model.config.label2id = {name: i for i, name in enumerate(ctx.data.label_names)}
+        model.config.save_pretrained(str(out))
     if cfg.teacher and ctx.teacher is not None and ctx.teacher.id != parent.id:
         # on the CPU: the teacher may sit on the training GPU since it predicted the teacher outputs
         teacher = export_onnx(ctx.teacher_model().cpu(), example_inputs(ctx.task, ctx.data.preprocess), out / "teacher.onnx",
