@@ -90,10 +90,13 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
                                for n, d in devices.items()}} if devices else {})}
     if ctx.task == "text-classification" and hasattr(model, "config"):
-        # config.json: Optimum's ORTModel loads the folder with it; the data's label names, so that its pipelines
-        # answer "positive", not LABEL_1
-        model.config.id2label = dict(enumerate(ctx.data.label_names))
-        model.config.label2id = {name: i for i, name in enumerate(ctx.data.label_names)}
+        # config.json: Optimum's ORTModel loads the folder with it; with the label names the teacher stage recorded
+        # from the data (preprocess.json travels with every artifact), so that its pipelines answer "positive", not
+        # LABEL_1
+        names = _label_names(out)
+        if names:
+            model.config.id2label = dict(enumerate(names))
+            model.config.label2id = {name: i for i, name in enumerate(names)}
         model.config.save_pretrained(str(out))
     if cfg.teacher and ctx.teacher is not None and ctx.teacher.id != parent.id:
         # on the CPU: the teacher may sit on the training GPU since it predicted the teacher outputs
@@ -174,6 +177,13 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
         f"{validation['argmax_agreement']:.2%}, max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
     extra["validation"] = validation
     return facts, extra
+
+
+def _label_names(out: Path) -> list[str] | None:
+    import json
+
+    pre = out / "preprocess.json"
+    return json.loads(pre.read_text(encoding="utf-8")).get("labels") if pre.is_file() else None
 
 
 def _shadow_files(ctx: Context, out: Path, encoded, trimmed: bool) -> dict:
