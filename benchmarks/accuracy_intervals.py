@@ -66,8 +66,7 @@ def main() -> None:
     pipe = run_pipeline(args.mode, args.data, run_dir)  # every stage cached after `make bench`
     paths, _ = build_systems(pipe, run_dir / "bench", args.mode)
     wanted = {s for _, a, b in DIFFERENCES for s in (a, b)}
-    # each system as sst2.py feeds it: edgekd's exports the folder's trimmed tokenizer, the teacher its own
-    data = {**test_data(pipe, paths), "teacher-fp32": pipe.ctx.encoded("test")}
+    data = test_data(pipe, paths)  # each system as sst2.py feeds it (edgekd's exports: the trimmed tokenizer)
     correct = {name: onnx_logits(paths[name], data[name], desc=f"test {name}").argmax(-1) == data[name].labels
                for name in wanted}
     result = paired_intervals(correct)

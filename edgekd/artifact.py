@@ -157,6 +157,13 @@ def _json_default(o: Any):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def read_preprocessing(folder: Path) -> dict:
+    """A model folder's preprocess.json: what the teacher stage recorded from the data (input type, max_length, the
+    class names under "labels"); {} where the folder has none."""
+    path = Path(folder) / "preprocess.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def copy_preprocessing(src: Path, dst: Path) -> None:
     for name in PREPROCESSING_FILES:
         if (src / name).is_file():

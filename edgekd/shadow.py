@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .artifact import read_preprocessing
 from .data.batching import encode
 from .data.drift import confidences, drift
 from .data.loading import Split, read_texts
@@ -68,7 +69,7 @@ def shadow(folder: Path, inputs: Path, out_dir: Path, text_column: str = "senten
     """Run student and teacher on `inputs`; write the summary, the disagreements and the hard inputs to out_dir."""
     folder = export_folder(folder)
     texts = read_texts(inputs, text_column)
-    preprocess = json.loads((folder / "preprocess.json").read_text(encoding="utf-8"))
+    preprocess = read_preprocessing(folder)
     max_length = int(preprocess.get("max_length", 128))
     labels = preprocess.get("labels")
     teacher_tok = folder / "teacher-tokenizer" if (folder / "teacher-tokenizer").is_dir() else folder

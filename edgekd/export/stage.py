@@ -21,6 +21,7 @@ from contextlib import nullcontext
 from functools import partial
 from typing import Callable
 
+from ..artifact import read_preprocessing
 from ..configs import ExportConfig
 from ..data.batching import Encoded
 from ..devices.feeds import encoded_feeds
@@ -93,7 +94,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         # config.json: Optimum's ORTModel loads the folder with it; with the label names the teacher stage recorded
         # from the data (preprocess.json travels with every artifact), so that its pipelines answer "positive", not
         # LABEL_1
-        names = _label_names(out)
+        names = read_preprocessing(out).get("labels")
         if names:
             model.config.id2label = dict(enumerate(names))
             model.config.label2id = {name: i for i, name in enumerate(names)}
@@ -177,13 +178,6 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
         f"{validation['argmax_agreement']:.2%}, max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
     extra["validation"] = validation
     return facts, extra
-
-
-def _label_names(out: Path) -> list[str] | None:
-    import json
-
-    pre = out / "preprocess.json"
-    return json.loads(pre.read_text(encoding="utf-8")).get("labels") if pre.is_file() else None
 
 
 def _shadow_files(ctx: Context, out: Path, encoded, trimmed: bool) -> dict:
