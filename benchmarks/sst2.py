@@ -48,13 +48,13 @@ LATENCY_CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 THROUGHPUT_CASE = "b32_seq128_t2"
 
 
-def run_pipeline(mode: str, data: str, run_dir: Path):
+def run_pipeline(mode: str, data: str, run_dir: Path, extra: list[str] = ()):
     """The flagship recipe without its profile stage (this benchmark measures every system itself)."""
     from edgekd.pipeline import Pipeline
     from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
 
     raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
-                          [f"data.path={data}", f"output={run_dir}", *MODES[mode]["overrides"]])
+                          [f"data.path={data}", f"output={run_dir}", *MODES[mode]["overrides"], *extra])
     raw["stages"] = [s for s in raw["stages"] if "profile" not in s]
     raw["profiles"] = MODES[mode]["profiles"]
     for stage in raw["stages"]:  # device builds only for the profiles this mode targets
@@ -293,12 +293,16 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/sst2-<mode>.json)")
     ap.add_argument("--md", default=None, help="the Markdown table (default benchmarks/RESULTS.md for the full mode, "
                                                "benchmarks/RESULTS-quick.md for the quick one)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe override on top of the mode's (a variant of the flagship: give it its own --out "
+                         "and --md), e.g. stages.1.prune.budget.params=0.35")
     args = ap.parse_args()
     cfg = MODES[args.mode]
+    overrides = [*cfg["overrides"], *args.set]
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{args.mode}")
     out = Path(args.out or HERE / "results" / f"sst2-{args.mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
-    pipe = run_pipeline(args.mode, args.data, run_dir)
+    pipe = run_pipeline(args.mode, args.data, run_dir, args.set)
     paths, facts = build_systems(pipe, run_dir / "bench", args.mode)
     systems, correct = measure(pipe, paths, cfg)
     for name, f in facts.items():
@@ -319,7 +323,7 @@ def main() -> None:
               "protocol": {"rounds": cfg["rounds"], "runs": cfg["runs"], "warmup": 10, "batch": 1,
                            "natural_max_examples": cfg["natural_max"], "throughput": "batch 32, seq 128, 2 threads",
                            "test_examples": len(pipe.ctx.encoded("test"))},
-              "recipe": "recipes/sst2-minilm.yaml" + (f" with {MODES[args.mode]['overrides']}" if cfg["overrides"] else ""),
+              "recipe": "recipes/sst2-minilm.yaml" + (f" with {overrides}" if overrides else ""),
               "accuracy_intervals": paired_intervals(correct)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
