@@ -198,10 +198,13 @@ def _lat(stats: dict) -> dict:
 
 
 def test_data(pipe, paths: dict) -> dict:
-    """The test split as each system is fed: edgekd's exports take their folder's (trimmed) tokenizer."""
+    """The test split as each system is fed: edgekd's exports take their folder's tokenizer (renumbered by
+    export.vocabulary: fallback)."""
+    from edgekd.artifact import renumbered_vocabulary
+
     export = next(a for a in pipe.artifacts if a.stage == "export")
     test = pipe.ctx.encoded("test")
-    if not (export.manifest.get("vocabulary") or {}).get("trimmed"):
+    if not renumbered_vocabulary(export.manifest):
         return {name: test for name in paths}
     own = pipe.ctx.encoded("test", tokenizer_dir=export.path)
     # teacher.onnx sits in the export folder too but takes the teacher's own (untrimmed) ids

@@ -164,6 +164,13 @@ def read_preprocessing(folder: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
+def renumbered_vocabulary(manifest: dict) -> bool:
+    """Whether an export's models take ids of its folder's renumbered tokenizer (export.vocabulary: fallback) rather
+    than the run's; exports made before the `nearest` mode trimmed only that way and say just "trimmed"."""
+    v = manifest.get("vocabulary") or {}
+    return bool(v.get("renumbered", v.get("trimmed")))
+
+
 def copy_preprocessing(src: Path, dst: Path) -> None:
     for name in PREPROCESSING_FILES:
         if (src / name).is_file():

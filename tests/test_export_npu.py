@@ -169,7 +169,9 @@ def test_export_stage_uses_the_device_path_and_records_compatibility(tmp_path, m
                           data=SimpleNamespace(preprocess={}), encoded=lambda split, n=None: splits[split])
     parent = SimpleNamespace(spec={"quant": {"scheme": {}}}, id="qat-1", path=tmp_path / "parent")
     (tmp_path / "out").mkdir()
-    result = stage.run_export(ExportConfig(seq_len=SEQ, min_agreement=0.9), parent, ctx, tmp_path / "out", "k")
+    # vocabulary: full — this fake context has no tokenizer or train texts (trimming has its own tests)
+    result = stage.run_export(ExportConfig(seq_len=SEQ, min_agreement=0.9, vocabulary="full"), parent, ctx,
+                              tmp_path / "out", "k")
     extra, validation = result["extra"], result["metrics"]["validation"]
     assert extra["compat"]["fallback_nodes_share"] == 0.0 and extra["compat"]["unsupported_ops"] == []
     assert extra["onnx"]["static_shapes"] and extra["onnx_fp32"]["file"] == "model-fp32.onnx"

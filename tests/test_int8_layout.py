@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from edgekd.devices.kernels import integer_kernel_report
 from edgekd.export.onnx_export import export_onnx
 from edgekd.models.onnx_graph import example_inputs
-from edgekd.export.vocab import kept_ids, trim_embeddings, write_trimmed_tokenizer
+from edgekd.export.vocab import (RemappedEmbedding, kept_ids, nearest_rows, remap_embeddings, trim_embeddings,
+                                 trim_positions, write_trimmed_tokenizer)
 from edgekd.quantize.fakequant import QuantEmbedding, convert, quantizable_modules, set_mode
 
 from conftest import write_tiny_bert
@@ -217,6 +218,76 @@ def test_quantized_table_keeps_its_row_scales_when_trimmed(tmp_path):
     keep = np.array([0, 2, 3, 7], dtype=np.int64)
     trim_embeddings(model, keep)
     torch.testing.assert_close(model.get_input_embeddings().w_scale, scales[torch.as_tensor(keep)])
+
+
+def test_nearest_rows_keep_their_own_row_and_send_a_dropped_id_to_its_most_similar_kept_word():
+    w = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.1, 1.0], [0.9, 0.0], [-1.0, 0.05]])
+    keep = np.array([0, 2, 3], dtype=np.int64)  # 0 is a special token: kept, never a neighbour
+    rows = nearest_rows(w, keep, exclude={0}, chunk=2)  # chunks smaller than the dropped ids: the loop is exercised
+    assert rows[[0, 2, 3]].tolist() == [0, 1, 2]  # kept ids read their own (renumbered) rows
+    assert rows[1] == 2 and rows[4] == 1  # id 1 ~ id 3, id 4 ~ id 2 (id 0 is nearer to both but special)
+    assert rows[5] == 2  # (-1, 0.05): no kept word is close; still the best of them, never the special token
+
+
+def test_nearest_vocabulary_keeps_the_ids_and_logits_of_kept_pieces_and_exports_an_int8_table_of_kept_rows(tmp_path):
+    import onnxruntime as ort
+
+    model, _ = _qat_tiny_bert(tmp_path / "bert")
+    vocab = model.config.vocab_size
+    keep = np.array([0, 1, 2, 3, 5, 8, 13, 21], dtype=np.int64)
+    kept_ids_batch = torch.tensor([[2, 5, 13, 8, 21, 3, 0, 0]])
+    mask = (kept_ids_batch != 0).long()
+    with torch.no_grad():
+        ref = model(input_ids=kept_ids_batch, attention_mask=mask).logits
+        rows = remap_embeddings(model, keep, exclude={0, 1, 2, 3})
+        emb = model.get_input_embeddings()
+        assert isinstance(emb, RemappedEmbedding) and emb.weight.shape[0] == len(keep)
+        assert emb.row_of.dtype == torch.int16 and emb.num_embeddings == vocab == model.config.vocab_size
+        torch.testing.assert_close(model(input_ids=kept_ids_batch, attention_mask=mask).logits, ref)
+        # a dropped id reads exactly the row of the kept id it was mapped to
+        dropped = 7
+        neighbour = int(keep[rows[dropped]])
+        assert neighbour not in (0, 1, 2, 3) and dropped not in keep
+        a = model(input_ids=torch.tensor([[2, dropped, 3]])).logits
+        b = model(input_ids=torch.tensor([[2, neighbour, 3]])).logits
+    torch.testing.assert_close(a, b)
+    # the ONNX model: an int16 id -> row map, then the int8 rows of the kept pieces only
+    export_onnx(model, example_inputs("text-classification", {}, 12), tmp_path / "model.onnx", 17)
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    inits = {i.name: i for i in graph.initializer}
+    assert any(i.data_type == TensorProto.INT16 and list(i.dims) == [vocab] for i in inits.values())
+    assert any(i.data_type == TensorProto.INT8 and list(i.dims) == [len(keep), model.config.hidden_size]
+               for i in inits.values())
+    assert not any(list(i.dims) == [vocab, model.config.hidden_size] for i in inits.values())  # no full table left
+    ids = torch.tensor([[2, dropped, 9, 13, 3]])
+    with torch.no_grad():
+        want = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.numpy()
+    got = ort.InferenceSession(str(tmp_path / "model.onnx")).run(
+        None, {"input_ids": ids.numpy(), "attention_mask": np.ones((1, 5), np.int64)})[0]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+
+
+def test_position_table_is_trimmed_to_the_length_the_student_was_trained_at_with_identical_logits(tmp_path):
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    model, _ = _qat_tiny_bert(tmp_path / "bert")  # BERT: positions 0..n-1, 160 rows
+    ids = torch.randint(5, model.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        assert trim_positions(model, 32) == {"rows": 32, "original_rows": 160}
+        torch.testing.assert_close(model(input_ids=ids).logits, ref)
+    table = model.bert.embeddings.position_embeddings
+    assert table.weight.shape[0] == table.w_scale.shape[0] == 32 and model.config.max_position_embeddings == 32
+    assert trim_positions(model, 64) is None  # nothing beyond the length left to drop
+    # RoBERTa counts positions from padding id + 1: a 32-token input reaches row 33
+    roberta = RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=66, pad_token_id=1)).eval()
+    ids = torch.randint(3, 40, (1, 32))
+    with torch.no_grad():
+        ref = roberta(input_ids=ids).logits
+        assert trim_positions(roberta, 32) == {"rows": 34, "original_rows": 66}
+        torch.testing.assert_close(roberta(input_ids=ids).logits, ref)
 
 
 def test_percentile_and_mse_observers_clip_outliers_that_minmax_keeps():

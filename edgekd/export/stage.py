@@ -8,8 +8,9 @@ The export fails — it does not warn — when onnxruntime and PyTorch disagree 
 and ships FP32 where INT8 does not pay on the host (layout.py).
 
 Text models ship with a trimmed vocabulary (vocab.py) unless export.vocabulary is `full`: every
-ONNX model in the folder except teacher.onnx takes the ids of the folder's own tokenizer, which
-config.json describes for Optimum's ORTModelForSequenceClassification.
+ONNX model in the folder takes the ids of the folder's own tokenizer (in `fallback` mode renumbered, and
+teacher.onnx then takes the teacher's: teacher-tokenizer/), which config.json describes for Optimum's
+ORTModelForSequenceClassification.
 """
 from __future__ import annotations
 
@@ -106,11 +107,13 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         extra["teacher_onnx"] = {**teacher, "artifact": ctx.teacher.id, "params": ctx.teacher.spec["summary"]["params"]}
         log(f"export: teacher.onnx {teacher['size_mb']:.2f} MB (FP32 reference)")
         if ctx.task == "text-classification":  # what `edgekd shadow` needs to run the teacher beside the student
-            extra["shadow"] = _shadow_files(ctx, out, encoded, trimmed=bool(vocabulary and vocabulary.get("trimmed")))
+            extra["shadow"] = _shadow_files(ctx, out, encoded, renumbered=bool(vocabulary and vocabulary.get("renumbered")))
     ort = _ort_format_models(profiles, devices, out)
     if ort:
         extra["ort_format"] = ort
     spec = {**parent.spec, "exported_from": parent.id}
+    if vocabulary and vocabulary.get("positions") and "hf_config" in spec:  # what the profile stage may time
+        spec["hf_config"] = {**spec["hf_config"], "max_position_embeddings": vocabulary["positions"]["rows"]}
     return {"metrics": metrics, "spec": spec, "extra": extra}
 
 
@@ -137,8 +140,9 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
     seq_len = cfg.seq_len or (max(profile.seq_lens) if profile and static else 16)
     device = profile is not None and profile.quantization.scope == "full"
     if device and not cfg.seq_len:  # an integer NPU: static shapes whatever export.static_shapes says, at the
-        # profile's longest sequence length that the model's position table holds
-        limit = parent.spec.get("hf_config", {}).get("max_position_embeddings")
+        # profile's longest sequence length that the model's position table holds (trimmed to data.max_length
+        # unless export.vocabulary is full)
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         fitting = [s for s in profile.seq_lens if limit is None or s <= limit]
         seq_len = max(fitting) if fitting else limit
     inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
@@ -180,19 +184,19 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
     return facts, extra
 
 
-def _shadow_files(ctx: Context, out: Path, encoded, trimmed: bool) -> dict:
-    """teacher-tokenizer/ (teacher.onnx takes the untrimmed ids) and drift-reference.json: the teacher's
+def _shadow_files(ctx: Context, out: Path, encoded, renumbered: bool) -> dict:
+    """teacher-tokenizer/ where the folder's tokenizer was renumbered (teacher.onnx takes the original ids) and drift-reference.json: the teacher's
     confidence and the token length on the dev split, which `edgekd shadow` compares new inputs with. Dev, not
     train: the teacher was fine-tuned on train and is more confident there than on any new input."""
     import json
 
     from ..data.drift import drift_reference
 
-    if trimmed:
+    if renumbered:
         ctx.tokenizer.save_pretrained(str(out / "teacher-tokenizer"))
     reference = drift_reference(ctx.teacher_logits("dev"), encoded("dev").lengths)
     (out / "drift-reference.json").write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
-    return {"teacher_tokenizer": "teacher-tokenizer" if trimmed else ".", "drift_reference": "drift-reference.json"}
+    return {"teacher_tokenizer": "teacher-tokenizer" if renumbered else ".", "drift_reference": "drift-reference.json"}
 
 
 def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
@@ -226,43 +230,80 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
 
 
 def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Callable[..., Encoded], dict | None]:
-    """Trim the model's token embeddings and the tokenizer in `out` (export.vocabulary: trim).
+    """Trim the model's token embeddings to the rows the train split reaches (export.vocabulary, vocab.py).
 
-    Returns how to encode a split for the exported models (the folder's tokenizer) and what
-    trimming did, with test accuracy of the PyTorch model before and after (test.tsv has pieces
-    the train split lacks: those words now split into smaller pieces).
+    Returns how to encode a split for the exported models (the folder's tokenizer, renumbered in
+    `fallback` mode) and what trimming did, with test accuracy of the PyTorch model before and after
+    (test.tsv has pieces the train split lacks: they now read a neighbour's row, or split into
+    smaller pieces).
     """
     import json
 
-    from ..train.predict import predict_logits
-    from .vocab import input_embeddings, kept_ids, trim_embeddings, write_trimmed_tokenizer
+    import numpy as np
 
-    if (cfg.vocabulary == "full" or ctx.task != "text-classification" or input_embeddings(model) is None
-            or not (out / "tokenizer.json").is_file()):
+    from ..devices.profiles import load_profile
+    from ..train.predict import predict_logits
+    from .vocab import (input_embeddings, kept_ids, remap_embeddings, trim_embeddings, trim_positions,
+                        write_trimmed_tokenizer)
+
+    if cfg.vocabulary == "full" or ctx.task != "text-classification" or input_embeddings(model) is None:
         return ctx.encoded, None
+    max_length = ctx.recipe.data.max_length
+    # rows for the trained length, and for the lengths the profiles time this model at (a device build takes what
+    # is left); every split is encoded at most max_length long, so no logit changes
+    timed = [p for p in ctx.recipe.profiles if p not in device_builds(cfg, ctx.recipe.profiles)]
+    positions = trim_positions(model, max([max_length] + [s for p in timed for s in load_profile(p).seq_lens]))
+    if positions and (out / "tokenizer_config.json").is_file():
+        # the shipped tokenizer truncates at the trained length, within the position table (a longer input would
+        # fail in its Gather)
+        tc = json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tc["model_max_length"] = max_length
+        (out / "tokenizer_config.json").write_text(json.dumps(tc, indent=2, ensure_ascii=False), encoding="utf-8")
     tok = ctx.tokenizer
     used = {i for ids in tok(ctx.data.train.texts, add_special_tokens=True, truncation=False)["input_ids"] for i in ids}
-    keep, why = kept_ids(json.loads((out / "tokenizer.json").read_text(encoding="utf-8")), used)
-    if keep is None:
+    original = input_embeddings(model).num_embeddings
+    special = set(tok.all_special_ids)
+    row_of = None
+    if cfg.vocabulary == "nearest":
+        keep = np.array(sorted((used | special) & set(range(original))), dtype=np.int64)
+        why = (f"{len(used)} pieces of the train split and {len(special)} special tokens; every other piece reads "
+               "the row of its nearest kept piece (cosine in the model's embedding table), the tokenizer unchanged")
+        encoded = ctx.encoded
+    elif (out / "tokenizer.json").is_file():
+        keep, why = kept_ids(json.loads((out / "tokenizer.json").read_text(encoding="utf-8")), used)
+        if keep is None:
+            log(f"export: vocabulary not trimmed — {why}")
+            return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}
+        encoded = partial(ctx.encoded, tokenizer_dir=out)
+    else:
+        why = "the tokenizer has no tokenizer.json to renumber (fallback trimming needs one; nearest does not)"
         log(f"export: vocabulary not trimmed — {why}")
-        return ctx.encoded, {"trimmed": False, "reason": why}
+        return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}
     before = {s: predict_logits(model, ctx.encoded(s), desc=f"vocabulary: {s} before") for s in ("dev", "test")}
-    original = trim_embeddings(model, keep)
-    write_trimmed_tokenizer(out, keep)
-    encoded = partial(ctx.encoded, tokenizer_dir=out)
-    facts = {"trimmed": True, "size": len(keep), "original_size": original, "kept": why}
+    if cfg.vocabulary == "nearest":
+        row_of = remap_embeddings(model, keep, special)
+    else:
+        trim_embeddings(model, keep)
+        write_trimmed_tokenizer(out, keep)
+    facts = {"trimmed": True, "mode": cfg.vocabulary, "renumbered": cfg.vocabulary == "fallback", "size": len(keep),
+             "original_size": original, "kept": why, "positions": positions}
+    kept_set = set(keep.tolist())
     for s in ("dev", "test"):
         enc = encoded(s)
         after = predict_logits(model, enc, desc=f"vocabulary: {s} after").argmax(-1)
         old = before[s].argmax(-1)
+        original_ids = ctx.encoded(s).ids
+        # nearest: texts with a piece that reads a neighbour's row; fallback: texts split differently
+        changed = (sum(any(i not in kept_set for i in ids) for ids in original_ids) if row_of is not None
+                   else sum(a != [int(keep[i]) for i in b] for a, b in zip(original_ids, enc.ids)))
         facts[s] = {"accuracy_full_vocabulary": float((old == enc.labels).mean()),
                     "accuracy_trimmed": float((after == enc.labels).mean()),
                     "agreement": float((after == old).mean()),
-                    "texts_tokenized_differently": sum(a != [int(keep[i]) for i in b] for a, b in
-                                                       zip(ctx.encoded(s).ids, enc.ids))}
-    log(f"export: vocabulary trimmed to {len(keep):,} of {original:,} pieces ({why}); test accuracy "
+                    "texts_changed": changed}
+    facts["texts_changed_means"] = "with a piece read from a neighbour" if row_of is not None else "tokenized differently"
+    log(f"export: vocabulary trimmed to {len(keep):,} of {original:,} rows ({why}); test accuracy "
         f"{facts['test']['accuracy_full_vocabulary']:.2%} -> {facts['test']['accuracy_trimmed']:.2%} "
-        f"({facts['test']['texts_tokenized_differently']} texts tokenized differently)")
+        f"({facts['test']['texts_changed']} texts {facts['texts_changed_means']})")
     return encoded, facts
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..artifact import renumbered_vocabulary
 from ..configs import ProfileStageConfig
 from ..train.context import Context
 from ..progress import log
@@ -89,9 +90,9 @@ def final_op_breakdown(path: Path, test, ctx: Context, latency: dict) -> dict:
 
 
 def export_encoding(parent) -> dict:
-    """{"tokenizer_dir": the export folder} when the export trimmed the vocabulary (its models take
-    renumbered ids), else {} (the run's tokenizer)."""
-    return {"tokenizer_dir": parent.path} if (parent.manifest.get("vocabulary") or {}).get("trimmed") else {}
+    """{"tokenizer_dir": the export folder} when the export renumbered the vocabulary (export.vocabulary: fallback),
+    else {} (the run's tokenizer)."""
+    return {"tokenizer_dir": parent.path} if renumbered_vocabulary(parent.manifest) else {}
 
 
 def encoded_for(m: dict, ctx: Context, split: str = "test", max_examples: int | None = None) -> Encoded:

@@ -228,10 +228,13 @@ def _vocabulary_section(v: dict | None) -> list[str]:
     if not v.get("trimmed"):
         return ["## Vocabulary", "", f"Not trimmed: {v.get('reason')}.", ""]
     t = v["test"]
-    return ["## Vocabulary", "", f"Trimmed to {v['size']:,} of {v['original_size']:,} pieces ({v['kept']}). "
-            f"Test accuracy of the PyTorch model {_pct(t['accuracy_full_vocabulary'])}% with the full vocabulary, "
-            f"{_pct(t['accuracy_trimmed'])}% trimmed ({t['texts_tokenized_differently']} test texts tokenized "
-            f"differently; agreement {_pct(t['agreement'])}%).", ""]
+    changed = t.get("texts_changed", t.get("texts_tokenized_differently"))  # the latter: artifacts before the modes
+    return ["## Vocabulary", "", f"Trimmed ({v.get('mode', 'fallback')}) to {v['size']:,} of {v['original_size']:,} "
+            f"rows ({v['kept']}). Test accuracy of the PyTorch model {_pct(t['accuracy_full_vocabulary'])}% with the "
+            f"full vocabulary, {_pct(t['accuracy_trimmed'])}% trimmed ({changed} test texts "
+            f"{v.get('texts_changed_means', 'tokenized differently')}; agreement {_pct(t['agreement'])}%)."
+            + (f" Position table cut to {pos['rows']} of {pos['original_rows']} rows (the trained length)."
+               if (pos := v.get("positions")) else ""), ""]
 
 
 def _prune_steps_section(m: dict) -> list[str]:
