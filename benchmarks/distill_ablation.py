@@ -46,6 +46,9 @@ STUDENTS = {
     # says): the 256-channel CNN runs 22.8x the teacher, so width is the cheap lever toward the 96% the issue asks
     "cnn-wide+augment": ({"kind": "cnn", "channels": [512, 512], "kernel_size": 3, "embedding_dim": 384},
                          {**AUGMENT, "lr": 1.0e-3}),
+    # the same, two passes over the transfer set (the better epoch on dev is kept): 0.18 points short of 96% in one
+    "cnn-wide+augment-2ep": ({"kind": "cnn", "channels": [512, 512], "kernel_size": 3, "embedding_dim": 384},
+                             {**AUGMENT, "lr": 1.0e-3, "epochs": 2}),
 }
 MODES = {"quick": {"teacher": ["teacher.finetune.max_train_examples=4000", "teacher.finetune.epochs=1"],
                    "distill": {"max_train_examples": 4000, "epochs": 2}},

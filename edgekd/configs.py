@@ -84,6 +84,10 @@ class KDConfig(TrainConfig):
 
     transfer: TransferConfig | None = Field(None, description="train on the train split plus teacher-labelled text "
                                             "(unlabelled files, augmented copies)")
+    select_on_dev: bool = Field(True, description="with more than one epoch: score the dev split after every epoch "
+                                "and keep the best epoch's weights (model selection never reads the test split)")
+    patience: int | None = Field(None, ge=1, description="with select_on_dev: stop after this many epochs without a "
+                                 "better dev accuracy (default: train every epoch)")
 
     temperature: float = Field(2.0, gt=0, le=100)
     alpha: float = Field(0.9, ge=0, le=1)

@@ -54,6 +54,11 @@ def test_cli_run_writes_a_validated_int8_onnx_model_and_report(text_run):
     assert "| prune |" in report and "teacher-fp32" in report
     pruned = next(s for s in m["stages"] if s["stage"] == "prune")
     assert pruned["params"] < next(s for s in m["stages"] if s["stage"] == "distill")["params"]
+    # the 3-epoch distillation kept its best epoch on dev: the stage's dev accuracy is that epoch's score
+    distill = json.loads(next((out / "stages").glob("*-distill-*/manifest.json")).read_text())["metrics"]
+    selection = distill["train"]["selection"]
+    assert [s["epoch"] for s in selection["scores"]] == [1, 2, 3] and selection["on"] == "dev accuracy"
+    assert distill["dev_accuracy"] == max(s["score"] for s in selection["scores"])
     # what transferred to the shipped ONNX model, from the same predictions as its accuracy
     t = final["transfer"]
     assert t["accuracy"] == final["accuracy"] and t["agreement"] == final["agreement"]

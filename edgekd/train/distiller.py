@@ -229,9 +229,15 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
             own = np.concatenate([own, relabel(ctx, art, train.ids[n_train:])])
         teachers.append(Teacher(own, weight))
     distiller = Distiller.from_config(cfg, teachers, live, model)
+    select = None
+    if cfg.select_on_dev and cfg.epochs > 1:  # one epoch leaves nothing to choose between
+        dev = ctx.encoded("dev")
+
+        def select(m: torch.nn.Module) -> float:
+            return accuracy(predict_logits(m, dev, desc=f"{desc}: dev", runtime=ctx.runtime), dev.labels)
     try:
         out = fit(model, train, cfg, distiller.loss, seed=ctx.seed, desc=desc, work_dir=ctx.work_dir(work_key),
-                  runtime=ctx.runtime, on_step=distiller.set_progress)
+                  runtime=ctx.runtime, on_step=distiller.set_progress, select=select, patience=cfg.patience)
     finally:  # projections are trained, never shipped
         if hasattr(model, PROJECTIONS):
             delattr(model, PROJECTIONS)

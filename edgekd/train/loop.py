@@ -25,6 +25,7 @@ from ..errors import EdgekdError, Interrupted, TrainingFault
 from ..progress import log, progress
 from .checkpoint import load_checkpoint, save_checkpoint
 from .runtime import Runtime
+from .selection import EpochSelection
 
 LOSS_WINDOW = 50  # final_loss = mean of the last 50 steps (kept in checkpoints so a resumed run reports the same)
 # loss_fn(module, batch on the device, global example indices of this shard, labels on the device)
@@ -49,12 +50,17 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossFn, *, seed: int, desc: str,
         work_dir: Path | None = None, runtime: Runtime | None = None, max_grad_norm: float = 1.0,
-        params=None, on_step: Callable[[float], None] | None = None) -> dict:
+        params=None, on_step: Callable[[float], None] | None = None,
+        select: Callable[[torch.nn.Module], float] | None = None, patience: int | None = None) -> dict:
     """Train `model` in place on `runtime` (default: one CPU process); returns the figures for the manifest.
 
     on_step(progress) is called before each optimizer step with the share of training done (0 to 1; it follows
     the checkpointed step, so a resumed run continues a schedule where it stopped). The model is left on the
     runtime's device, in eval mode.
+
+    select(model) -> a held-out score (dev accuracy), called after each epoch and at the end: the model ends with
+    the weights of the best-scoring epoch (selection.py), and with `patience` training stops after that many epochs
+    without a better score.
     """
     rt = runtime or Runtime.cpu()
     if cfg.batch_size < rt.world_size:
@@ -83,6 +89,9 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
             losses = pos.get("recent_losses", [])
             log(f"[yellow]{desc}: resuming from the checkpoint at step {step}/{total}[/]")
 
+    selection = EpochSelection(select, patience, work_dir, writes=rt.is_main) if select is not None else None
+    if selection is not None and step > 0:
+        selection.resume()
     interrupted = {"flag": False}
 
     def _on_sigint(signum, frame):  # finish the current step, checkpoint, then stop
@@ -139,6 +148,14 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                         losses = losses[-LOSS_WINDOW:]
                         save_checkpoint(work_dir, model, optimizer, scheduler,
                                         {"step": step, "recent_losses": losses}, rt)
+                    if selection is not None and (step % steps_per_epoch == 0 or step == total):
+                        module.eval()
+                        stop = selection.after_epoch(model, step / steps_per_epoch)
+                        module.train()
+                        if stop:
+                            log(f"[yellow]{desc}: no better dev score for {patience} epoch(s): stopping early at "
+                                f"step {step}/{total}[/]")
+                            total = step
                     if interrupted["flag"]:
                         raise Interrupted(
                             f"{desc}: interrupted at step {step}/{total}; a checkpoint was saved"
@@ -151,6 +168,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
         torch.cuda.synchronize(rt.device)
     wall = time.perf_counter() - started
     model.eval()
+    if selection is not None:
+        selection.restore_best(model)
     out = {"steps": total, "final_loss": float(np.mean(losses[-LOSS_WINDOW:])) if losses else None,
            "examples": n, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
            "steps_this_run": step - start_step, "wall_s": round(wall, 3),
@@ -159,6 +178,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     share = padding_share(train, first_epoch, rt)
     if share is not None:
         out["padding_share"] = share
+    if selection is not None:
+        out["selection"] = selection.report()
     return out
 
 

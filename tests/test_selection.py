@@ -1,0 +1,88 @@
+"""Model selection on dev while training (issue 11, item 5): the best epoch's weights, early stopping, resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgekd.configs import TrainConfig
+from edgekd.data.batching import Encoded
+from edgekd.train.loop import fit
+from edgekd.train.selection import BEST
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, input_ids, attention_mask):
+        return self.out((self.emb(input_ids) * attention_mask[..., None]).mean(1))
+
+
+def _data(n=64) -> Encoded:
+    rng = np.random.default_rng(0)
+    ids = [list(rng.integers(1, 50, rng.integers(2, 20))) for _ in range(n)]
+    return Encoded(np.array([int(x[0] > 25) for x in ids]), ids=ids)
+
+
+def _ce(m, batch, idx, labels):
+    return nn.functional.cross_entropy(m(**batch), labels)
+
+
+class Scripted:
+    """Scores epochs from a script and remembers the weights each score was given for."""
+
+    def __init__(self, scores):
+        self.scores, self.seen = list(scores), []
+
+    def __call__(self, model):
+        self.seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return self.scores[len(self.seen) - 1]
+
+
+def test_the_model_ends_with_the_weights_of_its_best_dev_epoch(tmp_path):
+    torch.manual_seed(0)
+    model, score = Tiny(), Scripted([0.6, 0.9, 0.7])
+    stats = fit(model, _data(), TrainConfig(epochs=3, batch_size=16, lr=1e-2), _ce, seed=0, desc="t",
+                work_dir=tmp_path, select=score)
+    assert len(score.seen) == 3 and stats["selection"]["best_epoch"] == 2
+    assert [s["score"] for s in stats["selection"]["scores"]] == [0.6, 0.9, 0.7]
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, score.seen[1][k])  # epoch 2's weights, not the last epoch's
+    assert not torch.equal(score.seen[1]["out.weight"], score.seen[2]["out.weight"])  # training did move on
+    assert json.loads((tmp_path / BEST / "scores.json").read_text())[1] == [2.0, 0.9]
+
+
+def test_patience_stops_training_after_epochs_without_a_better_score():
+    model, score = Tiny(), Scripted([0.8, 0.7, 0.75, 0.9, 0.95])
+    stats = fit(model, _data(), TrainConfig(epochs=5, batch_size=16, lr=1e-2), _ce, seed=0, desc="t",
+                select=score, patience=2)
+    assert len(score.seen) == 3  # epochs 2 and 3 were no better than epoch 1: epochs 4 and 5 never ran
+    assert stats["selection"]["stopped_early"] and stats["selection"]["best_epoch"] == 1
+    assert stats["steps"] == 3 * 4  # 64 examples in batches of 16
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, score.seen[0][k])
+
+
+def test_a_fractional_last_epoch_is_scored_too_and_a_resumed_run_selects_among_every_epoch(tmp_path):
+    torch.manual_seed(0)
+    first, score = Tiny(), Scripted([0.9, 0.1])
+    fit(first, _data(), TrainConfig(epochs=1.5, batch_size=16, lr=1e-2), _ce, seed=0, desc="t", work_dir=tmp_path,
+        select=score)
+    assert [e for e, _ in json.loads((tmp_path / BEST / "scores.json").read_text())] == [1.0, 1.5]
+    # a run that resumes after epoch 1 (its scores on disk) and scores worse later restores epoch 1's weights
+    (tmp_path / BEST / "scores.json").write_text(json.dumps([[1.0, 0.9]]))
+    resumed = Tiny()
+    selection_state = {k: v.clone() for k, v in score.seen[0].items()}
+    from edgekd.train.selection import EpochSelection
+
+    sel = EpochSelection(Scripted([0.5]), None, tmp_path)
+    sel.resume()
+    sel.after_epoch(resumed, 2.0)
+    sel.restore_best(resumed)
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, selection_state[k])
