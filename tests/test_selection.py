@@ -86,3 +86,18 @@ def test_a_fractional_last_epoch_is_scored_too_and_a_resumed_run_selects_among_e
     sel.restore_best(resumed)
     for k, v in resumed.state_dict().items():
         torch.testing.assert_close(v, selection_state[k])
+
+
+def test_an_epoch_checkpointed_but_not_scored_before_a_kill_is_scored_on_resume(tmp_path):
+    torch.manual_seed(0)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, checkpoint_every=4)  # a checkpoint at each epoch's end
+    first = Scripted([0.9, 0.5])
+    fit(Tiny(), _data(), cfg, _ce, seed=0, desc="t", work_dir=tmp_path, select=first)
+    # as if killed after the last checkpoint was written but before epoch 2 was scored
+    (tmp_path / BEST / "scores.json").write_text(json.dumps([[1.0, 0.9]]))
+    model, again = Tiny(), Scripted([0.5])
+    stats = fit(model, _data(), cfg, _ce, seed=0, desc="t", work_dir=tmp_path, select=again)
+    assert len(again.seen) == 1 and [s["epoch"] for s in stats["selection"]["scores"]] == [1.0, 2.0]
+    assert stats["selection"]["best_epoch"] == 1.0
+    for k, v in model.state_dict().items():  # epoch 1's weights, read back from disk
+        torch.testing.assert_close(v, first.seen[0][k])

@@ -92,6 +92,10 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     selection = EpochSelection(select, patience, work_dir, writes=rt.is_main) if select is not None else None
     if selection is not None and step > 0:
         selection.resume()
+        # killed between an epoch's checkpoint and its score: score it now, before training on
+        if (step % steps_per_epoch == 0 or step >= total) and not selection.scored(step / steps_per_epoch):
+            if selection.after_epoch(model, step / steps_per_epoch):
+                total = step
     interrupted = {"flag": False}
 
     def _on_sigint(signum, frame):  # finish the current step, checkpoint, then stop

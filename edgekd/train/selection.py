@@ -54,6 +54,9 @@ class EpochSelection:
         self.stopped = self.patience is not None and len(self.scores) - 1 - best_at >= self.patience
         return self.stopped
 
+    def scored(self, epoch: float) -> bool:
+        return any(abs(e - round(epoch, 4)) < 1e-9 for e, _ in self.scores)
+
     def resume(self) -> None:
         """Scores (and best weights, read at the end) of the epochs a killed run already scored."""
         if self.folder is not None and (self.folder / "scores.json").is_file():
