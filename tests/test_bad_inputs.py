@@ -11,6 +11,7 @@ Nothing here trains a model: every case fails before any work starts.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import subprocess
 import sys
@@ -351,6 +352,21 @@ def test_good_data_loads(tmp_path):
         write(tmp_path / name, content)
     data = load_data(DataConfig(path=str(tmp_path)), "text-classification")
     assert data.label_names == ["0", "1"] and len(data.train) == 2
+
+
+def test_data_fingerprint_follows_the_files_not_the_folder_they_lie_in(tmp_path):
+    """Every cache key holds the data fingerprint: the same files reached by another path (a moved folder, a
+    relative path) must not re-train every stage, while a changed file or reading setting must."""
+    for folder in (tmp_path / "a", tmp_path / "b"):
+        folder.mkdir()
+        for name, content in GOOD_FILES.items():
+            write(folder / name, content)
+    a = load_data(DataConfig(path=str(tmp_path / "a")), "text-classification").fingerprint
+    relative = os.path.relpath(tmp_path / "b", Path.cwd())
+    assert load_data(DataConfig(path=relative), "text-classification").fingerprint == a
+    assert load_data(DataConfig(path=str(tmp_path / "a"), max_length=64), "text-classification").fingerprint != a
+    write(tmp_path / "b" / "train.tsv", GOOD_FILES["train.tsv"] + "another film\t1\n")
+    assert load_data(DataConfig(path=str(tmp_path / "b")), "text-classification").fingerprint != a
 
 
 def test_long_text_is_truncated_with_a_warning_not_an_error(tmp_path):

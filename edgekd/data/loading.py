@@ -195,7 +195,9 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
             )
         splits[split] = Split(split, np.array([index[x] for x in labels], dtype=np.int64), texts=texts)
     return TaskData(task, splits[cfg.train_split], splits[cfg.dev_split], splits[cfg.test_split], label_names,
-                    stable_hash({"cfg": cfg.model_dump(), "files": fingerprints}),
+                    # the files' contents, not the path they were reached by: a moved folder or a relative path
+                    # to the same files must not re-train every cached stage
+                    stable_hash({"cfg": cfg.model_dump(exclude={"path"}), "files": fingerprints}),
                     {"type": "text", "max_length": cfg.max_length})
 
 
