@@ -1,0 +1,142 @@
+"""What does pruning the flagship student to half cost on test.tsv, and how much does longer recovery win back?
+
+Issue 12 asks that the student pruned to at most half of its non-embedding parameters loses <= 0.5 points of
+test.tsv accuracy after recovery. `make bench` measures it after QAT and export too; this script isolates the
+pruning: it runs the prune stage (the flagship recipe's prune config, changed as each variant says) on the run's
+distilled student, and compares the pruned model's test.tsv predictions (PyTorch FP32) with the unpruned
+student's: the difference and its paired-bootstrap 95% interval (as accuracy_intervals.py), dev accuracy before
+and after each step's recovery, widths and wall time. The recipe's own variant is read from the run's prune
+artifact when `make bench` made one from this student (--recipe-prune), instead of being trained again.
+
+    python benchmarks/prune_recovery.py --distill runs/bench-full/stages/01-distill-<id> --variants recovery-1ep
+    python benchmarks/prune_recovery.py --mode quick --distill runs/bench-quick/stages/01-distill-<id> --variants recipe 3-steps
+
+Writes benchmarks/results/prune-recovery-<mode>.json (variants not re-run keep their rows). Each step's recovery
+is checkpointed under the run's work folder, so a killed variant resumes. Run nothing beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+ROOT = HERE.parent
+
+# name: changes to the recipe's prune config (dotted keys inside it)
+VARIANTS = {
+    "recipe": {},  # 2 steps, half a pass over the augmented transfer set per step
+    "recovery-1ep": {"recovery.epochs": 1.0},  # a whole pass per step (twice the recovery)
+    "3-steps": {"steps": 3},  # smaller cuts, each recovered for half a pass
+}
+
+
+def mode_changes(mode: str) -> dict:
+    """The benchmark mode's own changes to the prune stage (quick: recovery on 1,000 examples), as dotted keys."""
+    from sst2 import MODES
+
+    prefix = "stages.1.prune."
+    return {k[len(prefix):]: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in MODES[mode]["overrides"])
+            if k.startswith(prefix)}
+
+
+def prune_config(variant: dict, mode: str):
+    from edgekd.configs import PruneConfig
+    from edgekd.recipe import load_recipe_dict
+
+    raw = load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml")
+    cfg = copy.deepcopy(next(s["prune"] for s in raw["stages"] if "prune" in s))
+    for dotted, value in {**mode_changes(mode), **variant}.items():
+        node = cfg
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return PruneConfig.model_validate(cfg), cfg
+
+
+def main() -> None:
+    from accuracy_intervals import describe, paired_intervals
+    from prune_importance import flagship_context
+
+    from edgekd.artifact import Artifact
+    from edgekd.models.spec import architecture_summary, build_model, load_model_from_artifact, load_weights
+    from edgekd.prune.stage import run_prune
+    from edgekd.prune.structured import non_embedding_params
+    from edgekd.train.predict import predict_logits
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=["quick", "full"], default="full",
+                    help="the benchmark mode whose run folder this is (quick: recovery on 1,000 examples, as sst2.py)")
+    ap.add_argument("--run-dir", type=Path, help="default: runs/bench-<mode>")
+    ap.add_argument("--data", default="../shared/data/sst2")
+    ap.add_argument("--distill", type=Path, required=True, help="the distilled student's stage folder")
+    ap.add_argument("--recipe-prune", type=Path, help="the run's prune artifact of that student (the recipe variant)")
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["recovery-1ep"])
+    args = ap.parse_args()
+    args.run_dir = args.run_dir or ROOT / "runs" / f"bench-{args.mode}"
+
+    ctx, parent = flagship_context(args.run_dir, args.data, args.distill)
+    test = ctx.encoded("test")
+
+    def correct(model) -> torch.Tensor:
+        return predict_logits(model.eval(), test, desc="test").argmax(-1) == test.labels
+
+    base = load_model_from_artifact(parent)
+    base_correct = correct(base)
+    base_ne = non_embedding_params(base)
+    out = HERE / "results" / f"prune-recovery-{args.mode}.json"
+    rows = json.loads(out.read_text())["variants"] if out.is_file() else {}
+
+    def row(name: str, model, metrics: dict, cfg: dict, wall_s: float | None, artifact: str | None) -> dict:
+        intervals = paired_intervals({"edgekd-student-fp32": base_correct, "edgekd-pruned-fp32": correct(model)})
+        print("\n".join(describe(intervals)), flush=True)
+        steps = [{k: s.get(k) for k in ("step", "ratio", "non_embedding_params", "dev_accuracy_before_recovery",
+                                        "dev_accuracy")} | {"recovery_wall_s": s.get("recovery", {}).get("wall_s")}
+                 for s in metrics.get("steps", [])]
+        return {"prune_config": cfg, "artifact": artifact, "steps": steps,
+                "architecture": architecture_summary(model),
+                "non_embedding_kept": non_embedding_params(model) / base_ne,
+                "dev_accuracy": metrics.get("dev_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+                "pruning_cost": next(iter(intervals.values())), "wall_s": wall_s,
+                "device": str(ctx.runtime.device)}
+
+    for name in args.variants:
+        if name == "recipe" and args.recipe_prune:  # `make bench` already trained it: read, do not re-train
+            art = Artifact.load(args.recipe_prune)
+            if art.manifest.get("parent") != parent.id:
+                sys.exit(f"{args.recipe_prune} was pruned from {art.manifest.get('parent')}, not from {parent.id}")
+            rows[name] = row(name, load_model_from_artifact(art), art.metrics, art.manifest["config"], None, art.id)
+            continue
+        cfg, cfg_dict = prune_config(VARIANTS[name], args.mode)
+        folder = args.run_dir / "bench" / "prune-recovery" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        # key: the work folder of its checkpoints (a killed variant resumes at its last finished step)
+        result = run_prune(cfg, parent, ctx, folder, f"prune-recovery-{name}-{parent.id}")
+        model = load_weights(build_model(result["spec"]), folder)  # run_prune saved the pruned weights there
+        rows[name] = row(name, model, result["metrics"], cfg_dict, time.perf_counter() - t0, None)
+        out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")
+    out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+def _document(rows: dict, parent, args) -> dict:
+    from sst2 import commit, host_facts, versions
+
+    return {"what": __doc__.split("\n")[0], "distilled_student": parent.id,
+            "distilled_test_accuracy": parent.metrics.get("test_accuracy"), "variants": rows,
+            "machine": host_facts(), "versions": versions(),
+            "commit": commit(), "date": time.strftime("%Y-%m-%d")}
+
+
+if __name__ == "__main__":
+    main()
