@@ -6,6 +6,11 @@ fuses at load, turn each residual Add + LayerNormalization into SkipLayerNormali
 onnxruntime 1.32 is the slower of the two — measured on the flagship's 2-layer INT8 model (seq 128, 1 thread, one
 run of rotated rounds): 3.06 against 2.11 ms, SkipLayerNormalization alone a quarter of the time; FP32 6.01
 against 5.08 ms. Re-measure before adding such a pass.
+
+The host export keeps transformers' own attention mask (Where(keep, 0, min) and its shape ops) rather than the device
+path's finite additive 4D mask (attention_mask.py): the additive mask removes 65 of 450 nodes of the quick
+benchmark's 3-layer INT8 model with identical outputs, but runs no faster — INT8 1.04x and 0.96x, FP32 1.00x in two
+runs of 7 alternating fresh-process rounds (seq 128, 1 thread; 2026-12-03).
 """
 from __future__ import annotations
 
