@@ -35,6 +35,10 @@ VARIANTS = {
     "recipe": {},  # 2 steps, half a pass over the augmented transfer set per step
     "recovery-1ep": {"recovery.epochs": 1.0},  # a whole pass per step (twice the recovery)
     "3-steps": {"steps": 3},  # smaller cuts, each recovered for half a pass
+    # the other granularities, under the same budget: one whole layer first (the 3-layer student keeps 2), or a
+    # quarter of the hidden width (384 -> 288, embeddings and every LayerNorm too), then heads and FFN for the rest
+    "drop-1-layer": {"drop_layers": 1},
+    "hidden-0.25": {"hidden_ratio": 0.25},
 }
 
 
@@ -98,7 +102,8 @@ def main() -> None:
     def row(name: str, model, metrics: dict, cfg: dict, wall_s: float | None, artifact: str | None) -> dict:
         intervals = paired_intervals({"edgekd-student-fp32": base_correct, "edgekd-pruned-fp32": correct(model)})
         print("\n".join(describe(intervals)), flush=True)
-        steps = [{k: s.get(k) for k in ("step", "ratio", "non_embedding_params", "dev_accuracy_before_recovery",
+        steps = [{k: s.get(k) for k in ("step", "ratio", "non_embedding_params", "macs", "latency_ms",
+                                        "int8_dynamic_latency_ms", "latency_case", "dev_accuracy_before_recovery",
                                         "dev_accuracy")} | {"recovery_wall_s": s.get("recovery", {}).get("wall_s")}
                  for s in metrics.get("steps", [])]
         return {"prune_config": cfg, "artifact": artifact, "steps": steps,
