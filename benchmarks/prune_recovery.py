@@ -17,52 +17,41 @@ is checkpointed under the run's work folder, so a killed variant resumes. Run no
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
 
-# name: changes to the recipe's prune config (dotted keys inside it)
+# name: changes to the recipe's prune config (`--set` keys inside it, YAML values)
 VARIANTS = {
-    "recipe": {},  # 2 steps, half a pass over the augmented transfer set per step
-    "recovery-1ep": {"recovery.epochs": 1.0},  # a whole pass per step (twice the recovery)
-    "3-steps": {"steps": 3},  # smaller cuts, each recovered for half a pass
+    "recipe": [],  # 2 steps, half a pass over the augmented transfer set per step
+    "recovery-1ep": ["recovery.epochs=1.0"],  # a whole pass per step (twice the recovery)
+    "3-steps": ["steps=3"],  # smaller cuts, each recovered for half a pass
     # the other granularities, under the same budget: one whole layer first (the 3-layer student keeps 2), or a
     # quarter of the hidden width (384 -> 288, embeddings and every LayerNorm too), then heads and FFN for the rest
-    "drop-1-layer": {"drop_layers": 1},
-    "hidden-0.25": {"hidden_ratio": 0.25},
+    "drop-1-layer": ["drop_layers=1"],
+    "hidden-0.25": ["hidden_ratio=0.25"],
 }
 
 
-def mode_changes(mode: str) -> dict:
-    """The benchmark mode's own changes to the prune stage (quick: recovery on 1,000 examples), as dotted keys."""
+def prune_config(variant: list[str], mode: str):
+    """The flagship recipe's prune config with the benchmark mode's overrides (sst2.py's: quick recovers on 1,000
+    examples) and the variant's on top."""
     from sst2 import MODES
 
-    prefix = "stages.1.prune."
-    return {k[len(prefix):]: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in MODES[mode]["overrides"])
-            if k.startswith(prefix)}
-
-
-def prune_config(variant: dict, mode: str):
     from edgekd.configs import PruneConfig
-    from edgekd.recipe import load_recipe_dict
+    from edgekd.recipe import apply_overrides, load_recipe_dict
 
     raw = load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml")
-    cfg = copy.deepcopy(next(s["prune"] for s in raw["stages"] if "prune" in s))
-    for dotted, value in {**mode_changes(mode), **variant}.items():
-        node = cfg
-        *parents, last = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = value
+    index = next(i for i, s in enumerate(raw["stages"]) if "prune" in s)
+    raw = apply_overrides(raw, [*MODES[mode]["overrides"], *(f"stages.{index}.prune.{o}" for o in variant)])
+    cfg = raw["stages"][index]["prune"]
     return PruneConfig.model_validate(cfg), cfg
 
 
@@ -119,18 +108,17 @@ def main() -> None:
             if art.manifest.get("parent") != parent.id:
                 sys.exit(f"{args.recipe_prune} was pruned from {art.manifest.get('parent')}, not from {parent.id}")
             rows[name] = row(name, load_model_from_artifact(art), art.metrics, art.manifest["config"], None, art.id)
-            continue
-        cfg, cfg_dict = prune_config(VARIANTS[name], args.mode)
-        folder = args.run_dir / "bench" / "prune-recovery" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        t0 = time.perf_counter()
-        # key: the work folder of its checkpoints (a killed variant resumes at its last finished step)
-        result = run_prune(cfg, parent, ctx, folder, f"prune-recovery-{name}-{parent.id}")
-        model = load_weights(build_model(result["spec"]), folder)  # run_prune saved the pruned weights there
-        rows[name] = row(name, model, result["metrics"], cfg_dict, time.perf_counter() - t0, None)
-        out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")
-    out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")
+        else:
+            cfg, cfg_dict = prune_config(VARIANTS[name], args.mode)
+            folder = args.run_dir / "bench" / "prune-recovery" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.manual_seed(0)
+            t0 = time.perf_counter()
+            # key: the work folder of its checkpoints (a killed variant resumes at its last finished step)
+            result = run_prune(cfg, parent, ctx, folder, f"prune-recovery-{name}-{parent.id}")
+            model = load_weights(build_model(result["spec"]), folder)  # run_prune saved the pruned weights there
+            rows[name] = row(name, model, result["metrics"], cfg_dict, time.perf_counter() - t0, None)
+        out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")  # after each: a kill keeps rows
     print(f"wrote {out}")
 
 
