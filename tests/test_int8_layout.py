@@ -385,10 +385,12 @@ def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_
     from edgekd.pipeline import Pipeline
     from edgekd.recipe import validate_recipe
 
-    timings = {"qdq": 2.0, "dynamic": 1.0, "fp32": 4.0}  # ms: dynamic INT8 measured twice as fast as QDQ
+    # ms: dynamic INT8 measured twice as fast as QDQ, onnxruntime's fused graph of QDQ in between
+    timings = {"qdq": 2.0, "dynamic": 1.0, "fused": 1.6, "fp32": 4.0}
     monkeypatch.setattr(layout, "time_models", lambda models, feeds, threads=1: {k: timings[k] for k in models})
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
-    r["stages"] = [r["stages"][0], r["stages"][2], {"export": {**r["stages"][3]["export"], "int8_dynamic": True}}]
+    r["stages"] = [r["stages"][0], r["stages"][2], {"export": {**r["stages"][3]["export"], "int8_dynamic": True,
+                                                                 "int8_fused": True}}]
     pipe = Pipeline(validate_recipe(r))
     result = pipe.run()
     export = next(a for a in pipe.artifacts if a.stage == "export")
@@ -402,7 +404,7 @@ def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_
     assert int8["integer_kernels"]["ok"] and int8["integer_kernels"]["optimized_graph"] == "model.optimized.onnx"
     assert export.metrics["validation"]["failures"] == [] and export.manifest["validation_qdq"]["failures"] == []
     assert int8["layouts"]["dynamic"]["argmax_agreement"] == export.metrics["validation"]["argmax_agreement"]
-    assert "dynamic activations" in int8["reason"]
+    assert "dynamic activations" in int8["reason"] and int8["layouts"]["fused"]["biases_folded"] > 0
 
     # within the margin, or failing validation, QDQ stays
     folder = tmp_path / "again"
@@ -419,3 +421,37 @@ def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_
     bad = lambda path: {"failures": [{"type": "argmax_agreement"}], "argmax_agreement": 0.5}  # noqa: E731
     checked = layout.check_int8(folder, data, 32, 0, dynamic=bad)
     assert checked["layout"] == "qdq" and "validation failed" in checked["reason"]
+    # the fastest eligible layout wins: onnxruntime's fused graph of the QDQ model, when it beats dynamic too
+    timings.update(qdq=2.0, dynamic=1.5, fused=1.2)
+    checked = layout.check_int8(folder, data, 32, 0, dynamic=ok, fused=ok)
+    assert checked["layout"] == "fused" and checked["layouts"]["fused"]["built_from"] == "model.onnx"
+    assert checked["integer_kernels"]["ok"] and "biases folded" in checked["reason"]
+    checked = layout.check_int8(folder, data, 32, 0, dynamic=ok, fused=bad)  # unless it fails validation
+    assert checked["layout"] == "dynamic"
+
+
+def test_folding_linear_biases_into_integer_matmuls_leaves_the_logits_bit_identical(tmp_path):
+    """onnxruntime's optimised graph of a QDQ model, each Linear's bias Add folded into MatMulIntegerToFloat."""
+    import onnxruntime as ort
+
+    from edgekd.export.host_graph import fused_host_graph
+
+    model, _ = _qat_tiny_bert(tmp_path / "bert")
+    export_onnx(model, example_inputs("text-classification", {}, 12), tmp_path / "model.onnx", 17)
+    path, facts = fused_host_graph(tmp_path / "model.onnx", tmp_path / "fused.onnx")
+    graph = onnx.load(str(path)).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    matmuls = [n for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+    with_bias = [n for n in matmuls if len(n.input) > 6 and n.input[6]]
+    # Q, K, V, attention output and FFN output of both layers; the FFN input's bias went into BiasGelu instead
+    assert facts["biases_folded"] == len(with_bias) == 10 and len(matmuls) == 12
+    consts = {i.name for i in graph.initializer}  # no bias Add left after an integer MatMul (residual Adds stay)
+    assert not any(n.op_type == "Add" and any(producers.get(i) in matmuls for i in n.input)
+                   and any(i in consts for i in n.input) for n in graph.node)
+    ids = torch.randint(0, model.config.vocab_size, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+    ref = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    np.testing.assert_array_equal(got, ref)

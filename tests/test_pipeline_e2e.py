@@ -114,6 +114,7 @@ def test_python_api_runs_the_image_path_cross_architecture(tmp_path):
     # the QAT model's QDQ graph as onnxruntime optimises it (beside the shipped one when dynamic INT8 measured faster)
     qdq = "model-int8-qdq" if int8["layout"] == "dynamic" else "model"
     assert (export.path / f"{qdq}.optimized.onnx").is_file() and set(int8["layouts"]) == {"qdq", "dynamic"}
+    assert "nothing to fold" in int8["layouts_skipped"]["fused"]  # QLinearConv adds its bias itself
     # every conv runs as an integer kernel, the last one too (its output is quantized: QLinearConv, not FusedConv)
     assert int8["integer_kernels"]["ok"], int8["integer_kernels"]
     optimized = {n.op_type for n in onnx.load(str(export.path / f"{qdq}.optimized.onnx")).graph.node}

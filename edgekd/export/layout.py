@@ -9,8 +9,10 @@ timed in fresh processes in alternating rounds (the profile stage's protocol, sh
 is not, the FP32 model ships and the manifest says why.
 
 The INT8 layout is chosen the same way, by measurement: the QAT model's QDQ graph (static activation ranges
-trained in QAT) against onnxruntime's dynamic INT8 of its float twin (activations quantized at run time), timed
-in the same rounds; which is faster depends on the CPU's integer instructions and on what onnxruntime fuses.
+trained in QAT), onnxruntime's own optimised graph of it with the Linear biases folded into the integer MatMuls
+(host_graph.py: the same arithmetic, fewer passes over memory, onnxruntime only) and onnxruntime's dynamic INT8
+of its float twin (activations quantized at run time), timed in the same rounds; which is faster depends on the
+CPU's integer instructions and on what onnxruntime fuses.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..devices.feeds import encoded_feeds, model_input_names
 from ..devices.kernels import integer_kernel_report
 from ..devices.latency import combine_rounds, measure_latency
 from ..devices.runtime import dynamic_int8
+from .host_graph import fused_host_graph
 
 TIMING_FEEDS = 16
 ROUNDS = 3
@@ -45,20 +48,24 @@ def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1) ->
 
 
 def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
-               dynamic: Callable[[Path], dict] | None = None, reduce_range: bool = False) -> dict:
+               dynamic: Callable[[Path], dict] | None = None, reduce_range: bool = False,
+               fused: Callable[[Path], dict] | None = None) -> dict:
     """Which INT8 layout of out/model.onnx (QAT, QDQ) ships on this host, if any: the integer-kernel report of
     each candidate and their timing against out/model-fp32.onnx in the same rounds.
 
     dynamic: validates a candidate path against PyTorch (export validation: {"failures": [...], ...}); given, the
     dynamic INT8 layout is built (out/model-int8-dynamic.onnx) and is a candidate when every quantized layer runs
     as an integer kernel and it validates; it is chosen over QDQ only when LAYOUT_MARGIN times faster.
+    fused: validates a candidate path against the QAT model; given, onnxruntime's optimised graph of the QDQ model
+    with its Linear biases folded (out/model-int8-fused.onnx) is a candidate on the same terms where the fold found
+    a bias (else "layouts_skipped" says so: unchanged, it is only what onnxruntime runs from the QDQ file anyway).
 
     INT8 pays when the chosen layout is at least `min_speedup` times faster than FP32 and every quantized layer
     runs as an integer kernel; `min_speedup` 0 ships INT8 whatever was measured.
 
     Writes out/model.optimized.onnx (the graph onnxruntime runs here; a candidate's beside it). Returns
-    {"layout", "layouts", "integer_kernels" (of the chosen layout), "timing", "int8_pays", "reason"} and, for a
-    dynamic candidate, its "validation".
+    {"layout", "layouts", "integer_kernels" (of the chosen layout), "timing", "int8_pays", "reason"} and, when
+    another layout than QDQ is chosen, its "validation".
     """
     # real examples at the timed sequence length (images as they are)
     feeds = encoded_feeds(data, model_input_names(out / "model.onnx"), seq_len, limit=TIMING_FEEDS)
@@ -68,18 +75,29 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
         # the QAT model's float twin: its trained weights, activations quantized at run time (no calibrated ranges)
         candidates["dynamic"] = dynamic_int8(out / "model-fp32.onnx", out / "model-int8-dynamic.onnx", reduce_range)
         validations["dynamic"] = dynamic(candidates["dynamic"])
+    built: dict[str, dict] = {}
+    skipped: dict[str, str] = {}
+    if fused is not None:
+        path, facts = fused_host_graph(out / "model.onnx", out / "model-int8-fused.onnx")
+        if facts["biases_folded"]:
+            candidates["fused"], built["fused"] = path, facts
+            validations["fused"] = fused(path)
+        else:  # onnxruntime's own graph, unchanged: what it runs from the QDQ file anyway, minus portability
+            path.unlink()
+            skipped["fused"] = "no Linear bias left beside an integer MatMul in onnxruntime's graph: nothing to fold"
     kernels = {name: integer_kernel_report(path, path.with_suffix(".optimized.onnx"), feeds[0])
                for name, path in candidates.items()}
     p50 = time_models({**candidates, "fp32": out / "model-fp32.onnx"}, feeds)
     layouts = {name: {"file": path.name, "p50_ms": p50[name], "speedup": p50["fp32"] / p50[name],
                       "integer_kernels_ok": kernels[name]["ok"], "size_mb": path.stat().st_size / 1e6,
                       **({"argmax_agreement": validations[name]["argmax_agreement"],
-                          "validation_failures": validations[name]["failures"]} if name in validations else {})}
+                          "validation_failures": validations[name]["failures"]} if name in validations else {}),
+                      **built.get(name, {})}
                for name, path in candidates.items()}
     layout = "qdq"
-    for name, facts in layouts.items():
+    for name, facts in layouts.items():  # the fastest eligible one that beats QDQ by the margin
         if (name != "qdq" and facts["integer_kernels_ok"] and not facts.get("validation_failures")
-                and p50["qdq"] / facts["p50_ms"] >= LAYOUT_MARGIN):
+                and p50["qdq"] / facts["p50_ms"] >= LAYOUT_MARGIN and facts["p50_ms"] < layouts[layout]["p50_ms"]):
             layout = name
     chosen = layouts[layout]
     timing = {"int8_p50_ms": chosen["p50_ms"], "fp32_p50_ms": p50["fp32"], "speedup": chosen["speedup"],
@@ -101,8 +119,10 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
     if not pays:
         reason += (f"; below export.int8_min_speedup={min_speedup:g}" if timing["speedup"] < min_speedup else "")
         reason += ": the FP32 model ships"
-    return {"layout": layout, "layouts": layouts, "integer_kernels": k, "timing": {**timing, "case": case},
+    return {"layout": layout, "layouts": layouts, **({"layouts_skipped": skipped} if skipped else {}),
+            "integer_kernels": k, "timing": {**timing, "case": case},
             "int8_pays": pays, "reason": reason, **({"validation": validations[layout]} if layout in validations else {})}
 
 
-_LAYOUT_NAMES = {"qdq": "QAT QDQ", "dynamic": "dynamic activations"}
+_LAYOUT_NAMES = {"qdq": "QAT QDQ", "dynamic": "dynamic activations",
+                 "fused": "onnxruntime's fused graph of QAT QDQ, biases folded"}

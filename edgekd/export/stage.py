@@ -108,7 +108,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         log(f"export: teacher.onnx {teacher['size_mb']:.2f} MB (FP32 reference)")
         if ctx.task == "text-classification":  # what `edgekd shadow` needs to run the teacher beside the student
             extra["shadow"] = _shadow_files(ctx, out, encoded, renumbered=bool(vocabulary and vocabulary.get("renumbered")))
-    ort = _ort_format_models(profiles, devices, out)
+    ort = _ort_format_models(profiles, devices, out, extra["onnx"].get("portable", "model.onnx"))
     if ort:
         extra["ort_format"] = ort
     spec = {**parent.spec, "exported_from": parent.id}
@@ -199,11 +199,12 @@ def _shadow_files(ctx: Context, out: Path, encoded, renumbered: bool) -> dict:
     return {"teacher_tokenizer": "teacher-tokenizer" if renumbered else ".", "drift_reference": "drift-reference.json"}
 
 
-def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
+def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: str) -> dict:
     """model.ort beside the model each profile with `ort_format` gets (onnxruntime-mobile reads only ORT format).
 
     onnxruntime's own converter, with fixed (basic) optimisations so the file runs on any build of
-    the runtime; an ARM profile gets the ARM target's layout.
+    the runtime; an ARM profile gets the ARM target's layout. portable: the standard-ONNX file of the shipped model
+    (model.onnx, unless that is onnxruntime's own optimised graph), which the converter optimises for the target.
     """
     from ..devices.profiles import load_profile
 
@@ -214,7 +215,7 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path) -> dict:
 
     made: dict[str, str] = {}
     for name, profile in wanted.items():
-        onnx_file = out / (devices[name]["file"] if name in devices else "model.onnx")
+        onnx_file = out / (devices[name]["file"] if name in devices else portable)
         ort_file = onnx_file.with_suffix(".ort")
         if not ort_file.is_file():
             arm = any(isa in ("asimd", "asimddp", "neon", "dotprod", "i8mm", "sve") for isa in profile.isa)
@@ -320,8 +321,12 @@ def _int8_on_host(model, parent, cfg: ExportConfig, ctx: Context, out: Path, val
 
     # 7-bit weights where QAT trained 7-bit ones (x86 without VNNI: u8 x s8 pairs saturate int16 otherwise)
     reduce_range = (parent.spec.get("quant") or {}).get("scheme", {}).get("weight_qmax") == 63
+    def validate_qat(path: Path) -> dict:  # onnxruntime's graph of the QAT model: checked against the QAT model
+        return validate_export(model, path, val_data, cfg.min_agreement, extra["onnx"]["inputs"])
+
     result = check_int8(out, val_data, seq_len, cfg.int8_min_speedup,
-                        dynamic=validate_dynamic if cfg.int8_dynamic else None, reduce_range=reduce_range)
+                        dynamic=validate_dynamic if cfg.int8_dynamic else None, reduce_range=reduce_range,
+                        fused=validate_qat if cfg.int8_fused else None)
     kernels = result["integer_kernels"]
     log(f"export: integer kernels {kernels['integer_kernels']} run {kernels['time_share']['integer_kernels']:.0%} of "
         f"the time; {result['reason']}")
@@ -334,6 +339,9 @@ def _int8_on_host(model, parent, cfg: ExportConfig, ctx: Context, out: Path, val
         extra["onnx_qdq"] = {**extra.pop("onnx"), "file": "model-int8-qdq.onnx"}
         extra["onnx"] = {"file": "model.onnx", "layout": result["layout"], "inputs": extra["onnx_qdq"]["inputs"],
                          "size_mb": (out / "model.onnx").stat().st_size / 1e6}
+        if result["layout"] == "fused":  # com.microsoft operators: other runtimes take the standard QDQ graph
+            extra["onnx"]["runs_on"] = "onnxruntime only (its CPU provider's com.microsoft operators)"
+            extra["onnx"]["portable"] = "model-int8-qdq.onnx"
         result["integer_kernels"]["optimized_graph"] = "model.optimized.onnx"
     if not result["int8_pays"]:
         (out / "model.onnx").rename(out / "model-int8.onnx")
