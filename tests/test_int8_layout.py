@@ -428,6 +428,11 @@ def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_
     assert checked["integer_kernels"]["ok"] and "biases folded" in checked["reason"]
     checked = layout.check_int8(folder, data, 32, 0, dynamic=ok, fused=bad)  # unless it fails validation
     assert checked["layout"] == "dynamic"
+    # the fused graph is QDQ's own arithmetic: it replaces QDQ unless measured slower by more than the margin
+    timings.update(qdq=2.0, dynamic=2.0, fused=2.05)
+    assert layout.check_int8(folder, data, 32, 0, dynamic=ok, fused=ok)["layout"] == "fused"
+    timings.update(fused=2.2)
+    assert layout.check_int8(folder, data, 32, 0, dynamic=ok, fused=ok)["layout"] == "qdq"
 
 
 def test_folding_linear_biases_into_integer_matmuls_leaves_the_logits_bit_identical(tmp_path):

@@ -300,6 +300,8 @@ def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logit
     a = ort.InferenceSession(str(folder / "model.onnx")).run(None, feed)[0]
     b = ort.InferenceSession(str(folder / "model.ort")).run(None, feed)[0]
     np.testing.assert_allclose(a, b, atol=1e-4)
+    # where model.onnx is onnxruntime's own x86 graph, the .ort is made from the standard file beside it
+    assert _ort_format_models(["phone-big-core"], {}, folder, "model-fp32.onnx") == {"phone-big-core": "model-fp32.ort"}
 
 
 def test_where_int8_does_not_pay_the_text_run_ships_fp32_and_still_reports_the_int8_model(tmp_path, tiny_bert_dir,

@@ -34,6 +34,11 @@ RUNS = 30
 # Another INT8 layout displaces the QAT model's QDQ graph only when it is at least this much faster: QDQ is what
 # QAT trained and validated, and a smaller gap is within the run-to-run spread of this protocol.
 LAYOUT_MARGIN = 1.05
+# ... except onnxruntime's fused graph of QDQ itself: the same kernels and arithmetic (bit-identical logits) with
+# one pass over memory fewer per folded bias, so it cannot be slower but by noise — it replaces QDQ unless measured
+# slower by more than the margin (3 rounds here could not resolve its ~5-8% gain: quick benchmark's model, 7
+# rounds, 1.05x by the quietest round and 1.10x by the median one; 3 rounds in the export measured it 0.89x)
+_REPLACES_QDQ_AT = {"fused": 1 / LAYOUT_MARGIN}
 
 
 def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1) -> dict[str, float]:
@@ -94,11 +99,10 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
                           "validation_failures": validations[name]["failures"]} if name in validations else {}),
                       **built.get(name, {})}
                for name, path in candidates.items()}
-    layout = "qdq"
-    for name, facts in layouts.items():  # the fastest eligible one that beats QDQ by the margin
-        if (name != "qdq" and facts["integer_kernels_ok"] and not facts.get("validation_failures")
-                and p50["qdq"] / facts["p50_ms"] >= LAYOUT_MARGIN and facts["p50_ms"] < layouts[layout]["p50_ms"]):
-            layout = name
+    eligible = [name for name, facts in layouts.items()
+                if name != "qdq" and facts["integer_kernels_ok"] and not facts.get("validation_failures")
+                and p50["qdq"] / facts["p50_ms"] >= _REPLACES_QDQ_AT.get(name, LAYOUT_MARGIN)]
+    layout = min(eligible, key=lambda name: p50[name]) if eligible else "qdq"  # the fastest that may replace QDQ
     chosen = layouts[layout]
     timing = {"int8_p50_ms": chosen["p50_ms"], "fp32_p50_ms": p50["fp32"], "speedup": chosen["speedup"],
               "threads": 1, "rounds": ROUNDS, "runs": RUNS}
@@ -112,7 +116,9 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
         reason += "; " + ", ".join(f"{_LAYOUT_NAMES[n]} {f['speedup']:.2f}x" + (
             "" if f["integer_kernels_ok"] and not f.get("validation_failures") else
             " (not eligible: " + ("float kernels" if not f["integer_kernels_ok"] else "validation failed") + ")")
-            for n, f in layouts.items()) + f" (another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed)"
+            for n, f in layouts.items()) + (f" (another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed"
+                                        + ("; the fused graph, QDQ's own arithmetic, unless 1/"
+                                           f"{LAYOUT_MARGIN:g} as fast" if "fused" in layouts else "") + ")")
     if left:  # onnxruntime dequantizes these weights on every inference and runs the layer in float
         reason += (f"; {len(left)} quantized layer(s) run as float kernels in onnxruntime's optimised graph: "
                    f"{', '.join(left[:4])}{' ...' if len(left) > 4 else ''}")

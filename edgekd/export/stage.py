@@ -199,7 +199,7 @@ def _shadow_files(ctx: Context, out: Path, encoded, renumbered: bool) -> dict:
     return {"teacher_tokenizer": "teacher-tokenizer" if renumbered else ".", "drift_reference": "drift-reference.json"}
 
 
-def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: str) -> dict:
+def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: str = "model.onnx") -> dict:
     """model.ort beside the model each profile with `ort_format` gets (onnxruntime-mobile reads only ORT format).
 
     onnxruntime's own converter, with fixed (basic) optimisations so the file runs on any build of
