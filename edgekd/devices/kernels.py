@@ -34,15 +34,18 @@ FLOAT_LAYER_KERNELS = frozenset({
 _WEIGHT_INPUT = {"Attention": 1, "LSTM": 1, "GRU": 1, "RNN": 1}
 
 
-def optimized_graph(path: str | Path, save_to: str | Path, threads: int = 1):
-    """Write the graph onnxruntime runs for `path` on this host's CPU to `save_to`; returns it (onnx.ModelProto)."""
+def optimized_graph(path: str | Path, save_to: str | Path, threads: int = 1, level: str = "ORT_ENABLE_ALL"):
+    """Write the graph onnxruntime runs for `path` on this host's CPU to `save_to`; returns it (onnx.ModelProto).
+
+    level: ORT_ENABLE_ALL is what every edgekd session runs; ORT_ENABLE_EXTENDED stops before the transforms that
+    tie the graph to this processor."""
     import onnx
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL  # what every edgekd session runs
+    so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     so.optimized_model_filepath = str(save_to)
     ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     return onnx.load(str(save_to))

@@ -19,22 +19,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..devices.kernels import optimized_graph
+
 # MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias): the bias is input 6
 _BIAS_INPUT = 6
-
-
-def optimised_extended(src: str | Path, dst: str | Path):
-    """onnxruntime's graph of `src` after its processor-independent (extended) optimisations, written to `dst`."""
-    import onnx
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    so.optimized_model_filepath = str(dst)
-    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
-    return onnx.load(str(dst))
 
 
 def fold_matmul_biases(model) -> int:
@@ -54,7 +42,7 @@ def fold_matmul_biases(model) -> int:
             consumers.setdefault(name, []).append(n)
     producers = {o: n for n in g.node for o in n.output}
     outputs = {o.name for o in g.output}
-    folded, drop = 0, []
+    drop = []
     for add in g.node:
         if add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
             continue
@@ -69,26 +57,22 @@ def fold_matmul_biases(model) -> int:
             weight = inits.get(mm.input[1])
             if weight is None or len(weight.dims) != 2 or weight.dims[1] != bias.dims[0]:
                 continue
-            while len(mm.input) < _BIAS_INPUT:
+            while len(mm.input) <= _BIAS_INPUT:
                 mm.input.append("")  # an omitted optional input
-            if len(mm.input) == _BIAS_INPUT:
-                mm.input.append(bias.name)
-            else:
-                mm.input[_BIAS_INPUT] = bias.name
+            mm.input[_BIAS_INPUT] = bias.name
             mm.output[0] = add.output[0]
             drop.append(add)
-            folded += 1
             break
     for add in drop:
         g.node.remove(add)
-    return folded
+    return len(drop)
 
 
 def fused_host_graph(src: str | Path, dst: str | Path) -> tuple[Path, dict]:
     """The "fused" INT8 layout of the QDQ model `src`, written to `dst`: (dst, {"biases_folded", "level"})."""
     import onnx
 
-    model = optimised_extended(src, dst)
+    model = optimized_graph(src, dst, level="ORT_ENABLE_EXTENDED")
     folded = fold_matmul_biases(model)
     onnx.save(model, str(dst))
     return Path(dst), {"biases_folded": folded, "level": "ORT_ENABLE_EXTENDED", "built_from": Path(src).name}

@@ -321,6 +321,7 @@ def _int8_on_host(model, parent, cfg: ExportConfig, ctx: Context, out: Path, val
 
     # 7-bit weights where QAT trained 7-bit ones (x86 without VNNI: u8 x s8 pairs saturate int16 otherwise)
     reduce_range = (parent.spec.get("quant") or {}).get("scheme", {}).get("weight_qmax") == 63
+
     def validate_qat(path: Path) -> dict:  # onnxruntime's graph of the QAT model: checked against the QAT model
         return validate_export(model, path, val_data, cfg.min_agreement, extra["onnx"]["inputs"])
 
