@@ -1,7 +1,7 @@
 """Runs the stages of a recipe with caching, resume, and rank-0 writing.
 
 Cache key of a stage = hash(stage name, normalised config, parent artifact id, data fingerprint,
-seed, edgekd version, and the recipe fields its descriptor names). A stage whose artifact folder is
+seed, edgekd version, the stage's code revision (stages.py) and the recipe fields its descriptor names). A stage whose artifact folder is
 complete is skipped; a killed stage left only a temporary folder (ignored, removed) and its
 checkpoints in work/<key> (resumed).
 
@@ -62,8 +62,10 @@ class Pipeline:
 
     # ------------------------------------------------------------------ running
     def _key(self, desc: StageDescriptor, cfg: dict, parent: str | None) -> str:
+        revision = {"revision": desc.revision} if desc.revision else {}
         return stable_hash({"stage": desc.name, "config": cfg, "parent": parent, "data": self.ctx.data.fingerprint,
-                            "seed": self.recipe.seed, "version": __version__, **desc.key_inputs(self.recipe)})
+                            "seed": self.recipe.seed, "version": __version__, **revision,
+                            **desc.key_inputs(self.recipe)})
 
     def _run_stage(self, desc: StageDescriptor, cfg, parent: Artifact | None) -> Artifact:
         rt = self.ctx.runtime

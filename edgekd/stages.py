@@ -1,8 +1,9 @@
 """The stage registry: the one place a stage is declared.
 
 A descriptor gives a stage's name, strict config class, legal predecessors, the recipe fields
-besides its own config that change its output (part of its cache key), whether every process of
-a distributed run takes part (it trains) or rank 0 alone runs it, and its run function. The
+besides its own config that change its output and its code revision (both part of its cache key),
+whether every process of a distributed run takes part (it trains) or rank 0 alone runs it, and its
+run function. The
 recipe's `stages:` schema and order rules are derived from here; the engine runs descriptors.
 
 Every run function has the signature `run(cfg, parent: Artifact | None, ctx: Context, out: Path, key: str) -> dict`
@@ -40,6 +41,10 @@ class StageDescriptor:
     trains: bool = False  # every process runs it (DDP); otherwise rank 0 runs it while the others wait
     key_inputs: Callable[[Any], dict] = field(default=_nothing)  # recipe -> what else goes into the cache key
     in_stage_list: bool = True  # listed under `stages:` (the teacher has its own `teacher:` section)
+    # Bump by hand when a change to the stage's code changes what it writes for the same config (a new INT8
+    # layout rule, a different recovery schedule): the cache key then moves, so no run reuses an artifact the
+    # current code would not build. 0 leaves it out of the key, so the keys of existing runs stay valid.
+    revision: int = 0
 
     @property
     def run(self) -> Callable:

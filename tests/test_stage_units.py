@@ -142,3 +142,29 @@ def test_every_registered_stage_is_exercised_end_to_end():
     for recipe in (tiny_text_recipe("t", "d", "o"), tiny_image_recipe("o")):
         assert recipe["teacher"]  # the first stage has its own section
         assert {next(iter(s)) for s in recipe["stages"]} == set(LISTED)
+
+
+def test_a_stage_revision_moves_its_cache_key_and_revision_0_keeps_the_old_keys():
+    import dataclasses
+    from types import SimpleNamespace
+
+    from conftest import tiny_text_recipe
+    from edgekd import __version__
+    from edgekd.artifact import stable_hash
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import validate_recipe
+    from edgekd.stages import STAGES
+
+    recipe = validate_recipe(tiny_text_recipe("t", "d", "o"))
+    pipe = Pipeline(recipe)
+    pipe.ctx = SimpleNamespace(data=SimpleNamespace(fingerprint="data-fp"))
+    export = STAGES["export"]
+    assert export.revision == 0
+    cfg = {"validation_examples": 60}
+    # the key a run made before revisions existed: a cached artifact of unchanged code stays valid
+    old = stable_hash({"stage": "export", "config": cfg, "parent": "p", "data": "data-fp", "seed": 0,
+                       "version": __version__, "profiles": recipe.profiles})
+    assert pipe._key(export, cfg, "p") == old
+    bumped = dataclasses.replace(export, revision=1)
+    assert pipe._key(bumped, cfg, "p") != old
+    assert pipe._key(dataclasses.replace(export, revision=2), cfg, "p") not in {old, pipe._key(bumped, cfg, "p")}
