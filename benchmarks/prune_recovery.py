@@ -8,7 +8,7 @@ student's: the difference and its paired-bootstrap 95% interval (as accuracy_int
 and after each step's recovery, widths and wall time. The recipe's own variant is read from the run's prune
 artifact when `make bench` made one from this student (--recipe-prune), instead of being trained again.
 
-    python benchmarks/prune_recovery.py --distill runs/bench-full/stages/01-distill-<id> --variants recovery-1ep
+    python benchmarks/prune_recovery.py --distill runs/bench-full/stages/01-distill-<id> --variants recovery-0.5ep
     python benchmarks/prune_recovery.py --mode quick --distill runs/bench-quick/stages/01-distill-<id> --variants recipe 3-steps
 
 Writes benchmarks/results/prune-recovery-<mode>.json (variants not re-run keep their rows). Each step's recovery
@@ -30,9 +30,10 @@ ROOT = HERE.parent
 
 # name: changes to the recipe's prune config (`--set` keys inside it, YAML values)
 VARIANTS = {
-    "recipe": [],  # 2 steps, half a pass over the augmented transfer set per step
-    "recovery-1ep": ["recovery.epochs=1.0"],  # a whole pass per step (twice the recovery)
-    "3-steps": ["steps=3"],  # smaller cuts, each recovered for half a pass
+    "recipe": [],  # 2 steps, a whole pass over the augmented transfer set per step
+    "recovery-0.5ep": ["recovery.epochs=0.5"],  # half a pass per step (the recipe's recovery before 2026-12-03)
+    "recovery-1ep": ["recovery.epochs=1.0"],  # a whole pass per step (rows before 2026-12-03: twice the recipe's)
+    "3-steps": ["steps=3"],  # smaller cuts, each recovered as the recipe says
     # the other granularities, under the same budget: one whole layer first (the 3-layer student keeps 2), or a
     # quarter of the hidden width (384 -> 288, embeddings and every LayerNorm too), then heads and FFN for the rest
     "drop-1-layer": ["drop_layers=1"],
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/sst2")
     ap.add_argument("--distill", type=Path, required=True, help="the distilled student's stage folder")
     ap.add_argument("--recipe-prune", type=Path, help="the run's prune artifact of that student (the recipe variant)")
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["recovery-1ep"])
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["recovery-0.5ep"])
     args = ap.parse_args()
     args.run_dir = args.run_dir or ROOT / "runs" / f"bench-{args.mode}"
 
