@@ -26,16 +26,18 @@ def test_kept_ffn_and_conv_widths_are_multiples_of_the_width_multiple(multiple):
         assert torch.isfinite(model(**bert_example).logits).all()
 
 
-def _budget_recipe(tmp_path, teacher, data, **prune):
+def _budget_recipe(tmp_path, teacher, data, recovery_checkpoint_every=200, **prune):
     r = tiny_text_recipe(teacher, data, tmp_path / "run")
     kd = r["stages"][0]["distill"]
+    recovery = {**kd, "epochs": 1, "checkpoint_every": recovery_checkpoint_every}
     r["stages"] = [r["stages"][0], {"prune": {"budget": {"params": 0.5}, "steps": 2, "width_multiple": 8,
-                                              "recovery": {**kd, "epochs": 1}, **prune}}]
+                                              "recovery": recovery, **prune}}]
     return validate_recipe(r)
 
 
 def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(tmp_path, tiny_bert_dir, text_data_dir):
-    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir))
+    # recoveries write checkpoints every 2 steps (asserted cleaned up below)
+    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir, recovery_checkpoint_every=2))
     m = pipe.run()["prune"]
     assert m["non_embedding_params_after"] <= 0.5 * m["non_embedding_params_before"]
     assert m["non_embedding_params_after"] >= 0.3 * m["non_embedding_params_before"]  # not far past it
@@ -48,6 +50,9 @@ def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(tmp_path, ti
     art = next(a for a in pipe.artifacts if a.stage == "prune")
     model = load_model_from_artifact(art)
     assert non_embedding_params(model) == m["non_embedding_params_after"]
+    # every step's checkpoints, recoveries' too, went with the finished stage (a full-size run's are ~180 MB each)
+    work = tmp_path / "run" / "work"
+    assert not work.is_dir() or not [p for p in work.iterdir() if not p.name.startswith(".")], list(work.iterdir())
 
 
 def test_a_stopped_budget_run_resumes_at_the_next_step(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):

@@ -209,8 +209,9 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
         # (benchmarks/prune_recovery.py --mode quick, 2026-12-03): it fired on the last step of all three variants
         # and cost test.tsv 0.46, 0.69 and 0.23 points (-0.34 -> -0.80, -0.11 -> -0.80, -1.03 -> -1.26): on these
         # splits dev does not tell a recovery that helps from one that hurts.
-        if cfg.recovery is not None:
-            step["recovery"] = distill_fit(model, cfg.recovery, ctx, f"prune recovery {k}/{cfg.steps}", f"{key}-step{k}")
+        if cfg.recovery is not None:  # its checkpoints inside the stage's work folder: removed with it when done
+            step["recovery"] = distill_fit(model, cfg.recovery, ctx, f"prune recovery {k}/{cfg.steps}",
+                                           f"{key}/recovery-step{k}")
         step["dev_accuracy"] = evaluate(model, ctx, f"prune step {k}", splits=("dev",))["dev_accuracy"]
         steps.append(step)
         log(f"prune step {k}/{cfg.steps}: ratio {ratio:.3f}, non-embedding parameters {step['non_embedding_params']:,}"
