@@ -5,10 +5,12 @@ test.tsv accuracy after recovery. `make bench` measures it after QAT and export 
 pruning: it runs the prune stage (the flagship recipe's prune config, changed as each variant says) on the run's
 distilled student, and compares the pruned model's test.tsv predictions (PyTorch FP32) with the unpruned
 student's: the difference and its paired-bootstrap 95% interval (as accuracy_intervals.py), dev accuracy before
-and after each step's recovery, widths and wall time. The recipe's own variant is read from the run's prune
-artifact when `make bench` made one from this student (--recipe-prune), instead of being trained again.
+and after each step's recovery, widths and wall time, and test.tsv accuracy by input length (dev is phrases of the
+train split's sentences, test.tsv whole sentences twice as long: where the pruned model loses). A variant whose
+model a run already made (a prune artifact under the run's stages/ from this student with the variant's exact
+config: `make bench` made the recipe's) is read, not trained again.
 
-    python benchmarks/prune_recovery.py --distill runs/bench-full/stages/01-distill-<id> --variants recovery-0.5ep
+    python benchmarks/prune_recovery.py --distill runs/bench-full/stages/01-distill-<id> --variants recipe recovery-1ep
     python benchmarks/prune_recovery.py --mode quick --distill runs/bench-quick/stages/01-distill-<id> --variants recipe 3-steps
 
 Writes benchmarks/results/prune-recovery-<mode>.json (variants not re-run keep their rows). Each step's recovery
@@ -22,18 +24,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
 
+LENGTH_BUCKETS = [(0, 12), (12, 24), (24, 40), (40, None)]  # test.tsv: 75, 331, 373 and 93 sentences
+
 # name: changes to the recipe's prune config (`--set` keys inside it, YAML values)
 VARIANTS = {
-    "recipe": [],  # 2 steps, a whole pass over the augmented transfer set per step
-    "recovery-0.5ep": ["recovery.epochs=0.5"],  # half a pass per step (the recipe's recovery before 2026-12-03)
-    "recovery-1ep": ["recovery.epochs=1.0"],  # a whole pass per step (rows before 2026-12-03: twice the recipe's)
-    "3-steps": ["steps=3"],  # smaller cuts, each recovered as the recipe says
+    "recipe": [],  # 2 steps, half a pass over the augmented transfer set per step
+    "recovery-1ep": ["recovery.epochs=1.0"],  # a whole pass per step (twice the recovery)
+    "3-steps": ["steps=3"],  # smaller cuts, each recovered for half a pass
     # the other granularities, under the same budget: one whole layer first (the 3-layer student keeps 2), or a
     # quarter of the hidden width (384 -> 288, embeddings and every LayerNorm too), then heads and FFN for the rest
     "drop-1-layer": ["drop_layers=1"],
@@ -60,7 +64,6 @@ def main() -> None:
     from accuracy_intervals import describe, paired_intervals
     from prune_importance import flagship_context
 
-    from edgekd.artifact import Artifact
     from edgekd.models.spec import architecture_summary, build_model, load_model_from_artifact, load_weights
     from edgekd.prune.stage import run_prune
     from edgekd.prune.structured import non_embedding_params
@@ -72,8 +75,7 @@ def main() -> None:
     ap.add_argument("--run-dir", type=Path, help="default: runs/bench-<mode>")
     ap.add_argument("--data", default="../shared/data/sst2")
     ap.add_argument("--distill", type=Path, required=True, help="the distilled student's stage folder")
-    ap.add_argument("--recipe-prune", type=Path, help="the run's prune artifact of that student (the recipe variant)")
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["recovery-0.5ep"])
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=["recovery-1ep"])
     args = ap.parse_args()
     args.run_dir = args.run_dir or ROOT / "runs" / f"bench-{args.mode}"
 
@@ -89,8 +91,16 @@ def main() -> None:
     out = HERE / "results" / f"prune-recovery-{args.mode}.json"
     rows = json.loads(out.read_text())["variants"] if out.is_file() else {}
 
+    lengths = np.array([len(ids) for ids in test.ids])  # WordPiece tokens, [CLS] and [SEP] included
+
+    def by_length(pruned: np.ndarray) -> list[dict]:
+        return [{"tokens": f"{lo}-{hi - 1}" if hi else f"{lo}+", "examples": int(sel.sum()),
+                 "unpruned": float(base_correct[sel].mean()), "pruned": float(pruned[sel].mean())}
+                for lo, hi in LENGTH_BUCKETS for sel in [(lengths >= lo) & (lengths < (hi or 10**9))]]
+
     def row(name: str, model, metrics: dict, cfg: dict, wall_s: float | None, artifact: str | None) -> dict:
-        intervals = paired_intervals({"edgekd-student-fp32": base_correct, "edgekd-pruned-fp32": correct(model)})
+        pruned = correct(model)
+        intervals = paired_intervals({"edgekd-student-fp32": base_correct, "edgekd-pruned-fp32": pruned})
         print("\n".join(describe(intervals)), flush=True)
         steps = [{k: s.get(k) for k in ("step", "ratio", "non_embedding_params", "macs", "latency_ms",
                                         "int8_dynamic_latency_ms", "latency_case", "dev_accuracy_before_recovery",
@@ -100,17 +110,16 @@ def main() -> None:
                 "architecture": architecture_summary(model),
                 "non_embedding_kept": non_embedding_params(model) / base_ne,
                 "dev_accuracy": metrics.get("dev_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
-                "pruning_cost": next(iter(intervals.values())), "wall_s": wall_s,
+                "pruning_cost": next(iter(intervals.values())), "test_by_length": by_length(pruned), "wall_s": wall_s,
                 "device": str(ctx.runtime.device)}
 
     for name in args.variants:
-        if name == "recipe" and args.recipe_prune:  # `make bench` already trained it: read, do not re-train
-            art = Artifact.load(args.recipe_prune)
-            if art.manifest.get("parent") != parent.id:
-                sys.exit(f"{args.recipe_prune} was pruned from {art.manifest.get('parent')}, not from {parent.id}")
-            rows[name] = row(name, load_model_from_artifact(art), art.metrics, art.manifest["config"], None, art.id)
+        cfg, cfg_dict = prune_config(VARIANTS[name], args.mode)
+        art = _made_by_the_run(args.run_dir, parent.id, cfg.model_dump(mode="json"))
+        if art is not None:  # a run already trained it: read, do not re-train
+            print(f"{name}: reading {art.path.name}", flush=True)
+            rows[name] = row(name, load_model_from_artifact(art), art.metrics, cfg_dict, None, art.id)
         else:
-            cfg, cfg_dict = prune_config(VARIANTS[name], args.mode)
             folder = args.run_dir / "bench" / "prune-recovery" / name
             folder.mkdir(parents=True, exist_ok=True)
             torch.manual_seed(0)
@@ -121,6 +130,18 @@ def main() -> None:
             rows[name] = row(name, model, result["metrics"], cfg_dict, time.perf_counter() - t0, None)
         out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")  # after each: a kill keeps rows
     print(f"wrote {out}")
+
+
+def _made_by_the_run(run_dir: Path, parent: str, config: dict):
+    """The run's complete prune artifact of this student with exactly this config, if a run made one."""
+    from edgekd.artifact import Artifact, is_complete
+
+    for folder in sorted((run_dir / "stages").glob("*-prune-*")):
+        if is_complete(folder):
+            art = Artifact.load(folder)
+            if art.manifest.get("parent") == parent and art.manifest.get("config") == config:
+                return art
+    return None
 
 
 def _document(rows: dict, parent, args) -> dict:
