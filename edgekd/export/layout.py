@@ -112,11 +112,11 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
     pays = min_speedup == 0 or (timing["speedup"] >= min_speedup and k["ok"])
     reason = (f"INT8 ({_LAYOUT_NAMES[layout]}) is {timing['speedup']:.2f}x its FP32 export on this host ({case}: "
               f"{timing['int8_p50_ms']:.3g} against {timing['fp32_p50_ms']:.3g} ms)")
-    if len(layouts) > 1:
-        reason += "; " + ", ".join(f"{_LAYOUT_NAMES[n]} {f['speedup']:.2f}x" + (
+    if len(layouts) > 1:  # the layouts not chosen, measured in the same rounds
+        reason += "; against " + ", ".join(f"{_LAYOUT_NAMES[n]} {f['speedup']:.2f}x" + (
             "" if f["integer_kernels_ok"] and not f.get("validation_failures") else
             " (not eligible: " + ("float kernels" if not f["integer_kernels_ok"] else "validation failed") + ")")
-            for n, f in layouts.items()) + (f" (another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed"
+            for n, f in layouts.items() if n != layout) + (f" (another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed"
                                         + ("; the fused graph, QDQ's own arithmetic, unless 1/"
                                            f"{LAYOUT_MARGIN:g} as fast" if "fused" in layouts else "") + ")")
     if left:  # onnxruntime dequantizes these weights on every inference and runs the layer in float
