@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
 
-LENGTH_BUCKETS = [(0, 12), (12, 24), (24, 40), (40, None)]  # test.tsv: 75, 331, 373 and 93 sentences
+LENGTH_EDGES = [12, 24, 40]  # WordPiece tokens: test.tsv's buckets hold 75, 331, 373 and 93 sentences
 
 # name: changes to the recipe's prune config (`--set` keys inside it, YAML values)
 VARIANTS = {
@@ -93,12 +93,13 @@ def main() -> None:
     out = HERE / "results" / f"prune-recovery-{args.mode}.json"
     rows = json.loads(out.read_text())["variants"] if out.is_file() else {}
 
-    lengths = np.array([len(ids) for ids in test.ids])  # WordPiece tokens, [CLS] and [SEP] included
+    # each sentence's bucket by its length in WordPiece tokens ([CLS] and [SEP] included)
+    bucket = np.digitize([len(ids) for ids in test.ids], LENGTH_EDGES)
+    names = [f"{lo}-{hi - 1}" for lo, hi in zip([0, *LENGTH_EDGES], LENGTH_EDGES)] + [f"{LENGTH_EDGES[-1]}+"]
 
     def by_length(pruned: np.ndarray) -> list[dict]:
-        return [{"tokens": f"{lo}-{hi - 1}" if hi else f"{lo}+", "examples": int(sel.sum()),
-                 "unpruned": float(base_correct[sel].mean()), "pruned": float(pruned[sel].mean())}
-                for lo, hi in LENGTH_BUCKETS for sel in [(lengths >= lo) & (lengths < (hi or 10**9))]]
+        return [{"tokens": name, "examples": int(sel.sum()), "unpruned": float(base_correct[sel].mean()),
+                 "pruned": float(pruned[sel].mean())} for name, sel in ((n, bucket == b) for b, n in enumerate(names))]
 
     def row(name: str, model, metrics: dict, cfg: dict, wall_s: float | None, artifact: str | None) -> dict:
         pruned = correct(model)

@@ -1,9 +1,9 @@
 """Runs the stages of a recipe with caching, resume, and rank-0 writing.
 
 Cache key of a stage = hash(stage name, normalised config, parent artifact id, data fingerprint,
-seed, edgekd version, the stage's code revision (stages.py) and the recipe fields its descriptor names). A stage whose artifact folder is
-complete is skipped; a killed stage left only a temporary folder (ignored, removed) and its
-checkpoints in work/<key> (resumed).
+seed, edgekd version, the stage's code revision (stages.py) and the recipe fields its descriptor
+names). A stage whose artifact folder is complete is skipped; a killed stage left only a temporary
+folder (ignored, removed) and its checkpoints in work/<key> (resumed).
 
 Several processes (torchrun / accelerate launch): every process runs a stage that trains (each on
 its shard of every batch); only rank 0 writes artifacts, manifests and reports — the others write

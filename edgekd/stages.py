@@ -3,8 +3,8 @@
 A descriptor gives a stage's name, strict config class, legal predecessors, the recipe fields
 besides its own config that change its output and its code revision (both part of its cache key),
 whether every process of a distributed run takes part (it trains) or rank 0 alone runs it, and its
-run function. The
-recipe's `stages:` schema and order rules are derived from here; the engine runs descriptors.
+run function. The recipe's `stages:` schema and order rules are derived from here; the engine runs
+descriptors.
 
 Every run function has the signature `run(cfg, parent: Artifact | None, ctx: Context, out: Path, key: str) -> dict`
 and returns {"metrics": ..., "spec": ..., optional "extra": ...}; it writes its files into `out`

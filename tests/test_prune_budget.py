@@ -26,18 +26,17 @@ def test_kept_ffn_and_conv_widths_are_multiples_of_the_width_multiple(multiple):
         assert torch.isfinite(model(**bert_example).logits).all()
 
 
-def _budget_recipe(tmp_path, teacher, data, recovery_checkpoint_every=200, **prune):
+def _budget_recipe(tmp_path, teacher, data, recovery=None, **prune):
     r = tiny_text_recipe(teacher, data, tmp_path / "run")
     kd = r["stages"][0]["distill"]
-    recovery = {**kd, "epochs": 1, "checkpoint_every": recovery_checkpoint_every}
     r["stages"] = [r["stages"][0], {"prune": {"budget": {"params": 0.5}, "steps": 2, "width_multiple": 8,
-                                              "recovery": recovery, **prune}}]
+                                              "recovery": {**kd, "epochs": 1, **(recovery or {})}, **prune}}]
     return validate_recipe(r)
 
 
 def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(tmp_path, tiny_bert_dir, text_data_dir):
     # recoveries write checkpoints every 2 steps (asserted cleaned up below)
-    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir, recovery_checkpoint_every=2))
+    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir, recovery={"checkpoint_every": 2}))
     m = pipe.run()["prune"]
     assert m["non_embedding_params_after"] <= 0.5 * m["non_embedding_params_before"]
     assert m["non_embedding_params_after"] >= 0.3 * m["non_embedding_params_before"]  # not far past it

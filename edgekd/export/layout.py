@@ -52,6 +52,13 @@ def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1) ->
     return {name: combine_rounds(stats)["p50"] for name, stats in rounds.items()}
 
 
+def _ineligible(facts: dict) -> str:
+    """Why a measured layout may not ship ("" when it may)."""
+    if not facts["integer_kernels_ok"]:
+        return " (not eligible: float kernels)"
+    return " (not eligible: validation failed)" if facts.get("validation_failures") else ""
+
+
 def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
                dynamic: Callable[[Path], dict] | None = None, reduce_range: bool = False,
                fused: Callable[[Path], dict] | None = None) -> dict:
@@ -100,7 +107,7 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
                       **built.get(name, {})}
                for name, path in candidates.items()}
     eligible = [name for name, facts in layouts.items()
-                if name != "qdq" and facts["integer_kernels_ok"] and not facts.get("validation_failures")
+                if name != "qdq" and not _ineligible(facts)
                 and p50["qdq"] / facts["p50_ms"] >= _REPLACES_QDQ_AT.get(name, LAYOUT_MARGIN)]
     layout = min(eligible, key=lambda name: p50[name]) if eligible else "qdq"  # the fastest that may replace QDQ
     chosen = layouts[layout]
@@ -112,13 +119,13 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
     pays = min_speedup == 0 or (timing["speedup"] >= min_speedup and k["ok"])
     reason = (f"INT8 ({_LAYOUT_NAMES[layout]}) is {timing['speedup']:.2f}x its FP32 export on this host ({case}: "
               f"{timing['int8_p50_ms']:.3g} against {timing['fp32_p50_ms']:.3g} ms)")
-    if len(layouts) > 1:  # the layouts not chosen, measured in the same rounds
-        reason += "; against " + ", ".join(f"{_LAYOUT_NAMES[n]} {f['speedup']:.2f}x" + (
-            "" if f["integer_kernels_ok"] and not f.get("validation_failures") else
-            " (not eligible: " + ("float kernels" if not f["integer_kernels_ok"] else "validation failed") + ")")
-            for n, f in layouts.items() if n != layout) + (f" (another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed"
-                                        + ("; the fused graph, QDQ's own arithmetic, unless 1/"
-                                           f"{LAYOUT_MARGIN:g} as fast" if "fused" in layouts else "") + ")")
+    # the layouts not chosen, measured in the same rounds
+    others = [f"{_LAYOUT_NAMES[n]} {f['speedup']:.2f}x{_ineligible(f)}" for n, f in layouts.items() if n != layout]
+    if others:
+        rule = f"another layout replaces QDQ at {LAYOUT_MARGIN:g}x QDQ's speed"
+        if "fused" in layouts:
+            rule += f"; the fused graph, QDQ's own arithmetic, unless 1/{LAYOUT_MARGIN:g} as fast"
+        reason += f"; against {', '.join(others)} ({rule})"
     if left:  # onnxruntime dequantizes these weights on every inference and runs the layer in float
         reason += (f"; {len(left)} quantized layer(s) run as float kernels in onnxruntime's optimised graph: "
                    f"{', '.join(left[:4])}{' ...' if len(left) > 4 else ''}")
