@@ -48,15 +48,18 @@ def flagship_context(run_dir: Path, data: str, distill: Path | None):
     return ctx, Artifact.load(distill or newest(run_dir, "distill"))
 
 
-def kd_loss_on(ctx, n: int):
-    """The first n train examples as a batch, and the prune stage's importance loss on them (logit KD, T = 2)."""
+def kd_loss_on(ctx, n: int, sample: str = "first"):
+    """n train examples as a batch (the first n, the n longest, or n at random), and the prune stage's importance
+    loss on them (logit KD, T = 2)."""
     from edgekd.models.hf import logits_of
     from edgekd.train.losses import logit_kd_loss
 
-    enc = ctx.encoded("train", n)
-    example = enc.batch(np.arange(len(enc)))
-    teacher = torch.from_numpy(ctx.teacher_logits("train")[: len(enc)])
-    labels = torch.from_numpy(enc.labels)
+    enc = ctx.encoded("train")
+    idx = (np.arange(n) if sample == "first" else np.argsort(-enc.lengths, kind="stable")[:n] if sample == "longest"
+           else np.random.default_rng(0).choice(len(enc), n, replace=False))
+    example = enc.batch(idx)
+    teacher = torch.from_numpy(ctx.teacher_logits("train")[idx])
+    labels = torch.from_numpy(enc.labels[idx])
     return example, lambda m: logit_kd_loss(logits_of(m, example), teacher, labels, 2.0, 0.5)
 
 
@@ -75,6 +78,10 @@ def main() -> None:
     ap.add_argument("--examples", nargs="+", type=int, default=[32, 256])
     ap.add_argument("--shares", nargs="+", type=float, default=[0.7, 0.5],
                     help="budgets: share of the non-embedding parameters kept (0.7 ~ the flagship's first step)")
+    ap.add_argument("--samples", nargs="+", default=["first"], choices=["first", "longest", "random"],
+                    help="which train examples the gradient criteria are scored on (the stage takes the first)")
+    ap.add_argument("--test", action="store_true", help="also report test.tsv accuracy (to explain a result: the "
+                    "choices above stay with dev)")
     ap.add_argument("--mode", default="full")
     args = ap.parse_args()
 
@@ -85,21 +92,23 @@ def main() -> None:
 
     base = load_model_from_artifact(parent)
     start = non_embedding_params(base)
-    rows = [{"criterion": "unpruned", "examples": 0, "share": 1.0, **evaluate(base, ctx, "unpruned", ("dev",))}]
+    splits = ("dev", "test") if args.test else ("dev",)
+    rows = [{"criterion": "unpruned", "examples": 0, "share": 1.0, **evaluate(base, ctx, "unpruned", splits)}]
     print(rows[0])
     for share in args.shares:
         for criterion in args.criteria:
-            for n in (args.examples if criterion != "magnitude" else [0]):
+            cases = [(n, sample) for n in args.examples for sample in args.samples]
+            for n, sample in (cases if criterion != "magnitude" else [(0, "first")]):
                 cfg = PruneConfig(importance=criterion, budget={"params": share})
-                example, loss = kd_loss_on(ctx, max(n, 32))
+                example, loss = kd_loss_on(ctx, max(n, 32), sample)
                 model = load_model_from_artifact(parent).eval()
                 t0 = time.perf_counter()
                 ratio = _ratio_for(model, share * start, non_embedding_params, example, cfg, family, loss, round_to)
                 prune_structured(model, example, cfg, family, loss, ratio=ratio, round_to=round_to)
-                row = {"criterion": criterion, "examples": n, "share": share, "ratio": ratio,
+                row = {"criterion": criterion, "examples": n, "sample": sample, "share": share, "ratio": ratio,
                        "kept_non_embedding": non_embedding_params(model) / start,
                        "architecture": architecture_summary(model), "prune_s": round(time.perf_counter() - t0, 1),
-                       **evaluate(model, ctx, f"{criterion} {n}", ("dev",))}
+                       **evaluate(model, ctx, f"{criterion} {n}", splits)}
                 print(row, flush=True)
                 rows.append(row)
     out = HERE / "results" / f"prune-importance-{args.mode}.json"

@@ -44,6 +44,9 @@ VARIANTS = {
     # quarter of the hidden width (384 -> 288, embeddings and every LayerNorm too), then heads and FFN for the rest
     "drop-1-layer": ["drop_layers=1"],
     "hidden-0.25": ["hidden_ratio=0.25"],
+    # CoFi's layer distillation: each layer's hidden states pulled toward its own unpruned self (the student before
+    # pruning runs beside it), on top of the recipe's logit terms
+    "layer-kd": ["recovery.hidden_weight=1.0", "recovery.layer_teacher=unpruned"],
 }
 
 
@@ -118,7 +121,7 @@ def main() -> None:
 
     for name in args.variants:
         cfg, cfg_dict = prune_config(VARIANTS[name], args.mode)
-        art = _made_by_the_run(args.run_dir, parent.id, cfg.model_dump(mode="json"))
+        art = _made_by_the_run(args.run_dir, parent.id, cfg)
         if art is not None:  # a run already trained it: read, do not re-train
             print(f"{name}: reading {art.path.name}", flush=True)
             rows[name] = row(name, load_model_from_artifact(art), art.metrics, cfg_dict, None, art.id)
@@ -135,14 +138,16 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def _made_by_the_run(run_dir: Path, parent: str, config: dict):
-    """The run's complete prune artifact of this student with exactly this config, if a run made one."""
+def _made_by_the_run(run_dir: Path, parent: str, config):
+    """The run's complete prune artifact of this student with exactly this config (compared as validated configs:
+    a field added since, at its default, does not hide it), if a run made one."""
     from edgekd.artifact import Artifact, is_complete
+    from edgekd.configs import PruneConfig
 
     for folder in sorted((run_dir / "stages").glob("*-prune-*")):
         if is_complete(folder):
             art = Artifact.load(folder)
-            if art.manifest.get("parent") == parent and art.manifest.get("config") == config:
+            if art.manifest.get("parent") == parent and PruneConfig.model_validate(art.manifest.get("config")) == config:
                 return art
     return None
 

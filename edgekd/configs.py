@@ -210,6 +210,11 @@ class DistillConfig(KDConfig):
 
 class RecoveryConfig(KDConfig):
     epochs: float = Field(1.0, gt=0, le=1000)
+    layer_teacher: Literal["teacher", "unpruned"] = Field(
+        "teacher", description="whose hidden states, attentions and relations the intermediate terms (hidden_weight, "
+        "attention_weight, relation_weight) match: the run's teacher, or the student as it was before pruning (same "
+        "depth and hidden width, so layer i matches its own unpruned self: CoFi's layer distillation). The logit "
+        "terms always read the teacher")
 
 
 class PruneBudget(Strict):

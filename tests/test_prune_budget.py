@@ -241,3 +241,42 @@ def test_dropping_whole_layers_removes_those_the_loss_misses_least_and_the_model
         np.testing.assert_allclose(got, logits_of(reloaded, feed).numpy(), atol=1e-4)
     with pytest.raises(Exception, match="drop_layers removes transformer layers"):
         validate_recipe({**r, "student": {"kind": "cnn", "channels": [8]}})
+
+
+def test_recovery_can_pull_each_layer_toward_its_unpruned_self(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):
+    # recovery.layer_teacher: unpruned (CoFi's layer distillation): the hidden-state term reads the student as it was
+    # before pruning, each kept layer against its own unpruned self (after drop_layers too), and recovery closes the gap
+    import numpy as np
+
+    import edgekd.prune.stage as prune_stage
+    from edgekd.train.losses import HiddenStateMSE, Outputs
+
+    real, seen = prune_stage.distill_fit, {}
+
+    def gap(model, unpruned, layer_map, batch) -> float:
+        with torch.no_grad():
+            s, t = (m.eval()(**batch, output_hidden_states=True) for m in (model, unpruned))
+        term = HiddenStateMSE(layer_map)
+        return float(term(Outputs(s.logits, s.hidden_states, None, batch["attention_mask"]),
+                          Outputs(t.logits, t.hidden_states, None, batch["attention_mask"]), None))
+
+    def spy(model, cfg, ctx, desc, key, layer_teacher=None):
+        batch = ctx.encoded("dev").batch(np.arange(16))
+        seen.update(layer_map=cfg.layer_map, teacher_layers=layer_teacher.config.num_hidden_layers,
+                    before=gap(model, layer_teacher, cfg.layer_map, batch))
+        out = real(model, cfg, ctx, desc, key, layer_teacher=layer_teacher)
+        seen["after"] = gap(model, layer_teacher, cfg.layer_map, batch)
+        return out
+
+    monkeypatch.setattr(prune_stage, "distill_fit", spy)
+    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
+    r["student"] = {"kind": "layers", "layers": [0, 1]}
+    kd = r["stages"][0]["distill"]
+    r["stages"] = [{"distill": kd}, {"prune": {
+        "drop_layers": 1, "budget": {"params": 0.4}, "steps": 1, "width_multiple": 8,
+        "recovery": {**kd, "epochs": 3, "lr": 1e-3, "hidden_weight": 1000.0, "layer_teacher": "unpruned",
+                     "select_on_dev": False}}}]
+    m = Pipeline(validate_recipe(r)).run()["prune"]
+    kept = [i for i in range(2) if i not in m["layers"]["dropped"]]
+    assert seen["layer_map"] == kept and seen["teacher_layers"] == 2  # the unpruned 2-layer student, not the teacher
+    assert seen["after"] < 0.75 * seen["before"], seen

@@ -25,7 +25,7 @@ from ..models.spec import (architecture_summary, base_of, build_model, hidden_wi
                            load_weights, make_spec, save_weights)
 from ..progress import log
 from ..train.context import Context
-from ..train.distiller import distill_fit, evaluate
+from ..train.distiller import distill_fit, evaluate, needs_live_teacher
 from ..train.losses import logit_kd_loss
 from .costs import Probe, make_budget, step_figures
 from .layers import base_with_depth, drop_layers
@@ -73,7 +73,7 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
                               f"{cfg.min_heads} / prune.min_channels = {cfg.min_channels}: lower the ratio (or "
                               "prune.head_ratio), or the minimum widths.")
         if cfg.recovery is not None:
-            metrics["recovery"] = distill_fit(model, cfg.recovery, ctx, "prune recovery", key)
+            metrics["recovery"] = _recover(model, parent, cfg, ctx, "prune recovery", key, metrics.get("layers"))
     else:
         model, metrics["steps"], layers = _prune_to_budget(model, parent, cfg, ctx, key, example, importance_loss,
                                                            round_to)
@@ -98,6 +98,18 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
                                 {"saved": False, "reason": blocker, "load_instead": "edgekd.load_model(ARTIFACT), or "
                                  "the exported ONNX model (onnxruntime, Optimum's ORTModel)"})
     return {"metrics": metrics, "spec": make_spec(model, base_with_depth(base_of(parent.spec), model))}
+
+
+def _recover(model, parent, cfg: PruneConfig, ctx: Context, desc: str, work_key: str, layers: dict | None) -> dict:
+    """The run's distillation on the pruned model. With `recovery.layer_teacher: unpruned` its intermediate terms
+    match the student as it was before pruning: each layer its own unpruned self (those drop_layers kept, too)."""
+    rec = cfg.recovery
+    if rec.layer_teacher != "unpruned" or not needs_live_teacher(rec):
+        return distill_fit(model, rec, ctx, desc, work_key)
+    if layers and rec.layer_map is None:
+        kept = [i for i in range(layers["layers_before"]) if i not in layers["dropped"]]
+        rec = rec.model_copy(update={"layer_map": kept})
+    return distill_fit(model, rec, ctx, desc, work_key, layer_teacher=load_model_from_artifact(parent))
 
 
 def _drop_layers(model, cfg: PruneConfig, importance_loss) -> dict:
@@ -210,8 +222,8 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
         # and cost test.tsv 0.46, 0.69 and 0.23 points (-0.34 -> -0.80, -0.11 -> -0.80, -1.03 -> -1.26): on these
         # splits dev does not tell a recovery that helps from one that hurts.
         if cfg.recovery is not None:  # its checkpoints inside the stage's work folder: removed with it when done
-            step["recovery"] = distill_fit(model, cfg.recovery, ctx, f"prune recovery {k}/{cfg.steps}",
-                                           f"{key}/recovery-step{k}")
+            step["recovery"] = _recover(model, parent, cfg, ctx, f"prune recovery {k}/{cfg.steps}",
+                                        f"{key}/recovery-step{k}", layers)
         step["dev_accuracy"] = evaluate(model, ctx, f"prune step {k}", splits=("dev",))["dev_accuracy"]
         steps.append(step)
         log(f"prune step {k}/{cfg.steps}: ratio {ratio:.3f}, non-embedding parameters {step['non_embedding_params']:,}"

@@ -205,12 +205,16 @@ def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
     return layer_map
 
 
-def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, work_key: str) -> dict:
-    """Train `model` against the run's teacher with the recipe's loss; shared by distill, prune recovery and QAT."""
+def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, work_key: str,
+                layer_teacher: torch.nn.Module | None = None) -> dict:
+    """Train `model` against the run's teacher with the recipe's loss; shared by distill, prune recovery and QAT.
+
+    layer_teacher: the model whose hidden states, attentions and relations the intermediate terms match (default:
+    the run's teacher; prune recovery may pass the unpruned student). The logit terms read the teacher either way."""
     train = ctx.encoded("train", cfg.max_train_examples)
     live = None
     if needs_live_teacher(cfg):  # the teacher runs beside the student on every batch
-        live = ctx.teacher_model().to(ctx.runtime.device).eval()
+        live = (layer_teacher or ctx.teacher_model()).to(ctx.runtime.device).eval()
         for p in live.parameters():
             p.requires_grad_(False)
     logits = ctx.teacher_logits("train", cfg.max_train_examples)
