@@ -60,6 +60,7 @@ def load_data(cfg: DataConfig, task: str) -> TaskData:
     else:
         data = _load_folder(cfg, task)
     _check_classes(data)
+    _warn_on_leaks(data)
     if cfg.eval_max_examples:
         data.dev = data.dev.head(cfg.eval_max_examples)
         data.test = data.test.head(cfg.eval_max_examples)
@@ -75,6 +76,17 @@ def _check_classes(data: TaskData) -> None:
             f"The train split has a single class ({data.label_names[int(data.train.labels[0])]!r}); a classifier "
             "needs at least two. Check data.label_column and the file's contents."
         )
+
+
+def _warn_on_leaks(data: TaskData) -> None:
+    if data.train.texts is None:
+        return
+    from ..progress import log
+    from .overlap import leak_warning, share_inside
+
+    dev = share_inside(data.dev.texts, data.train.texts)
+    if dev is not None and (msg := leak_warning("dev", dev, share_inside(data.test.texts, data.train.texts))):
+        log(f"[yellow]data: {msg}[/]")
 
 
 # ---------------------------------------------------------------- local folder
