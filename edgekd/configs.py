@@ -216,6 +216,13 @@ class RecoveryConfig(KDConfig):
         "depth and hidden width, so layer i matches its own unpruned self: CoFi's layer distillation). The logit "
         "terms always read the teacher")
 
+    @model_validator(mode="after")
+    def _layer_teacher_has_terms(self):
+        if self.layer_teacher == "unpruned" and not (self.hidden_weight or self.attention_weight or self.relation_weight):
+            raise ValueError("layer_teacher: unpruned chooses whose layers the intermediate terms match, and none is on: "
+                             "give hidden_weight (or relation_weight) a weight, e.g. hidden_weight: 1.0")
+        return self
+
 
 class PruneBudget(Strict):
     """What the pruned model may cost (exactly one of params, macs, latency_ms); pruning continues step by step until

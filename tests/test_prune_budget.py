@@ -280,3 +280,6 @@ def test_recovery_can_pull_each_layer_toward_its_unpruned_self(tmp_path, tiny_be
     kept = [i for i in range(2) if i not in m["layers"]["dropped"]]
     assert seen["layer_map"] == kept and seen["teacher_layers"] == 2  # the unpruned 2-layer student, not the teacher
     assert seen["after"] < 0.75 * seen["before"], seen
+    r["stages"][1]["prune"]["recovery"] = {**kd, "layer_teacher": "unpruned"}  # and no intermediate term to read it
+    with pytest.raises(Exception, match="layer_teacher: unpruned .* none is on"):
+        validate_recipe(r)
