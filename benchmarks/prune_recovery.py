@@ -47,6 +47,8 @@ VARIANTS = {
     # CoFi's layer distillation: each layer's hidden states pulled toward its own unpruned self (the student before
     # pruning runs beside it), on top of the recipe's logit terms
     "layer-kd": ["recovery.hidden_weight=1.0", "recovery.layer_teacher=unpruned"],
+    # every layer cut by the same share (global ranking leaves the last layer 160 of 1536 FFN channels)
+    "per-layer": ["global_pruning=false"],
 }
 
 
