@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -133,7 +134,9 @@ def main() -> None:
             torch.manual_seed(0)
             t0 = time.perf_counter()
             # key: the work folder of its checkpoints (a killed variant resumes at its last finished step)
-            result = run_prune(cfg, parent, ctx, folder, f"prune-recovery-{name}-{parent.id}")
+            key = f"prune-recovery-{name}-{parent.id}"
+            result = run_prune(cfg, parent, ctx, folder, key)
+            shutil.rmtree(ctx.work_dir(key), ignore_errors=True)  # its step checkpoints: only a killed variant needs them
             model = load_weights(build_model(result["spec"]), folder)  # run_prune saved the pruned weights there
             rows[name] = row(name, model, result["metrics"], cfg_dict, time.perf_counter() - t0, None)
         out.write_text(json.dumps(_document(rows, parent, args), indent=2) + "\n")  # after each: a kill keeps rows
