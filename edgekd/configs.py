@@ -210,8 +210,11 @@ class DistillConfig(KDConfig):
 
 class RecoveryConfig(KDConfig):
     epochs: float = Field(1.0, gt=0, le=1000)
+    # exclude_if: at its default the field is left out of the dumped config, so the prune stage's cache key (a hash
+    # of that dump) is what it was before the field existed, and runs made before it stay cached. A field added
+    # later whose default reproduces the old behaviour should do the same.
     layer_teacher: Literal["teacher", "unpruned"] = Field(
-        "teacher", description="whose hidden states, attentions and relations the intermediate terms (hidden_weight, "
+        "teacher", exclude_if=lambda v: v == "teacher", description="whose hidden states, attentions and relations the intermediate terms (hidden_weight, "
         "attention_weight, relation_weight) match: the run's teacher, or the student as it was before pruning (same "
         "depth and hidden width, so layer i matches its own unpruned self: CoFi's layer distillation). The logit "
         "terms always read the teacher")

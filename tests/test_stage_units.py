@@ -168,3 +168,17 @@ def test_a_stage_revision_moves_its_cache_key_and_revision_0_keeps_the_old_keys(
     bumped = dataclasses.replace(export, revision=1)
     assert pipe._key(bumped, cfg, "p") != old
     assert pipe._key(dataclasses.replace(export, revision=2), cfg, "p") not in {old, pipe._key(bumped, cfg, "p")}
+
+
+def test_a_recovery_key_added_later_stays_out_of_the_cache_key_at_its_default():
+    # the prune stage's key hashes its config's dump: recovery.layer_teacher at its default must not appear in it
+    # (runs made before the key existed stay cached); set, it does (a different recovery, a different artifact)
+    from edgekd.configs import PruneConfig
+
+    before = {"budget": {"params": 0.5}, "steps": 2, "recovery": {"epochs": 0.5}}
+    default = PruneConfig.model_validate(before).model_dump(mode="json")
+    assert "layer_teacher" not in default["recovery"]
+    assert PruneConfig.model_validate(default).recovery.layer_teacher == "teacher"  # a manifest's config reloads
+    on = PruneConfig.model_validate({**before, "recovery": {"epochs": 0.5, "hidden_weight": 1.0,
+                                                            "layer_teacher": "unpruned"}})
+    assert on.model_dump(mode="json")["recovery"]["layer_teacher"] == "unpruned"
