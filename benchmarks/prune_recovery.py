@@ -143,7 +143,7 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def _made_by_the_run(run_dir: Path, parent: str, config):
+def _made_by_the_run(run_dir: Path, parent: str, config: "PruneConfig"):
     """The run's complete prune artifact of this student with exactly this config (compared as validated configs:
     a field added since, at its default, does not hide it), if a run made one."""
     from edgekd.artifact import Artifact, is_complete

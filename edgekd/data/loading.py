@@ -82,11 +82,11 @@ def _warn_on_leaks(data: TaskData) -> None:
     if data.train.texts is None:
         return
     from ..progress import log
-    from .overlap import leak_warning, share_inside
+    from .overlap import WARN_SHARE, leak_warning, share_inside
 
     dev = share_inside(data.dev.texts, data.train.texts)
-    if dev is not None and (msg := leak_warning("dev", dev, share_inside(data.test.texts, data.train.texts))):
-        log(f"[yellow]data: {msg}[/]")
+    if dev is not None and dev >= WARN_SHARE:  # the test split's share only to put beside a warning
+        log(f"[yellow]data: {leak_warning('dev', dev, share_inside(data.test.texts, data.train.texts))}[/]")
 
 
 # ---------------------------------------------------------------- local folder
