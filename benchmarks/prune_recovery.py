@@ -50,6 +50,10 @@ VARIANTS = {
     "layer-kd": ["recovery.hidden_weight=1.0", "recovery.layer_teacher=unpruned"],
     # every layer cut by the same share (global ranking leaves the last layer 160 of 1536 FFN channels)
     "per-layer": ["global_pruning=false"],
+    # recovery at a third of the distillation's learning rate: the cut model stays nearer the features it had
+    "low-lr": ["recovery.lr=3e-5"],
+    # each recovery ends with a moving average of its weights (about the last 1,000 of its ~3,900 steps)
+    "ema": ["recovery.weight_ema=0.999"],
 }
 
 

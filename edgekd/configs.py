@@ -39,6 +39,12 @@ class TrainConfig(Strict):
     warmup_ratio: float = Field(0.1, ge=0, lt=1.0)
     max_train_examples: int | None = Field(None, ge=1, description="use only the first N training examples")
     checkpoint_every: int = Field(200, ge=1, description="optimizer steps between resumable checkpoints")
+    # exclude_if: at its default the field stays out of the dumped config, so the cache keys of stages trained
+    # before it existed are unchanged (see RecoveryConfig.layer_teacher)
+    weight_ema: float | None = Field(
+        None, gt=0, lt=1, exclude_if=lambda v: v is None, description="end with an exponential moving average of "
+        "the weights (this decay per optimizer step; 0.999 averages over about the last 1,000 steps) instead of the "
+        "last step's weights; with select_on_dev the averaged weights are the ones scored")
 
 
 class AugmentConfig(Strict):

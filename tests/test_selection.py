@@ -101,3 +101,63 @@ def test_an_epoch_checkpointed_but_not_scored_before_a_kill_is_scored_on_resume(
     assert stats["selection"]["best_epoch"] == 1.0
     for k, v in model.state_dict().items():  # epoch 1's weights, read back from disk
         torch.testing.assert_close(v, first.seen[0][k])
+
+
+def _trajectory(cfg: TrainConfig, **kw) -> tuple[Tiny, list[dict]]:
+    """fit() on a fresh Tiny, with the weights seen before every step (on_step) and at the end."""
+    torch.manual_seed(0)
+    model, seen = Tiny(), []
+
+    def record(progress):
+        seen.append({k: v.detach().clone() for k, v in model.named_parameters()})
+
+    fit(model, _data(), cfg, _ce, seed=0, desc="t", on_step=record, **kw)
+    return model, seen + [{k: v.detach().clone() for k, v in model.named_parameters()}]
+
+
+def test_weight_ema_ends_with_the_moving_average_of_every_step_s_weights():
+    decay = 0.7
+    plain, weights = _trajectory(TrainConfig(epochs=2, batch_size=16, lr=5e-2))
+    averaged, _ = _trajectory(TrainConfig(epochs=2, batch_size=16, lr=5e-2, weight_ema=decay))
+    # the average starts at the weights after the first step and follows every later step
+    expect = dict(weights[1])
+    for w in weights[2:]:
+        expect = {k: decay * expect[k] + (1 - decay) * w[k] for k in expect}
+    for k, v in averaged.named_parameters():
+        torch.testing.assert_close(v, expect[k])
+    assert not torch.allclose(averaged.out.weight, plain.out.weight)  # it is not the last step's weights
+
+
+def test_weight_ema_resumes_from_its_checkpoint_and_is_what_selection_scores(tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=5e-2, weight_ema=0.8, checkpoint_every=2)  # 4 steps per epoch
+    torch.manual_seed(0)
+    ref = Tiny()
+    fit(ref, _data(), cfg, _ce, seed=0, desc="t")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_7(progress):
+        if progress >= 7 / 12:
+            raise Killed
+
+    torch.manual_seed(0)
+    try:
+        fit(Tiny(), _data(), cfg, _ce, seed=0, desc="t", work_dir=tmp_path, on_step=kill_at_step_7)
+    except Killed:
+        pass
+    else:
+        raise AssertionError("the run was not killed")
+    torch.manual_seed(1)  # the resumed run must take weights and average from the checkpoint (step 6), not a seed
+    resumed = Tiny()
+    stats = fit(resumed, _data(), cfg, _ce, seed=0, desc="t", work_dir=tmp_path)
+    assert stats["steps_this_run"] == 6 and stats["weight_ema"] == 0.8
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, ref.state_dict()[k])
+
+    torch.manual_seed(0)
+    selected, score = Tiny(), Scripted([0.5, 0.9, 0.5])
+    fit(selected, _data(), cfg, _ce, seed=0, desc="t", select=score)
+    for k, v in selected.state_dict().items():
+        torch.testing.assert_close(score.seen[2][k], ref.state_dict()[k])  # what was scored: the average
+        torch.testing.assert_close(v, score.seen[1][k])  # and the model ends with the best epoch's average

@@ -30,7 +30,9 @@ def _rng_states(rt: Runtime) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(work_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler, position: dict, runtime: Runtime | None = None) -> None:
+                    scheduler, position: dict, runtime: Runtime | None = None,
+                    averaged: torch.nn.Module | None = None) -> None:
+    """averaged: the moving average of the weights (TrainConfig.weight_ema), saved beside them."""
     rt = runtime or Runtime.cpu()
     rng = _rng_states(rt)  # a collective: every process takes part
     if not rt.is_main:
@@ -40,6 +42,8 @@ def save_checkpoint(work_dir: Path, model: torch.nn.Module, optimizer: torch.opt
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if averaged is not None:
+        tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in averaged.state_dict().items()})
     opt = optimizer.state_dict()
     for pid, state in opt["state"].items():
         for key, value in state.items():
@@ -61,7 +65,7 @@ def save_checkpoint(work_dir: Path, model: torch.nn.Module, optimizer: torch.opt
 
 
 def load_checkpoint(work_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-                    runtime: Runtime | None = None) -> dict | None:
+                    runtime: Runtime | None = None, averaged: torch.nn.Module | None = None) -> dict | None:
     """Restore model, optimizer, scheduler and this process's RNG; returns the data position (None: no checkpoint).
 
     The model must already be on its device: tensors are copied into it, and the optimizer state
@@ -77,6 +81,8 @@ def load_checkpoint(work_dir: Path, model: torch.nn.Module, optimizer: torch.opt
     tensors = load_file(str(final / "tensors.safetensors"))
     meta = json.loads((final / "state.json").read_text())
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if averaged is not None:
+        averaged.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     state: dict = {}
     for k, v in tensors.items():
         if k.startswith("opt."):

@@ -1,6 +1,7 @@
 """The one training loop for every stage that trains (teacher fine-tune, distillation, pruning
-recovery, QAT): AdamW, linear warm-up/decay, mixed precision, several processes (DDP), rich
-progress, resumable checkpoints, numerical fault detection and throughput figures.
+recovery, QAT): AdamW, linear warm-up/decay, optional weight averaging (EMA), mixed precision,
+several processes (DDP), rich progress, resumable checkpoints, numerical fault detection and
+throughput figures.
 
 Determinism: the global batches of epoch e come from numpy's generator seeded with (seed, e) and
 are bucketed by length; each process takes its shard of every global batch. So the batches do
@@ -17,6 +18,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from transformers import get_linear_schedule_with_warmup
 
 from ..configs import TrainConfig
@@ -80,10 +82,16 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     scaler = rt.grad_scaler()
 
+    # Polyak/EMA weight averaging with torch's own AveragedModel (a copy of the model, updated after each step;
+    # buffers follow the live model). It is what the model ends with, and what selection scores.
+    averaged = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.weight_ema))
+                if cfg.weight_ema is not None else None)
+    scored = averaged.module if averaged is not None else model
+
     step = 0
     losses: list[float] = []
     if work_dir is not None:
-        pos = load_checkpoint(work_dir, model, optimizer, scheduler, rt)
+        pos = load_checkpoint(work_dir, model, optimizer, scheduler, rt, averaged)
         if pos is not None:
             step = pos["step"]
             losses = pos.get("recent_losses", [])
@@ -94,7 +102,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
         selection.resume()
         # killed between an epoch's checkpoint and its score: score it now, before training on
         if (step % steps_per_epoch == 0 or step >= total) and not selection.scored(step / steps_per_epoch):
-            if selection.after_epoch(model, step / steps_per_epoch):
+            if selection.after_epoch(scored, step / steps_per_epoch):
                 total = step
     interrupted = {"flag": False}
 
@@ -144,6 +152,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                             )
                         optimizer.step()
                     scheduler.step()
+                    if averaged is not None:
+                        averaged.update_parameters(model)
                     step += 1
                     examples += len(global_idx)
                     losses.append(loss.item())
@@ -151,10 +161,10 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                     if work_dir is not None and (step % cfg.checkpoint_every == 0 or interrupted["flag"]):
                         losses = losses[-LOSS_WINDOW:]
                         save_checkpoint(work_dir, model, optimizer, scheduler,
-                                        {"step": step, "recent_losses": losses}, rt)
+                                        {"step": step, "recent_losses": losses}, rt, averaged)
                     if selection is not None and (step % steps_per_epoch == 0 or step == total):
                         module.eval()
-                        stop = selection.after_epoch(model, step / steps_per_epoch)
+                        stop = selection.after_epoch(scored, step / steps_per_epoch)
                         module.train()
                         if stop:
                             log(f"[yellow]{desc}: no better dev score for {patience} epoch(s): stopping early at "
@@ -173,7 +183,9 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
     wall = time.perf_counter() - started
     model.eval()
     if selection is not None:
-        selection.restore_best(model)
+        selection.restore_best(scored)
+    if averaged is not None:  # same structure, buffers already in sync: the average becomes the model
+        model.load_state_dict(averaged.module.state_dict())
     out = {"steps": total, "final_loss": float(np.mean(losses[-LOSS_WINDOW:])) if losses else None,
            "examples": n, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
            "steps_this_run": step - start_step, "wall_s": round(wall, 3),
@@ -184,6 +196,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
         out["padding_share"] = share
     if selection is not None:
         out["selection"] = selection.report()
+    if averaged is not None:
+        out["weight_ema"] = cfg.weight_ema
     return out
 
 
