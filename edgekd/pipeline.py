@@ -138,7 +138,7 @@ class Pipeline:
         if rt.is_main:
             from .report.run_summary import write_run_outputs
 
-            summary = write_run_outputs(self.run_dir, self.recipe, self.artifacts)
+            summary = write_run_outputs(self.run_dir, self.recipe, self.artifacts, data=self.ctx.data.checks)
         rt.barrier()
         if summary is None:  # the other processes read what rank 0 wrote
             import json

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ class TaskData:
     label_names: list[str]
     fingerprint: str  # changes when the data or how it is read changes: part of every cache key
     preprocess: dict  # how raw inputs become model inputs (shipped with the ONNX model)
+    checks: dict = field(default_factory=dict)  # what loading found out about the splits (the run's report shows it)
 
     @property
     def num_labels(self) -> int:
@@ -60,7 +61,7 @@ def load_data(cfg: DataConfig, task: str) -> TaskData:
     else:
         data = _load_folder(cfg, task)
     _check_classes(data)
-    _warn_on_leaks(data)
+    _check_leaks(data)
     if cfg.eval_max_examples:
         data.dev = data.dev.head(cfg.eval_max_examples)
         data.test = data.test.head(cfg.eval_max_examples)
@@ -78,15 +79,18 @@ def _check_classes(data: TaskData) -> None:
         )
 
 
-def _warn_on_leaks(data: TaskData) -> None:
+def _check_leaks(data: TaskData) -> None:
+    """Warn now, and record for the run's report, when dev is made of train texts (overlap.py)."""
     if data.train.texts is None:
         return
     from ..progress import log
-    from .overlap import WARN_SHARE, leak_warning, share_inside
+    from .overlap import leak_check
 
-    dev = share_inside(data.dev.texts, data.train.texts)
-    if dev is not None and dev >= WARN_SHARE:  # the test split's share only to put beside a warning
-        log(f"[yellow]data: {leak_warning('dev', dev, share_inside(data.test.texts, data.train.texts))}[/]")
+    check = leak_check(data.dev.texts, data.test.texts, data.train.texts)
+    if check is not None:
+        data.checks["overlap_with_train"] = check
+        if check["warning"]:
+            log(f"[yellow]data: {check['warning']}[/]")
 
 
 # ---------------------------------------------------------------- local folder

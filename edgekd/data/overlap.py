@@ -17,16 +17,32 @@ MIN_CHARS = 12  # shorter texts ("good", "a mess") sit inside some train text by
 WARN_SHARE = 0.2
 
 
-def share_inside(held_out: list[str], train: list[str], sample: int = SAMPLE, seed: int = 0) -> float | None:
+def share_inside(held_out: list[str], train: list[str] | str, sample: int = SAMPLE, seed: int = 0) -> float | None:
     """The share of (a sample of) held-out texts of at least MIN_CHARS that occur verbatim inside some train text,
-    case-insensitive; None when there are none that long."""
+    case-insensitive; None when there are none that long. `train` may be given already joined (_joined)."""
     candidates = [t.strip().lower() for t in held_out if len(t.strip()) >= MIN_CHARS]
     if not candidates:
         return None
     rng = np.random.default_rng(seed)
     picked = [candidates[i] for i in rng.choice(len(candidates), min(sample, len(candidates)), replace=False)]
-    joined = "\n".join(t.lower() for t in train)  # no text spans a newline: a match lies inside one train text
+    joined = train if isinstance(train, str) else _joined(train)
     return sum(text in joined for text in picked) / len(picked)
+
+
+def _joined(train: list[str]) -> str:
+    return "\n".join(t.lower() for t in train)  # no text spans a newline: a match lies inside one train text
+
+
+def leak_check(dev: list[str], test: list[str], train: list[str]) -> dict | None:
+    """Both held-out splits' shares inside train, and the warning dev's share calls for (None: none); None when dev
+    has no text long enough to tell. For the run's manifest and report, and the warning printed at load time."""
+    joined = _joined(train)
+    dev_share = share_inside(dev, joined)
+    if dev_share is None:
+        return None
+    test_share = share_inside(test, joined)
+    return {"dev": dev_share, "test": test_share, "sample": SAMPLE, "min_chars": MIN_CHARS,
+            "warning": leak_warning("dev", dev_share, test_share)}
 
 
 def leak_warning(split: str, share: float, test_share: float | None) -> str | None:

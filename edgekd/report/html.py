@@ -116,6 +116,15 @@ def _failed_baselines(summaries, labels) -> str:
     return f'<p class="note">PTQ baselines that could not be built:</p><ul class="note">{"".join(items)}</ul>' if items else ""
 
 
+def _data_warnings(summaries, labels) -> str:
+    """A warning box per run whose data loading found a problem (a dev split made of train texts), above all else:
+    it qualifies every accuracy below that was chosen on dev."""
+    boxes = [f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(s["data"]["overlap_with_train"]["warning"])}</p>'
+             for s, label in zip(summaries, labels)
+             if (s.get("data", {}).get("overlap_with_train") or {}).get("warning")]
+    return "".join(boxes)
+
+
 def _recommendation(rec: dict) -> str:
     cls = "rec" if rec["qualified"] else "rec none"
     lim = [f"max latency {rec['max_latency_ms']:g} ms" if rec["max_latency_ms"] is not None else "no latency limit",
@@ -235,7 +244,7 @@ def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_
     rec = recommend(summaries, max_latency_ms, min_accuracy, devices)
     labels = run_labels(summaries)
     title = f"edgekd device report — {', '.join(labels)}"
-    body = [f"<h1>{_e(title)}</h1>",
+    body = [f"<h1>{_e(title)}</h1>", _data_warnings(summaries, labels),
             "<h2>Recommendation</h2>", _recommendation(rec),
             "<h2>Models × devices</h2>", _table(rec), _failed_baselines(summaries, labels),
             "<h2>Pareto plots</h2>", _pareto_section(rec),

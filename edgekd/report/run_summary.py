@@ -18,7 +18,7 @@ from .markdown import render_markdown
 RUN_INDEX = "run.json"
 
 
-def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
+def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact], data: dict | None = None) -> dict:
     stages = []
     for a in artifacts:
         weights = a.path / "model.safetensors"
@@ -30,6 +30,8 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact]) -> dict:
                        "size_mb": size / 1e6 if size else None, "metrics": a.metrics})
     summary = {"edgekd_version": __version__, "name": recipe.get("name"), "task": recipe.get("task"),
                "recipe": recipe, "stages": stages}
+    if data:  # what loading found out about the splits (a dev split made of train texts)
+        summary["data"] = data
     teacher = next((s for s in stages if s["stage"] == "teacher"), None)
     if teacher:
         summary["teacher_accuracy_pytorch"] = teacher["metrics"].get("test_accuracy")
@@ -82,12 +84,16 @@ def int8_speedups(models: dict) -> dict:
     return out
 
 
-def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact]) -> dict:
+def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact], data: dict | None = None) -> dict:
+    """data: the data checks of the run (TaskData.checks); None when rebuilding a report from the run folder
+    (`edgekd report` loads no data): then those the run recorded in run.json."""
     run_dir = Path(run_dir)
     recipe_dict = recipe.to_dict() if hasattr(recipe, "to_dict") else recipe
-    write_json_atomic(run_dir / RUN_INDEX, {"recipe": recipe_dict,
+    if data is None and (run_dir / RUN_INDEX).is_file():
+        data = json.loads((run_dir / RUN_INDEX).read_text(encoding="utf-8")).get("data")
+    write_json_atomic(run_dir / RUN_INDEX, {"recipe": recipe_dict, "data": data or {},
                                             "artifacts": [str(a.path.relative_to(run_dir)) for a in artifacts]})
-    summary = summarize(run_dir, recipe_dict, artifacts)
+    summary = summarize(run_dir, recipe_dict, artifacts, data)
     export = next((a for a in reversed(artifacts) if a.stage == "export"), None)
     if export is not None:  # ship the model and what is needed to feed it next to the report
         for name in ("model.onnx", "config.json", *PREPROCESSING_FILES):  # config.json: for Optimum's ORTModel
