@@ -52,8 +52,10 @@ VARIANTS = {
     "per-layer": ["global_pruning=false"],
     # recovery at a third of the distillation's learning rate: the cut model stays nearer the features it had
     "low-lr": ["recovery.lr=3e-5"],
+    "lr-1e-5": ["recovery.lr=1e-5"],  # a tenth
     # each recovery ends with a moving average of its weights (about the last 1,000 of its ~3,900 steps)
     "ema": ["recovery.weight_ema=0.999"],
+    "low-lr-ema": ["recovery.lr=3e-5", "recovery.weight_ema=0.999"],
 }
 
 
