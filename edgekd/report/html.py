@@ -119,10 +119,10 @@ def _failed_baselines(summaries, labels) -> str:
 def _data_warnings(summaries, labels) -> str:
     """A warning box per run whose data loading found a problem (a dev split made of train texts), above all else:
     it qualifies every accuracy below that was chosen on dev."""
-    boxes = [f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(s["data"]["overlap_with_train"]["warning"])}</p>'
-             for s, label in zip(summaries, labels)
-             if (s.get("data", {}).get("overlap_with_train") or {}).get("warning")]
-    return "".join(boxes)
+    warnings = [(label, (s.get("data", {}).get("overlap_with_train") or {}).get("warning"))
+                for s, label in zip(summaries, labels)]
+    return "".join(f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(text)}</p>'
+                   for label, text in warnings if text)
 
 
 def _recommendation(rec: dict) -> str:
