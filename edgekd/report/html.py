@@ -15,7 +15,7 @@ from .. import __version__
 from ..artifact import write_json_atomic
 from ..errors import EdgekdError
 from . import plots
-from .markdown import budget_text
+from .markdown import budget_text, data_warning
 from .recommend import baseline_label, device_info, normalize_accuracy, pareto, profile_names, recommend, run_labels
 
 CSS = """
@@ -119,10 +119,8 @@ def _failed_baselines(summaries, labels) -> str:
 def _data_warnings(summaries, labels) -> str:
     """A warning box per run whose data loading found a problem (a dev split made of train texts), above all else:
     it qualifies every accuracy below that was chosen on dev."""
-    warnings = [(label, (s.get("data", {}).get("overlap_with_train") or {}).get("warning"))
-                for s, label in zip(summaries, labels)]
-    return "".join(f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(text)}</p>'
-                   for label, text in warnings if text)
+    return "".join(f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(data_warning(s))}</p>'
+                   for s, label in zip(summaries, labels) if data_warning(s))
 
 
 def _recommendation(rec: dict) -> str:

@@ -23,10 +23,10 @@ def budget_text(budget: dict) -> str:
            f"({budget['off_by']:+.1%}) at {budget.get('case', 'batch 1')}"
 
 
-def data_warnings(s: dict) -> list[str]:
-    """The run's data warnings (a dev split made of train texts), each a quoted paragraph, or nothing."""
-    check = s.get("data", {}).get("overlap_with_train") or {}
-    return [f"> **Data:** {check['warning']}", ""] if check.get("warning") else []
+def data_warning(s: dict) -> str | None:
+    """The run's data warning (a dev split made of train texts, from loading's check), if it has one; the Markdown
+    and the HTML report both show it."""
+    return (s.get("data", {}).get("overlap_with_train") or {}).get("warning")
 
 
 def _params(n) -> str:
@@ -55,7 +55,8 @@ def render_markdown(s: dict) -> str:
         out += [f"Final model (`{s.get('model', 'model.onnx')}`, ONNX Runtime) accuracy on the test split: "
                 f"**{_pct(s['accuracy'])}%** vs teacher **{_pct(s.get('teacher_accuracy'))}%** "
                 f"(agreement with the teacher {_pct(s.get('agreement'))}%).", ""]
-    out += data_warnings(s)
+    if data_warning(s):
+        out += [f"> **Data:** {data_warning(s)}", ""]
     systems = s.get("systems", {})
     onnx_acc = {"export": systems.get("final", {}).get("accuracy")}
     onnx_agr = {"export": systems.get("final", {}).get("agreement")}
