@@ -170,12 +170,22 @@ class DataConfig(Strict):
     test_split: str = "test"
     max_length: int = Field(128, ge=8, le=4096, description="tokens per text; longer texts are truncated")
     eval_max_examples: int | None = Field(None, ge=1, description="cap dev/test examples (tests, smoke runs)")
+    # exclude_if: at its default the field stays out of the dumped config, so the data fingerprint (part of every
+    # cache key) of runs that do not use it is unchanged
+    dev_holdout: int | None = Field(
+        None, ge=1, exclude_if=lambda v: v is None,
+        description="build dev from train instead of the dev file: this many whole train texts that no other train "
+                    "text contains (SST-2: its sentences), each leaving train with the train texts inside it, so dev "
+                    "holds inputs train has never seen, as test does (data/holdout.py)")
 
     @model_validator(mode="after")
     def _one_source(self):
         given = [k for k in ("path", "hub", "sklearn") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of data.path, data.hub or data.sklearn (got {given or 'none'})")
+        if self.dev_holdout is not None and self.sklearn is not None:
+            raise ValueError("data.dev_holdout holds out whole texts; the bundled scikit-learn images have a fixed "
+                             "split already: remove data.dev_holdout")
         return self
 
 

@@ -168,7 +168,9 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
     if task != "text-classification":
         raise DataError("Local-folder data is supported for text-classification; use data.sklearn for the image quickstart.")
     raw, fingerprints = {}, {}
-    for split in (cfg.train_split, cfg.dev_split, cfg.test_split):
+    # with data.dev_holdout, dev comes out of train and the dev file is not read (it need not exist)
+    wanted = (cfg.train_split, cfg.test_split) + ((cfg.dev_split,) if cfg.dev_holdout is None else ())
+    for split in wanted:
         path = _find_split_file(folder, split, cfg.format)
         columns, rows = _read_rows(path, cfg.format)
         for col, what in ((cfg.text_column, "text"), (cfg.label_column, "label")):
@@ -210,11 +212,30 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
                 f"(train labels: {label_names}). Fix the labels or the split files."
             )
         splits[split] = Split(split, np.array([index[x] for x in labels], dtype=np.int64), texts=texts)
+    checks = {}
+    if cfg.dev_holdout is not None:
+        splits[cfg.train_split], splits[cfg.dev_split], checks["dev_holdout"] = _hold_out_dev(
+            splits[cfg.train_split], cfg, str(raw[cfg.train_split][2]))
     return TaskData(task, splits[cfg.train_split], splits[cfg.dev_split], splits[cfg.test_split], label_names,
                     # the files' contents, not the path they were reached by: a moved folder or a relative path
                     # to the same files must not re-train every cached stage
                     stable_hash({"cfg": cfg.model_dump(exclude={"path"}), "files": fingerprints}),
-                    {"type": "text", "max_length": cfg.max_length})
+                    {"type": "text", "max_length": cfg.max_length}, checks)
+
+
+def _hold_out_dev(train: Split, cfg: DataConfig, source: str) -> tuple[Split, Split, dict]:
+    """(train, dev, facts): dev is data.dev_holdout whole train texts, train loses them and the texts inside them."""
+    from .holdout import hold_out
+
+    try:
+        dev_idx, train_idx, facts = hold_out(train.texts, cfg.dev_holdout)
+    except ValueError as e:
+        raise DataError(f"{source!r} (the train split): {e}.") from None
+    if len(np.unique(train.labels[dev_idx])) < 2:
+        raise DataError(f"data.dev_holdout: the {cfg.dev_holdout} texts held out of {source!r} have a single class; "
+                        "hold out more of them.")
+    pick = lambda idx, name: Split(name, train.labels[idx], texts=[train.texts[i] for i in idx])  # noqa: E731
+    return pick(train_idx, train.name), pick(dev_idx, cfg.dev_split), facts
 
 
 def _label_names(labels: list[str]) -> list[str]:
@@ -232,7 +253,7 @@ def _load_hub(cfg: DataConfig, task: str) -> TaskData:  # pragma: no cover - nee
         raise DataError("data.hub needs the `datasets` package: pip install datasets (or use a local data.path).") from None
     ds = datasets.load_dataset(cfg.hub, cfg.hub_config)
     splits = {}
-    for split in (cfg.train_split, cfg.dev_split, cfg.test_split):
+    for split in (cfg.train_split, cfg.test_split) + ((cfg.dev_split,) if cfg.dev_holdout is None else ()):
         if split not in ds:
             raise DataError(f"Hub data set {cfg.hub!r} has no split {split!r} (has: {list(ds)}).")
         d = ds[split]
@@ -241,9 +262,13 @@ def _load_hub(cfg: DataConfig, task: str) -> TaskData:  # pragma: no cover - nee
                 raise DataError(f"Hub data set {cfg.hub!r} split {split!r} has no column {col!r} (has: {d.column_names}).")
         splits[split] = Split(split, np.asarray(d[cfg.label_column], dtype=np.int64), texts=list(d[cfg.text_column]))
     n = int(max(s.labels.max() for s in splits.values())) + 1
+    checks = {}
+    if cfg.dev_holdout is not None:
+        splits[cfg.train_split], splits[cfg.dev_split], checks["dev_holdout"] = _hold_out_dev(
+            splits[cfg.train_split], cfg, f"{cfg.hub}:{cfg.train_split}")
     return TaskData(task, splits[cfg.train_split], splits[cfg.dev_split], splits[cfg.test_split],
                     [str(i) for i in range(n)], stable_hash({"cfg": cfg.model_dump(), "hub": cfg.hub}),
-                    {"type": "text", "max_length": cfg.max_length})
+                    {"type": "text", "max_length": cfg.max_length}, checks)
 
 
 # ---------------------------------------------------------------- scikit-learn digits

@@ -29,6 +29,16 @@ def data_warning(s: dict) -> str | None:
     return (s.get("data", {}).get("overlap_with_train") or {}).get("warning")
 
 
+def dev_holdout_text(s: dict) -> str | None:
+    """How dev was built when it was carved out of train (data.dev_holdout), else None."""
+    h = s.get("data", {}).get("dev_holdout")
+    if not h:
+        return None
+    return (f"dev is {h['dev']:,} whole train texts held out (of {h['roots']:,} that no other train text contains), "
+            f"with the {h['removed_from_train']:,} train texts of {h['min_chars']}+ characters inside them "
+            "(`data.dev_holdout`): inputs train has never seen.")
+
+
 def _params(n) -> str:
     return "—" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k")
 
@@ -57,6 +67,8 @@ def render_markdown(s: dict) -> str:
                 f"(agreement with the teacher {_pct(s.get('agreement'))}%).", ""]
     if data_warning(s):
         out += [f"> **Data:** {data_warning(s)}", ""]
+    if dev_holdout_text(s):
+        out += [f"Data: {dev_holdout_text(s)}", ""]
     systems = s.get("systems", {})
     onnx_acc = {"export": systems.get("final", {}).get("accuracy")}
     onnx_agr = {"export": systems.get("final", {}).get("agreement")}

@@ -1,0 +1,106 @@
+"""data.dev_holdout: a dev split of whole train texts held out with their phrases, unseen by train as test is."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from edgekd.configs import DataConfig
+from edgekd.data.holdout import hold_out, roots
+from edgekd.data.loading import load_data
+from edgekd.data.overlap import MIN_CHARS, share_inside
+
+# a small treebank in SST-2's shape: each sentence with the phrases of its parse tree, and a shared short phrase
+SENTENCES = [f"the {w} film is a {a} study of {b} and friendship ." for w in ("first", "second", "third", "fourth")
+             for a, b in (("quietly moving", "grief"), ("painfully dull", "nothing"))]
+
+
+def _treebank() -> list[str]:
+    texts = []
+    for s in SENTENCES:
+        words = s.split()
+        texts += [s, " ".join(words[:3]), " ".join(words[3:8]), " ".join(words[5:8]), "film is"]
+    return texts + [SENTENCES[0].upper()]  # a duplicate of a sentence, in other case
+
+
+def test_roots_are_the_sentences_once_each():
+    texts = _treebank()
+    found = roots(texts)
+    assert sorted(texts[i] for i in found) == sorted(SENTENCES)
+    assert texts.index(SENTENCES[0]) in found  # of duplicates (case-insensitive), the first
+
+
+def test_hold_out_removes_the_held_out_sentences_and_their_phrases_from_train():
+    texts = _treebank()
+    dev, train, facts = hold_out(texts, 3, seed=1)
+    held = [texts[i].lower() for i in dev]
+    assert set(held) <= set(SENTENCES) and len(set(held)) == 3
+    assert set(dev).isdisjoint(train) and len(dev) + len(train) + facts["removed_from_train"] == len(texts)
+    train_texts = [texts[i].lower() for i in train]
+    # no train text of MIN_CHARS or more lies inside a dev sentence: dev is unseen, as test is
+    assert not [t for t in train_texts if len(t) >= MIN_CHARS and any(t in h for h in held)]
+    assert share_inside(held, train_texts) == 0.0
+    assert "film is" in train_texts  # short phrases stay: they sit in every sentence by chance
+    assert facts == {"dev": 3, "roots": len(SENTENCES), "removed_from_train": facts["removed_from_train"],
+                     "min_chars": MIN_CHARS, "seed": 1}
+    assert facts["removed_from_train"] >= 3 * 2 + 1  # each sentence's two long phrases, and the upper-case copy
+    again = hold_out(texts, 3, seed=1)
+    assert np.array_equal(again[0], dev) and np.array_equal(again[1], train)
+    with pytest.raises(ValueError, match="8 texts that no other train text contains"):
+        hold_out(texts, 8)
+
+
+def _folder(tmp: Path) -> Path:
+    tmp.mkdir()
+    texts = _treebank()
+    for split, rows in (("train", [(t, i % 2) for i, t in enumerate(texts)]),
+                        ("test", [("a new sentence that train never saw at all", 0), ("and another one , good", 1)])):
+        (tmp / f"{split}.tsv").write_text("sentence\tlabel\n" + "".join(f"{t}\t{y}\n" for t, y in rows))
+    return tmp  # no dev.tsv: dev_holdout does not read it
+
+
+def test_loading_builds_dev_from_train_without_a_dev_file_and_records_it(tmp_path):
+    cfg = DataConfig(path=str(_folder(tmp_path / "d")), dev_holdout=4)
+    data = load_data(cfg, "text-classification")
+    assert len(data.dev) == 4 and {t.lower() for t in data.dev.texts} <= set(SENTENCES)
+    assert len(data.train) == len(_treebank()) - 4 - data.checks["dev_holdout"]["removed_from_train"]
+    assert data.checks["dev_holdout"]["dev"] == 4 and data.checks["overlap_with_train"]["dev"] == 0.0
+    assert data.fingerprint != load_data(cfg.model_copy(update={"dev_holdout": 5}), "text-classification").fingerprint
+    # unset, the key stays out of the config dump, so runs without it keep their cache keys
+    assert "dev_holdout" not in DataConfig(path="x").model_dump() and DataConfig(path="x", dev_holdout=2).model_dump()[
+        "dev_holdout"] == 2
+
+
+def test_dev_holdout_errors_name_the_file_or_key(tmp_path):
+    from edgekd.errors import DataError
+
+    with pytest.raises(DataError, match=r"train\.tsv.*\(the train split\).*ask for fewer"):
+        load_data(DataConfig(path=str(_folder(tmp_path / "d")), dev_holdout=50), "text-classification")
+    with pytest.raises(ValidationError, match="dev_holdout"):
+        DataConfig(sklearn="digits", dev_holdout=10)
+
+
+def test_the_report_says_how_dev_was_built():
+    from edgekd.report.markdown import dev_holdout_text
+
+    facts = {"dev": 872, "roots": 7065, "removed_from_train": 6437, "min_chars": MIN_CHARS, "seed": 0}
+    text = dev_holdout_text({"data": {"dev_holdout": facts}})
+    assert text.startswith("dev is 872 whole train texts held out (of 7,065") and "6,437 train texts" in text
+    assert dev_holdout_text({"data": {}}) is None
+
+
+SST2 = Path(os.environ.get("EDGEKD_SST2_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"))
+
+
+@pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"needs the SST-2 data at {SST2} (EDGEKD_SST2_DIR)")
+def test_on_sst2_the_held_out_dev_looks_like_test_not_like_train_phrases():
+    data = load_data(DataConfig(path=str(SST2), dev_holdout=872), "text-classification")
+    words = lambda split: np.mean([len(t.split()) for t in split.texts])  # noqa: E731
+    assert abs(words(data.dev) - words(data.test)) < 0.15 * words(data.test)  # sentences: ~19 words, as test
+    assert words(data.train) < 0.6 * words(data.test)  # train is mostly phrases
+    assert data.checks["overlap_with_train"]["dev"] == 0.0 and data.checks["overlap_with_train"]["warning"] is None
+    assert data.checks["dev_holdout"]["roots"] > 5000 and data.checks["dev_holdout"]["removed_from_train"] > 872
+    assert abs(data.dev.labels.mean() - data.test.labels.mean()) < 0.05  # the classes as balanced as in test
