@@ -1,8 +1,8 @@
 """Rich progress bars with ETA for every long step (training, export validation, profiling).
 
 On a terminal: a live bar. Redirected to a file or a CI log, rich draws nothing until the bar ends, so a long run
-would be silent for an hour; there the same progress is written as plain lines (each tenth of the work, and at
-least once a minute while it moves), with elapsed time and ETA.
+would be silent for an hour; there the same progress is written as plain lines (each tenth of the work, at least
+once a minute while it moves, and at the end), with elapsed time and ETA.
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 console = Console(stderr=True)
 
-LINE_EVERY_S = 60.0  # plain lines: at least this often while work advances, besides each tenth of it
+# plain lines: at each tenth of the work, but not closer than LINE_GAP_S apart (a 30 s evaluation would print ten
+# lines), at least every LINE_EVERY_S while it advances, and always at the end
+LINE_GAP_S, LINE_EVERY_S = 10.0, 60.0
 
 
 def _quiet() -> bool:
@@ -47,7 +49,8 @@ class _Lines:
         self.done += n
         now = self.clock()
         tenth = 10 * self.done // self.total if self.total else 10
-        if tenth > self.last_tenth or now - self.last_line >= LINE_EVERY_S:
+        gap = now - self.last_line
+        if (tenth > self.last_tenth and gap >= LINE_GAP_S) or gap >= LINE_EVERY_S or self.done >= self.total:
             self.last_tenth, self.last_line = tenth, now
             console.print(self.line(now, fields), highlight=False, soft_wrap=True)
 

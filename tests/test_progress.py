@@ -16,14 +16,24 @@ def _redirected(monkeypatch) -> io.StringIO:
 
 def test_redirected_progress_writes_a_line_each_tenth_with_eta(monkeypatch):
     sink = _redirected(monkeypatch)
-    with progress_mod.progress(20, "distill") as advance:
+    now = [0.0]
+    lines = progress_mod._Lines(20, "distill", clock=lambda: now[0])
+    for _ in range(20):  # 20 s per step: every tenth (2 steps) is 40 s after the one before
+        now[0] += 20.0
+        lines.advance(loss=0.25)
+    out = sink.getvalue().splitlines()
+    assert len(out) == 10, out
+    assert out[0] == "distill: 10% (2/20) elapsed 0:00:40 eta 0:06:00 loss=0.25"
+    assert out[-1].startswith("distill: 100% (20/20) elapsed 0:06:40 eta 0:00:00")
+
+
+def test_short_work_writes_only_its_last_line(monkeypatch):
+    sink = _redirected(monkeypatch)
+    with progress_mod.progress(20, "eval") as advance:  # well under LINE_GAP_S
         for _ in range(20):
-            advance(loss=0.25)
-    lines = sink.getvalue().splitlines()
-    assert len(lines) == 10  # one per tenth: 2 steps each
-    assert lines[0].startswith("distill: 10% (2/20) elapsed 0:00:0")
-    assert "eta " in lines[0] and lines[0].endswith("loss=0.25")
-    assert lines[-1].startswith("distill: 100% (20/20)")
+            advance()
+    out = sink.getvalue().splitlines()
+    assert len(out) == 1 and out[0].startswith("eval: 100% (20/20) elapsed 0:00:0")
 
 
 def test_redirected_progress_reports_time_between_tenths_and_a_correct_eta(monkeypatch):

@@ -52,5 +52,5 @@ def leak_warning(split: str, share: float, test_share: float | None) -> str | No
     versus = f" (test: {test_share:.0%})" if test_share is not None else ""
     return (f"{share:.0%} of the {split} split's texts occur verbatim inside train texts{versus}: {split} measures "
             "recall of training phrases, not unseen inputs, so choices made on it (select_on_dev, pruning steps) may "
-            f"not carry over to test. Give a {split} split of texts that train does not contain (for SST-2: whole "
-            "sentences held out from the treebank, like test).")
+            f"not carry over to test. Set data.dev_holdout (e.g. 872) to hold out whole train texts with the phrases "
+            f"inside them as dev, or give a {split} split of texts that train does not contain.")
