@@ -2,9 +2,9 @@
 
 SST-2's dev.tsv is mostly phrases of train sentences (87% occur inside one), so a model scores several points
 higher on it than on test.tsv's unseen sentences, and choices made on dev (select_on_dev, pruning steps) follow
-recall. This trains the flagship recipe's teacher (and its distilled student) twice, once with the dev file and once with
-`data.dev_holdout: 872` (872 whole train sentences held out with their phrases; the dev file unused), and reports
-each model's dev and test.tsv accuracy and the gap between them. `--stages teacher` (the default) fine-tunes the
+recall. This trains the flagship recipe's teacher (and its distilled student) twice, once with the dev file and
+once with `data.dev_holdout: 872` (872 whole train sentences held out with their phrases; the dev file unused), and
+reports each model's dev and test.tsv accuracy and the gap between them. `--stages teacher` (the default) fine-tunes the
 teacher only; `--stages distill` distils the student too.
 
     python benchmarks/dev_holdout.py                 # quick: the benchmark's quick-mode teacher, ~8 min on 2 cores

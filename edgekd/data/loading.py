@@ -234,8 +234,11 @@ def _hold_out_dev(train: Split, cfg: DataConfig, source: str) -> tuple[Split, Sp
     if len(np.unique(train.labels[dev_idx])) < 2:
         raise DataError(f"data.dev_holdout: the {cfg.dev_holdout} texts held out of {source!r} have a single class; "
                         "hold out more of them.")
-    pick = lambda idx, name: Split(name, train.labels[idx], texts=[train.texts[i] for i in idx])  # noqa: E731
-    return pick(train_idx, train.name), pick(dev_idx, cfg.dev_split), facts
+    return _subset(train, train_idx, train.name), _subset(train, dev_idx, cfg.dev_split), facts
+
+
+def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
+    return Split(name, split.labels[idx], texts=[split.texts[i] for i in idx])
 
 
 def _label_names(labels: list[str]) -> list[str]:
