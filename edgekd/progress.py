@@ -6,6 +6,7 @@ once a minute while it moves, and at the end), with elapsed time and ETA.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 import time
@@ -32,9 +33,7 @@ def _info(fields: dict) -> str:
 
 
 def _clock(seconds: float) -> str:
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}"
+    return str(datetime.timedelta(seconds=round(seconds)))  # h:mm:ss
 
 
 class _Lines:
