@@ -168,9 +168,7 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
     if task != "text-classification":
         raise DataError("Local-folder data is supported for text-classification; use data.sklearn for the image quickstart.")
     raw, fingerprints = {}, {}
-    # with data.dev_holdout, dev comes out of train and the dev file is not read (it need not exist)
-    wanted = (cfg.train_split, cfg.test_split) + ((cfg.dev_split,) if cfg.dev_holdout is None else ())
-    for split in wanted:
+    for split in _splits_to_read(cfg):
         path = _find_split_file(folder, split, cfg.format)
         columns, rows = _read_rows(path, cfg.format)
         for col, what in ((cfg.text_column, "text"), (cfg.label_column, "label")):
@@ -223,6 +221,11 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
                     {"type": "text", "max_length": cfg.max_length}, checks)
 
 
+def _splits_to_read(cfg: DataConfig) -> tuple[str, ...]:
+    # with data.dev_holdout, dev comes out of train and the dev split is not read (it need not exist)
+    return (cfg.train_split, cfg.test_split) + ((cfg.dev_split,) if cfg.dev_holdout is None else ())
+
+
 def _hold_out_dev(train: Split, cfg: DataConfig, source: str) -> tuple[Split, Split, dict]:
     """(train, dev, facts): dev is data.dev_holdout whole train texts, train loses them and the texts inside them."""
     from .holdout import hold_out
@@ -256,7 +259,7 @@ def _load_hub(cfg: DataConfig, task: str) -> TaskData:  # pragma: no cover - nee
         raise DataError("data.hub needs the `datasets` package: pip install datasets (or use a local data.path).") from None
     ds = datasets.load_dataset(cfg.hub, cfg.hub_config)
     splits = {}
-    for split in (cfg.train_split, cfg.test_split) + ((cfg.dev_split,) if cfg.dev_holdout is None else ()):
+    for split in _splits_to_read(cfg):
         if split not in ds:
             raise DataError(f"Hub data set {cfg.hub!r} has no split {split!r} (has: {list(ds)}).")
         d = ds[split]
