@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.edgekd-setup
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup quickstart test flagship bench bench-quick bench-env clean
+.PHONY: setup quickstart test test-fast flagship bench bench-quick bench-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,8 +26,11 @@ quickstart: setup
 	$(VENV)/bin/edgekd run recipes/quickstart.yaml
 	@echo "quickstart outputs: exports/quickstart/{model.onnx,manifest.json,report.md}"
 
+# The full suite (what .ci/run runs), and the quick tier for the edit-test loop (no test marked slow).
 test: setup
 	$(PY) -m pytest -q
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
 
 # The flagship SST-2 run: recipes/sst2-minilm.yaml (whole train split) where torch sees a GPU, else the
 # CPU-sized recipes/sst2-minilm-cpu.yaml (about 30-40 minutes on 2 cores); SST2_DIR defaults to ../shared/data/sst2.
@@ -35,7 +38,7 @@ SST2_DIR ?= ../shared/data/sst2
 FLAGSHIP = $(shell $(PY) -c "import torch; print('sst2-minilm' if torch.cuda.is_available() else 'sst2-minilm-cpu')")
 flagship: setup
 	$(VENV)/bin/edgekd run recipes/$(FLAGSHIP).yaml --set data.path=$(SST2_DIR)
-	$(PY) benchmarks/flagship_run.py runs/$(FLAGSHIP)
+	$(PY) -m benchmarks.flagship_run runs/$(FLAGSHIP)
 
 # The flagship benchmark: edgekd against the peers users would pick, measured in one run (benchmarks/sst2.py).
 # Optimum gets an environment of its own (it pins transformers < 4.58; edgekd uses 5.x), with the same torch.
@@ -47,9 +50,9 @@ $(OPTIMUM_VENV)/.stamp:
 	touch $@
 bench-env: $(OPTIMUM_VENV)/.stamp
 bench-quick: setup bench-env
-	$(PY) benchmarks/sst2.py --mode quick --data $(SST2_DIR)
+	$(PY) -m benchmarks.sst2 --mode quick --data $(SST2_DIR)
 bench: setup bench-env
-	$(PY) benchmarks/sst2.py --mode full --data $(SST2_DIR)
+	$(PY) -m benchmarks.sst2 --mode full --data $(SST2_DIR)
 
 clean:
 	rm -rf exports/quickstart runs

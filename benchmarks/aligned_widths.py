@@ -1,6 +1,6 @@
 """Is a hardware-aligned FFN width faster than an odd one? (issue 12, item 3: width_multiple in the profiles)
 
-    python benchmarks/aligned_widths.py        # about 5 minutes on 2 cores
+    python -m benchmarks.aligned_widths        # about 5 minutes on 2 cores
 
 A 2-layer BERT of the flagship student's shape (hidden 384, 12 heads of 32) with FFN widths around 760:
 multiples of 16 and 8, and odd widths a few channels away. Each is exported to ONNX (FP32, and onnxruntime's
@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 
 WIDTHS = [752, 757, 760, 763, 768, 771]  # 16x47, odd, 8x95, odd, 16x48 (=2x384), odd
 ROUNDS = 5
@@ -34,7 +32,7 @@ def main() -> None:
     from edgekd.devices.latency import combine_rounds, measure_latency
     from edgekd.devices.runtime import quiet_ort
     from edgekd.models.onnx_graph import LogitsOnly, example_inputs, torch_to_onnx
-    from sst2 import commit, host_facts, versions
+    from .machine import commit, host_facts, versions
 
     inputs = example_inputs("text-classification", {}, 128)
     rng = np.random.default_rng(0)

@@ -7,8 +7,8 @@ once with `data.dev_holdout: 872` (872 whole train sentences held out with their
 reports each model's dev and test.tsv accuracy and the gap between them. `--stages teacher` (the default) fine-tunes the
 teacher only; `--stages distill` distils the student too.
 
-    python benchmarks/dev_holdout.py                 # quick: the benchmark's quick-mode teacher, ~8 min on 2 cores
-    python benchmarks/dev_holdout.py --mode full     # the whole train split (hours on a CPU)
+    python -m benchmarks.dev_holdout                 # quick: the benchmark's quick-mode teacher, ~8 min on 2 cores
+    python -m benchmarks.dev_holdout --mode full     # the whole train split (hours on a CPU)
 
 Writes benchmarks/results/dev-holdout-<mode>-<stages>.json. Run nothing beside it.
 """
@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
 
 HOLDOUT = 872  # as many sentences as test.tsv
@@ -32,7 +30,7 @@ VARIANTS = {"dev-file": [], "dev-holdout": [f"data.dev_holdout={HOLDOUT}"]}
 def run(mode: str, data: str, variant: str, upto: str) -> dict:
     from edgekd.pipeline import Pipeline
     from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
-    from sst2 import MODES
+    from .sst2 import MODES
 
     run_dir = ROOT / "runs" / f"bench-{mode}"  # the benchmark's: its dev-file stages are reused, the others cached
     raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
@@ -54,7 +52,7 @@ def run(mode: str, data: str, variant: str, upto: str) -> dict:
 
 
 def main() -> None:
-    from sst2 import commit, host_facts, versions
+    from .machine import commit, host_facts, versions
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mode", choices=["quick", "full"], default="quick")

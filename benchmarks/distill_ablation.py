@@ -2,7 +2,7 @@
 and how other students (3 layers, a BiLSTM, text CNNs: --variants 3-layers+augment bilstm+augment cnn+augment
 cnn-wide+augment) do on the flagship's best data.
 
-    python benchmarks/distill_ablation.py --mode quick   # the quick benchmark's teacher and schedules (4,000 examples)
+    python -m benchmarks.distill_ablation --mode quick   # the quick benchmark's teacher and schedules (4,000 examples)
 
 Every loss variant distils the same student (MiniLM-L6 layers [2, 5], the flagship's student until the 3-layer
 row below made the recipe switch to [1, 3, 5]) from the same cached teacher, in one run folder
@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
 
 # name: distill overrides. The recipe's distill runs on the augmented transfer set: the variants without it say so
 # (3 passes over the train split, the schedule the flagship used before the transfer set).
@@ -58,7 +56,7 @@ MODES = {"quick": {"teacher": ["teacher.finetune.max_train_examples=4000", "teac
 
 
 def main() -> None:
-    from sst2 import commit, host_facts, versions  # one definition of the machine, versions and commit facts
+    from .machine import commit, host_facts, versions
 
     from edgekd.pipeline import Pipeline
     from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe

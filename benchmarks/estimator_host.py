@@ -1,7 +1,7 @@
 """Calibrate the latency estimator on this host and measure its error, honestly (held-out cases).
 
-    python benchmarks/estimator_host.py            # ~6 min on the 2-core reference machine
-    python benchmarks/estimator_host.py --refit    # refit on the last run's measurements only
+    python -m benchmarks.estimator_host            # ~6 min on the 2-core reference machine
+    python -m benchmarks.estimator_host --refit    # refit on the last run's measurements only
 
 Models (built from the packaged MiniLM-L6-H384, random classifier head: timing only): the teacher
 (6 layers), a 2-layer student (layers 2 and 5), a structurally pruned teacher (torch-pruning: half
@@ -12,7 +12,7 @@ process, onnxruntime CPU, batch 1) at seq 32/64/128/256 and 1/2 threads.
 
 Split: the calibration is fitted on the teacher and student cases at seq 32/128/256; the pruned
 model (all cases) and seq 64 (all models) are held out. The file written to
-edgekd/devices/shipped_profiles/calibration/host-cpu.json (package data; EDGEKD_CALIBRATION overrides) is that fit, so the held-out error is the error of what ships.
+profiles/calibration/host-cpu.json (package data; EDGEKD_CALIBRATION overrides) is that fit, so the held-out error is the error of what ships.
 Results: benchmarks/results/estimator-host.json.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Record a finished flagship run as benchmarks/results/flagship-run.json (its profile stage, and the estimator against it).
 
     make flagship      # recipes/sst2-minilm.yaml with a GPU, recipes/sst2-minilm-cpu.yaml without, then this script
-    python benchmarks/flagship_run.py runs/sst2-minilm-cpu
+    python -m benchmarks.flagship_run runs/sst2-minilm-cpu
 
 Shape (later benchmarks extend it with peer systems):
 {"systems": {"teacher-fp32": {...}, "edgekd-int8": {...}, "edgekd-fp32": {...}}, "machine": {...},

@@ -1,7 +1,7 @@
 """How well do repeated latency measurements agree on this machine? Three protocols, same models.
 
-    python benchmarks/latency_repeatability.py runs/sst2-minilm     # ~4 min on the 2-core reference VM
-    python benchmarks/latency_repeatability.py runs/sst2-minilm --rounds 10 --runs 25   # another rounds setting
+    python -m benchmarks.latency_repeatability runs/sst2-minilm     # ~4 min on the 2-core reference VM
+    python -m benchmarks.latency_repeatability runs/sst2-minilm --rounds 10 --runs 25   # another rounds setting
 
 Models: the flagship's shipped INT8 model and its FP32 export, at seq 128 with 1 and 2 threads.
 Protocols, each repeated REPEATS times in interleaved order:

@@ -5,7 +5,7 @@ loses at the cut, the less recovery has to win back, so the criteria are compare
 dev accuracy right after pruning a distilled student to its budget, for each criterion and for several
 sizes of the batch the gradient criteria are scored on. Dev only: the test split is never used to choose.
 
-    python benchmarks/prune_importance.py --run-dir runs/bench-full --data ../shared/data/sst2
+    python -m benchmarks.prune_importance --run-dir runs/bench-full --data ../shared/data/sst2
 
 It reads the run's teacher and distilled student (the newest `*-distill-*` stage, or --distill) and writes
 benchmarks/results/prune-importance-<mode>.json. About a minute per case on 2 cores.

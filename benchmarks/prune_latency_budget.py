@@ -6,7 +6,7 @@ where the budget lands is decided before it: this script runs the budget search 
 distilled student, then times the result again, independently (more fresh-process rounds), and reports both
 against the budget.
 
-    python benchmarks/prune_latency_budget.py --run-dir runs/bench-full --distill runs/bench-full/stages/01-distill-…
+    python -m benchmarks.prune_latency_budget --run-dir runs/bench-full --distill runs/bench-full/stages/01-distill-…
 
 Writes benchmarks/results/prune-latency-budget-<mode>.json. A few minutes on 2 cores; run nothing beside it.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from prune_importance import flagship_context, kd_loss_on
+from .prune_importance import flagship_context, kd_loss_on
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

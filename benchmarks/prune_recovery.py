@@ -10,8 +10,8 @@ train split's sentences, test.tsv whole sentences twice as long: where the prune
 model a run already made (a prune artifact under the run's stages/ from this student with the variant's exact
 config: `make bench` made the recipe's) is read, not trained again.
 
-    python benchmarks/prune_recovery.py --distill runs/bench-full/stages/01-distill-<id> --variants recipe recovery-1ep
-    python benchmarks/prune_recovery.py --mode quick --distill runs/bench-quick/stages/01-distill-<id> --variants recipe 3-steps
+    python -m benchmarks.prune_recovery --distill runs/bench-full/stages/01-distill-<id> --variants recipe recovery-1ep
+    python -m benchmarks.prune_recovery --mode quick --distill runs/bench-quick/stages/01-distill-<id> --variants recipe 3-steps
 
 Writes benchmarks/results/prune-recovery-<mode>.json (variants not re-run keep their rows). Each step's recovery
 is checkpointed under the run's work folder, so a killed variant resumes. Run nothing beside it.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
 
 LENGTH_EDGES = [12, 24, 40]  # WordPiece tokens: test.tsv's buckets hold 75, 331, 373 and 93 sentences
@@ -62,7 +60,7 @@ VARIANTS = {
 def prune_config(variant: list[str], mode: str):
     """The flagship recipe's prune config with the benchmark mode's overrides (sst2.py's: quick recovers on 1,000
     examples) and the variant's on top."""
-    from sst2 import MODES
+    from .sst2 import MODES
 
     from edgekd.configs import PruneConfig
     from edgekd.recipe import apply_overrides, load_recipe_dict
@@ -75,8 +73,8 @@ def prune_config(variant: list[str], mode: str):
 
 
 def main() -> None:
-    from accuracy_intervals import describe, paired_intervals
-    from prune_importance import flagship_context
+    from .stats import describe, paired_intervals
+    from .prune_importance import flagship_context
 
     from edgekd.models.spec import architecture_summary, build_model, load_model_from_artifact, load_weights
     from edgekd.prune.stage import run_prune
@@ -164,7 +162,7 @@ def _made_by_the_run(run_dir: Path, parent: str, config: "PruneConfig"):
 
 
 def _document(rows: dict, parent, args) -> dict:
-    from sst2 import commit, host_facts, versions
+    from .machine import commit, host_facts, versions
 
     return {"what": __doc__.split("\n")[0], "distilled_student": parent.id,
             "distilled_test_accuracy": parent.metrics.get("test_accuracy"), "variants": rows,

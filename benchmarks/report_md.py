@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from accuracy_intervals import describe
+from .stats import describe
 
 ORDER = ["teacher-fp32", "peer-teacher-dynamic-int8", "peer-torch-dynamic-int8", "peer-student-static-ptq",
          "edgekd-student-fp32", "edgekd-pruned-fp32", "edgekd-qat-fp32", "edgekd-int8", "edgekd-crossarch-int8", "edgekd-npu-int8"]
@@ -109,7 +109,7 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
         f"INT8 decision of the export on this host: {result['systems']['edgekd-int8'].get('built_with', {}).get('int8_decision')}",
         "",
         *([f"Accuracy differences on `test.tsv` with their paired-bootstrap 95% intervals "
-           f"(`benchmarks/accuracy_intervals.py`): {'; '.join(describe(result['accuracy_intervals']))}.", ""]
+           f"(`python -m benchmarks.accuracy_intervals`): {'; '.join(describe(result['accuracy_intervals']))}.", ""]
           if result.get("accuracy_intervals") else []),
         "Where a peer is ahead of edgekd on a column, the table says so: nothing here is hidden or rounded in "
         "edgekd's favour. "

@@ -1,7 +1,7 @@
 """The flagship benchmark: edgekd against what users would pick instead, side by side, measured in one run.
 
-    python benchmarks/sst2.py --mode quick    # make bench-quick: <= 15 min on 2 cores (small teacher, short schedules)
-    python benchmarks/sst2.py --mode full     # make bench: the flagship recipe (recipes/sst2-minilm.yaml)
+    python -m benchmarks.sst2 --mode quick    # make bench-quick: <= 15 min on 2 cores (small teacher, short schedules)
+    python -m benchmarks.sst2 --mode full     # make bench: the flagship recipe (recipes/sst2-minilm.yaml)
 
 One run builds (or takes from the run's cache) the flagship pipeline — teacher, distilled student, pruned
 student, QAT, export — and the peers (peers.py), then measures every system with the same inputs, threads and
@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .machine import commit, host_facts, versions
+from .stats import paired_intervals
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(HERE))
-
-from accuracy_intervals import paired_intervals  # noqa: E402 — benchmarks/ is not a package
 
 # quick: a small teacher and short schedules — the systems keep their architectures, so latency and size
 # ratios are those of the full mode; accuracies are not.
@@ -65,37 +64,13 @@ def run_pipeline(mode: str, data: str, run_dir: Path, extra: list[str] = ()):
     return pipe
 
 
-def host_facts() -> dict:
-    from edgekd.devices.profiles import detect_host
-
-    host = detect_host()
-    return {**host, "python": platform.python_version(), "os": platform.platform()}
-
-
-def versions() -> dict:
-    import edgekd
-
-    return {p: version(p) for p in ("torch", "onnxruntime", "onnx", "transformers", "torch-pruning", "numpy")} | \
-        {"edgekd": edgekd.__version__}
-
-
-def commit() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               capture_output=True, text=True).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
     """{name: ONNX path} of every ONNX system, and facts about how each peer was made."""
     from edgekd.devices.feeds import text_feeds
     from edgekd.export.onnx_export import export_onnx
     from edgekd.models.onnx_graph import example_inputs
     from edgekd.models.spec import load_model_from_artifact
-    from peers import optimum_peer, static_ptq
+    from .peers import optimum_peer, static_ptq
 
     arts = {a.stage: a for a in pipe.artifacts}
     ctx = pipe.ctx
@@ -158,7 +133,7 @@ def torch_peer(pipe, test, teacher_pred: np.ndarray, cfg: dict) -> dict:
     from edgekd.models.spec import load_model_from_artifact
     from edgekd.devices.latency import combine_rounds
     from edgekd.train.predict import predict_logits
-    from peers import torch_dynamic_int8, torch_size_mb
+    from .peers import torch_dynamic_int8, torch_size_mb
 
     teacher_art = next(a for a in pipe.artifacts if a.stage == "teacher")
     model = torch_dynamic_int8(load_model_from_artifact(teacher_art))
@@ -178,8 +153,8 @@ def torch_peer(pipe, test, teacher_pred: np.ndarray, cfg: dict) -> dict:
                     np.savez(npz, **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
                 args = {"artifact": str(teacher_art.path), "feeds": str(npz), "n_feeds": len(feeds), "names": names,
                         "threads": threads, "warmup": 5 if case == THROUGHPUT_CASE else 10,
-                        "runs": runs or len(feeds), "benchmarks_dir": str(HERE)}
-                proc = subprocess.run([sys.executable, str(HERE / "torch_latency.py"), json.dumps(args)],
+                        "runs": runs or len(feeds)}
+                proc = subprocess.run([sys.executable, "-m", "benchmarks.torch_latency", json.dumps(args)], cwd=ROOT,
                                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
                 if proc.returncode:
                     raise RuntimeError(proc.stderr[-2000:])
@@ -330,7 +305,7 @@ def main() -> None:
               "accuracy_intervals": paired_intervals(correct)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    from report_md import write_results_md
+    from .report_md import write_results_md
 
     md = Path(args.md or HERE / ("RESULTS.md" if args.mode == "full" else f"RESULTS-{args.mode}.md"))
     write_results_md(result, out, md)

@@ -1,6 +1,6 @@
 """Latency of torch's dynamic INT8 teacher in a fresh process (the PyTorch side of edgekd's round protocol).
 
-    python benchmarks/torch_latency.py '{"artifact": ..., "feeds": "x.npz", "n_feeds": 32, "threads": 1, ...}'
+    python -m benchmarks.torch_latency '{"artifact": ..., "feeds": "x.npz", "n_feeds": 32, "threads": 1, ...}'
 
 The teacher is rebuilt from its artifact (safetensors) and quantized in this process — a quantized torch model
 cannot be stored without pickle — then timed with edgekd.devices.latency's own loop and figures, and the result
@@ -24,8 +24,7 @@ def main(raw: str) -> None:
     from edgekd import load_model
     from edgekd.devices.latency import _peak_rss_kb, _reset_peak_rss, timed_runs, timing_stats
 
-    sys.path.insert(0, args["benchmarks_dir"])
-    from peers import torch_dynamic_int8
+    from .peers import torch_dynamic_int8
 
     _reset_peak_rss()
     baseline_kb = psutil.Process().memory_info().rss / 1024

@@ -200,8 +200,9 @@ class StudentConfig(Strict):
     """
 
     kind: Literal["layers", "config", "cnn", "bilstm"] = "layers"
-    layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers) or to initialise "
-                                     "a config student's layers from (kind=config; default: uniform)")
+    layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers; default: every "
+                                     "other layer, ending with the last) or to initialise a config student's layers "
+                                     "from (kind=config; default: uniform)")
     overrides: dict | None = Field(None, description="config changes (kind=config), e.g. hidden_size")
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
     kernel_size: int = Field(3, ge=1, le=15)
@@ -213,8 +214,9 @@ class StudentConfig(Strict):
 
     @model_validator(mode="after")
     def _kind_fields(self):
-        if self.kind == "layers" and not self.layers:
-            raise ValueError("student.kind=layers needs student.layers, e.g. [0, 5]")
+        if self.layers is not None and not self.layers:
+            raise ValueError("student.layers is empty: list the teacher layers to keep, e.g. [0, 5], or leave it out "
+                             "for every other layer")
         if self.layers is not None and (len(set(self.layers)) != len(self.layers) or min(self.layers) < 0):
             raise ValueError("student.layers must be distinct, non-negative layer indices")
         return self

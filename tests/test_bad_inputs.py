@@ -175,8 +175,8 @@ RECIPE_CASES = [
                  id="stage-twice"),
     # cross-field rules
     pytest.param(mutated(student=DELETE), ["distill stage", "`student:`"], id="distill-without-student"),
-    pytest.param(mutated(student={"kind": "layers"}), ["student.kind=layers", "student.layers"],
-                 id="layers-student-without-layers"),
+    pytest.param(mutated(student={"kind": "layers", "layers": []}), ["student.layers", "is empty"],
+                 id="layers-student-with-no-layers"),
     pytest.param(mutated(student={"kind": "layers", "layers": [1, 1]}), ["student.layers", "distinct"],
                  id="student-duplicate-layers"),
     pytest.param(mutated(data__hub="glue"), ["data.path, data.hub or data.sklearn", "['path', 'hub']"],
@@ -612,7 +612,47 @@ def test_cli_subprocess_bad_recipe(tmp_path):
     assert not out.exists()
 
 
-def test_every_error_type_is_a_user_error():
-    """The CLI maps EdgekdError to exit 2; every error raised above must be one."""
-    for exc in (RecipeError, DataError, ModelError, ProfileError):
-        assert issubclass(exc, EdgekdError)
+def _every_error_type() -> list[type]:
+    import edgekd.errors as errors
+
+    found = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, EdgekdError)]
+    assert {RecipeError, DataError, ModelError, ProfileError} <= set(found)
+    return found
+
+
+@pytest.mark.parametrize("exc", _every_error_type(), ids=lambda c: c.__name__)
+def test_the_cli_reports_every_error_type_as_one_paragraph_with_its_exit_code(exc, monkeypatch, tmp_path):
+    """Whatever user error a stage raises, `edgekd run` says it in one paragraph, no traceback: exit 2
+    (130 for Ctrl-C, which saved a checkpoint); an unexpected exception is an internal error, exit 1."""
+    from typer.testing import CliRunner
+
+    from edgekd import cli
+    from edgekd.pipeline import Pipeline
+
+    message = f"the {exc.__name__} message naming teacher.path"
+    error = exc(message, []) if exc.__name__ == "ExportValidationError" else exc(message)
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(Pipeline, "from_yaml", fail)
+    result = CliRunner().invoke(cli.app, ["run", str(tmp_path / "recipe.yaml")])
+    expected = 130 if exc.__name__ == "Interrupted" else 2
+    assert result.exit_code == expected, result.output
+    assert "Traceback" not in result.output and message in " ".join(result.output.split())
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_an_unexpected_exception_is_an_internal_error_with_exit_1(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekd import cli
+    from edgekd.pipeline import Pipeline
+
+    def fail(*args, **kwargs):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(Pipeline, "from_yaml", fail)
+    result = CliRunner().invoke(cli.app, ["run", str(tmp_path / "recipe.yaml")])
+    assert result.exit_code == 1 and "internal error: KeyError" in result.output and "--debug" in result.output
+    assert "Traceback" not in result.output

@@ -11,16 +11,17 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "edgekd" / "devices" / "shipped_profiles"
+SHIPPED = REPO / "profiles"  # where the profiles live in git; the wheel has them as edgekd/profiles/
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     # Build from a copy: a build writes build/ and *.egg-info next to pyproject.toml.
     src = tmp_path_factory.mktemp("src")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(REPO / name, src / name)
-    shutil.copytree(REPO / "edgekd", src / "edgekd", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for folder in ("edgekd", "profiles"):
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = tmp_path_factory.mktemp("wheel")
     # No build isolation and no index: build offline with this environment's setuptools (a dev extra).
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
@@ -35,8 +36,11 @@ def test_wheel_contains_every_shipped_profile_and_the_calibration(wheel):
     profiles = sorted(p.name for p in SHIPPED.glob("*.yaml"))
     assert "host-cpu.yaml" in profiles
     for name in profiles:
-        assert f"edgekd/devices/shipped_profiles/{name}" in names
-    assert "edgekd/devices/shipped_profiles/calibration/host-cpu.json" in names
+        assert f"edgekd/profiles/{name}" in names
+    assert "edgekd/profiles/calibration/host-cpu.json" in names
+    # every subpackage of the source tree is in the wheel (the package list is found, not written by hand)
+    packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "edgekd").rglob("__init__.py")}
+    assert packages and all(f"{pkg}/__init__.py" in names for pkg in packages), packages - {n.rsplit("/", 1)[0] for n in names}
 
 
 def test_installed_wheel_finds_host_cpu_and_the_calibration(wheel, tmp_path):

@@ -134,14 +134,21 @@ def test_static_shape_export_fixes_every_input_dimension(tmp_path):
         assert dims == [1, 24], (inp.name, dims)  # NPUs need every dimension known
 
 
-def test_every_registered_stage_is_exercised_end_to_end():
-    from conftest import tiny_image_recipe, tiny_text_recipe
-    from edgekd.stages import FIRST, LISTED, STAGES
+def test_a_layers_student_without_layers_keeps_every_other_teacher_layer_ending_with_the_last():
+    from edgekd.configs import StudentConfig
+    from edgekd.models.students import build_student, half_depth_layers
 
-    assert set(STAGES) == set(LISTED) | {FIRST} and FIRST == "teacher"
-    for recipe in (tiny_text_recipe("t", "d", "o"), tiny_image_recipe("o")):
-        assert recipe["teacher"]  # the first stage has its own section
-        assert {next(iter(s)) for s in recipe["stages"]} == set(LISTED)
+    assert half_depth_layers(6) == [1, 3, 5] and half_depth_layers(12) == [1, 3, 5, 7, 9, 11]
+    assert half_depth_layers(5) == [0, 2, 4] and half_depth_layers(2) == [1] and half_depth_layers(1) == [0]
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=4,
+                                                       num_attention_heads=4, intermediate_size=64)).eval()
+    student, _ = build_student(StudentConfig(kind="layers"), teacher, {"family": "hf"}, "text-classification", 2)
+    assert student.config.num_hidden_layers == 2 and len(student.bert.encoder.layer) == 2
+    for kept, source in zip(student.bert.encoder.layer, (1, 3)):
+        assert torch.equal(kept.output.dense.weight, teacher.bert.encoder.layer[source].output.dense.weight)
+    with pytest.raises(ValueError, match="student.layers is empty"):
+        StudentConfig(kind="layers", layers=[])
 
 
 def test_a_stage_revision_moves_its_cache_key_and_revision_0_keeps_the_old_keys():

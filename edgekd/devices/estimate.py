@@ -9,7 +9,7 @@ Time model (per node, summed), class c, t threads, T = cores the peak figures co
 
 peak_c is the device's INT8 peak for int8 matmuls and its FP32 peak for the rest. The efficiencies,
 thread exponents and per-node overheads are fitted on the host (`calibrate`, from measured
-latencies) and shipped as package data (edgekd/devices/shipped_profiles/calibration/host-cpu.json);
+latencies) and shipped as package data (profiles/calibration/host-cpu.json, inside the wheel edgekd/profiles/calibration/);
 estimating another device reuses them with that device's peak figures, bandwidth and threads.
 Every result says `estimated: True`.
 
@@ -201,13 +201,13 @@ def load_calibration(path: str | Path | None = None) -> dict:
     if not p.is_file():
         raise ProfileError(
             f"No latency-estimator calibration at {str(p)!r}: estimates need efficiencies fitted on the host. "
-            "Run `python benchmarks/estimator_host.py` on the host to measure and write it, or set EDGEKD_CALIBRATION.")
+            "Run `python -m benchmarks.estimator_host` from a checkout on the host to measure and write it, or set EDGEKD_CALIBRATION.")
     try:
         cal = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
-        raise ProfileError(f"Calibration file {str(p)!r} cannot be read ({e}); rerun benchmarks/estimator_host.py.") from None
+        raise ProfileError(f"Calibration file {str(p)!r} cannot be read ({e}); rerun python -m benchmarks.estimator_host.") from None
     if not isinstance(cal, dict) or "params" not in cal or "host" not in cal:
-        raise ProfileError(f"Calibration file {str(p)!r} lacks 'params' or 'host'; rerun benchmarks/estimator_host.py.")
+        raise ProfileError(f"Calibration file {str(p)!r} lacks 'params' or 'host'; rerun python -m benchmarks.estimator_host.")
     return cal
 
 

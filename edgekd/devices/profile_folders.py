@@ -1,9 +1,9 @@
 """Where device profiles are found: the user's folder first, then the profiles shipped with edgekd.
 
-The shipped profiles and the host's estimator calibration are package data
-(`edgekd/devices/shipped_profiles/`), read through importlib.resources so that a wheel install
-finds them just as a source checkout does. A user folder (`--profiles-dir` or
-EDGEKD_PROFILES_DIR) adds profiles; one named like a shipped profile replaces it.
+The shipped profiles and the host's estimator calibration live in the repository's top-level `profiles/` folder; the
+wheel carries them as package data (`edgekd/profiles/`, mapped there at build time by setup.py) and they are read
+through importlib.resources, so a wheel install finds them just as a source checkout does. A user folder
+(`--profiles-dir` or EDGEKD_PROFILES_DIR) adds profiles; one named like a shipped profile replaces it.
 """
 from __future__ import annotations
 
@@ -31,7 +31,15 @@ class ProfileFile:
 
 
 def shipped_dir() -> Traversable:
-    return files("edgekd.devices").joinpath("shipped_profiles")
+    packaged = files("edgekd").joinpath("profiles")  # an installed wheel
+    if packaged.is_dir():
+        return packaged
+    # A source checkout (an editable install too): the top-level folder the build maps into the wheel.
+    checkout = Path(__file__).resolve().parents[2] / "profiles"
+    if checkout.is_dir():
+        return checkout
+    raise ProfileError(f"edgekd's device profiles are missing: neither {packaged} nor {checkout} exists. Reinstall "
+                       "edgekd, or give a folder of profiles with --profiles-dir / EDGEKD_PROFILES_DIR.")
 
 
 def shipped_calibration() -> Traversable:

@@ -19,6 +19,12 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     return [(i + 1) * teacher_layers // student_layers - 1 for i in range(student_layers)]
 
 
+def half_depth_layers(teacher_layers: int) -> list[int]:
+    """The default layers student: every other teacher layer, ending with the last (the one the head was trained on);
+    6 layers -> [1, 3, 5], 12 -> [1, 3, …, 11]."""
+    return uniform_layer_map((teacher_layers + 1) // 2, teacher_layers)
+
+
 def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
     """The teacher's last k layers for a k-layer student (DistilBERT-style "last-k")."""
     return list(range(teacher_layers - student_layers, teacher_layers))
@@ -42,11 +48,12 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
         student = copy.deepcopy(teacher)
         parent, attr, layers = encoder_layers(student)
         n = len(layers)
-        bad = [i for i in cfg.layers if i >= n]
+        keep = cfg.layers or half_depth_layers(n)
+        bad = [i for i in keep if i >= n]
         if bad:
             raise ModelError(f"student.layers {bad} do not exist: the teacher has {n} layers (0…{n - 1}).")
-        setattr(parent, attr, nn.ModuleList([layers[i] for i in cfg.layers]))
-        student.config.num_hidden_layers = len(cfg.layers)
+        setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
+        student.config.num_hidden_layers = len(keep)
         return student, hf_base_spec(student, task)
     if cfg.kind == "config":
         if teacher_spec["family"] != "hf":

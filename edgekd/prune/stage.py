@@ -216,11 +216,9 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
                 "non_embedding_params": non_embedding_params(model),
                 "architecture": architecture_summary(model), **step_figures(model, probe, budget, seen.get(ratio)),
                 "dev_accuracy_before_recovery": evaluate(model, ctx, f"prune step {k}", splits=("dev",))["dev_accuracy"]}
-        # The recovered model is kept even when its dev accuracy is below the pruned model's before recovery. Undoing
-        # such a recovery (the pruned model as the recovery's "epoch 0" on dev) was tried on the quick benchmark
-        # (benchmarks/prune_recovery.py --mode quick, 2026-12-03): it fired on the last step of all three variants
-        # and cost test.tsv 0.46, 0.69 and 0.23 points (-0.34 -> -0.80, -0.11 -> -0.80, -1.03 -> -1.26): on these
-        # splits dev does not tell a recovery that helps from one that hurts.
+        # The recovered model is kept even when its dev accuracy is below the pruned model's before recovery: undoing
+        # such a recovery cost test accuracy on the quick benchmark, where dev does not tell a recovery that helps
+        # from one that hurts (docs/pruning.md).
         if cfg.recovery is not None:  # its checkpoints inside the stage's work folder: removed with it when done
             step["recovery"] = _recover(model, parent, cfg, ctx, f"prune recovery {k}/{cfg.steps}",
                                         f"{key}/recovery-step{k}", layers)
