@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +108,43 @@ def tiny_image_recipe(output: Path) -> dict:
                    {"profile": {"runs": 5, "rounds": 1, "warmup": 1}}],
         "profiles": ["host-cpu"],
     }
+
+
+def edgekd_cli(*args, quiet=True, **kwargs) -> subprocess.CompletedProcess:
+    """The real entry point in a fresh process, as a user runs it."""
+    env = {**os.environ, "EDGEKD_QUIET": "1" if quiet else "0"}
+    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, **kwargs)
+
+
+def reuse_stages(run_out: Path, out: Path, stages: tuple[str, ...]) -> None:
+    """Copy a finished run's artifacts of these stages into another run folder: a recipe with the same teacher, data,
+    seed and earlier stages finds them in its cache (the key never depends on the folder) and trains only the rest."""
+    for art in (run_out / "stages").iterdir():
+        if art.name.split("-")[1] in stages:
+            shutil.copytree(art, out / "stages" / art.name)
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory, tiny_bert_dir, text_data_dir):
+    """The tiny text recipe through every stage with the CLI, once per session: (folder, recipe.yaml, process).
+    Many tests read it, or copy its artifacts to start their own runs from (reuse_stages)."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("text-run")
+    recipe = root / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_text_recipe(tiny_bert_dir, text_data_dir, root / "out")))
+    proc = edgekd_cli("run", recipe)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root, recipe, proc
+
+
+@pytest.fixture(scope="session")
+def image_run(tmp_path_factory):
+    """The tiny image recipe (ViT teacher -> CNN student) through every stage with the Python API, once per session."""
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import validate_recipe
+
+    out = tmp_path_factory.mktemp("image-run") / "img"
+    pipe = Pipeline(validate_recipe(tiny_image_recipe(out)))
+    return out, pipe, pipe.run()

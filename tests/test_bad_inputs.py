@@ -600,6 +600,7 @@ def test_cli_bad_input_exits_2(tmp_path, kind):
         assert not out.exists(), "a failed run must not create its output folder"
 
 
+@pytest.mark.slow
 def test_cli_subprocess_bad_recipe(tmp_path):
     """The real entry point: exit 2, the key named on stderr, no traceback, no output folder."""
     args, fragments, out = _cli_fixture(tmp_path, "run-typo")

@@ -28,6 +28,7 @@ def test_it_equals_a_bidirectional_lstm_and_ignores_padding():
     assert torch.allclose(batch[:1], alone, atol=1e-6)  # three padding steps change nothing
 
 
+@pytest.mark.slow
 def test_a_bilstm_student_distils_prunes_quantizes_and_exports(tmp_path, tiny_bert_dir, text_data_dir):
     import onnx
 

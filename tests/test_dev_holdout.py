@@ -95,6 +95,7 @@ def test_the_report_says_how_dev_was_built():
 SST2 = Path(os.environ.get("EDGEKD_SST2_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (SST2 / "train.tsv").is_file(), reason=f"needs the SST-2 data at {SST2} (EDGEKD_SST2_DIR)")
 def test_on_sst2_the_held_out_dev_looks_like_test_not_like_train_phrases():
     data = load_data(DataConfig(path=str(SST2), dev_holdout=872), "text-classification")

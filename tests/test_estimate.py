@@ -150,7 +150,7 @@ def test_calibrate_recovers_a_model_it_generated(tmp_path):
 
 
 def test_missing_calibration_says_how_to_make_it(tmp_path):
-    with pytest.raises(ProfileError, match="estimator_host.py"):
+    with pytest.raises(ProfileError, match="python -m benchmarks.estimator_host"):
         load_calibration(tmp_path / "none.json")
 
 

@@ -1,6 +1,8 @@
 """INT8 that is small and runs in integers: embedding tables, the integer-kernel check, vocabulary trimming."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import shutil
 
@@ -365,6 +367,7 @@ def test_learned_ranges_lsq_train_the_step_size_and_freeze_back_to_a_plain_range
     assert float((frozen - x).pow(2).mean()) < 0.3 * start
 
 
+@pytest.mark.slow
 def test_a_qat_run_with_learned_ranges_exports_and_validates(tmp_path, tiny_bert_dir, text_data_dir):
     from safetensors import safe_open
 
@@ -383,6 +386,7 @@ def test_a_qat_run_with_learned_ranges_exports_and_validates(tmp_path, tiny_bert
     assert result["export"]["validation"]["failures"] == []
 
 
+@pytest.mark.slow
 def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):
     """QAT's QDQ graph against onnxruntime's dynamic INT8 of its float twin: the faster one that validates ships."""
     import shutil

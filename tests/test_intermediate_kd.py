@@ -41,6 +41,7 @@ def test_padded_tokens_do_not_count():
     assert HiddenStateMSE([0, 1])(a, b, None).item() == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_with_hidden_and_attention_kd_trains_and_a_cnn_student_is_refused(tmp_path, tiny_bert_dir, text_data_dir):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
     distill = {**r["stages"][0]["distill"], "hidden_weight": 1.0, "attention_weight": 1.0, "epochs": 2}
@@ -148,6 +149,7 @@ def test_relation_heads_default_divides_a_pruned_students_uneven_layers(tiny_ber
     assert [tuple(x.shape) for x in qkv[0]] == [(2, 6, 24)] * 3
 
 
+@pytest.mark.slow
 def test_pruned_heads_recover_with_relation_transfer(tmp_path, tiny_bert_dir, text_data_dir):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
     prune = r["stages"][1]["prune"]
@@ -197,6 +199,7 @@ def test_a_narrow_config_student_is_sliced_from_the_teacher_not_random():
         build_student(bad, teacher, {"family": "hf"}, "text-classification", 2)
 
 
+@pytest.mark.slow
 def test_a_narrow_student_distils_hidden_states_through_projections_that_are_not_shipped(
         tmp_path, tiny_bert_dir, text_data_dir):
     from safetensors import safe_open
@@ -249,6 +252,7 @@ def test_alpha_and_temperature_anneal_linearly_over_training():
     assert seen == [0.0, 0.25, 0.5, 0.75]
 
 
+@pytest.mark.slow
 def test_two_teachers_each_get_an_artifact_and_the_student_learns_from_their_average(
         tmp_path, tiny_bert_dir, text_data_dir):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
@@ -271,11 +275,14 @@ def test_two_teachers_each_get_an_artifact_and_the_student_learns_from_their_ave
         validate_recipe({**r, "teachers": [{**r["teacher"], "weight": 2.0}]})
 
 
-def test_every_loss_and_data_option_under_two_processes_matches_one_process(tmp_path, tiny_bert_dir, text_data_dir):
-    """torchrun with 2 processes (DDP over gloo) on a recipe that uses every distillation option at once: a
-    narrow config student (hidden projections in the DDP model), hidden MSE, MiniLM relation KL, an alpha /
-    temperature schedule, two teachers, unlabelled + augmented + oversampled transfer data, and budget pruning
-    whose recovery uses the cosine hidden loss and the relation loss. Same result as one process, within noise."""
+@pytest.mark.slow
+def test_torchrun_two_processes_with_every_option_match_one_process(tmp_path, tiny_bert_dir, text_data_dir):
+    """The one torchrun test: `torchrun --standalone --nproc_per_node=2 -m edgekd run RECIPE` (DDP over gloo) on a
+    recipe that uses every distillation option at once: a narrow config student (hidden projections in the DDP
+    model), hidden MSE, MiniLM relation KL, an alpha / temperature schedule, two teachers, unlabelled + augmented +
+    oversampled transfer data, budget pruning whose recovery uses the cosine hidden loss and the relation loss, then
+    QAT, and an export and a profile that rank 0 runs alone while the other process waits. Every training stage trains on both
+    processes, rank 1 writes nothing into the run folder, and the result is the one-process result within noise."""
     import json
     import os
     import subprocess
@@ -294,8 +301,12 @@ def test_every_loss_and_data_option_under_two_processes_matches_one_process(tmp_
           "transfer": {"unlabelled": [str(traffic)], "repeat": {str(traffic): 2},
                        "augment": {"copies": 1, "replace_prob": 0.3, "neighbours": 3}}}
     recovery = {**kd, "epochs": 1, "hidden_loss": "cosine", "transfer": None}
+    export = {**r["stages"][3]["export"], "int8_dynamic": False, "int8_fused": False}
     r["stages"] = [{"distill": kd}, {"prune": {"budget": {"params": 0.7}, "steps": 2, "width_multiple": 4,
-                                              "importance": "loss", "recovery": recovery}}]
+                                              "importance": "loss", "recovery": recovery}},
+                   r["stages"][2], {"export": export},
+                   {"profile": {"runs": 5, "rounds": 1, "warmup": 1, "natural_lengths": False, "compare_teacher": False,
+                                "compare_fp32": False, "ptq_baselines": False}}]
     runs = {}
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
         r["output"] = str(tmp_path / name)
@@ -306,6 +317,9 @@ def test_every_loss_and_data_option_under_two_processes_matches_one_process(tmp_
                               env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[name] = json.loads((tmp_path / name / "manifest.json").read_text())
+    trained = [s for s in runs["two"]["stages"] if "train" in s["metrics"]]
+    assert [s["stage"] for s in trained] == ["teacher", "teacher", "distill", "qat"]
+    assert all(s["metrics"]["train"]["processes"] == 2 for s in trained)
     stages = {n: {s["stage"] + str(i): s["metrics"] for i, s in enumerate(m["stages"])} for n, m in runs.items()}
     one, two = stages["one"], stages["two"]
     distill = next(k for k in two if k.startswith("distill"))
@@ -314,8 +328,14 @@ def test_every_loss_and_data_option_under_two_processes_matches_one_process(tmp_
     assert two[distill]["train"]["transfer_set"] == one[distill]["train"]["transfer_set"]
     assert two[distill]["train"]["transfer_set"]["kept"] == 2 * 4 + two[distill]["train"]["transfer_set"]["augmented"]
     prune = next(k for k in two if k.startswith("prune"))
-    assert all(s["recovery"]["processes"] == 2 for s in two[prune]["steps"])
+    assert all(s["recovery"]["processes"] == 2 and s["recovery"]["examples_per_s"] > 0 for s in two[prune]["steps"])
     for st in (one, two):
         assert st[prune]["non_embedding_params_after"] <= 0.7 * st[prune]["non_embedding_params_before"]
     for k in (distill, prune):  # 60 test sentences
         assert abs(two[k]["test_accuracy"] - one[k]["test_accuracy"]) <= 0.1, (k, two[k], one[k])
+    # the exported ONNX model (rank 0's export, validated against PyTorch; rank 0's profile) and the teacher
+    assert runs["two"]["export_validation"]["failures"] == []
+    assert abs(runs["two"]["accuracy"] - runs["one"]["accuracy"]) <= 0.1
+    assert abs(runs["two"]["teacher_accuracy"] - runs["one"]["teacher_accuracy"]) <= 0.1
+    leftovers = [p for p in (tmp_path / "two").rglob("*") if "rank1" in p.name or p.name.startswith(".tmp")]
+    assert not leftovers  # rank 1 wrote nothing into the run folder

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # builds a wheel
 SHIPPED = REPO / "profiles"  # where the profiles live in git; the wheel has them as edgekd/profiles/
 
 

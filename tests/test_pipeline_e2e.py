@@ -4,30 +4,19 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 import onnx
 import pytest
 import yaml
 
-from conftest import tiny_image_recipe, tiny_text_recipe
+from conftest import edgekd_cli as edgekd
+from conftest import reuse_stages, tiny_image_recipe
 from edgekd.pipeline import Pipeline
 from edgekd.recipe import validate_recipe
 
-
-def edgekd(*args, quiet=True):
-    env = {**os.environ, "EDGEKD_QUIET": "1" if quiet else "0"}
-    return subprocess.run([sys.executable, "-m", "edgekd.cli", *map(str, args)], capture_output=True, text=True, env=env)
-
-
-@pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_bert_dir, text_data_dir):
-    root = tmp_path_factory.mktemp("text-run")
-    recipe = root / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_text_recipe(tiny_bert_dir, text_data_dir, root / "out")))
-    proc = edgekd("run", recipe)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root, recipe, proc
+# Every test here runs the pipeline or the CLI end to end (the session's text_run and image_run are shared with
+# other files): the slow tier.
+pytestmark = pytest.mark.slow
 
 
 def test_cli_run_writes_a_validated_int8_onnx_model_and_report(text_run):
@@ -71,6 +60,20 @@ def test_cli_run_writes_a_validated_int8_onnx_model_and_report(text_run):
     assert "| distill |" in report.split("## What transferred")[1]
 
 
+def test_every_registered_stage_runs_in_the_end_to_end_runs(text_run, image_run):
+    """Asserted from what the runs wrote: every stage of the registry has an artifact in the CLI text run or the
+    Python-API image run, the teacher first and the others in the registry's order."""
+    from edgekd.stages import FIRST, LISTED, STAGES
+
+    text = json.loads((text_run[0] / "out" / "manifest.json").read_text())
+    image = json.loads((image_run[0] / "manifest.json").read_text())
+    ran = [[s["stage"] for s in m["stages"]] for m in (text, image)]
+    assert set(STAGES) == {FIRST, *LISTED} and set(STAGES) <= set(ran[0]) | set(ran[1])
+    for stages in ran:
+        assert stages[0] == FIRST and stages[1:] == [s for s in LISTED if s in stages[1:]]
+        assert all((text_run[0] / "out" / st["path"]).is_dir() for st in text["stages"])
+
+
 def test_cli_rerun_resumes_from_cache(text_run):
     root, recipe, first = text_run
     before = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "stages").iterdir()}
@@ -90,23 +93,22 @@ def test_cli_report_export_and_profile(text_run, tmp_path, text_data_dir):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "exp" / "model.onnx").is_file() and (tmp_path / "exp" / "tokenizer.json").is_file()
     res = tmp_path / "p.json"
-    proc = edgekd("profile", tmp_path / "exp" / "model.onnx", "--data", text_data_dir, "--runs", "5", "--json", res)
+    proc = edgekd("profile", tmp_path / "exp" / "model.onnx", "--data", text_data_dir, "--runs", "5", "--rounds", "1",
+                  "--json", res)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(res.read_text())
     assert 0.5 <= result["accuracy"] <= 1.0 and result["examples"] == 60
     assert result["latency_ms"]["seq128_t1"]["p90"] >= result["latency_ms"]["seq128_t1"]["p50"]
 
 
-def test_python_api_runs_the_image_path_cross_architecture(tmp_path):
-    recipe = validate_recipe(tiny_image_recipe(tmp_path / "img"))
-    pipe = Pipeline(recipe)
-    result = pipe.run()
+def test_python_api_runs_the_image_path_cross_architecture(image_run):
+    out, pipe, result = image_run
     assert set(result) >= {"teacher", "distill", "prune", "qat", "export", "profile", "summary"}
     assert result["distill"]["test_accuracy"] > 0.5  # a CNN learned from a ViT teacher
     assert result["prune"]["params_after"] < result["prune"]["params_before"]
     s = result["summary"]
     assert s["systems"]["final"]["accuracy"] > 0.5
-    assert (tmp_path / "img" / "model.onnx").is_file()
+    assert (out / "model.onnx").is_file()
     # INT8 ships only where the host measured it faster than FP32 (export.int8_min_speedup, 1.05 by default)
     export = next(a for a in pipe.artifacts if a.stage == "export")
     shipped_ops = {n.op_type for n in onnx.load(str(export.path / "model.onnx")).graph.node}
@@ -141,21 +143,20 @@ def test_same_recipe_and_seed_give_the_same_metrics(tmp_path):
     assert a["teacher"]["train"]["final_loss"] == b["teacher"]["train"]["final_loss"]
 
 
-def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
-    """With hexagon-npu among the profiles, export builds devices/hexagon-npu/model.onnx (static, full INT8)
-    and the run reports that build's compatibility, accuracy and estimated latency on the NPU."""
+def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_after_the_run_moved(text_run, tmp_path):
+    """With hexagon-npu among the profiles, export builds devices/hexagon-npu/model.onnx (static, full INT8) and the
+    run reports that build's compatibility, accuracy and estimated latency on the NPU. Later, `edgekd export QAT
+    --profile host-cpu` rebuilds the run's context from the artifact's manifest (the run's device builds dropped),
+    even after the run folder moved."""
     import shutil
 
     root, _, _ = text_run
     out = tmp_path / "out"
-    shutil.copytree(root / "out" / "stages", out / "stages")  # teacher..qat are reused from the cache
-    for p in (out / "stages").iterdir():
-        if p.name.split("-")[1] in ("export", "profile"):
-            shutil.rmtree(p)
-    recipe = tiny_text_recipe(root.parent / "unused", root.parent / "unused", out)
-    first = yaml.safe_load((root / "recipe.yaml").read_text())
-    recipe.update(teacher=first["teacher"], data=first["data"], profiles=["host-cpu", "hexagon-npu"])
-    recipe["stages"][3]["export"]["device_min_agreement"] = 0.9
+    reuse_stages(root / "out", out, ("teacher", "distill", "prune"))
+    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+    recipe.update(output=str(out), profiles=["host-cpu", "hexagon-npu"])
+    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.9)
+    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     proc = edgekd("run", path, quiet=False)
@@ -190,60 +191,18 @@ def test_cli_run_ships_a_device_build_for_an_npu_profile(text_run, tmp_path):
                    and any(k in producers[n.input[0]].name for k in ("/query/", "/key/", "/value/"))]
     assert q_after_qkv == []
 
-
-def test_cli_export_of_a_qat_artifact_whose_run_had_device_builds(text_run, tmp_path):
-    """`edgekd export QAT --profile host-cpu` used to fail with a recipe error when the run listed
-    export.devices: the context is now rebuilt from the artifact's manifest, device builds dropped."""
-    import shutil
-
-    root, _, _ = text_run
-    out = tmp_path / "run"
-    teacher = next(p for p in (root / "out" / "stages").iterdir() if p.name.split("-")[1] == "teacher")
-    shutil.copytree(teacher, out / "stages" / teacher.name)  # reused from the cache
-    first = yaml.safe_load((root / "recipe.yaml").read_text())
-    qat = {**first["stages"][2]["qat"], "epochs": 1}
-    recipe = {**first, "output": str(out), "profiles": ["host-cpu", "hexagon-npu"],
-              "stages": [{"qat": qat}, {"export": {"validation_examples": 60, "min_agreement": 0.9,
-                                                   "devices": ["hexagon-npu"], "device_min_agreement": 0.5}}]}
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    proc = edgekd("run", path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    qat_dir = next(p for p in (out / "stages").iterdir() if p.name.split("-")[1] == "qat")
-    record = json.loads((qat_dir / "manifest.json").read_text())["run"]
-    assert record["recipe"]["stages"][1]["export"]["devices"] == ["hexagon-npu"] and record["teacher"] == teacher.name
+    # the QAT artifact exported again for the CPU: it used to fail with a recipe error when the run listed
+    # export.devices, and it must not depend on the run folder staying where it was
+    record = qat["run"]
+    teacher = next(s["path"] for s in m["stages"] if s["stage"] == "teacher").split("/")[-1]
+    assert record["recipe"]["stages"][3]["export"]["devices"] == ["hexagon-npu"] and record["teacher"] == teacher
+    qat_dir = used["qat"].parent.name
     shutil.move(str(out), str(tmp_path / "moved"))  # the recorded run folder is gone: found beside the artifact
-    proc = edgekd("export", tmp_path / "moved" / "stages" / qat_dir.name, "--profile", "host-cpu",
-                  "--out", tmp_path / "exp")
+    proc = edgekd("export", tmp_path / "moved" / "stages" / qat_dir, "--profile", "host-cpu", "--out", tmp_path / "exp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
     assert manifest["profile"] == "host-cpu" and "devices" not in manifest
     assert manifest["metrics"]["validation"]["failures"] == []
-
-
-def test_torchrun_two_processes_match_one_process(text_run, tmp_path):
-    """`torchrun --standalone --nproc_per_node=2 -m edgekd run RECIPE`: DDP over gloo, each process a shard of
-    every batch, rank 0 alone writing; accuracy within noise of the one-process run of the same recipe."""
-    root, _, _ = text_run
-    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
-    recipe["output"] = str(tmp_path / "out")
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "edgekd", "run", str(path)], capture_output=True, text=True,
-                          env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"}, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    one = json.loads((root / "out" / "manifest.json").read_text())
-    two = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    trained = [s for s in two["stages"] if "train" in s["metrics"]]
-    assert [s["stage"] for s in trained] == ["teacher", "distill", "qat"]
-    assert all(s["metrics"]["train"]["processes"] == 2 for s in trained)
-    recovery = next(s for s in two["stages"] if s["stage"] == "prune")["metrics"]["recovery"]
-    assert recovery["processes"] == 2 and recovery["examples_per_s"] > 0
-    assert abs(two["accuracy"] - one["accuracy"]) <= 0.1, (two["accuracy"], one["accuracy"])  # 60 test sentences
-    assert abs(two["teacher_accuracy"] - one["teacher_accuracy"]) <= 0.1
-    leftovers = [p for p in (tmp_path / "out").rglob("*") if "rank1" in p.name or p.name.startswith(".tmp")]
-    assert not leftovers  # rank 1 wrote nothing into the run folder
 
 
 OPTIMUM_PYTHON = os.path.join(os.path.dirname(__file__), "..", ".venv-optimum", "bin", "python")
@@ -304,11 +263,13 @@ def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logit
     assert _ort_format_models(["phone-big-core"], {}, folder, "model-fp32.onnx") == {"phone-big-core": "model-fp32.ort"}
 
 
-def test_where_int8_does_not_pay_the_text_run_ships_fp32_and_still_reports_the_int8_model(tmp_path, tiny_bert_dir,
-                                                                                           text_data_dir):
+def test_where_int8_does_not_pay_the_text_run_ships_fp32_and_still_reports_the_int8_model(tmp_path, text_run):
     """int8_min_speedup no host reaches: the FP32 export ships (trimmed vocabulary and all), INT8 is measured beside it."""
-    r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "out")
+    r = yaml.safe_load((text_run[0] / "recipe.yaml").read_text())
+    r["output"] = str(tmp_path / "out")
+    reuse_stages(text_run[0] / "out", tmp_path / "out", ("teacher", "distill", "prune", "qat"))
     r["stages"][3]["export"]["int8_min_speedup"] = 100.0
+    r["stages"][4]["profile"].update(rounds=1, natural_lengths=False)
     pipe = Pipeline(validate_recipe(r))
     result = pipe.run()
     export = next(a for a in pipe.artifacts if a.stage == "export")

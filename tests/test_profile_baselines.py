@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_text_recipe
+import yaml
+
+from conftest import reuse_stages
 from edgekd.pipeline import Pipeline
 from edgekd.profile.baselines import BASELINES
 from edgekd.recipe import validate_recipe
@@ -16,26 +18,15 @@ from edgekd.report.html import write_reports
 PROFILE = {"runs": 5, "rounds": 1, "warmup": 1, "natural_lengths": False}
 
 
-def _recipe(teacher, data, out, profile: dict) -> dict:
-    """teacher -> qat -> export -> profile: the shortest run with an INT8 model and its FP32 twin."""
-    r = tiny_text_recipe(teacher, data, out)
-    r["teacher"]["finetune"]["epochs"] = 3
-    # int8_min_speedup 0: ship INT8 (and keep model-fp32.onnx) however it times
-    export = {"validation_examples": 32, "min_agreement": 0.9, "int8_min_speedup": 0.0}
-    r["stages"] = [{"qat": {"epochs": 1, "batch_size": 16, "lr": 5e-4, "warmup_ratio": 0.0, "calibration_batches": 2}},
-                   {"export": export}, {"profile": profile}]
-    return r
-
-
 def _run(recipe: dict) -> tuple[Pipeline, dict]:
     pipe = Pipeline(validate_recipe(recipe))
     return pipe, pipe.run()
 
 
-def _rerun_profile(text_run, tmp_path, profile: dict) -> tuple[Path, Pipeline, dict]:
+def _rerun_profile(ptq_run, tmp_path, profile: dict) -> tuple[Path, Pipeline, dict]:
     """The fixture's run copied, then run again with another profile config: the earlier stages come from the
     copy's cache, only the profile stage runs."""
-    out, recipe, _, _ = text_run
+    out, recipe, _, _ = ptq_run
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
     pipe, result = _run({**recipe, "output": str(copy), "stages": [*recipe["stages"][:-1], {"profile": profile}]})
@@ -43,15 +34,20 @@ def _rerun_profile(text_run, tmp_path, profile: dict) -> tuple[Path, Pipeline, d
 
 
 @pytest.fixture(scope="module")
-def text_run(tmp_path_factory, tiny_bert_dir, text_data_dir):
+def ptq_run(tmp_path_factory, text_run):
+    """The session's tiny text run (its export ships INT8 and keeps model-fp32.onnx: int8_min_speedup 0), its profile
+    stage run again with one round: every earlier stage comes from the copied cache."""
     out = tmp_path_factory.mktemp("ptq-run") / "out"
-    recipe = _recipe(tiny_bert_dir, text_data_dir, out, PROFILE)
+    reuse_stages(text_run[0] / "out", out, ("teacher", "distill", "prune", "qat", "export"))
+    recipe = yaml.safe_load(text_run[1].read_text())
+    recipe = {**recipe, "output": str(out), "stages": [*recipe["stages"][:-1], {"profile": PROFILE}]}
     pipe, result = _run(recipe)
     return out, recipe, pipe, result
 
 
-def test_profile_builds_and_measures_both_ptq_baselines(text_run, tmp_path):
-    out, _, pipe, result = text_run
+@pytest.mark.slow
+def test_profile_builds_and_measures_both_ptq_baselines(ptq_run, tmp_path):
+    out, _, pipe, result = ptq_run
     systems = result["summary"]["systems"]
     export, profile = pipe.artifacts[-2], pipe.artifacts[-1]
     for name, tool in BASELINES.items():
@@ -87,14 +83,15 @@ def test_profile_builds_and_measures_both_ptq_baselines(text_run, tmp_path):
     assert rows[("ptq-dynamic", "host-cpu")]["agreement"] == systems["ptq-dynamic"]["agreement"]
 
 
-def test_a_baseline_onnxruntime_cannot_build_is_an_error_and_the_stage_completes(text_run, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_baseline_onnxruntime_cannot_build_is_an_error_and_the_stage_completes(ptq_run, tmp_path, monkeypatch):
     import onnxruntime.quantization as ortq
 
     def broken(*args, **kwargs):
         raise RuntimeError("calibration exploded")
 
     monkeypatch.setattr(ortq, "quantize_static", broken)
-    out, pipe, result = _rerun_profile(text_run, tmp_path, {**PROFILE, "warmup": 2})
+    out, pipe, result = _rerun_profile(ptq_run, tmp_path, {**PROFILE, "warmup": 2})
     systems = result["summary"]["systems"]
     assert systems["ptq-static"] == {"baseline": BASELINES["ptq-static"],
                                      "error": "RuntimeError: calibration exploded", "built_from": "model-fp32.onnx"}
@@ -108,8 +105,9 @@ def test_a_baseline_onnxruntime_cannot_build_is_an_error_and_the_stage_completes
     assert "not built — RuntimeError: calibration exploded" in page
 
 
-def test_ptq_baselines_can_be_switched_off(text_run, tmp_path):
-    _, _, result = _rerun_profile(text_run, tmp_path, {**PROFILE, "ptq_baselines": False})
+@pytest.mark.slow
+def test_ptq_baselines_can_be_switched_off(ptq_run, tmp_path):
+    _, _, result = _rerun_profile(ptq_run, tmp_path, {**PROFILE, "ptq_baselines": False})
     systems = result["summary"]["systems"]
     assert not set(BASELINES) & set(systems) and {"teacher-fp32", "final-fp32", "final"} <= set(systems)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_text_recipe
+from conftest import reuse_stages, tiny_text_recipe
 from edgekd.configs import PruneConfig
 from edgekd.models.spec import architecture_summary, load_model_from_artifact
 from edgekd.pipeline import Pipeline
@@ -34,10 +34,17 @@ def _budget_recipe(tmp_path, teacher, data, recovery=None, **prune):
     return validate_recipe(r)
 
 
-def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(tmp_path, tiny_bert_dir, text_data_dir):
-    # recoveries write checkpoints every 2 steps (asserted cleaned up below)
-    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir, recovery={"checkpoint_every": 2}))
-    m = pipe.run()["prune"]
+@pytest.fixture(scope="module")
+def params_budget_run(tmp_path_factory, tiny_bert_dir, text_data_dir):
+    """Half the non-embedding parameters in 2 steps; recoveries write checkpoints every 2 steps."""
+    root = tmp_path_factory.mktemp("params-budget")
+    pipe = Pipeline(_budget_recipe(root, tiny_bert_dir, text_data_dir, recovery={"checkpoint_every": 2}))
+    return root, pipe, pipe.run()["prune"]
+
+
+@pytest.mark.slow
+def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(params_budget_run):
+    tmp_path, pipe, m = params_budget_run
     assert m["non_embedding_params_after"] <= 0.5 * m["non_embedding_params_before"]
     assert m["non_embedding_params_after"] >= 0.3 * m["non_embedding_params_before"]  # not far past it
     steps = m["steps"]
@@ -54,6 +61,7 @@ def test_budget_pruning_lands_under_the_budget_in_steps_and_reloads(tmp_path, ti
     assert not work.is_dir() or not [p for p in work.iterdir() if not p.name.startswith(".")], list(work.iterdir())
 
 
+@pytest.mark.slow
 def test_a_stopped_budget_run_resumes_at_the_next_step(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):
     import edgekd.prune.stage as prune_stage
 
@@ -101,6 +109,7 @@ def test_an_evenly_pruned_bert_round_trips_through_from_pretrained_and_a_head_pr
     assert "attention heads were pruned" in hf_folder_blocker(heads)
 
 
+@pytest.mark.slow
 def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, text_data_dir):
     from conftest import write_tiny_bert
 
@@ -137,12 +146,13 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
         validate_recipe({**r, "stages": [{"prune": {"budget": {"params": 0.5, "latency_ms": 3.0}}}]})
 
 
+@pytest.mark.slow
 def test_a_mac_budget_lands_under_its_count_and_every_step_reports_macs_size_and_host_latency(
-        tmp_path, tiny_bert_dir, text_data_dir):
+        tmp_path, tiny_bert_dir, text_data_dir, params_budget_run):
     from edgekd.prune.costs import Probe
 
-    pipe = Pipeline(_budget_recipe(tmp_path, tiny_bert_dir, text_data_dir))
-    pipe.run()  # the params-budget run: its distill stage is the start
+    _, pipe, _ = params_budget_run  # its distill stage is the start
+    reuse_stages(pipe.run_dir, tmp_path / "run", ("teacher", "distill"))
     unpruned = load_model_from_artifact(next(a for a in pipe.artifacts if a.stage == "distill"))
     with Probe(pipe.ctx).exported(unpruned) as c:
         start = c.macs()
@@ -160,6 +170,7 @@ def test_a_mac_budget_lands_under_its_count_and_every_step_reports_macs_size_and
     assert "MAC budget" in report and "| MACs |" in report and "INT8 host ms" in report
 
 
+@pytest.mark.slow
 def test_a_latency_budget_on_an_absent_device_is_estimated_and_labelled(tmp_path, text_data_dir):
     from conftest import write_tiny_bert
     from edgekd.devices.estimate import estimate_latency
@@ -195,6 +206,7 @@ def test_a_latency_budget_on_an_absent_device_is_estimated_and_labelled(tmp_path
         _budget_recipe(tmp_path, teacher, text_data_dir, budget={"params": 0.5, "profile": "host-cpu"})
 
 
+@pytest.mark.slow
 def test_dropping_whole_layers_removes_those_the_loss_misses_least_and_the_model_reloads_and_exports(
         tmp_path, tiny_bert_dir, text_data_dir):
     import numpy as np
@@ -243,6 +255,7 @@ def test_dropping_whole_layers_removes_those_the_loss_misses_least_and_the_model
         validate_recipe({**r, "student": {"kind": "cnn", "channels": [8]}})
 
 
+@pytest.mark.slow
 def test_recovery_can_pull_each_layer_toward_its_unpruned_self(tmp_path, tiny_bert_dir, text_data_dir, monkeypatch):
     # recovery.layer_teacher: unpruned (CoFi's layer distillation): the hidden-state term reads the student as it was
     # before pruning, each kept layer against its own unpruned self (after drop_layers too), and recovery closes the gap

@@ -102,6 +102,7 @@ def test_the_hidden_channel_that_carries_nothing_goes_first(importance):
     assert torch.equal(residual_input(model).weight, table[:, kept])
 
 
+@pytest.mark.slow
 def test_a_budget_run_narrows_the_hidden_width_over_its_steps(tmp_path, tiny_bert_dir, text_data_dir):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
     kd = r["stages"][0]["distill"]

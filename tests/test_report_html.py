@@ -205,6 +205,7 @@ def test_ci_script_fails_when_chromium_cannot_be_installed_on_ci(tmp_path, ci, s
     assert ("error: chromium could not be installed" in proc.stderr) == (status == 1)
 
 
+@pytest.mark.slow
 def test_headless_chromium_renders_the_plots_and_recommendation(tmp_path):
     chromium = find_chromium()
     run = tmp_path / "run"

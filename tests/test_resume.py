@@ -1,5 +1,6 @@
-"""A run killed with SIGKILL mid-distillation resumes from its checkpoint and ends where an
-uninterrupted run ends — in one process, and in two processes under torchrun (DDP with gloo)."""
+"""The one SIGKILL test: a two-process torchrun run (DDP with gloo) killed mid-distillation resumes from its
+checkpoint and ends where an uninterrupted run ends. (One process resumes through the same checkpoints, which rank 0
+writes: test_prune_budget stops and resumes a single-process run; test_safety_and_faults checks Ctrl-C's checkpoint.)"""
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import time
 import pytest
 import yaml
 
-from conftest import tiny_text_recipe
+from conftest import reuse_stages, tiny_text_recipe
 
 # Figures of how the run went, not of what it learned: a resumed run differs here by design.
 TIMING = ("wall_s", "examples_per_s", "steps_this_run")
@@ -20,7 +21,8 @@ TIMING = ("wall_s", "examples_per_s", "steps_this_run")
 
 def _recipe(tmp_path, teacher, data, out):
     r = tiny_text_recipe(teacher, data, out)
-    distill = {**r["stages"][0]["distill"], "epochs": 30, "checkpoint_every": 10}
+    # long enough to be killed between its first checkpoint and its end
+    distill = {**r["stages"][0]["distill"], "epochs": 12, "checkpoint_every": 5}
     r["stages"] = [{"distill": distill}]
     path = tmp_path / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(r))
@@ -44,20 +46,23 @@ def _distill_metrics(out):
     return {**metrics, "train": {k: v for k, v in metrics["train"].items() if k not in TIMING}}
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_sigkill_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tiny_bert_dir, text_data_dir, processes):
+@pytest.mark.slow
+def test_sigkill_of_a_torchrun_run_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tiny_bert_dir,
+                                                                                      text_data_dir):
+    processes = 2
     ref_out, killed_out = tmp_path / "ref", tmp_path / "killed"
     ref = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, ref_out), processes)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
 
+    # the uninterrupted run's teacher is the killed run's too (same key): only distillation is killed and resumed
+    reuse_stages(ref_out, killed_out, ("teacher",))
     proc = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, killed_out), processes)
-    # Wait until the teacher is committed and distillation has written a checkpoint, then kill -9.
+    # Wait until distillation has written a checkpoint, then kill -9 the launcher and every worker at once.
     deadline = time.time() + 300
     checkpoint = None
     while time.time() < deadline and proc.poll() is None:
-        stages = list((killed_out / "stages").glob("*-teacher-*")) if (killed_out / "stages").is_dir() else []
         ckpts = list((killed_out / "work").glob("*/checkpoint/state.json")) if (killed_out / "work").is_dir() else []
-        if stages and ckpts:
+        if ckpts:
             checkpoint = ckpts[0]
             break
         time.sleep(0.02)
@@ -73,5 +78,5 @@ def test_sigkill_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tin
     metrics = _distill_metrics(killed_out)
     assert 0 < step < metrics["train"]["steps"]
     assert metrics["train"]["processes"] == processes
-    assert metrics == _distill_metrics(ref_out)
+    assert metrics == _distill_metrics(ref_out)  # the same weights, losses and accuracies as the uninterrupted run
     assert not list((killed_out / "stages").glob(".tmp-*"))  # the killed run's temporary folder is gone

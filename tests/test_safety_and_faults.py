@@ -31,6 +31,7 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_malicious_pickle_checkpoint_is_refused_and_never_executed(tmp_path, tiny_bert_dir, text_data_dir):
     model_dir = tmp_path / "evil-model"
     model_dir.mkdir()
@@ -73,6 +74,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert state["position"]["step"] == 4  # the last good one, not overwritten by the faulty step
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_bert_dir, text_data_dir):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "out")
     r["stages"] = [{"distill": {**r["stages"][0]["distill"], "epochs": 200, "checkpoint_every": 1000}}]
@@ -93,6 +95,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_bert_dir, text_d
     assert ckpt and json.loads(ckpt[0].read_text())["position"]["step"] > 0
 
 
+@pytest.mark.slow
 def test_teacher_head_with_a_different_label_count_is_refused(tmp_path, text_data_dir):
     from conftest import write_tiny_bert
 

@@ -27,6 +27,7 @@ def test_psi_is_near_zero_for_the_same_distribution_and_large_for_a_shifted_one(
     assert moved["teacher_confidence"]["psi"] > 0.25 and moved["length"]["mean"] > 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vocabulary", ["nearest", "fallback"])
 def test_shadow_runs_student_and_teacher_on_new_inputs_and_writes_what_to_redistil(
         tmp_path, tiny_bert_dir, text_data_dir, vocabulary):

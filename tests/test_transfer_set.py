@@ -73,6 +73,7 @@ def test_read_texts_names_the_file_and_column(tmp_path):
         read_texts(tmp_path / "missing.txt", "sentence")
 
 
+@pytest.mark.slow
 def test_a_run_distils_on_unlabelled_and_augmented_text_and_caches_the_teacher_labels(
         tmp_path, tiny_bert_dir, text_data_dir):
     unlabelled = tmp_path / "traffic.txt"
@@ -101,6 +102,7 @@ def test_a_run_distils_on_unlabelled_and_augmented_text_and_caches_the_teacher_l
     assert again == report and cache[0].stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_every_teacher_labels_the_transfer_set_through_its_own_tokenizer(tmp_path, tiny_bert_dir, text_data_dir):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
     r["teachers"] = [{**r["teacher"], "seed": 3, "weight": 1.0}]
@@ -115,6 +117,7 @@ def test_every_teacher_labels_the_transfer_set_through_its_own_tokenizer(tmp_pat
     assert load_file(str(labels[0]))["logits"].shape == (report["augmented"], 2)
 
 
+@pytest.mark.slow
 def test_hard_inputs_from_shadow_mode_are_oversampled_without_labelling_them_again(tmp_path, tiny_bert_dir,
                                                                                   text_data_dir):
     traffic, hard = tmp_path / "traffic.txt", tmp_path / "shadow-hard.txt"
