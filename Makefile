@@ -28,7 +28,7 @@ quickstart: setup
 
 # The full suite (what .ci/run runs), and the quick tier for the edit-test loop (no test marked slow).
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 

@@ -90,7 +90,7 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
         "",
         f"![accuracy against latency]({Path(os.path.relpath(png, md_path.parent)).as_posix()})",
         "",
-        "## The flagship's targets (issue 9), measured here",
+        "## The flagship's targets, measured here",
         "",
         "| target | asked | measured | noise (round spreads) |",
         "| --- | --- | --- | --- |",
@@ -100,11 +100,11 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
         f"| faster than peer-teacher-dynamic-int8, seq 128, 1 thread | ≥ 5× | "
         f"{int8.get('speedup_vs_peer_dynamic_seq128_t1', 0):.2f}× | ±{100 * int8.get('noise_seq128_t1', 0):.0f}% |",
         f"| smaller than teacher-fp32 | ≥ 12× | {int8.get('smaller_than_teacher', 0):.2f}× | — |",
-        f"| INT8 faster than its own FP32 export (edgekd-qat-fp32), seq 128, 1 thread (issue 10) | ≥ 2.5× | "
+        f"| INT8 faster than its own FP32 export (edgekd-qat-fp32), seq 128, 1 thread | ≥ 2.5× | "
         f"{int8.get('speedup_vs_own_fp32_seq128_t1', 0):.2f}× | — |",
-        f"| INT8 accuracy against its own FP32 export (issue 10) | ≥ −0.3 points | "
+        f"| INT8 accuracy against its own FP32 export | ≥ −0.3 points | "
         f"{int8.get('accuracy_points_vs_own_fp32', 0):+.2f} points | — |",
-        f"| INT8 model file (issue 10) | ≤ 7.6 MB | {result['systems']['edgekd-int8']['size_mb']:.2f} MB | — |",
+        f"| INT8 model file | ≤ 7.6 MB | {result['systems']['edgekd-int8']['size_mb']:.2f} MB | — |",
         "",
         f"INT8 decision of the export on this host: {result['systems']['edgekd-int8'].get('built_with', {}).get('int8_decision')}",
         "",

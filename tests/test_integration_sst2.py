@@ -56,7 +56,7 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
     overrides = [
         f"data.path={data}", "data.text_column=review", "data.label_column=verdict", f"output={tmp_path / 'run'}",
         "data.max_length=32",  # SST-2's longer test sentences are truncated (with a warning)
-        "teacher.finetune.max_train_examples=1500", "teacher.finetune.lr=1e-4",
+        "teacher.finetune.max_train_examples=1500", "teacher.finetune.lr=1e-4", "teacher.finetune.batch_size=64",
         "stages.0.distill.max_train_examples=600", "stages.0.distill.epochs=1",
         "stages.0.distill.transfer.augment.copies=1", "stages.1.prune.recovery.transfer.augment.copies=1",
         "stages.1.prune.recovery.max_train_examples=300", "stages.2.qat.max_train_examples=300",
@@ -64,7 +64,7 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
         # near-tied logits of a subset-trained model: integer kernels that round differently from PyTorch's fake
         # quantization (AVX2 without VNNI) flip one or two of them
         "stages.3.export.min_agreement=0.97",
-        "stages.4.profile.runs=5", "stages.4.profile.rounds=1", "stages.4.profile.natural_max_examples=10",
+        "stages.4.profile.runs=5", "stages.4.profile.rounds=1", "stages.4.profile.natural_lengths=false",
     ]
     recipe = load_recipe(ROOT / "recipes" / "sst2-minilm.yaml", overrides)
     with pytest.warns(UserWarning, match=r"longer than data.max_length=32 tokens and were truncated"):
@@ -88,7 +88,7 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
     assert "QuantizeLinear" in _ops(int8_model) and _ops(int8_model) & {"DequantizeLinear", "MatMulIntegerToFloat"}
     assert (run / "devices" / "hexagon-npu" / "model.onnx").is_file()  # the recipe's NPU build
     lat = final["latency_ms"]["host-cpu"]
-    assert {"seq128_t1", "seq128_t2", "natural_t1"} <= set(lat)
+    assert {"seq128_t1", "seq128_t2"} <= set(lat)
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["accuracy"] == final["accuracy"]
     assert yaml.safe_load(yaml.safe_dump(manifest["recipe"]))["teacher"]["path"].startswith("pkg://")
