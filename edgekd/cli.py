@@ -99,6 +99,77 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
 
 @app.command()
 @handle_errors
+def init(model: Optional[str] = typer.Option(None, "--model", help="your fine-tuned classifier: a Hugging Face folder "
+                                             "or hub id"),
+         data: Optional[Path] = typer.Option(None, "--data", help="data folder: train/dev/test .tsv, .csv or .jsonl"),
+         profile: str = typer.Option("host-cpu", "--profile", help="the device to build for"),
+         student: Optional[str] = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | cnn | bilstm"),
+         text_column: Optional[str] = typer.Option(None, "--text-column"),
+         label_column: Optional[str] = typer.Option(None, "--label-column"),
+         out_file: Path = typer.Option(Path("recipe.yaml"), "--out", help="where to write the recipe"),
+         profiles_dir: Optional[Path] = PROFILES_DIR):
+    """Write a commented starter recipe for your model and data (edit it, then `edgekd run` it)."""
+    from .starter import starter_recipe
+
+    use_profiles_dir(profiles_dir)
+    if out_file.exists():
+        raise EdgekdError(f"{str(out_file)!r} exists; edgekd init does not overwrite a recipe. Give another --out.")
+    text = starter_recipe(model or "models/my-classifier", data or Path("data/my-task"), profile, student=student,
+                          text_column=text_column, label_column=label_column, check=model is not None and data is not None)
+    out_file.write_text(text, encoding="utf-8")
+    out.print(f"wrote {out_file}: edit it, then  edgekd run {out_file}")
+
+
+@app.command()
+@handle_errors
+def compress(model: str = typer.Argument(..., help="your fine-tuned classifier: a Hugging Face folder or hub id"),
+             data: Path = typer.Option(..., "--data", help="data folder: train/dev/test .tsv, .csv or .jsonl"),
+             profile: str = typer.Option("host-cpu", "--profile", help="the device to build for"),
+             student: Optional[str] = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | cnn | "
+                                                   "bilstm"),
+             text_column: Optional[str] = typer.Option(None, "--text-column"),
+             label_column: Optional[str] = typer.Option(None, "--label-column"),
+             out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<model name>)"),
+             set_: list[str] = typer.Option([], "--set", help="change a field of the recipe: key.path=value"),
+             profiles_dir: Optional[Path] = PROFILES_DIR):
+    """One command from a model and a data folder to a device build: writes OUT/recipe.yaml, then runs it."""
+    from .pipeline import Pipeline
+    from .starter import starter_recipe, with_overrides
+
+    use_profiles_dir(profiles_dir)
+    text = with_overrides(starter_recipe(model, data, profile, student=student, out=out_dir, text_column=text_column,
+                                         label_column=label_column), set_)
+    pipe = Pipeline.from_yaml(_write_recipe(text))
+    _write_recipe(text, pipe.run_dir / "recipe.yaml")
+    out.print(f"recipe: {pipe.run_dir / 'recipe.yaml'} (edit it and run it again with edgekd run)")
+    try:
+        result = pipe.run()
+    finally:
+        if pipe.ctx is not None:
+            pipe.ctx.runtime.close()
+    s = result["summary"]
+    out.print(f"\n[bold green]done[/] — {pipe.run_dir}/model.onnx, {pipe.run_dir}/report.md")
+    if s.get("accuracy") is not None:
+        out.print(f"final ONNX accuracy {100 * s['accuracy']:.2f}% vs teacher {100 * s['teacher_accuracy']:.2f}%")
+
+
+def _write_recipe(text: str, path: Optional[Path] = None) -> Path:
+    """The recipe at `path` (a temporary file when None, read before the run folder exists)."""
+    import tempfile
+
+    if path is None:
+        fd, name = tempfile.mkstemp(prefix="edgekd-recipe-", suffix=".yaml")
+        path = Path(name)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@app.command()
+@handle_errors
 def export(artifact: Path = typer.Argument(..., help="a stage artifact folder (with model.safetensors)"),
            profile: str = typer.Option(..., "--profile", help="device profile name or YAML path"),
            out_dir: Optional[Path] = typer.Option(None, "--out", help="output folder (default: exports/<name>)"),

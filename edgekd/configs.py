@@ -127,6 +127,10 @@ class TeacherConfig(Strict):
     revision: str | None = None
     trust_remote_code: bool = False
     finetune: FinetuneConfig | None = None
+    # exclude_if: unset, it stays out of the dumped config, so the cache keys of runs made before it are unchanged
+    labels: dict[str, int] | None = Field(
+        None, exclude_if=lambda v: v is None, description="which class of the model's trained head each data label "
+        "is ({data label: class index}), where the head's class names do not say it (default: matched by name)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -135,6 +139,9 @@ class TeacherConfig(Strict):
             raise ValueError(f"give exactly one of teacher.path, teacher.hub or teacher.config (got {given or 'none'})")
         if self.config is not None and self.finetune is None:
             raise ValueError("a teacher built from a config has random weights: add teacher.finetune")
+        if self.config is not None and self.labels is not None:
+            raise ValueError("teacher.labels maps the data's labels onto a trained head; a teacher built from a config "
+                             "has none (its new head is trained on the data's labels): remove teacher.labels")
         return self
 
 

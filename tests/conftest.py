@@ -57,6 +57,25 @@ def write_tiny_bert(folder: Path, classifier: bool = False, num_labels: int = 2,
     return folder
 
 
+def write_tiny_encoder(folder: Path, model_type: str, classifier: bool = False, **config) -> Path:
+    """A tiny random encoder of another family (`model_type`, e.g. mpnet, roberta) with the WordPiece tokenizer of
+    write_tiny_bert: a model of the family a user brings, shrunk."""
+    import torch
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    words = SPECIAL + POS + NEG + FILL
+    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, **{
+        "vocab_size": len(words), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 160, "pad_token_id": 0, **config})
+    model = (AutoModelForSequenceClassification if classifier else AutoModel).from_config(cfg)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

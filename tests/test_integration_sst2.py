@@ -59,12 +59,13 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
         "teacher.finetune.max_train_examples=1500", "teacher.finetune.lr=1e-4", "teacher.finetune.batch_size=64",
         "stages.0.distill.max_train_examples=600", "stages.0.distill.epochs=1",
         "stages.0.distill.transfer.augment.copies=1", "stages.1.prune.recovery.transfer.augment.copies=1",
-        "stages.1.prune.recovery.max_train_examples=300", "stages.2.qat.max_train_examples=300",
+        "stages.1.prune.recovery.max_train_examples=200", "stages.2.qat.max_train_examples=200",
         "stages.3.export.device_min_agreement=0.9",  # the subset-trained model, fully quantized for the NPU
         # near-tied logits of a subset-trained model: integer kernels that round differently from PyTorch's fake
         # quantization (AVX2 without VNNI) flip one or two of them
         "stages.3.export.min_agreement=0.97",
         "stages.4.profile.runs=5", "stages.4.profile.rounds=1", "stages.4.profile.natural_lengths=false",
+        "stages.4.profile.compare_teacher=false", "stages.4.profile.ptq_baselines=false",
     ]
     recipe = load_recipe(ROOT / "recipes" / "sst2-minilm.yaml", overrides)
     with pytest.warns(UserWarning, match=r"longer than data.max_length=32 tokens and were truncated"):

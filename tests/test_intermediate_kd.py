@@ -281,7 +281,7 @@ def test_torchrun_two_processes_with_every_option_match_one_process(tmp_path, ti
     recipe that uses every distillation option at once: a narrow config student (hidden projections in the DDP
     model), hidden MSE, MiniLM relation KL, an alpha / temperature schedule, two teachers, unlabelled + augmented +
     oversampled transfer data, budget pruning whose recovery uses the cosine hidden loss and the relation loss, then
-    QAT, and an export and a profile that rank 0 runs alone while the other process waits. Every training stage trains on both
+    QAT, and an export that rank 0 runs alone while the other process waits. Every training stage trains on both
     processes, rank 1 writes nothing into the run folder, and the result is the one-process result within noise."""
     import json
     import os
@@ -304,9 +304,7 @@ def test_torchrun_two_processes_with_every_option_match_one_process(tmp_path, ti
     export = {**r["stages"][3]["export"], "int8_dynamic": False, "int8_fused": False}
     r["stages"] = [{"distill": kd}, {"prune": {"budget": {"params": 0.7}, "steps": 2, "width_multiple": 4,
                                               "importance": "loss", "recovery": recovery}},
-                   r["stages"][2], {"export": export},
-                   {"profile": {"runs": 5, "rounds": 1, "warmup": 1, "natural_lengths": False, "compare_teacher": False,
-                                "compare_fp32": False, "ptq_baselines": False}}]
+                   r["stages"][2], {"export": export}]
     runs = {}
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
         r["output"] = str(tmp_path / name)
@@ -333,9 +331,10 @@ def test_torchrun_two_processes_with_every_option_match_one_process(tmp_path, ti
         assert st[prune]["non_embedding_params_after"] <= 0.7 * st[prune]["non_embedding_params_before"]
     for k in (distill, prune):  # 60 test sentences
         assert abs(two[k]["test_accuracy"] - one[k]["test_accuracy"]) <= 0.1, (k, two[k], one[k])
-    # the exported ONNX model (rank 0's export, validated against PyTorch; rank 0's profile) and the teacher
-    assert runs["two"]["export_validation"]["failures"] == []
-    assert abs(runs["two"]["accuracy"] - runs["one"]["accuracy"]) <= 0.1
-    assert abs(runs["two"]["teacher_accuracy"] - runs["one"]["teacher_accuracy"]) <= 0.1
+    # the ONNX model rank 0 exported, validated against PyTorch on dev; the teachers
+    export = next(k for k in two if k.startswith("export"))
+    assert two[export]["validation"]["failures"] == [] and two[export]["validation"]["argmax_agreement"] >= 0.95
+    teachers = [k for k in two if k.startswith("teacher")]
+    assert all(abs(two[k]["test_accuracy"] - one[k]["test_accuracy"]) <= 0.1 for k in teachers)
     leftovers = [p for p in (tmp_path / "two").rglob("*") if "rank1" in p.name or p.name.startswith(".tmp")]
     assert not leftovers  # rank 1 wrote nothing into the run folder

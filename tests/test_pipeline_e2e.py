@@ -84,17 +84,12 @@ def test_cli_rerun_resumes_from_cache(text_run):
     assert before == after  # completed artifacts are never rewritten
 
 
-def test_cli_report_export_and_profile(text_run, tmp_path, text_data_dir):
+def test_cli_report_and_profile(text_run, tmp_path, text_data_dir):
     root, _, _ = text_run
     out = root / "out"
     assert edgekd("report", out).returncode == 0
-    qat = next(p for p in (out / "stages").iterdir() if p.name.split("-")[1] == "qat")
-    proc = edgekd("export", qat, "--profile", "host-cpu", "--out", tmp_path / "exp")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert (tmp_path / "exp" / "model.onnx").is_file() and (tmp_path / "exp" / "tokenizer.json").is_file()
     res = tmp_path / "p.json"
-    proc = edgekd("profile", tmp_path / "exp" / "model.onnx", "--data", text_data_dir, "--runs", "5", "--rounds", "1",
-                  "--json", res)
+    proc = edgekd("profile", out / "model.onnx", "--data", text_data_dir, "--runs", "5", "--rounds", "1", "--json", res)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(res.read_text())
     assert 0.5 <= result["accuracy"] <= 1.0 and result["examples"] == 60
@@ -156,7 +151,7 @@ def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_a
     recipe = yaml.safe_load((root / "recipe.yaml").read_text())
     recipe.update(output=str(out), profiles=["host-cpu", "hexagon-npu"])
     recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.9)
-    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False)
+    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False, ptq_baselines=False)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     proc = edgekd("run", path, quiet=False)
@@ -200,6 +195,7 @@ def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_a
     shutil.move(str(out), str(tmp_path / "moved"))  # the recorded run folder is gone: found beside the artifact
     proc = edgekd("export", tmp_path / "moved" / "stages" / qat_dir, "--profile", "host-cpu", "--out", tmp_path / "exp")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "exp" / "model.onnx").is_file() and (tmp_path / "exp" / "tokenizer.json").is_file()
     manifest = json.loads((tmp_path / "exp" / "manifest.json").read_text())
     assert manifest["profile"] == "host-cpu" and "devices" not in manifest
     assert manifest["metrics"]["validation"]["failures"] == []

@@ -1,5 +1,5 @@
-"""The README's "Compress your own model" recipe, copied verbatim with a model folder and a data folder put in,
-runs through every stage and lands what the README says it does."""
+"""The README's way in, as a user takes it: `edgekd compress` on a model folder and a data folder writes the recipe the
+README shows (the same text, the folders put in) and runs it; `edgekd run` of that recipe is the same run, cached."""
 from __future__ import annotations
 
 import json
@@ -9,11 +9,15 @@ from pathlib import Path
 import pytest
 
 from conftest import edgekd_cli, write_tiny_bert
+from edgekd.errors import DataError, RecipeError
+from edgekd.recipe import validate_recipe
+from edgekd.starter import data_columns, starter_recipe
+from edgekd.yamlio import safe_load
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def _own_model_recipe() -> str:
+def _readme_recipe() -> str:
     text = README.read_text(encoding="utf-8")
     section = text.split("## Compress your own model", 1)[1].split("\n## ", 1)[0]
     (recipe,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
@@ -26,27 +30,70 @@ def test_the_readme_is_for_users_and_short():
     assert not re.search(r"\bissue \d+", text, re.I)  # the project's issue numbers mean nothing to a user
     headings = [line for line in text.splitlines() if line.startswith("## ")]
     assert headings[:2] == ["## Two commands", "## Compress your own model"]
-    for link in re.findall(r"\]\((docs/[\w.-]+\.md)", text):
-        assert (README.parent / link).is_file(), link
+    for link in re.findall(r"\]\(((?:docs|benchmarks|profiles)/[\w./-]*)\)", text):
+        assert (README.parent / link).exists(), link
+
+
+def test_the_readme_shows_the_recipe_compress_writes_for_its_folders():
+    assert _readme_recipe() == starter_recipe("models/my-classifier", Path("data/my-task"), "host-cpu", check=False)
+
+
+def test_the_starter_recipe_reads_the_model_and_the_data(tmp_path, text_data_dir, tiny_bert_dir):
+    classifier = write_tiny_bert(tmp_path / "clf", classifier=True)
+    raw = safe_load(starter_recipe(str(classifier), text_data_dir, "hexagon-npu", out=tmp_path / "run"))
+    recipe = validate_recipe(raw)
+    assert recipe.teacher.finetune is None and recipe.student.kind == "layers" and recipe.student.layers is None
+    assert recipe.profiles == ["host-cpu", "hexagon-npu"]  # measured host first, the target beside it
+    assert raw["stages"][3]["export"]["devices"] == ["hexagon-npu"]  # an integer NPU gets its own build
+    assert (raw["data"]["text_column"], raw["data"]["label_column"]) == ("sentence", "label")
+    encoder = validate_recipe(safe_load(starter_recipe(str(tiny_bert_dir), text_data_dir, "host-cpu",
+                                                       student="layers:1")))
+    assert encoder.teacher.finetune is not None and encoder.student.layers == [1]  # no head: one is trained first
+    assert encoder.profiles == ["host-cpu"]
+    with pytest.raises(RecipeError, match="--student 'transformer'"):
+        starter_recipe(str(classifier), text_data_dir, "host-cpu", student="transformer")
+
+
+def test_data_columns_are_found_by_their_usual_names_or_refused_naming_the_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "train.jsonl").write_text('{"review": "good", "verdict": "positive"}\n')
+    assert data_columns(tmp_path / "a", None, None) == ("review", "verdict")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "train.csv").write_text("body,stars\ngood,5\n")
+    with pytest.raises(DataError, match=r"train.csv.*\['body', 'stars'\].*--text-column"):
+        data_columns(tmp_path / "b", None, None)
+    assert data_columns(tmp_path / "b", "body", "stars") == ("body", "stars")
+    with pytest.raises(DataError, match="no train.tsv, train.csv or train.jsonl"):
+        data_columns(tmp_path / "nothing", None, None)
+
+
+def test_init_writes_the_starter_recipe_and_never_overwrites_one(tmp_path):
+    proc = edgekd_cli("init", "--out", tmp_path / "recipe.yaml")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "recipe.yaml").read_text() == _readme_recipe()
+    proc = edgekd_cli("init", "--out", tmp_path / "recipe.yaml")
+    assert proc.returncode == 2 and "does not overwrite" in proc.stderr
 
 
 @pytest.mark.slow
-def test_the_readme_recipe_runs_on_a_users_classifier_and_data(tmp_path, text_data_dir):
-    recipe = _own_model_recipe()
-    assert "data/my-task" in recipe and "models/my-classifier" in recipe
+def test_compress_on_a_users_classifier_and_data_then_run_of_its_recipe_from_cache(tmp_path, text_data_dir):
     model = write_tiny_bert(tmp_path / "my-classifier", classifier=True)  # a folder as save_pretrained writes it
-    path = tmp_path / "my-model.yaml"
-    path.write_text(recipe.replace("data/my-task", str(text_data_dir)).replace("models/my-classifier", str(model))
-                    .replace("runs/my-model", str(tmp_path / "runs" / "my-model")), encoding="utf-8")
-    # the recipe as written; only the profile is shortened (its rounds run a fresh process per model and case)
-    proc = edgekd_cli("run", path, "--set", "stages.4.profile.runs=5", "--set", "stages.4.profile.rounds=1",
+    out = tmp_path / "runs" / "my-classifier"
+    # the profile shortened (its rounds run a fresh process per model and case); --set lands in recipe.yaml
+    proc = edgekd_cli("compress", model, "--data", text_data_dir, "--profile", "host-cpu", "--out", out,
+                      "--set", "stages.4.profile.runs=5", "--set", "stages.4.profile.rounds=1",
                       "--set", "stages.4.profile.natural_lengths=false", "--set", "stages.4.profile.ptq_baselines=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / "runs" / "my-model"
-    for name in ("model.onnx", "tokenizer.json", "config.json", "preprocess.json", "report.md", "manifest.json"):
+    for name in ("recipe.yaml", "model.onnx", "tokenizer.json", "config.json", "preprocess.json", "report.md",
+                 "manifest.json"):
         assert (out / name).is_file(), name
+    written = safe_load((out / "recipe.yaml").read_text())
+    assert written["stages"][4]["profile"]["rounds"] == 1 and written["teacher"]["path"] == str(model)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [s["stage"] for s in manifest["stages"]] == ["teacher", "distill", "prune", "qat", "export", "profile"]
     distill = json.loads((out / next(s["path"] for s in manifest["stages"] if s["stage"] == "distill")
                           / "manifest.json").read_text())
     assert distill["spec"]["hf_config"]["num_hidden_layers"] == 1  # every other layer of the 2-layer classifier
+    again = edgekd_cli("run", out / "recipe.yaml", quiet=False)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("cached") == 6, again.stderr  # the same run: every stage from the cache

@@ -95,20 +95,6 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_bert_dir, text_d
     assert ckpt and json.loads(ckpt[0].read_text())["position"]["step"] > 0
 
 
-@pytest.mark.slow
-def test_teacher_head_with_a_different_label_count_is_refused(tmp_path, text_data_dir):
-    from conftest import write_tiny_bert
-
-    three = write_tiny_bert(tmp_path / "three-labels", classifier=True, num_labels=3)
-    recipe = tmp_path / "r.yaml"
-    r = tiny_text_recipe(three, text_data_dir, tmp_path / "out")
-    del r["teacher"]["finetune"]
-    recipe.write_text(yaml.safe_dump(r))
-    proc = subprocess.run([sys.executable, "-m", "edgekd.cli", "run", str(recipe)], capture_output=True, text=True)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "3 labels" in proc.stderr and "data has 2" in proc.stderr
-
-
 def test_recipe_names_cannot_leave_the_output_folder():
     from edgekd.errors import RecipeError
     from edgekd.recipe import validate_recipe

@@ -56,11 +56,18 @@ def check_model_folder(folder: Path) -> None:
         )
 
 
-def load_hf_classifier(source: str, task: str, num_labels: int, *, revision: str | None = None,
-                       trust_remote_code: bool = False, local: bool = True):
-    """Load a classifier (with a new head if the checkpoint has none). Returns (model, head_is_new)."""
+def load_hf_classifier(source: str, task: str, label_names: list[str], *, revision: str | None = None,
+                       trust_remote_code: bool = False, labels: dict[str, int] | None = None,
+                       labels_key: str = "teacher.labels"):
+    """Load a classifier whose class i means the data's label i (`label_names`, in the data's order).
+
+    A trained head is matched to the data's labels by name (models/labels.py; `labels`, the recipe's {data label:
+    model class}, says it where names cannot) and reordered; one the checkpoint lacks is new. Returns (model,
+    head_is_new, how the labels matched or None for a new head)."""
     import transformers
     from transformers import AutoConfig
+
+    from .labels import class_order, name_labels, reorder_classes
 
     where = str(source)
     try:
@@ -75,18 +82,24 @@ def load_hf_classifier(source: str, task: str, num_labels: int, *, revision: str
         )
     archs = config.architectures or []
     head_is_new = not any(a.endswith(ALLOWED_SUFFIXES) for a in archs)
-    if not head_is_new and getattr(config, "num_labels", num_labels) != num_labels:
-        raise ModelError(
-            f"The classifier at {where!r} has {config.num_labels} labels but the data has {num_labels}. "
-            "Use a teacher trained on this label set, or fine-tune a fresh head (teacher.finetune)."
-        )
-    config.num_labels = num_labels
+    matched = None
+    if head_is_new:
+        if labels is not None:
+            raise ModelError(f"{labels_key} maps the data's labels onto a trained classification head, and the model "
+                             f"at {where!r} has none (a new head is trained on the data's labels): remove {labels_key}.")
+        config.num_labels = len(label_names)
+    else:
+        order, matched = class_order(config.id2label, label_names, labels, where, labels_key)
     try:
         model = auto.from_pretrained(where, config=config, revision=revision, use_safetensors=True,
                                      trust_remote_code=trust_remote_code, attn_implementation="eager")
     except OSError as e:
         raise ModelError(f"Cannot load weights from {where!r}: {str(e).splitlines()[0]}") from None
-    return model, head_is_new
+    if head_is_new:
+        name_labels(model, label_names)
+    else:
+        reorder_classes(model, order, label_names)
+    return model, head_is_new, matched
 
 
 def build_hf_from_config(config_dict: dict, task: str, num_labels: int) -> nn.Module:

@@ -109,11 +109,12 @@ def _table(rec: dict) -> str:
 
 
 def _failed_baselines(summaries, labels) -> str:
-    """A note for each PTQ baseline onnxruntime could not build (they have no row above)."""
-    items = [f"<li>{_e(lab)}/{_e(name)} ({_e(baseline_label(m))}): not built — {_e(str(m['error'])[:500])}</li>"
+    """A note for each PTQ baseline onnxruntime could not build or run (they have no row above)."""
+    items = [f"<li>{_e(lab)}/{_e(name)} ({_e(baseline_label(m))}): "
+             f"{'built, does not run' if m.get('failed_at') == 'run' else 'not built'} — {_e(str(m['error'])[:500])}</li>"
              for lab, s in zip(labels, summaries) for name, m in (s.get("systems") or {}).items()
              if isinstance(m, dict) and "error" in m]
-    return f'<p class="note">PTQ baselines that could not be built:</p><ul class="note">{"".join(items)}</ul>' if items else ""
+    return f'<p class="note">PTQ baselines that could not be built or run:</p><ul class="note">{"".join(items)}</ul>' if items else ""
 
 
 def _data_warnings(summaries, labels) -> str:

@@ -103,8 +103,9 @@ def render_markdown(s: dict) -> str:
         out += [head, "| " + " | ".join(["---"] * (6 + len(cases))) + " |"]
         for name, m in systems.items():
             label = f"{name} — {baseline_label(m)}" if baseline_label(m) else name
-            if "error" in m:  # a PTQ baseline onnxruntime could not build: nothing measured
-                out.append(f"| {label}: not built ({_cell(m['error'])}) | " + " | ".join(["—"] * (5 + len(cases))) + " |")
+            if "error" in m:  # a PTQ baseline onnxruntime could not build or run: nothing measured
+                what = "built, does not run" if m.get("failed_at") == "run" else "not built"
+                out.append(f"| {label}: {what} ({_cell(m['error'])}) | " + " | ".join(["—"] * (5 + len(cases))) + " |")
                 continue
             lat = m.get("latency_ms", {})
             cells = []

@@ -21,11 +21,15 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
     reads the texts with its own tokenizer and leaves the run's (the primary teacher's) alone."""
     data = ctx.data
     primary = ctx.teacher is None
+    labels_report = None
     seed = getattr(cfg, "seed", None)
     seed = ctx.seed if seed is None else seed
     tokenizer_src = None
     if cfg.config is not None:
+        from ..models.labels import name_labels
+
         model = build_hf_from_config(cfg.config, ctx.task, data.num_labels)
+        name_labels(model, data.label_names)
         head_is_new = True
     else:
         if cfg.path is not None:
@@ -34,9 +38,15 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
             source = str(folder)
         else:
             source = cfg.hub
-        model, head_is_new = load_hf_classifier(source, ctx.task, data.num_labels, revision=cfg.revision,
-                                                trust_remote_code=cfg.trust_remote_code)
+        model, head_is_new, matched = load_hf_classifier(
+            source, ctx.task, data.label_names, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            labels=cfg.labels, labels_key="teacher.labels" if primary else "teachers[].labels")
         tokenizer_src = source
+        if matched is not None:
+            labels_report = {**matched, "data_labels": data.label_names}
+            if matched["dropped"]:
+                log(f"[yellow]teacher: the model knows {matched['dropped']}, which no example of the data shows; "
+                    "those classes are left out of its outputs[/]")
     if head_is_new and cfg.finetune is None:
         raise ModelError(
             "The teacher has no trained classification head for this task (it is a pretrained encoder or was "
@@ -59,7 +69,7 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
         (lambda split, n=None: ctx.encoded(split, n, tokenizer_dir=out))
     (out / "preprocess.json").write_text(json.dumps({**data.preprocess, "labels": data.label_names}, indent=2))
 
-    metrics: dict = {}
+    metrics: dict = {"labels": labels_report} if labels_report else {}
     if cfg.finetune is not None:
         ft = cfg.finetune
         train = encoded("train", ft.max_train_examples)
