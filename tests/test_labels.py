@@ -121,6 +121,7 @@ def test_a_classifier_with_its_classes_in_another_order_scores_its_true_accuracy
     _, read = _teacher_only(theirs, data, tmp_path / "run")
     assert read["test_accuracy"] == trained["test_accuracy"]  # not 1 - accuracy
     assert read["labels"]["matched_by"] == "name" and read["labels"]["order"] == [1, 0]
+    assert "(name): negative = its class 1, positive = its class 0." in (tmp_path / "run" / "report.md").read_text()
     # its names were wrong for this data: refused before any work, saying what to write
     cfg = json.loads((theirs / "config.json").read_text())
     cfg["id2label"], cfg["label2id"] = {"0": "good", "1": "bad"}, {"good": 0, "bad": 1}
@@ -143,6 +144,8 @@ def test_a_head_with_a_class_the_data_lacks_is_reported_and_one_short_of_a_class
     _, read = _teacher_only(three, text_data_dir, tmp_path / "run")
     assert read["labels"] == {"matched_by": "index", "order": [0, 1], "dropped": ["LABEL_2"],
                               "data_labels": ["0", "1"]}
+    assert "its classes ['LABEL_2'], which the data never shows, are left out" in \
+        (tmp_path / "run" / "report.md").read_text()
     data = write_text_data(tmp_path / "three-classes")
     test = data / "test.tsv"
     test.write_text(test.read_text() + "a film\t2\n")

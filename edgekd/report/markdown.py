@@ -39,6 +39,21 @@ def dev_holdout_text(s: dict) -> str | None:
             "(`data.dev_holdout`): inputs train has never seen.")
 
 
+def labels_text(s: dict) -> list[str]:
+    """How each teacher's trained head was read with the data's labels, where it was not taken as it is."""
+    lines = []
+    for st in s.get("stages", []):
+        lab = st.get("stage") == "teacher" and (st.get("metrics") or {}).get("labels")
+        if not lab or (lab["order"] == list(range(len(lab["order"]))) and not lab["dropped"]):
+            continue
+        order = ", ".join(f"{name} = its class {i}" for name, i in zip(lab["data_labels"], lab["order"]))
+        dropped = (f"; its classes {lab['dropped']}, which the data never shows, are left out" if lab["dropped"]
+                   else "")
+        lines.append(f"Labels: the teacher `{st['id']}` was read with the data's labels ({lab['matched_by']}): "
+                     f"{order}{dropped}.")
+    return lines
+
+
 def _params(n) -> str:
     return "—" if n is None else (f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k")
 
@@ -69,6 +84,8 @@ def render_markdown(s: dict) -> str:
         out += [f"> **Data:** {data_warning(s)}", ""]
     if dev_holdout_text(s):
         out += [f"Data: {dev_holdout_text(s)}", ""]
+    for line in labels_text(s):
+        out += [line, ""]
     systems = s.get("systems", {})
     onnx_acc = {"export": systems.get("final", {}).get("accuracy")}
     onnx_agr = {"export": systems.get("final", {}).get("agreement")}
