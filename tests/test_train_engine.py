@@ -47,6 +47,29 @@ def _ce(m, batch, idx, labels):
     return nn.functional.cross_entropy(m(**batch), labels)
 
 
+def test_ctrl_c_during_an_epochs_dev_scoring_still_leaves_a_checkpoint(tmp_path):
+    """Ctrl-C sets a flag the loop reads after the step; when it lands while the epoch's dev split is scored (after
+    that step's checkpoint chance), the loop still saves before it stops, as its message says."""
+    import json
+    import os
+    import signal
+
+    from edgekd.errors import Interrupted
+
+    scored = []
+
+    def select(model):
+        scored.append(1)
+        if len(scored) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, during the first epoch's scoring
+        return 0.5
+
+    with pytest.raises(Interrupted, match="interrupted at step 12/36; a checkpoint was saved"):
+        fit(TinyText(), _data(96), TrainConfig(epochs=3, batch_size=8, lr=1e-3, checkpoint_every=1000), _ce, seed=0,
+            desc="t", work_dir=tmp_path, select=select)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["position"]["step"] == 12
+
+
 # ---------------------------------------------------------------------------------------- devices
 def test_device_settings_resolve_or_fail_clearly(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")

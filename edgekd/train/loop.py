@@ -158,7 +158,8 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                     examples += len(global_idx)
                     losses.append(loss.item())
                     advance(1, loss=float(np.mean(losses[-20:])))
-                    if work_dir is not None and (step % cfg.checkpoint_every == 0 or interrupted["flag"]):
+                    saved = work_dir is not None and (step % cfg.checkpoint_every == 0 or interrupted["flag"])
+                    if saved:
                         losses = losses[-LOSS_WINDOW:]
                         save_checkpoint(work_dir, model, optimizer, scheduler,
                                         {"step": step, "recent_losses": losses}, rt, averaged)
@@ -171,6 +172,9 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                                 f"step {step}/{total}[/]")
                             total = step
                     if interrupted["flag"]:
+                        if work_dir is not None and not saved:  # Ctrl-C came during the epoch's dev scoring
+                            save_checkpoint(work_dir, model, optimizer, scheduler,
+                                            {"step": step, "recent_losses": losses[-LOSS_WINDOW:]}, rt, averaged)
                         raise Interrupted(
                             f"{desc}: interrupted at step {step}/{total}; a checkpoint was saved"
                             f"{' in ' + str(work_dir) if work_dir else ''}. Run the same command again to resume."
