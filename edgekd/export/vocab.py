@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.families import POSITION_OFFSET
+
 
 def _wordpiece(tokenizer_json: dict) -> dict | None:
     model = tokenizer_json.get("model") or {}
@@ -194,10 +196,8 @@ def remap_embeddings(model: nn.Module, keep: np.ndarray, exclude: set[int]) -> n
 
 # ------------------------------------------------------------------------------------------ positions
 
-# Position ids a model type reaches for a sequence of n tokens: BERT and DistilBERT count 0..n-1; RoBERTa and its
-# kin start after the padding id (fairseq's convention). Other types keep their whole table.
-_POSITION_OFFSET = {"bert": lambda c: 0, "distilbert": lambda c: 0,
-                    "roberta": lambda c: c.pad_token_id + 1, "xlm-roberta": lambda c: c.pad_token_id + 1}
+# Position ids a model type reaches for a sequence of n tokens (models/families.py): BERT and DistilBERT count
+# 0..n-1; RoBERTa and its kin start after the padding id (fairseq's convention). Other types keep their whole table.
 
 
 @torch.no_grad()
@@ -207,7 +207,7 @@ def trim_positions(model: nn.Module, length: int) -> dict | None:
     int8). Returns {"rows", "original_rows"}, or None where nothing was trimmed (no position table, an unknown
     model type, or nothing beyond `length`)."""
     config = getattr(model, "config", None)
-    offset = _POSITION_OFFSET.get(getattr(config, "model_type", None))
+    offset = POSITION_OFFSET.get(getattr(config, "model_type", None))
     table = next((m for name, m in model.named_modules()
                   if name.endswith("embeddings.position_embeddings") and isinstance(m, nn.Embedding)), None)
     if offset is None or table is None:

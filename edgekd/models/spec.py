@@ -19,6 +19,8 @@ from torch import nn
 
 from ..artifact import WEIGHTS
 from ..errors import ModelError
+# module names are the families' business; FFN_SUFFIXES is re-exported for the pruning code
+from .families import FFN_SUFFIXES, QKV_NAMES, embedding_projection  # noqa: F401
 
 SPEC_VERSION = 1
 # Spec keys that extend a module (owned by other packages, which register their rebuilders).
@@ -35,7 +37,10 @@ def _shape_of(m: nn.Module) -> dict | None:
                 "padding": list(m.padding) if not isinstance(m.padding, str) else m.padding,
                 "dilation": list(m.dilation), "groups": m.groups, "bias": m.bias is not None}
     if isinstance(m, nn.LayerNorm):
-        return {"type": "LayerNorm", "shape": list(m.normalized_shape), "eps": m.eps, "affine": m.elementwise_affine}
+        shape = {"type": "LayerNorm", "shape": list(m.normalized_shape), "eps": m.eps, "affine": m.elementwise_affine}
+        if m.elementwise_affine and m.bias is None:  # ModernBERT's norms have no bias; recorded only then, so
+            shape["bias"] = False                     # specs written before this key still match
+        return shape
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return {"type": "BatchNorm1d" if isinstance(m, nn.BatchNorm1d) else "BatchNorm2d", "num": m.num_features, "eps": m.eps}
     if isinstance(m, nn.Embedding):
@@ -71,7 +76,8 @@ def _make(shape: dict) -> nn.Module:
         return cls(shape["in"], shape["out"], tuple(shape["kernel"]), stride=tuple(shape["stride"]), padding=pad,
                    dilation=tuple(shape["dilation"]), groups=shape["groups"], bias=shape["bias"])
     if t == "LayerNorm":
-        return nn.LayerNorm(shape["shape"], eps=shape["eps"], elementwise_affine=shape["affine"])
+        return nn.LayerNorm(shape["shape"], eps=shape["eps"], elementwise_affine=shape["affine"],
+                            bias=shape.get("bias", True))
     if t == "BatchNorm1d":
         return nn.BatchNorm1d(shape["num"], eps=shape["eps"])
     if t == "BatchNorm2d":
@@ -104,10 +110,6 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
     sync_attention_heads(model)
 
 
-# transformers names: BERT-style (query/key/value, attention_head_size) and the newer
-# q_proj/k_proj/v_proj + head_dim (ViT in transformers 5).
-QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))  # BERT/ViT, …, DistilBERT
-FFN_SUFFIXES = ("intermediate.dense", "mlp.fc1", "ffn.lin1")
 
 
 def attention_projections(m: nn.Module) -> tuple[list[nn.Linear], int] | None:
@@ -139,6 +141,9 @@ def hidden_width(model: nn.Module) -> int | None:
     m = residual_input(model)
     if m is None:
         return None
+    projection = embedding_projection(model)  # ELECTRA: narrower embeddings, projected up to the hidden width
+    if projection is not None:
+        return projection.out_features
     return m.embedding_dim if isinstance(m, nn.Embedding) else getattr(m, "out_channels", getattr(m, "out_features", None))
 
 

@@ -11,6 +11,7 @@ from ..configs import StudentConfig
 from ..errors import ModelError
 from .cnn import build_cnn
 from .rnn import build_rnn
+from .families import keep_per_layer_config, layer_list
 from .hf import hf_base_spec
 
 
@@ -32,11 +33,10 @@ def last_layer_map(student_layers: int, teacher_layers: int) -> list[int]:
 
 def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     """The ModuleList of transformer blocks (`bert.encoder.layer`, `vit.layers` in transformers 5, …)."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.ModuleList) and name.endswith(("encoder.layer", "encoder.layers", "transformer.layer", ".layers")):
-            parent_name, _, attr = name.rpartition(".")
-            return model.get_submodule(parent_name), attr, m
-    raise ModelError(f"Cannot find the encoder layers of {type(model).__name__}; use student.kind=config or cnn.")
+    found = layer_list(model)
+    if found is None:
+        raise ModelError(f"Cannot find the encoder layers of {type(model).__name__}; use student.kind=config or cnn.")
+    return found
 
 
 def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, task: str, num_labels: int,
@@ -54,6 +54,7 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
             raise ModelError(f"student.layers {bad} do not exist: the teacher has {n} layers (0…{n - 1}).")
         setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
         student.config.num_hidden_layers = len(keep)
+        keep_per_layer_config(student.config, keep)
         return student, hf_base_spec(student, task)
     if cfg.kind == "config":
         if teacher_spec["family"] != "hf":
