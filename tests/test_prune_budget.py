@@ -137,10 +137,11 @@ def test_a_latency_budget_prunes_until_the_measured_host_latency_fits(tmp_path, 
     assert "estimated" not in m["budget"] and m["budget"]["reached"] == m["steps"][0]["latency_ms"]
     # under the budget by the protocol's quietest round, and not pruned far past it
     assert -0.3 <= m["budget"]["off_by"] <= 0.0, m["budget"]
-    # timed again on its own, the reloaded model lands near the budget (a fresh pair of rounds ran +20% once on a
-    # busy CI machine: the bound leaves room for that)
+    # timed again on its own, the reloaded model lands near the budget: the quietest of three re-timings, as the
+    # start was the quietest of two (one fresh pair of rounds ran +20% on a busy CI machine, another +45% on a
+    # shared VM: single timings are that noisy here)
     with probe.exported(load_model_from_artifact(next(a for a in pruned.artifacts if a.stage == "prune"))) as c:
-        assert c.host_ms() <= 1.35 * budget
+        assert min(c.host_ms() for _ in range(3)) <= 1.35 * budget
     assert m["non_embedding_params_after"] < m["non_embedding_params_before"]
     with pytest.raises(Exception, match="give exactly one of prune.budget.params, prune.budget.macs or"):
         validate_recipe({**r, "stages": [{"prune": {"budget": {"params": 0.5, "latency_ms": 3.0}}}]})
