@@ -20,13 +20,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+from .machine import host_facts, versions
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -118,7 +118,7 @@ def _errors(rows: list[dict]) -> dict:
 
 def main() -> None:
     from edgekd.devices.estimate import calibrate, estimate_latency, host_peaks, save_calibration
-    from edgekd.devices.profiles import detect_host, load_profile
+    from edgekd.devices.profiles import load_profile
 
     start = time.perf_counter()
     paths = _build_models(MODELS_DIR)
@@ -165,8 +165,7 @@ def main() -> None:
         "runtime_s": ({**last["runtime_s"], "refit_s": round(time.perf_counter() - start, 1)} if "--refit" in sys.argv
                       else {"build_export": round(built - start, 1), "measure": round(measured - built, 1),
                             "total": round(time.perf_counter() - start, 1)}),
-        "machine": {**detect_host(), "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("edgekd", "torch", "transformers", "onnx", "onnxruntime")},
+        "machine": host_facts(), "versions": versions(),
     }
     RESULT.parent.mkdir(parents=True, exist_ok=True)
     RESULT.write_text(json.dumps(result, indent=2) + "\n")

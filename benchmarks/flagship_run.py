@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import platform
-import subprocess
 import sys
-from importlib.metadata import version
 from pathlib import Path
+
+from .machine import commit, versions
 
 NAMES = {"teacher-fp32": "teacher-fp32", "final": "edgekd-int8", "final-fp32": "edgekd-fp32"}
 CASES = ("seq128_t1", "seq128_t2", "natural_t1")
@@ -86,8 +86,7 @@ def main(run_dir: str, out: str = "benchmarks/results/flagship-run.json") -> Non
         "stages": [{"stage": s["stage"], "params": s["params"], "test_accuracy_pytorch": s["metrics"].get("test_accuracy"),
                     "architecture": s.get("architecture")} for s in m["stages"] if s["stage"] != "profile"],
         "machine": {**m["machine"], "python": platform.python_version()},
-        "versions": {p: version(p) for p in ("edgekd", "torch", "transformers", "onnx", "onnxruntime", "torch-pruning")},
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+        "versions": versions(), "commit": commit(),
     }
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")

@@ -14,12 +14,13 @@ Results: benchmarks/results/latency-repeatability.json.
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .machine import host_facts, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "latency-repeatability.json"
@@ -30,7 +31,6 @@ def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
     """Single and pinned measurements take `runs` timed runs; the rounds protocol `rounds` of them."""
     from edgekd.devices.feeds import model_input_names, text_feeds
     from edgekd.devices.latency import combine_rounds, measure_latency
-    from edgekd.devices.profiles import detect_host
 
     run = Path(run_dir)
     export = next(run / a for a in json.loads((run / "run.json").read_text())["artifacts"] if "-export-" in a)
@@ -65,7 +65,7 @@ def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
                             "rounds": f"edgekd profile stage: {rounds} rounds of single, lowest round p50"},
               "repeats": REPEATS, "cases": rows, "summary": summary,
               "runtime_s": round(time.perf_counter() - start, 1),
-              "machine": {**detect_host(), "python": platform.python_version()}}
+              "machine": host_facts(), "versions": versions()}
     out = RESULT if (rounds, runs) == (5, 50) else RESULT.with_name(f"latency-repeatability-{rounds}x{runs}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
     for proto, s in summary.items():

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .machine import commit, host_facts, versions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -113,7 +114,7 @@ def main() -> None:
                 rows.append(row)
     out = HERE / "results" / f"prune-importance-{args.mode}.json"
     out.write_text(json.dumps({"what": __doc__.split("\n")[0], "distilled_student": parent.path.name,
-                               "host": platform.processor() or platform.machine(), "torch": torch.__version__,
+                               "machine": host_facts(), "versions": versions(), "commit": commit(),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
 

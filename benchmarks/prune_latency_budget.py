@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .prune_importance import flagship_context, kd_loss_on
+from .machine import commit, host_facts, versions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -77,7 +77,7 @@ def main() -> None:
     out = HERE / "results" / f"prune-latency-budget-{args.mode}.json"
     out.write_text(json.dumps({"what": __doc__.split("\n")[0], "case": probe.case, "unpruned_ms": start,
                                "distilled_student": parent.path.name, "importance": args.importance,
-                               "host": platform.processor() or platform.machine(), "torch": torch.__version__,
+                               "machine": host_facts(), "versions": versions(), "commit": commit(),
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
 

@@ -32,6 +32,13 @@ PROFILES_DIR = typer.Option(
          "like a shipped one replaces it); default: $EDGEKD_PROFILES_DIR")
 
 
+# Options of the commands that write a starter recipe (init, compress).
+TARGET = typer.Option("host-cpu", "--profile", help="the device to build for")
+STUDENT = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | cnn | bilstm")
+TEXT_COLUMN = typer.Option(None, "--text-column", help="default: the usual names (sentence, text, review, …)")
+LABEL_COLUMN = typer.Option(None, "--label-column", help="default: the usual names (label, class, verdict, …)")
+
+
 def use_profiles_dir(folder: Optional[Path]) -> None:
     if folder is not None:
         from .devices.profile_folders import use_user_dir
@@ -83,7 +90,11 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
 
     use_profiles_dir(profiles_dir)
 
-    pipe = Pipeline.from_yaml(recipe, set_, out_dir)
+    _run_to_end(Pipeline.from_yaml(recipe, set_, out_dir))
+
+
+def _run_to_end(pipe, done: str = "report.md") -> None:
+    """Run every stage, close the runtime whatever happens, and (rank 0 only) say where the results are."""
     try:
         result = pipe.run()
     finally:
@@ -92,7 +103,7 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
     if not pipe.ctx.runtime.is_main:  # under torchrun: rank 0 reports
         return
     s = result["summary"]
-    out.print(f"\n[bold green]done[/] — {pipe.run_dir}/report.md")
+    out.print(f"\n[bold green]done[/] — {pipe.run_dir}/{done}")
     if s.get("accuracy") is not None:
         out.print(f"final ONNX accuracy {100 * s['accuracy']:.2f}% vs teacher {100 * s['teacher_accuracy']:.2f}%")
 
@@ -102,10 +113,8 @@ def run(recipe: Path = typer.Argument(..., help="YAML recipe"),
 def init(model: Optional[str] = typer.Option(None, "--model", help="your fine-tuned classifier: a Hugging Face folder "
                                              "or hub id"),
          data: Optional[Path] = typer.Option(None, "--data", help="data folder: train/dev/test .tsv, .csv or .jsonl"),
-         profile: str = typer.Option("host-cpu", "--profile", help="the device to build for"),
-         student: Optional[str] = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | cnn | bilstm"),
-         text_column: Optional[str] = typer.Option(None, "--text-column"),
-         label_column: Optional[str] = typer.Option(None, "--label-column"),
+         profile: str = TARGET, student: Optional[str] = STUDENT, text_column: Optional[str] = TEXT_COLUMN,
+         label_column: Optional[str] = LABEL_COLUMN,
          out_file: Path = typer.Option(Path("recipe.yaml"), "--out", help="where to write the recipe"),
          profiles_dir: Optional[Path] = PROFILES_DIR):
     """Write a commented starter recipe for your model and data (edit it, then `edgekd run` it)."""
@@ -124,48 +133,25 @@ def init(model: Optional[str] = typer.Option(None, "--model", help="your fine-tu
 @handle_errors
 def compress(model: str = typer.Argument(..., help="your fine-tuned classifier: a Hugging Face folder or hub id"),
              data: Path = typer.Option(..., "--data", help="data folder: train/dev/test .tsv, .csv or .jsonl"),
-             profile: str = typer.Option("host-cpu", "--profile", help="the device to build for"),
-             student: Optional[str] = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | cnn | "
-                                                   "bilstm"),
-             text_column: Optional[str] = typer.Option(None, "--text-column"),
-             label_column: Optional[str] = typer.Option(None, "--label-column"),
+             profile: str = TARGET, student: Optional[str] = STUDENT, text_column: Optional[str] = TEXT_COLUMN,
+             label_column: Optional[str] = LABEL_COLUMN,
              out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder (default: runs/<model name>)"),
              set_: list[str] = typer.Option([], "--set", help="change a field of the recipe: key.path=value"),
              profiles_dir: Optional[Path] = PROFILES_DIR):
     """One command from a model and a data folder to a device build: writes OUT/recipe.yaml, then runs it."""
     from .pipeline import Pipeline
+    from .recipe import validate_recipe
     from .starter import starter_recipe, with_overrides
+    from .yamlio import safe_load
 
     use_profiles_dir(profiles_dir)
     text = with_overrides(starter_recipe(model, data, profile, student=student, out=out_dir, text_column=text_column,
                                          label_column=label_column), set_)
-    pipe = Pipeline.from_yaml(_write_recipe(text))
-    _write_recipe(text, pipe.run_dir / "recipe.yaml")
+    pipe = Pipeline(validate_recipe(safe_load(text), "the starter recipe"))
+    pipe.run_dir.mkdir(parents=True, exist_ok=True)
+    (pipe.run_dir / "recipe.yaml").write_text(text, encoding="utf-8")
     out.print(f"recipe: {pipe.run_dir / 'recipe.yaml'} (edit it and run it again with edgekd run)")
-    try:
-        result = pipe.run()
-    finally:
-        if pipe.ctx is not None:
-            pipe.ctx.runtime.close()
-    s = result["summary"]
-    out.print(f"\n[bold green]done[/] — {pipe.run_dir}/model.onnx, {pipe.run_dir}/report.md")
-    if s.get("accuracy") is not None:
-        out.print(f"final ONNX accuracy {100 * s['accuracy']:.2f}% vs teacher {100 * s['teacher_accuracy']:.2f}%")
-
-
-def _write_recipe(text: str, path: Optional[Path] = None) -> Path:
-    """The recipe at `path` (a temporary file when None, read before the run folder exists)."""
-    import tempfile
-
-    if path is None:
-        fd, name = tempfile.mkstemp(prefix="edgekd-recipe-", suffix=".yaml")
-        path = Path(name)
-        with open(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    return path
+    _run_to_end(pipe, "model.onnx and report.md")
 
 
 @app.command()

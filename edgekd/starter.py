@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import DataError, ModelError, RecipeError
+from .errors import DataError, RecipeError
 from .recipe import validate_recipe
 from .yamlio import safe_load
 
@@ -54,21 +54,14 @@ def data_columns(data: Path, text_column: str | None, label_column: str | None) 
 
 
 def model_facts(model: str, trust_remote_code: bool = False) -> dict:
-    """What the recipe's defaults depend on: the model's family, depth and whether it has a trained head."""
-    from transformers import AutoConfig
-
-    from .models.hf import ALLOWED_SUFFIXES, check_model_folder, resolve_model_path
+    """What the recipe's defaults depend on: where the model is and whether it has a trained head."""
+    from .models.hf import check_model_folder, has_trained_head, read_config, resolve_model_path
 
     folder = resolve_model_path(model) if not _is_hub_id(model) else None
     if folder is not None:
         check_model_folder(folder)
-    try:
-        config = AutoConfig.from_pretrained(str(folder or model), trust_remote_code=trust_remote_code)
-    except Exception as e:  # transformers raises many types for a bad folder or id
-        raise ModelError(f"Cannot read the model config of {model!r}: {str(e).splitlines()[0]}") from None
-    layers = getattr(config, "num_hidden_layers", None)
-    return {"source": "path" if folder is not None else "hub", "model_type": config.model_type, "layers": layers,
-            "head": any(a.endswith(ALLOWED_SUFFIXES) for a in (config.architectures or []))}
+    config = read_config(str(folder or model), trust_remote_code=trust_remote_code)
+    return {"source": "path" if folder is not None else "hub", "head": has_trained_head(config)}
 
 
 def _is_hub_id(model: str) -> bool:

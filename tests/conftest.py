@@ -42,24 +42,12 @@ def write_text_data(folder: Path, n_train: int = 240, n_eval: int = 60, seed: in
 
 def write_tiny_bert(folder: Path, classifier: bool = False, num_labels: int = 2, **config) -> Path:
     """A tiny randomly initialised BERT (encoder or classifier) with a WordPiece tokenizer; `config` overrides."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    words = SPECIAL + POS + NEG + FILL
-    tok = BertTokenizerFast(vocab={w: i for i, w in enumerate(words)}, do_lower_case=True)
-    torch.manual_seed(0)
-    cfg = BertConfig(**{"vocab_size": len(words), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-                        "intermediate_size": 64, "max_position_embeddings": 160, "num_labels": num_labels, **config})
-    model = BertForSequenceClassification(cfg) if classifier else BertModel(cfg)
-    model.save_pretrained(str(folder), safe_serialization=True)
-    tok.save_pretrained(str(folder))
-    return folder
+    return write_tiny_encoder(folder, "bert", classifier, num_labels=num_labels, **config)
 
 
 def write_tiny_encoder(folder: Path, model_type: str, classifier: bool = False, **config) -> Path:
-    """A tiny random encoder of another family (`model_type`, e.g. mpnet, roberta) with the WordPiece tokenizer of
-    write_tiny_bert: a model of the family a user brings, shrunk."""
+    """A tiny random encoder of a transformers family (`model_type`: bert, mpnet, roberta, …; encoder or classifier)
+    with a WordPiece tokenizer over the tiny task's words: a model of the family a user brings, shrunk."""
     import torch
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, BertTokenizerFast
 
@@ -69,7 +57,7 @@ def write_tiny_encoder(folder: Path, model_type: str, classifier: bool = False, 
     torch.manual_seed(0)
     cfg = AutoConfig.for_model(model_type, **{
         "vocab_size": len(words), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "intermediate_size": 64, "max_position_embeddings": 160, "pad_token_id": 0, **config})
+        "intermediate_size": 64, "max_position_embeddings": 160, "pad_token_id": 0, "num_labels": 2, **config})
     model = (AutoModelForSequenceClassification if classifier else AutoModel).from_config(cfg)
     model.save_pretrained(str(folder), safe_serialization=True)
     tok.save_pretrained(str(folder))

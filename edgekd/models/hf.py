@@ -56,6 +56,21 @@ def check_model_folder(folder: Path) -> None:
         )
 
 
+def read_config(where: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """A model's transformers config, or a ModelError naming the folder or id."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(where, revision=revision, trust_remote_code=trust_remote_code)
+    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for a bad folder
+        raise ModelError(f"Cannot read the model config at {where!r}: {str(e).splitlines()[0]}") from None
+
+
+def has_trained_head(config) -> bool:
+    """Whether the checkpoint was saved with a classification head (its architectures say so)."""
+    return any(a.endswith(ALLOWED_SUFFIXES) for a in (config.architectures or []))
+
+
 def load_hf_classifier(source: str, task: str, label_names: list[str], *, revision: str | None = None,
                        trust_remote_code: bool = False, labels: dict[str, int] | None = None,
                        labels_key: str = "teacher.labels"):
@@ -65,23 +80,18 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
     model class}, says it where names cannot) and reordered; one the checkpoint lacks is new. Returns (model,
     head_is_new, how the labels matched or None for a new head)."""
     import transformers
-    from transformers import AutoConfig
 
     from .labels import class_order, name_labels, reorder_classes
 
     where = str(source)
-    try:
-        config = AutoConfig.from_pretrained(where, revision=revision, trust_remote_code=trust_remote_code)
-    except Exception as e:  # transformers raises many types (OSError, ValueError, KeyError) for a bad folder
-        raise ModelError(f"Cannot read the model config at {where!r}: {str(e).splitlines()[0]}") from None
+    config = read_config(where, revision=revision, trust_remote_code=trust_remote_code)
     auto = getattr(transformers, TASK_HEADS[task])
     if type(config) not in auto._model_mapping:
         raise ModelError(
             f"The model at {where!r} (model_type {config.model_type!r}) has no {task} head in transformers; "
             f"choose a model that {auto.__name__} supports."
         )
-    archs = config.architectures or []
-    head_is_new = not any(a.endswith(ALLOWED_SUFFIXES) for a in archs)
+    head_is_new = not has_trained_head(config)
     matched = None
     if head_is_new:
         if labels is not None:

@@ -106,6 +106,12 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                 total = step
     interrupted = {"flag": False}
 
+    def checkpoint(step: int, losses: list[float]) -> list[float]:
+        """Save the resumable state at `step`; returns the recent losses it keeps (and the checkpoint holds)."""
+        recent = losses[-LOSS_WINDOW:]
+        save_checkpoint(work_dir, model, optimizer, scheduler, {"step": step, "recent_losses": recent}, rt, averaged)
+        return recent
+
     def _on_sigint(signum, frame):  # finish the current step, checkpoint, then stop
         interrupted["flag"] = True
 
@@ -160,9 +166,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                     advance(1, loss=float(np.mean(losses[-20:])))
                     saved = work_dir is not None and (step % cfg.checkpoint_every == 0 or interrupted["flag"])
                     if saved:
-                        losses = losses[-LOSS_WINDOW:]
-                        save_checkpoint(work_dir, model, optimizer, scheduler,
-                                        {"step": step, "recent_losses": losses}, rt, averaged)
+                        losses = checkpoint(step, losses)
                     if selection is not None and (step % steps_per_epoch == 0 or step == total):
                         module.eval()
                         stop = selection.after_epoch(scored, step / steps_per_epoch)
@@ -173,8 +177,7 @@ def fit(model: torch.nn.Module, train: Encoded, cfg: TrainConfig, loss_fn: LossF
                             total = step
                     if interrupted["flag"]:
                         if work_dir is not None and not saved:  # Ctrl-C came during the epoch's dev scoring
-                            save_checkpoint(work_dir, model, optimizer, scheduler,
-                                            {"step": step, "recent_losses": losses[-LOSS_WINDOW:]}, rt, averaged)
+                            losses = checkpoint(step, losses)
                         raise Interrupted(
                             f"{desc}: interrupted at step {step}/{total}; a checkpoint was saved"
                             f"{' in ' + str(work_dir) if work_dir else ''}. Run the same command again to resume."
