@@ -1,16 +1,99 @@
-"""Families other than BERT, as tiny random models built from transformers configs: what models/families.py knows
-of them. (Each family through the whole pipeline is still to come.)"""
+"""Families as tiny random models built from transformers configs (a WordPiece tokenizer, as a user's model of that
+family, shrunk): what models/families.py knows of them, pruning that removes whole heads and FFN channels of each,
+and each family through the whole pipeline."""
 from __future__ import annotations
 
-import torch
+import copy
+import json
 
-from conftest import write_tiny_encoder
-from edgekd.configs import StudentConfig
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_image_recipe, tiny_text_recipe, write_text_data, write_tiny_encoder
+from edgekd.configs import PruneConfig, StudentConfig
 from edgekd.models.hf import load_hf_classifier
 from edgekd.models.spec import architecture_summary, build_model, hidden_width, make_spec
 from edgekd.models.students import build_student
+from edgekd.prune.structured import prune_structured
 
 TASK = "text-classification"
+DEBERTA = {"relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_buckets": 16}
+# model_type and config of each text family; DeBERTa-v3 is DeBERTa-v2's code with shared key projections
+TEXT_FAMILIES = {
+    "bert": ("bert", {}), "roberta": ("roberta", {}), "xlm-roberta": ("xlm-roberta", {}),
+    "distilbert": ("distilbert", {"dim": 32, "n_layers": 2, "n_heads": 4, "hidden_dim": 64}),
+    "mpnet": ("mpnet", {}), "electra": ("electra", {"embedding_size": 16}),
+    "deberta-v2": ("deberta-v2", {**DEBERTA, "share_att_key": False, "max_relative_positions": 32}),
+    "deberta-v3": ("deberta-v2", {**DEBERTA, "share_att_key": True, "norm_rel_ebd": "layer_norm"}),
+    "modernbert": ("modernbert", {"global_attn_every_n_layers": 2}),
+}
+# within each layer: (query projection, or the fused q/k/v one; attention output projection; FFN in; FFN out)
+UNITS = {"bert": ("attention.self.query", "attention.output.dense", "intermediate.dense", "output.dense"),
+         "distilbert": ("attention.q_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2"),
+         "mpnet": ("attention.attn.q", "attention.attn.o", "intermediate.dense", "output.dense"),
+         "deberta-v2": ("attention.self.query_proj", "attention.output.dense", "intermediate.dense", "output.dense"),
+         "modernbert": ("attn.Wqkv", "attn.Wo", "mlp.Wi", "mlp.Wo")}
+UNITS.update({f: UNITS["bert"] for f in ("roberta", "xlm-roberta", "electra")}, **{"deberta-v3": UNITS["deberta-v2"]})
+
+
+def _tiny(tmp_path, family: str) -> nn.Module:
+    model_type, config = TEXT_FAMILIES[family]
+    model, _, _ = load_hf_classifier(str(write_tiny_encoder(tmp_path / family, model_type, **config)), TASK, ["0", "1"])
+    with torch.no_grad():  # position biases of a trained model's size, not initialisation's 0.02: a bias column
+        for name, m in model.named_modules():  # given to the wrong head must show
+            if name.endswith(("relative_attention_bias", "rel_embeddings")):
+                m.weight.normal_(0, 1.0)
+    return model.eval()
+
+
+def _kept(before: torch.Tensor, after: torch.Tensor, rows: int) -> list[int]:
+    """Which units (`rows` output rows each) of a Linear's weight `before` pruning are the units `after` it."""
+    old, new = before.reshape(-1, rows * before.shape[1]), after.reshape(-1, rows * after.shape[1])
+    return [next(i for i in range(len(old)) if torch.equal(old[i], unit)) for unit in new]
+
+
+def _masked(original: nn.Module, pruned: nn.Module, family: str) -> nn.Module:
+    """The unpruned model with what pruning removed silenced at its one reader: a removed head's columns of the
+    attention output projection, a removed FFN channel's column of the FFN output. Pruning removed whole units only
+    if the pruned model computes exactly this."""
+    masked = copy.deepcopy(original)
+    query, attn_out, ffn_in, ffn_out = UNITS[family]
+    layers = [name for name, m in masked.named_modules() if isinstance(m, nn.ModuleList)][0]
+    for i, layer in enumerate(masked.get_submodule(layers)):
+        name = f"{layers}.{i}"
+        q_old, q_new = layer.get_submodule(query).weight, pruned.get_submodule(f"{name}.{query}").weight
+        head = original.config.hidden_size // original.config.num_attention_heads
+        if family == "modernbert":  # the q block of the fused projection
+            q_old, q_new = q_old[: q_old.shape[0] // 3], q_new[: q_new.shape[0] // 3]
+        f_old, f_new = layer.get_submodule(ffn_in).weight, pruned.get_submodule(f"{name}.{ffn_in}").weight
+        if family == "modernbert":  # the input half of the gated FFN
+            f_old, f_new = f_old[: f_old.shape[0] // 2], f_new[: f_new.shape[0] // 2]
+        for reader, kept, size, total in ((attn_out, _kept(q_old, q_new, head), head, q_old.shape[0]),
+                                          (ffn_out, _kept(f_old, f_new, 1), 1, f_old.shape[0])):
+            keep = torch.zeros(total)
+            for unit in kept:
+                keep[unit * size:(unit + 1) * size] = 1
+            layer.get_submodule(reader).register_forward_pre_hook(lambda m, args, keep=keep: (args[0] * keep,))
+    return masked
+
+
+@pytest.mark.parametrize("family", list(TEXT_FAMILIES))
+def test_pruning_removes_whole_heads_and_ffn_channels_and_the_spec_rebuilds_the_pruned_model(tmp_path, family):
+    model = _tiny(tmp_path, family)
+    original = copy.deepcopy(model)
+    ids = torch.tensor([[2, 7, 9, 11, 12, 13, 20, 3], [2, 8, 10, 14, 3, 0, 0, 0]])
+    inputs = {"input_ids": ids, "attention_mask": (ids != 0).long()}
+    prune_structured(model, inputs, PruneConfig(ratio=0.3, head_ratio=0.5, global_pruning=False), "hf")
+    s = architecture_summary(model)
+    assert s["heads_per_layer"] == [2, 2] and all(c < 64 for c in s["ffn_per_layer"]), s
+    with torch.no_grad():
+        logits = model(**inputs).logits
+        torch.testing.assert_close(logits, _masked(original, model, family)(**inputs).logits, rtol=1e-5, atol=1e-5)
+        rebuilt = build_model(make_spec(model, {"family": "hf", "task": TASK, "hf_class": type(model).__name__,
+                                                "hf_config": model.config.to_dict()}))
+        rebuilt.load_state_dict(model.state_dict())
+        torch.testing.assert_close(rebuilt.eval()(**inputs).logits, logits)
 
 
 def test_electra_reports_its_hidden_width_not_its_narrower_embedding_width(tmp_path):

@@ -58,6 +58,7 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     remove: list[onnx.NodeProto] = []
+    created: dict[str, np.ndarray] = {}
     folded = 0
     for q in list(g.node):
         if q.op_type != "QuantizeLinear" or not all(i in consts for i in q.input[:3]):
@@ -87,8 +88,14 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
                 _set_axis(dq, 1 - _axis(dq))
                 dq.output[0] = tr.output[0]
                 remove.append(tr)
+        # a weight quantized twice (DeBERTa-v3's shared query/key projections also read the position embeddings)
+        # folds once where both give the same integers
         name = q.input[0] + "_quantized"
-        g.initializer.append(numpy_helper.from_array(qw, name))
+        same = created.get(name)
+        if same is None or not np.array_equal(same, qw):
+            name = name if same is None else f"{name}_{sum(k.startswith(name) for k in created)}"
+            created[name] = qw
+            g.initializer.append(numpy_helper.from_array(qw, name))
         dq.input[0] = name
         remove.append(q)
         folded += 1

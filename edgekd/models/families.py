@@ -5,6 +5,9 @@ own. Each table says which families it covers; a family missing from one is a pa
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import torch
 from torch import nn
 
 # The ModuleList of transformer blocks: bert.encoder.layer, vit.layers (transformers 5), distilbert.transformer.layer,
@@ -12,13 +15,27 @@ from torch import nn
 LAYER_LIST_SUFFIXES = ("encoder.layer", "encoder.layers", "transformer.layer", ".layers")
 
 # Self-attention projections (q, k, v) whose output channels group by head: BERT-style (BERT, RoBERTa, XLM-RoBERTa,
-# ELECTRA; ViT/DeiT in transformers 5 use q_proj…), DistilBERT. Not yet: MPNet (q/k/v, whose relative-position bias
-# has a column per head), DeBERTa-v2 (query_proj…, with relative-position projections), ModernBERT (one fused Wqkv).
-QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"))
+# ELECTRA; ViT/DeiT in transformers 5 use q_proj…), DistilBERT, DeBERTa-v2/v3, MPNet. Not yet: ModernBERT (one fused
+# Wqkv).
+QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin", "k_lin", "v_lin"),
+             ("query_proj", "key_proj", "value_proj"), ("q", "k", "v"))
+
+# Further projections of an attention module whose output channels group by the same heads (DeBERTa-v2 without
+# share_att_key: the relative-position embeddings' own key and query projections): pruned with q, k and v.
+PER_HEAD_EXTRAS = ("pos_key_proj", "pos_query_proj")
+
+# Attention modules handed a per-head score bias computed once for all layers, by class name: (argument, position).
+# MPNet's relative-position bias has one column per head of the unpruned model; a pruned layer keeps its heads'.
+SHARED_HEAD_BIAS = {"MPNetSelfAttention": ("position_bias", 2)}
 
 # The FFN's first Linear (its output channels are what FFN pruning removes): BERT-style and DeBERTa-v2 and MPNet
-# (intermediate.dense), ViT in transformers 5 (mlp.fc1), DistilBERT (ffn.lin1). Not yet: ModernBERT (mlp.Wi, gated).
+# (intermediate.dense), ViT in transformers 5 (mlp.fc1), DistilBERT (ffn.lin1). ModernBERT's is fused: GATED_FFN.
 FFN_SUFFIXES = ("intermediate.dense", "mlp.fc1", "ffn.lin1")
+
+# Fused layouts (ModernBERT), as (module attributes): one Linear for q, k and v whose outputs are [3, heads, head
+# size] then the output projection; a gated FFN whose first Linear's outputs are [2 (input, gate), channels].
+FUSED_QKV = ("Wqkv", "Wo")
+GATED_FFN = ("Wi", "Wo")
 
 # Absolute position tables whose row for token i is i + offset (RoBERTa-style padding offset), by model_type.
 POSITION_OFFSET = {"bert": lambda c: 0, "distilbert": lambda c: 0,
@@ -50,3 +67,75 @@ def keep_per_layer_config(config, keep: list[int]) -> None:
         values = getattr(config, key, None)
         if isinstance(values, (list, tuple)) and len(values) > max(keep, default=-1):
             setattr(config, key, [values[i] for i in keep])
+
+
+def per_head_extras(attention: nn.Module) -> list[nn.Linear]:
+    """The attention module's projections besides q, k and v whose outputs group by head (PER_HEAD_EXTRAS)."""
+    return [m for name in PER_HEAD_EXTRAS if isinstance(m := getattr(attention, name, None), nn.Linear)]
+
+
+def has_shared_head_bias(attention: nn.Module) -> bool:
+    return type(attention).__name__ in SHARED_HEAD_BIAS
+
+
+def _bias_of_kept_heads(module: nn.Module, args: tuple, kwargs: dict):
+    name, position = SHARED_HEAD_BIAS[type(module).__name__]
+    if kwargs.get(name) is not None:
+        kwargs[name] = kwargs[name].index_select(1, module.bias_heads)
+    elif len(args) > position and args[position] is not None:
+        args = (*args[:position], args[position].index_select(1, module.bias_heads), *args[position + 1:])
+    return args, kwargs
+
+
+def keep_bias_heads(attention: nn.Module, heads: list[int]) -> None:
+    """Give a pruned attention module (SHARED_HEAD_BIAS) the shared bias of its remaining heads only: `heads` are
+    their indices among the unpruned model's heads, in the module's order."""
+    index = torch.tensor(heads, dtype=torch.long)
+    if hasattr(attention, "bias_heads"):
+        attention.bias_heads = index.to(attention.bias_heads.device)
+        return
+    attention.register_buffer("bias_heads", index, persistent=False)  # the spec records it, not the weights
+    attention.register_forward_pre_hook(_bias_of_kept_heads, with_kwargs=True)
+
+
+def bias_heads(model: nn.Module) -> dict[str, list[int]]:
+    """{attention module name: the unpruned heads it keeps} of the modules keep_bias_heads changed."""
+    return {name: m.bias_heads.tolist() for name, m in model.named_modules() if hasattr(m, "bias_heads")}
+
+
+@contextmanager
+def shared_head_bias_hidden(model: nn.Module):
+    """Inside: attention modules run without their shared bias. For graph tracing only: the bias is one tensor added
+    to every layer's scores, which would tie all layers' heads into one group that cannot be pruned."""
+    def drop(module, args, kwargs):
+        name, position = SHARED_HEAD_BIAS[type(module).__name__]
+        if name in kwargs:
+            kwargs[name] = None
+        elif len(args) > position:
+            args = (*args[:position], None, *args[position + 1:])
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(drop, with_kwargs=True, prepend=True)
+               for m in model.modules() if has_shared_head_bias(m)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def fused_qkv(attention: nn.Module) -> tuple[nn.Linear, nn.Linear, int] | None:
+    """(fused q/k/v Linear, output projection, head size) of a FUSED_QKV attention module, else None."""
+    qkv, out = (getattr(attention, name, None) for name in FUSED_QKV)
+    head = getattr(attention, "head_dim", None)
+    if isinstance(qkv, nn.Linear) and isinstance(out, nn.Linear) and head and qkv.out_features % (3 * head) == 0:
+        return qkv, out, int(head)
+    return None
+
+
+def gated_ffn(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
+    """(input-and-gate Linear, output Linear) of a GATED_FFN module, else None."""
+    wi, wo = (getattr(mlp, name, None) for name in GATED_FFN)
+    if isinstance(wi, nn.Linear) and isinstance(wo, nn.Linear) and wi.out_features == 2 * wo.in_features:
+        return wi, wo
+    return None

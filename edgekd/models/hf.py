@@ -125,6 +125,8 @@ def build_hf_from_config(config_dict: dict, task: str, num_labels: int) -> nn.Mo
     except (ValueError, TypeError) as e:
         raise ModelError(f"teacher.config: {e}") from None
     config.num_labels = num_labels
+    if config.architectures is None:  # transformers 5.25 iterates it for families with several heads (DeiT)
+        config.architectures = []
     auto = getattr(transformers, TASK_HEADS[task])
     return auto.from_config(config, attn_implementation="eager")
 

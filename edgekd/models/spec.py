@@ -20,7 +20,8 @@ from torch import nn
 from ..artifact import WEIGHTS
 from ..errors import ModelError
 # module names are the families' business; FFN_SUFFIXES is re-exported for the pruning code
-from .families import FFN_SUFFIXES, QKV_NAMES, embedding_projection  # noqa: F401
+from .families import (FFN_SUFFIXES, QKV_NAMES, bias_heads, embedding_projection, fused_qkv, gated_ffn,  # noqa: F401
+                       keep_bias_heads)
 
 SPEC_VERSION = 1
 # Spec keys that extend a module (owned by other packages, which register their rebuilders).
@@ -173,8 +174,12 @@ def architecture_summary(model: nn.Module) -> dict:
         found = attention_projections(m)
         if found:
             heads.append(found[0][0].out_features // found[1])
+        elif fused := fused_qkv(m):
+            heads.append(fused[0].out_features // (3 * fused[2]))
         if name.endswith(FFN_SUFFIXES) and isinstance(m, nn.Linear):
             ffn.append(m.out_features)
+        elif gated := gated_ffn(m):
+            ffn.append(gated[1].in_features)
         if isinstance(m, (nn.Conv1d, nn.Conv2d)):
             channels.append(m.out_channels)
     out = {"params": sum(p.numel() for p in model.parameters())}
@@ -209,6 +214,8 @@ def register_extension(key: str, attribute: str, rebuild: Rebuilder) -> None:
 def make_spec(model: nn.Module, base: dict) -> dict:
     """`base` says how to build the unpruned model: {"family": ..., ...}; see build_base."""
     spec = {"spec_version": SPEC_VERSION, **base, "shapes": capture_shapes(model), "summary": architecture_summary(model)}
+    if kept := bias_heads(model):  # MPNet's pruned layers: which columns of the shared position bias each keeps
+        spec["bias_heads"] = kept
     for key, attribute in _EXTENSION_ATTRS.items():
         data = getattr(model, attribute, None)
         if data:
@@ -218,7 +225,7 @@ def make_spec(model: nn.Module, base: dict) -> dict:
 
 def base_of(spec: dict) -> dict:
     """How to build the unpruned, unextended model (what a stage that changes the module starts from)."""
-    return {k: v for k, v in spec.items() if k not in ("shapes", "summary", "spec_version", *KNOWN_EXTENSIONS)}
+    return {k: v for k, v in spec.items() if k not in ("shapes", "summary", "spec_version", "bias_heads", *KNOWN_EXTENSIONS)}
 
 
 def build_base(spec: dict) -> nn.Module:
@@ -241,6 +248,8 @@ def build_base(spec: dict) -> nn.Module:
 def build_model(spec: dict) -> nn.Module:
     model = build_base(spec)
     apply_shapes(model, spec.get("shapes", {}))
+    for name, heads in spec.get("bias_heads", {}).items():
+        keep_bias_heads(model.get_submodule(name), heads)
     for key in KNOWN_EXTENSIONS:
         if spec.get(key):
             rebuild = _REBUILDERS.get(key)

@@ -11,12 +11,15 @@ What may be removed (the "root" layers torch-pruning ranks; everything coupled t
 """
 from __future__ import annotations
 
+import torch
 import torch_pruning as tp
 from torch import nn
 
 from ..configs import PruneConfig
+from ..models.families import has_shared_head_bias, keep_bias_heads, per_head_extras, shared_head_bias_hidden
 from ..models.spec import (FFN_SUFFIXES, architecture_summary, attention_projections, hidden_width, residual_input,
                            sync_attention_heads)
+from .fused import prune_fused
 from .importance import make_importance, score_before_pruning
 from .recurrent import prune_bilstm
 
@@ -31,12 +34,36 @@ def _transformer_roots(model: nn.Module) -> tuple[dict, list[nn.Module]]:
         found = attention_projections(m)
         if found:
             projs, head = found
-            for proj in projs:
+            for proj in [*projs, *per_head_extras(m)]:
                 num_heads[proj] = proj.out_features // head
                 roots.append(proj)
         elif name.endswith(FFN_SUFFIXES) and isinstance(m, nn.Linear):
             roots.append(m)
     return num_heads, roots
+
+
+def _shared_bias_queries(model: nn.Module) -> dict[nn.Module, torch.Tensor]:
+    """The query weights of attention modules with a shared head bias, before pruning (to tell which heads stayed)."""
+    return {m: attention_projections(m)[0][0].weight.detach().clone() for m in model.modules()
+            if has_shared_head_bias(m) and attention_projections(m)}
+
+
+def _keep_shared_bias_heads(model: nn.Module, before: dict[nn.Module, torch.Tensor]) -> None:
+    """Give each pruned attention module the shared-bias columns of the heads it kept.
+
+    torch-pruning does not report which heads it removed; its kept rows are copies, so each remaining head is found
+    by its query rows among those before pruning."""
+    for m, old in before.items():
+        (q, _, _), head = attention_projections(m)
+        if q.out_features == old.shape[0]:
+            continue
+        previous = m.bias_heads.tolist() if hasattr(m, "bias_heads") else list(range(old.shape[0] // head))
+        old_heads, used, kept = old.reshape(-1, head * old.shape[1]), set(), []
+        for row in q.weight.detach().reshape(-1, head * q.in_features):
+            i = next(i for i in range(len(old_heads)) if i not in used and torch.equal(old_heads[i], row))
+            used.add(i)
+            kept.append(previous[i])
+        keep_bias_heads(m, kept)
 
 
 def non_embedding_params(model: nn.Module) -> int:
@@ -119,14 +146,22 @@ def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, f
     # kept minimums rounded up to the width multiple: torch-pruning rounds a layer's kept channels down
     step = round_to if round_to and round_to > 1 else 1
     importance = make_importance(cfg.importance, num_heads, cfg.min_heads, -(-cfg.min_channels // step) * step)
-    pruner = tp.pruner.MetaPruner(
-        model, example_inputs, importance=importance, pruning_ratio=ratio, global_pruning=cfg.global_pruning,
-        max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
-        num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
-        head_pruning_ratio=head_ratio,
-        unwrapped_parameters=unwrapped or None, round_to=round_to if round_to and round_to > 1 else None,
-    )
+    pruner = None
+    if roots:
+        with shared_head_bias_hidden(model):  # MPNet's one bias for all layers would tie every layer's heads together
+            pruner = tp.pruner.MetaPruner(
+                model, example_inputs, importance=importance, pruning_ratio=ratio, global_pruning=cfg.global_pruning,
+                max_pruning_ratio=cfg.max_layer_ratio, ignored_layers=ignored,
+                num_heads=num_heads, prune_num_heads=bool(num_heads), prune_head_dims=False,
+                head_pruning_ratio=head_ratio,
+                unwrapped_parameters=unwrapped or None, round_to=round_to if round_to and round_to > 1 else None,
+            )
     score_before_pruning(cfg.importance, importance, model, importance_loss)  # the scores read these gradients
-    pruner.step()
+    if pruner is not None:
+        before = _shared_bias_queries(model)
+        pruner.step()
+        _keep_shared_bias_heads(model, before)
+    if family == "hf":  # ModernBERT's fused q/k/v and gated FFN, which torch-pruning cannot follow (fused.py)
+        prune_fused(model, cfg, importance, ratio, head_ratio, round_to)
     model.zero_grad(set_to_none=True)
     sync_attention_heads(model)
