@@ -51,7 +51,27 @@ class Pipeline:
             from .models.hf import check_model_folder, resolve_model_path
 
             check_model_folder(resolve_model_path(t.path))
+        self._check_family()
         _check_output_folder(self.run_dir)
+
+    def _check_family(self) -> None:
+        """What the recipe asks of the teacher's family (its layers student and the stages after) that edgekd
+        cannot do for it: refused now, not found out after training."""
+        from .models.hf import resolve_model_path
+        from .models.support import recipe_refusals, skeleton_from_config
+
+        t, student = self.recipe.teacher, self.recipe.student
+        if student is not None and student.kind not in ("layers", "config"):
+            return  # a CNN or BiLSTM student: no transformer part is asked of it
+        if t.path is not None:
+            skeleton = skeleton_from_config(folder=resolve_model_path(t.path))
+        elif t.config is not None:
+            skeleton = skeleton_from_config(config=t.config)
+        else:
+            return  # a hub teacher: its stages check the model they get
+        refused = recipe_refusals(self.recipe, skeleton) if skeleton is not None else []
+        if refused:
+            raise EdgekdError(" ".join(refused))
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary artifact folders left by a killed run are never complete: drop them."""

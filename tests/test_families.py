@@ -115,3 +115,79 @@ def test_a_modernbert_layers_student_cuts_its_per_layer_config_and_rebuilds_from
     ids = torch.tensor([[2, 7, 9, 11, 3]])
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(input_ids=ids).logits, student.eval()(input_ids=ids).logits)
+
+
+def _family_recipe(family: str, tmp_path, text_data_dir) -> dict:
+    """The tiny recipe (distil -> prune heads and FFN -> QAT -> export for the host and the NPU -> profile) on a
+    model of `family`, at the fewest epochs and timed runs that still run every stage."""
+    if family in ("vit", "deit"):
+        recipe = tiny_image_recipe(tmp_path / "run")
+        recipe["teacher"]["config"].update(model_type=family, hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=4, intermediate_size=64)
+        recipe["student"] = {"kind": "layers", "layers": [1]}
+    else:
+        model_type, config = TEXT_FAMILIES[family]
+        recipe = tiny_text_recipe(write_tiny_encoder(tmp_path / family, model_type, **config), text_data_dir,
+                                  tmp_path / "run")
+    recipe["teacher"]["finetune"]["epochs"] = 2
+    for stage in recipe["stages"]:
+        (name, cfg), = stage.items()
+        cfg.update({"epochs": 1} if "epochs" in cfg else {})
+    recipe["stages"][1]["prune"].update(ratio=0.3, head_ratio=0.25, recovery={**recipe["stages"][1]["prune"]["recovery"],
+                                                                              "epochs": 1})
+    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.5, min_agreement=0.9)
+    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False, compare_fp32=False,
+                                          ptq_baselines=False)
+    recipe["profiles"] = ["host-cpu", "hexagon-npu"]
+    return recipe
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", [*TEXT_FAMILIES, "vit", "deit"])
+def test_each_family_runs_the_whole_pipeline_with_heads_and_ffn_channels_pruned(tmp_path, text_data_dir, family):
+    import edgekd
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import validate_recipe
+
+    result = Pipeline(validate_recipe(_family_recipe(family, tmp_path, text_data_dir))).run()
+    before, after = result["prune"]["before"], result["prune"]["after"]
+    assert before["heads_per_layer"] == [4] and after["heads_per_layer"] == [3], (before, after)
+    assert after["ffn_per_layer"][0] < before["ffn_per_layer"][0] == 64, (before, after)
+    run = tmp_path / "run"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["export_validation"]["failures"] == []
+    assert (run / "model.onnx").is_file() and (run / "devices" / "hexagon-npu" / "model.onnx").is_file()
+    systems = manifest["systems"]
+    assert {"t1", "seq128_t1"} & set(systems["final"]["latency_ms"]["host-cpu"]) and 0 <= systems["final"]["accuracy"] <= 1
+    assert systems["final-hexagon-npu"]["built_for"] == "hexagon-npu"
+    assert manifest["device_models"]["hexagon-npu"]["argmax_agreement"] >= 0.5
+    # the pruned artifact reloads as it was pruned (its spec rebuilds uneven widths; MPNet its heads' position bias)
+    (prune_dir,) = (run / "stages").glob("*-prune-*")
+    assert architecture_summary(edgekd.load_model(prune_dir)) == after
+    assert ("bias_heads" in json.loads((prune_dir / "manifest.json").read_text())["spec"]) == (family == "mpnet")
+
+
+@pytest.mark.parametrize("family, change, refused", [
+    ("electra", {"stages.1.prune.hidden_ratio": 0.25},
+     r"stages.1.prune.hidden_ratio: ElectraForSequenceClassification \(electra\) projects its narrower embeddings"),
+    ("modernbert", {"stages.0.distill.relation_weight": 1.0},
+     r"stages.0.distill.relation_weight: ModernBertForSequenceClassification \(modernbert\) has no separate"),
+    ("gpt2", {}, r"student.kind: layers: edgekd finds no list of transformer layers in GPT2ForSequenceClassification"
+                 r".* stages.1.prune.head_ratio: edgekd does not know the attention projections of .*"
+                 r"stages.1.prune: edgekd does not know the feed-forward layers"),
+])
+def test_what_a_family_cannot_do_is_refused_before_any_work_naming_the_family_part_and_key(
+        tmp_path, text_data_dir, family, change, refused):
+    from edgekd.errors import EdgekdError
+    from edgekd.pipeline import Pipeline
+    from edgekd.recipe import validate_recipe
+
+    model_type, config = TEXT_FAMILIES.get(family, (family, {}))
+    recipe = tiny_text_recipe(write_tiny_encoder(tmp_path / family, model_type, **config), text_data_dir,
+                              tmp_path / "run")
+    for key, value in change.items():
+        _, i, stage, field = key.split(".")
+        recipe["stages"][int(i)][stage][field] = value
+    with pytest.raises(EdgekdError, match=refused):
+        Pipeline(validate_recipe(recipe)).run()
+    assert not (tmp_path / "run" / "stages").exists()  # nothing trained

@@ -41,6 +41,10 @@ GATED_FFN = ("Wi", "Wo")
 POSITION_OFFSET = {"bert": lambda c: 0, "distilbert": lambda c: 0,
                    "roberta": lambda c: c.pad_token_id + 1, "xlm-roberta": lambda c: c.pad_token_id + 1}
 
+# Embedding tables a family reads as a tensor, never by calling the module (DeBERTa-v2/v3's relative position
+# embeddings): torch-pruning's graph does not see them.
+TABLES_READ_AS_TENSORS = ("rel_embeddings",)
+
 # Config keys that hold one entry per layer and must be cut with the layers a student keeps (ModernBERT's
 # layer_types: which layers attend globally).
 PER_LAYER_CONFIG_KEYS = ("layer_types",)
@@ -67,6 +71,16 @@ def keep_per_layer_config(config, keep: list[int]) -> None:
         values = getattr(config, key, None)
         if isinstance(values, (list, tuple)) and len(values) > max(keep, default=-1):
             setattr(config, key, [values[i] for i in keep])
+
+
+def attention_projections(m: nn.Module) -> tuple[list[nn.Linear], int] | None:
+    """(q, k, v) projections and head size if `m` is a self-attention module, else None."""
+    head = getattr(m, "attention_head_size", None) or getattr(m, "head_dim", None)
+    for names in QKV_NAMES:
+        projs = [getattr(m, n, None) for n in names]
+        if head and all(isinstance(p, nn.Linear) for p in projs):
+            return projs, int(head)
+    return None
 
 
 def per_head_extras(attention: nn.Module) -> list[nn.Linear]:
@@ -139,3 +153,30 @@ def gated_ffn(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear] | None:
     if isinstance(wi, nn.Linear) and isinstance(wo, nn.Linear) and wi.out_features == 2 * wo.in_features:
         return wi, wo
     return None
+
+
+def family_gaps(model: nn.Module) -> dict[str, str]:
+    """What edgekd cannot do for this transformers model, by part: {"layers" | "heads" | "ffn" | "relation" |
+    "hidden": why}. Empty for a model whose every part the tables above know."""
+    name = f"{type(model).__name__} ({getattr(getattr(model, 'config', None), 'model_type', '?')})"
+    modules = list(model.modules())
+    gaps = {}
+    if layer_list(model) is None:
+        gaps["layers"] = f"edgekd finds no list of transformer layers in {name}"
+    separate = any(attention_projections(m) for m in modules)
+    if not separate and not any(fused_qkv(m) for m in modules):
+        gaps["heads"] = f"edgekd does not know the attention projections of {name}"
+    if not any(n.endswith(FFN_SUFFIXES) and isinstance(m, nn.Linear) for n, m in model.named_modules()) \
+            and not any(gated_ffn(m) for m in modules):
+        gaps["ffn"] = f"edgekd does not know the feed-forward layers of {name}"
+    if not separate:
+        gaps["relation"] = (f"{name} has no separate query/key/value projections (fused or unknown) whose outputs "
+                            "MiniLM's relation terms read")
+    if embedding_projection(model) is not None:
+        gaps["hidden"] = (f"{name} projects its narrower embeddings up to its hidden width; narrowing that width "
+                          "would also need the projection cut, which edgekd does not do")
+    elif getattr(getattr(model, "config", None), "norm_rel_ebd", "none") != "none" and any(
+            n.endswith(TABLES_READ_AS_TENSORS) for n, _ in model.named_modules()):
+        gaps["hidden"] = (f"{name} normalises its relative position table, which it reads as a tensor: the "
+                          "dependency graph cannot narrow the table with its LayerNorm")
+    return gaps

@@ -20,8 +20,8 @@ from torch import nn
 from ..artifact import WEIGHTS
 from ..errors import ModelError
 # module names are the families' business; FFN_SUFFIXES is re-exported for the pruning code
-from .families import (FFN_SUFFIXES, QKV_NAMES, bias_heads, embedding_projection, fused_qkv, gated_ffn,  # noqa: F401
-                       keep_bias_heads)
+from .families import (FFN_SUFFIXES, QKV_NAMES, attention_projections, bias_heads, embedding_projection,  # noqa: F401
+                       fused_qkv, gated_ffn, keep_bias_heads)
 
 SPEC_VERSION = 1
 # Spec keys that extend a module (owned by other packages, which register their rebuilders).
@@ -111,16 +111,6 @@ def apply_shapes(model: nn.Module, shapes: dict[str, dict]) -> None:
     sync_attention_heads(model)
 
 
-
-
-def attention_projections(m: nn.Module) -> tuple[list[nn.Linear], int] | None:
-    """(q, k, v) projections and head size if `m` is a self-attention module, else None."""
-    head = getattr(m, "attention_head_size", None) or getattr(m, "head_dim", None)
-    for names in QKV_NAMES:
-        projs = [getattr(m, n, None) for n in names]
-        if head and all(isinstance(p, nn.Linear) for p in projs):
-            return projs, int(head)
-    return None
 
 
 def residual_input(model: nn.Module) -> nn.Module | None:
