@@ -191,3 +191,15 @@ def test_what_a_family_cannot_do_is_refused_before_any_work_naming_the_family_pa
     with pytest.raises(EdgekdError, match=refused):
         Pipeline(validate_recipe(recipe)).run()
     assert not (tmp_path / "run" / "stages").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("family, rows", [("mpnet", 34), ("electra", 32)])
+def test_the_position_table_of_mpnet_and_electra_is_trimmed_with_identical_logits(tmp_path, family, rows):
+    from edgekd.export.vocab import trim_positions
+
+    model = _tiny(tmp_path, family)  # 160 rows; MPNet counts positions from the padding id + 1, as RoBERTa does
+    ids = torch.randint(5, model.config.vocab_size, (2, 32))
+    with torch.no_grad():
+        ref = model(input_ids=ids).logits
+        assert trim_positions(model, 32) == {"rows": rows, "original_rows": 160}
+        torch.testing.assert_close(model(input_ids=ids).logits, ref)

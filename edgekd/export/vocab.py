@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..models.families import POSITION_OFFSET
+from ..models.families import POSITION_OFFSET, POSITION_TABLE
 
 
 def _wordpiece(tokenizer_json: dict) -> dict | None:
@@ -209,7 +209,7 @@ def trim_positions(model: nn.Module, length: int) -> dict | None:
     config = getattr(model, "config", None)
     offset = POSITION_OFFSET.get(getattr(config, "model_type", None))
     table = next((m for name, m in model.named_modules()
-                  if name.endswith("embeddings.position_embeddings") and isinstance(m, nn.Embedding)), None)
+                  if name.endswith(POSITION_TABLE) and isinstance(m, nn.Embedding)), None)
     if offset is None or table is None:
         return None
     rows, original = length + offset(config), table.num_embeddings

@@ -37,8 +37,12 @@ FFN_SUFFIXES = ("intermediate.dense", "mlp.fc1", "ffn.lin1")
 FUSED_QKV = ("Wqkv", "Wo")
 GATED_FFN = ("Wi", "Wo")
 
+# The absolute position table of the families that have one (DeBERTa-v3 and ModernBERT have none)
+POSITION_TABLE = "embeddings.position_embeddings"
+
 # Absolute position tables whose row for token i is i + offset (RoBERTa-style padding offset), by model_type.
-POSITION_OFFSET = {"bert": lambda c: 0, "distilbert": lambda c: 0,
+POSITION_OFFSET = {"bert": lambda c: 0, "distilbert": lambda c: 0, "electra": lambda c: 0,
+                   "mpnet": lambda c: 2,  # transformers' MPNet counts from padding_idx 1 + 1 whatever pad_token_id is
                    "roberta": lambda c: c.pad_token_id + 1, "xlm-roberta": lambda c: c.pad_token_id + 1}
 
 # Embedding tables a family reads as a tensor, never by calling the module (DeBERTa-v2/v3's relative position
