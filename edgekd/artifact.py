@@ -27,8 +27,9 @@ WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
 
 # Files that travel with a model from artifact to artifact (tokenizer and preprocessing).
-PREPROCESSING_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
-                       "merges.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model", "preprocess.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "merges.txt",
+                   "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+PREPROCESSING_FILES = (*TOKENIZER_FILES, "preprocess.json")
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:

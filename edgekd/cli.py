@@ -34,7 +34,7 @@ PROFILES_DIR = typer.Option(
 
 # Options of the commands that write a starter recipe (init, compress).
 TARGET = typer.Option("host-cpu", "--profile", help="the device to build for")
-STUDENT = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | cnn | bilstm")
+STUDENT = typer.Option(None, "--student", help="layers (default) | layers:I,J,… | pretrained:PATH-OR-HUB-ID | cnn | bilstm")
 TEXT_COLUMN = typer.Option(None, "--text-column", help="default: the usual names (sentence, text, review, …)")
 LABEL_COLUMN = typer.Option(None, "--label-column", help="default: the usual names (label, class, verdict, …)")
 

@@ -203,13 +203,21 @@ class StudentConfig(Strict):
     - config: the teacher's family with a smaller config (overrides: fewer layers, narrower hidden / FFN, fewer
       heads), initialised from the teacher by layer selection (`layers`, default uniform) and weight slicing;
     - cnn: a cross-architecture convolutional student (image or text);
-    - bilstm: a cross-architecture text student (Tang et al. 2019); pruning removes hidden units per direction.
+    - bilstm: a cross-architecture text student (Tang et al. 2019); pruning removes hidden units per direction;
+    - pretrained: a small pretrained model of any transformers family (DistilBERT, MiniLM, TinyBERT checkpoints) from
+      `path` or `hub`, with its own config and tokenizer and a fresh head sized to the data; `layers` keeps a subset
+      of its own layers. The teacher's logits transfer across tokenizers (each model reads the same texts).
     """
 
-    kind: Literal["layers", "config", "cnn", "bilstm"] = "layers"
+    kind: Literal["layers", "config", "cnn", "bilstm", "pretrained"] = "layers"
+    # unset, path/hub/revision stay out of the dumped config: the cache keys of earlier runs are unchanged
+    path: str | None = Field(None, exclude_if=lambda v: v is None, description="kind=pretrained: local Hugging Face folder, or pkg://package/subdir")
+    hub: str | None = Field(None, exclude_if=lambda v: v is None, description="kind=pretrained: Hugging Face hub id (needs the internet)")
+    revision: str | None = Field(None, exclude_if=lambda v: v is None, description="kind=pretrained: hub revision")
     layers: list[int] | None = Field(None, description="teacher layer indices to keep (kind=layers; default: every "
-                                     "other layer, ending with the last) or to initialise a config student's layers "
-                                     "from (kind=config; default: uniform)")
+                                     "other layer, ending with the last), to initialise a config student's layers "
+                                     "from (kind=config; default: uniform), or the pretrained student's own layers "
+                                     "to keep (kind=pretrained; default: all)")
     overrides: dict | None = Field(None, description="config changes (kind=config), e.g. hidden_size")
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
     kernel_size: int = Field(3, ge=1, le=15)
@@ -226,6 +234,12 @@ class StudentConfig(Strict):
                              "for every other layer")
         if self.layers is not None and (len(set(self.layers)) != len(self.layers) or min(self.layers) < 0):
             raise ValueError("student.layers must be distinct, non-negative layer indices")
+        if self.kind == "pretrained" and (self.path is None) == (self.hub is None):
+            raise ValueError("student.kind: pretrained needs exactly one of student.path (a local Hugging Face folder) "
+                             "or student.hub (a hub id)")
+        if self.kind != "pretrained" and (self.path or self.hub):
+            raise ValueError(f"student.path / student.hub name a pretrained student; with student.kind: {self.kind} "
+                             "the student is built from the teacher: remove them or set kind: pretrained")
         return self
 
 

@@ -61,6 +61,9 @@ class Pipeline:
         from .models.support import recipe_refusals, skeleton_from_config
 
         t, student = self.recipe.teacher, self.recipe.student
+        if student is not None and student.kind == "pretrained":
+            self._check_pretrained_student()
+            return
         if student is not None and student.kind not in ("layers", "config"):
             return  # a CNN or BiLSTM student: no transformer part is asked of it
         if t.path is not None:
@@ -70,6 +73,33 @@ class Pipeline:
         else:
             return  # a hub teacher: its stages check the model they get
         refused = recipe_refusals(self.recipe, skeleton) if skeleton is not None else []
+        if refused:
+            raise EdgekdError(" ".join(refused))
+
+    def _check_pretrained_student(self) -> None:
+        """The pretrained student's folder, what the stages ask of its family, and intermediate terms across
+        tokenizers: refused before any work."""
+        from .models.hf import check_model_folder, resolve_model_path
+        from .models.support import cross_tokenizer_refusals, recipe_refusals, skeleton_from_config
+
+        s, t = self.recipe.student, self.recipe.teacher
+        if s.path is None:
+            return  # a hub student: the distill stage checks the model it gets
+        folder = resolve_model_path(s.path, key="student.path")
+        check_model_folder(folder, key="student.path")
+        skeleton = skeleton_from_config(folder=folder)
+        refused = recipe_refusals(self.recipe, skeleton) if skeleton is not None else []
+        if self.recipe.task == "text-classification" and t.path is not None:
+            from transformers import AutoTokenizer
+
+            from .train.context import same_tokenizer
+
+            keys = cross_tokenizer_refusals(self.recipe)
+            if keys and not same_tokenizer(AutoTokenizer.from_pretrained(str(folder)),
+                                           AutoTokenizer.from_pretrained(str(resolve_model_path(t.path)))):
+                from .train.distiller import cross_tokenizer_refusal
+
+                refused += [cross_tokenizer_refusal(k) for k in keys]
         if refused:
             raise EdgekdError(" ".join(refused))
 

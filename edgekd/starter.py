@@ -18,7 +18,7 @@ from .yamlio import safe_load
 
 TEXT_COLUMNS = ("sentence", "text", "review", "content", "document", "question", "utterance")
 LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "verdict", "sentiment")
-STUDENTS = "layers | layers:I,J,… | cnn | bilstm"
+STUDENTS = "layers | layers:I,J,… | pretrained:PATH-OR-HUB-ID | cnn | bilstm"
 
 
 def data_columns(data: Path, text_column: str | None, label_column: str | None) -> tuple[str, str]:
@@ -61,15 +61,27 @@ def model_facts(model: str, trust_remote_code: bool = False) -> dict:
     if folder is not None:
         check_model_folder(folder)
     config = read_config(str(folder or model), trust_remote_code=trust_remote_code)
-    return {"source": "path" if folder is not None else "hub", "head": has_trained_head(config)}
+    depth = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+    return {"source": "path" if folder is not None else "hub", "head": has_trained_head(config), "depth": depth}
 
 
 def _is_hub_id(model: str) -> bool:
     return not Path(model).exists() and not model.startswith("pkg://") and bool(re.fullmatch(r"[\w.-]+/[\w.-]+", model))
 
 
-def student_section(spec: str | None) -> str:
+# From this depth on, the default layers student keeps a third of the teacher's layers (12 -> 4, TinyBERT-4's depth):
+# a deep teacher has more layers to spare than a 6-layer one, whose half is the default below it.
+DEEP_TEACHER = 12
+
+
+def student_section(spec: str | None, depth: int | None = None) -> str:
     spec = (spec or "layers").strip()
+    if spec == "layers" and depth is not None and depth >= DEEP_TEACHER:
+        from .models.students import uniform_layer_map
+
+        layers = uniform_layer_map(depth // 3, depth)
+        return (f"student:\n  kind: layers                    # a third of the teacher's {depth} layers, ending with the "
+                f"last\n  layers: {layers}\n")
     if spec == "layers":
         return ("student:\n  kind: layers                    # the teacher's own layers: every other one, ending with "
                 "the last\n  # layers: [1, 3, 5]             # or name the teacher layers to keep\n")
@@ -84,6 +96,12 @@ def student_section(spec: str | None) -> str:
     if spec in ("cnn", "bilstm"):
         extra = "  channels: [256, 256]\n" if spec == "cnn" else "  lstm_hidden: 256\n"
         return f"student:\n  kind: {spec}                      # a cross-architecture student (docs/distillation.md)\n{extra}"
+    if spec.startswith("pretrained:") and spec.split(":", 1)[1].strip():
+        source = spec.split(":", 1)[1].strip()
+        key = "hub" if _is_hub_id(source) else "path"
+        return (f"student:\n  kind: pretrained                # a small pretrained model with its own tokenizer "
+                f"(docs/distillation.md)\n  {key}: {source}\n  # layers: [0, 2, 4]             # or keep some "
+                "of its own layers\n")
     raise RecipeError(f"--student {spec!r} is not a student edgekd builds; give one of {STUDENTS}.")
 
 
@@ -98,7 +116,7 @@ def starter_recipe(model: str, data: Path, profile: str, *, student: str | None 
         facts = model_facts(model, trust_remote_code)
         text, label = data_columns(data, text_column, label_column)
     else:
-        facts = {"source": "path", "head": True}
+        facts = {"source": "path", "head": True, "depth": None}
         text, label = text_column or "sentence", label_column or "label"
     target = load_profile(profile)
     name = name or re.sub(r"[^\w.-]+", "-", Path(model.rstrip("/")).name).strip("-.") or "my-model"
@@ -123,7 +141,7 @@ data:
   max_length: 128                 # tokens per text; longer texts are truncated
 teacher:
 {source}{finetune}  trust_remote_code: {str(trust_remote_code).lower()}
-{student_section(student)}stages:
+{student_section(student, facts["depth"])}stages:
   - distill: {{epochs: 2, lr: 1.0e-4, temperature: 2.0, alpha: 0.9}}
   # at most half the non-embedding parameters (heads and FFN channels) in 2 prune -> recover steps (docs/pruning.md)
   - prune: {{budget: {{params: 0.5}}, steps: 2, importance: loss, recovery: {{epochs: 0.5}}}}

@@ -64,6 +64,30 @@ def write_tiny_encoder(folder: Path, model_type: str, classifier: bool = False, 
     return folder
 
 
+def write_tiny_bpe_encoder(folder: Path, model_type: str = "roberta", **config) -> Path:
+    """A tiny random encoder with a byte-level BPE tokenizer of its own (RoBERTa's kind: other pieces, other ids than
+    the WordPiece models above), learned from the tiny task's sentences: a pretrained student that reads the texts
+    differently from its teacher."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoConfig, AutoModel, RobertaTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(1)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([_sentence(rng, i % 2) for i in range(400)], vocab_size=600, min_frequency=1,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    tok = RobertaTokenizerFast.from_pretrained(str(folder))  # reads the vocab.json and merges.txt just written
+    torch.manual_seed(1)
+    cfg = AutoConfig.for_model(model_type, **{
+        "vocab_size": len(tok), "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 48, "max_position_embeddings": 160, "pad_token_id": tok.pad_token_id, **config})
+    AutoModel.from_config(cfg).save_pretrained(str(folder), safe_serialization=True)
+    tok.save_pretrained(str(folder))
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))

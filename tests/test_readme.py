@@ -52,6 +52,12 @@ def test_the_starter_recipe_reads_the_model_and_the_data(tmp_path, text_data_dir
     assert encoder.profiles == ["host-cpu"]
     with pytest.raises(RecipeError, match="--student 'transformer'"):
         starter_recipe(str(classifier), text_data_dir, "host-cpu", student="transformer")
+    deep = write_tiny_bert(tmp_path / "deep", classifier=True, num_hidden_layers=12)  # a third of a deep teacher
+    assert validate_recipe(safe_load(starter_recipe(str(deep), text_data_dir, "host-cpu"))).student.layers == [2, 5, 8, 11]
+    for source, key in ((str(tmp_path / "clf"), "path"), ("my-org/small-model", "hub")):  # a folder, or a hub id
+        student = validate_recipe(safe_load(starter_recipe(str(classifier), text_data_dir, "host-cpu",
+                                                           student=f"pretrained:{source}"))).student
+        assert student.kind == "pretrained" and getattr(student, key) == source
 
 
 def test_data_columns_are_found_by_their_usual_names_or_refused_naming_the_file(tmp_path):

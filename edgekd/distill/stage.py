@@ -6,7 +6,8 @@ from pathlib import Path
 from ..configs import DistillConfig, StudentConfig
 from ..errors import EdgekdError
 from ..models.spec import make_spec, save_weights
-from ..models.students import build_student
+from ..artifact import TOKENIZER_FILES
+from ..models.students import build_pretrained_student, build_student
 from ..models.support import kd_refusals
 from ..progress import log
 from ..train.context import Context
@@ -31,14 +32,25 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     student_cfg: StudentConfig = ctx.recipe.student
     teacher = ctx.teacher_model().cpu()  # students are built on the CPU; the engine moves them
     pad_id = getattr(ctx.tokenizer, "pad_token_id", 0) or 0
-    student, base = build_student(student_cfg, teacher, parent.spec, ctx.task, ctx.data.num_labels, pad_id=pad_id)
+    loaded = None
+    if student_cfg.kind == "pretrained":
+        student, base, loaded = build_pretrained_student(student_cfg, ctx.task, ctx.data.label_names)
+        if ctx.task == "text-classification":  # the student's tokenizer travels with it from here on
+            for name in TOKENIZER_FILES:
+                (out / name).unlink(missing_ok=True)
+            ctx.tokenizer.save_pretrained(str(out))
+            loaded["tokenizer"] = "its own, as the teacher's" if not ctx.cross_tokenizer else \
+                "its own (the teacher's logits are computed with the teacher's tokenizer on the same texts)"
+    else:
+        student, base = build_student(student_cfg, teacher, parent.spec, ctx.task, ctx.data.num_labels, pad_id=pad_id)
     n_t = sum(p.numel() for p in teacher.parameters())
     n_s = sum(p.numel() for p in student.parameters())
     log(f"distill: student {student_cfg.kind} with {n_s / 1e6:.2f}M parameters (teacher {n_t / 1e6:.2f}M)")
     if base.get("family") == "hf" and (refused := kd_refusals(student, cfg, "distill")):
         raise EdgekdError(" ".join(refused))
     init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
-    metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {})}
+    metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {}),
+               **({"student_pretrained": loaded} if loaded else {})}
     metrics.update(evaluate(student, ctx, "student", report_dir=out))
     if ctx.extra_teachers:
         metrics["teachers"] = _ensemble(ctx)

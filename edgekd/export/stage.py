@@ -192,11 +192,12 @@ def _shadow_files(ctx: Context, out: Path, encoded, renumbered: bool) -> dict:
 
     from ..data.drift import drift_reference
 
-    if renumbered:
-        ctx.tokenizer.save_pretrained(str(out / "teacher-tokenizer"))
+    teacher_own = renumbered or ctx.cross_tokenizer  # teacher.onnx takes the teacher's original ids
+    if teacher_own:
+        ctx.teacher_tokenizer.save_pretrained(str(out / "teacher-tokenizer"))
     reference = drift_reference(ctx.teacher_logits("dev"), encoded("dev").lengths)
     (out / "drift-reference.json").write_text(json.dumps(reference, indent=2) + "\n", encoding="utf-8")
-    return {"teacher_tokenizer": "teacher-tokenizer" if renumbered else ".", "drift_reference": "drift-reference.json"}
+    return {"teacher_tokenizer": "teacher-tokenizer" if teacher_own else ".", "drift_reference": "drift-reference.json"}
 
 
 def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: str = "model.onnx") -> dict:

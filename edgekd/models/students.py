@@ -39,6 +39,37 @@ def encoder_layers(model: nn.Module) -> tuple[nn.Module, str, nn.ModuleList]:
     return found
 
 
+def keep_layers(model: nn.Module, keep: list[int], whose: str) -> None:
+    """Keep only the transformer blocks `keep` of `model` (in place), in that order; the config follows."""
+    parent, attr, layers = encoder_layers(model)
+    n = len(layers)
+    bad = [i for i in keep if i >= n]
+    if bad:
+        raise ModelError(f"student.layers {bad} do not exist: {whose} has {n} layers (0…{n - 1}).")
+    setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
+    model.config.num_hidden_layers = len(keep)
+    keep_per_layer_config(model.config, keep)
+
+
+def build_pretrained_student(cfg: StudentConfig, task: str, label_names: list[str]) -> tuple[nn.Module, dict, dict]:
+    """A pretrained model of any transformers family as the student: its own config, its weights, a fresh head sized
+    to the data, `cfg.layers` of its own layers.
+    Returns (model, base spec, what was loaded for the manifest)."""
+    from .hf import check_model_folder, load_hf_classifier, resolve_model_path
+
+    source = cfg.hub
+    if cfg.path is not None:
+        folder = resolve_model_path(cfg.path, key="student.path")
+        check_model_folder(folder, key="student.path")
+        source = str(folder)
+    model, _, _ = load_hf_classifier(source, task, label_names, revision=cfg.revision, fresh_head=True)
+    n = len(encoder_layers(model)[2])
+    if cfg.layers:
+        keep_layers(model, cfg.layers, f"the pretrained student {source!r}")
+    return model, hf_base_spec(model, task), {"pretrained": cfg.path or cfg.hub, "layers_kept": cfg.layers or
+                                              list(range(n)), "layers_of": n}
+
+
 def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, task: str, num_labels: int,
                   pad_id: int = 0) -> tuple[nn.Module, dict]:
     """Returns the student module and its base spec (how to rebuild the unpruned architecture)."""
@@ -46,15 +77,7 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
         if teacher_spec["family"] != "hf":
             raise ModelError("student.kind=layers needs a transformers teacher.")
         student = copy.deepcopy(teacher)
-        parent, attr, layers = encoder_layers(student)
-        n = len(layers)
-        keep = cfg.layers or half_depth_layers(n)
-        bad = [i for i in keep if i >= n]
-        if bad:
-            raise ModelError(f"student.layers {bad} do not exist: the teacher has {n} layers (0…{n - 1}).")
-        setattr(parent, attr, nn.ModuleList([layers[i] for i in keep]))
-        student.config.num_hidden_layers = len(keep)
-        keep_per_layer_config(student.config, keep)
+        keep_layers(student, cfg.layers or half_depth_layers(len(encoder_layers(student)[2])), "the teacher")
         return student, hf_base_spec(student, task)
     if cfg.kind == "config":
         if teacher_spec["family"] != "hf":

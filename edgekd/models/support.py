@@ -35,10 +35,16 @@ def kd_refusals(model: nn.Module, cfg: KDConfig | None, key: str) -> list[str]:
 
 
 def recipe_refusals(recipe, model: nn.Module) -> list[str]:
-    """Every refusal for a recipe whose student is `model`'s family (the teacher's layers or sliced config)."""
+    """Every refusal for a recipe whose student is `model`'s family (the teacher's layers or sliced config, or the
+    pretrained student)."""
     out = []
-    if recipe.student is not None and recipe.student.kind == "layers" and "layers" in family_gaps(model):
-        out.append(f"student.kind: layers: {family_gaps(model)['layers']}; use student.kind: config, cnn or bilstm.")
+    student = recipe.student
+    if student is not None and "layers" in family_gaps(model):
+        if student.kind == "layers":
+            out.append(f"student.kind: layers: {family_gaps(model)['layers']}; use student.kind: config, cnn or "
+                       "bilstm.")
+        elif student.kind == "pretrained" and student.layers:
+            out.append(f"student.layers: {family_gaps(model)['layers']}; remove student.layers to keep them all.")
     for i, entry in enumerate(recipe.stages):
         cfg, key = entry.config, f"stages.{i}.{entry.name}"
         if isinstance(cfg, PruneConfig):
@@ -73,3 +79,18 @@ def skeleton_from_config(folder: Path | None = None, config: dict | None = None)
             except (ValueError, KeyError):
                 continue
     return None
+
+
+def cross_tokenizer_refusals(recipe) -> list[str]:
+    """The intermediate terms a recipe weights that would match a pretrained student's tokens with a teacher's read
+    by another tokenizer (prune recovery against the unpruned student reads the student's own tokens)."""
+    out = []
+    for i, entry in enumerate(recipe.stages):
+        cfg, key = entry.config, f"stages.{i}.{entry.name}"
+        if isinstance(cfg, PruneConfig):
+            cfg, key = cfg.recovery, f"{key}.recovery"
+            if cfg is None or cfg.layer_teacher == "unpruned":
+                continue
+        if isinstance(cfg, KDConfig) and (cfg.hidden_weight or cfg.attention_weight or cfg.relation_weight):
+            out.append(key)
+    return out

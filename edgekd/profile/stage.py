@@ -129,7 +129,8 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     models: dict[str, dict] = {}
     teacher_onnx = parent.manifest.get("teacher_onnx")
     if cfg.compare_teacher and teacher_onnx:  # exported by the export stage (export.teacher)
-        models["teacher-fp32"] = {"path": parent.path / teacher_onnx["file"], "params": teacher_onnx["params"]}
+        models["teacher-fp32"] = {"path": parent.path / teacher_onnx["file"], "params": teacher_onnx["params"],
+                                  **({"tokenizer_dir": ctx.teacher.path} if ctx.cross_tokenizer else {})}
     params = parent.spec.get("summary", {}).get("params")
     own = export_encoding(parent)  # the export's trimmed vocabulary, which every model but the teacher takes
     if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():

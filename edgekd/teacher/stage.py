@@ -63,10 +63,10 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
         except (OSError, ValueError) as e:
             raise ModelError(f"Cannot load the tokenizer of {tokenizer_src!r}: {str(e).splitlines()[0]}") from None
         tok.save_pretrained(str(out))
-        if primary:
+        if primary and ctx.student_source is None:  # the run's tokenizer, unless a pretrained student brings its own
             ctx._tokenizer = tok
-    encoded = ctx.encoded if primary or ctx.task != "text-classification" else \
-        (lambda split, n=None: ctx.encoded(split, n, tokenizer_dir=out))
+    own = ctx.task == "text-classification" and (not primary or ctx.student_source is not None)
+    encoded = (lambda split, n=None: ctx.encoded(split, n, tokenizer_dir=out)) if own else ctx.encoded
     (out / "preprocess.json").write_text(json.dumps({**data.preprocess, "labels": data.label_names}, indent=2))
 
     metrics: dict = {"labels": labels_report} if labels_report else {}

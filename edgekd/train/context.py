@@ -29,6 +29,7 @@ class Context:
     runtime: Runtime = field(default_factory=Runtime.cpu)
     extra_teachers: list = field(default_factory=list)  # (artifact, weight) of the recipe's further `teachers:`
     _teacher_models: dict = field(default_factory=dict)  # artifact id -> model, loaded once per run
+    _cross: bool | None = None  # cross_tokenizer, decided once
 
     @property
     def seed(self) -> int:
@@ -54,12 +55,46 @@ class Context:
         return d
 
     @property
+    def student_source(self) -> str | None:
+        """Where a pretrained student (student.kind: pretrained) comes from, whose tokenizer the student reads
+        with; None for a student built from the teacher."""
+        s = self.recipe.student
+        if s is None or s.kind != "pretrained":
+            return None
+        if s.path is not None:
+            from ..models.hf import resolve_model_path
+
+            return str(resolve_model_path(s.path))
+        return s.hub
+
+    @property
     def tokenizer(self):
+        """The run's tokenizer: the student's (the teacher's unless a pretrained student brings its own). Every
+        model after the teacher reads the texts with it; the teacher's outputs come from its own (teacher_encoded)."""
         if self._tokenizer is None and self.task == "text-classification":
             from transformers import AutoTokenizer
 
-            self._tokenizer = AutoTokenizer.from_pretrained(str(self.teacher.path))
+            source = self.student_source
+            self._tokenizer = AutoTokenizer.from_pretrained(source or str(self.teacher.path),
+                                                            revision=self.recipe.student.revision if source else None)
         return self._tokenizer
+
+    @property
+    def teacher_tokenizer(self):
+        """The run's teacher's tokenizer (saved in its artifact)."""
+        return self._tokenizer_at(str(self.teacher.path)) if self.cross_tokenizer else self.tokenizer
+
+    @property
+    def cross_tokenizer(self) -> bool:
+        """Whether student and teacher read the texts differently (a pretrained student with its own tokenizer)."""
+        if self._cross is None:
+            self._cross = (self.task == "text-classification" and self.student_source is not None
+                           and not same_tokenizer(self.tokenizer, self._tokenizer_at(str(self.teacher.path))))
+        return self._cross
+
+    def teacher_encoded(self, split: str, max_examples: int | None = None) -> Encoded:
+        """A split as the run's teacher reads it (with its own tokenizer where the student's differs)."""
+        return self.encoded(split, max_examples, tokenizer_dir=self.teacher.path if self.cross_tokenizer else None)
 
     def encoded(self, split: str, max_examples: int | None = None, tokenizer_dir: str | Path | None = None) -> Encoded:
         """A split tokenized once per run; `tokenizer_dir`: with the tokenizer saved there instead of the run's
@@ -106,7 +141,7 @@ class Context:
         else:
             from .predict import predict_logits
 
-            own_tokenizer = not primary and self.task == "text-classification"
+            own_tokenizer = (not primary or self.cross_tokenizer) and self.task == "text-classification"
             data = self.encoded(split, max_examples, tokenizer_dir=teacher.path if own_tokenizer else None)
             model = self.teacher_model(teacher)
             # every process computes a shard and receives the whole array; rank 0 writes the cache
@@ -117,3 +152,14 @@ class Context:
                 tmp.replace(path)
         self._teacher_logits[key] = logits
         return logits
+
+
+def same_tokenizer(a, b) -> bool:
+    """Whether two tokenizers turn every text into the same ids: the same class and the same vocabulary, normaliser
+    and pre-tokeniser (a fast tokenizer's whole serialised pipeline)."""
+    if type(a) is not type(b):
+        return False
+    fa, fb = getattr(a, "backend_tokenizer", None), getattr(b, "backend_tokenizer", None)
+    if fa is not None and fb is not None:
+        return fa.to_str() == fb.to_str()
+    return a.get_vocab() == b.get_vocab()

@@ -205,6 +205,13 @@ def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
     return layer_map
 
 
+def cross_tokenizer_refusal(key: str) -> str:
+    return (f"{key}: hidden_weight, attention_weight and relation_weight match the student's tokens with the "
+            "teacher's, and the pretrained student reads the texts with a tokenizer of its own, whose tokens do not "
+            f"line up with the teacher's; set them to 0 in {key} (the logit terms work across tokenizers), or choose "
+            "a pretrained student with the teacher's tokenizer.")
+
+
 def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, work_key: str,
                 layer_teacher: torch.nn.Module | None = None) -> dict:
     """Train `model` against the run's teacher with the recipe's loss; shared by distill, prune recovery and QAT.
@@ -213,6 +220,10 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     the run's teacher; prune recovery may pass the unpruned student). The logit terms read the teacher either way."""
     train = ctx.encoded("train", cfg.max_train_examples)
     live = None
+    if needs_live_teacher(cfg) and layer_teacher is None and ctx.cross_tokenizer:
+        from ..errors import EdgekdError
+
+        raise EdgekdError(cross_tokenizer_refusal(desc))
     if needs_live_teacher(cfg):  # the teacher runs beside the student on every batch
         live = (layer_teacher or ctx.teacher_model()).to(ctx.runtime.device).eval()
         for p in live.parameters():

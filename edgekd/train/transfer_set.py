@@ -99,6 +99,9 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
         raise EdgekdError("distill.transfer: teacher-labelled transfer data (unlabelled text, augmentation) is for "
                           "text tasks; remove distill.transfer for an image task.")
     column = cfg.text_column or ctx.recipe.data.text_column
+    # the transfer set is made and labelled in the teacher's tokens (augmentation reads its embedding table); a
+    # pretrained student with its own tokenizer reads the same texts with that
+    by_teacher = ctx.teacher_encoded("train", max_train_examples) if ctx.cross_tokenizer else train
     # repeat is applied after labelling: the labels do not depend on it
     key = stable_hash({"teacher": ctx.teacher.id, "data": ctx.data.fingerprint,
                        "transfer": cfg.model_dump(exclude={"repeat"}),
@@ -116,19 +119,19 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
         seqs, source = [], []
         for f in cfg.unlabelled:
             texts = read_texts(f, column)
-            enc = encode(Split("unlabelled", np.zeros(len(texts), dtype=np.int64), texts=texts), ctx.tokenizer,
+            enc = encode(Split("unlabelled", np.zeros(len(texts), dtype=np.int64), texts=texts), ctx.teacher_tokenizer,
                          ctx.recipe.data.max_length)
             seqs += enc.ids
             source += [0] * len(enc.ids)
         if cfg.augment is not None:
-            made = _augmented(cfg.augment, ctx, train.ids)
+            made = _augmented(cfg.augment, ctx, by_teacher.ids)
             seqs += made
             source += [1] * len(made)
         source = np.array(source, dtype=np.int8)
         from .predict import predict_logits
 
         logits = predict_logits(ctx.teacher_model(), Encoded(np.zeros(len(seqs), dtype=np.int64), ids=seqs,
-                                                             pad_id=train.pad_id),
+                                                             pad_id=by_teacher.pad_id),
                                 desc="teacher labels the transfer set", runtime=ctx.runtime) if seqs else \
             np.zeros((0, train_logits.shape[1]), dtype=np.float32)
         if ctx.runtime.is_main:
@@ -158,8 +161,14 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
     log(f"transfer set: {len(train):,} train + {len(keep):,} teacher-labelled examples "
         f"({report['unlabelled_texts']:,} unlabelled, {report['augmented']:,} augmented; "
         f"{report['discarded_share']:.1%} below confidence {cfg.min_confidence:g} dropped)")
+    kept = [seqs[i] for i in keep]
+    if ctx.cross_tokenizer and kept:
+        report["student_tokenizer"] = "the teacher-labelled texts decoded and read with the student's own tokenizer"
+        texts = ctx.teacher_tokenizer.batch_decode(kept, skip_special_tokens=True)
+        kept = encode(Split("transfer", np.zeros(len(texts), dtype=np.int64), texts=texts), ctx.tokenizer,
+                      ctx.recipe.data.max_length).ids
     data = Encoded(np.concatenate([train.labels, np.full(len(keep), IGNORE_LABEL, dtype=np.int64)]),
-                   ids=list(train.ids) + [seqs[i] for i in keep], pad_id=train.pad_id)
+                   ids=list(train.ids) + list(kept), pad_id=train.pad_id)
     return data, np.concatenate([train_logits, logits[keep]]).astype(np.float32), report
 
 
@@ -177,8 +186,8 @@ def _file_rows(cfg: TransferConfig, column: str, source: np.ndarray) -> list[tup
 
 
 def _augmented(cfg: AugmentConfig, ctx: Context, seqs: list[list[int]]) -> list[list[int]]:
-    """Augmented copies of the train sequences, neighbours taken from the teacher's token embeddings."""
-    tok = ctx.tokenizer
+    """Augmented copies of the train sequences (the teacher's ids), neighbours taken from its token embeddings."""
+    tok = ctx.teacher_tokenizer
     table = ctx.teacher_model().get_input_embeddings().weight
     tokens = tok.convert_ids_to_tokens(list(range(min(table.shape[0], len(tok)))))
     backend = getattr(tok, "backend_tokenizer", None)  # a fast tokenizer names its model: WordPiece, BPE, Unigram
