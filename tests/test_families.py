@@ -135,15 +135,17 @@ def _family_recipe(family: str, tmp_path, text_data_dir) -> dict:
         cfg.update({"epochs": 1} if "epochs" in cfg else {})
     recipe["stages"][1]["prune"].update(ratio=0.3, head_ratio=0.25, recovery={**recipe["stages"][1]["prune"]["recovery"],
                                                                               "epochs": 1})
-    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.5, min_agreement=0.9)
-    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False, compare_fp32=False,
-                                          ptq_baselines=False)
+    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.5, min_agreement=0.9,
+                                         teacher=False)
+    # MPNet's run also builds the PTQ baselines (below)
+    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False,
+                                          compare_fp32=family == "mpnet", ptq_baselines=family == "mpnet")
     recipe["profiles"] = ["host-cpu", "hexagon-npu"]
     return recipe
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", [*TEXT_FAMILIES, "vit", "deit"])
+@pytest.mark.slow  # BERT's own run is the session's text_run (test_pipeline_e2e.py: its NPU build too)
+@pytest.mark.parametrize("family", [*(f for f in TEXT_FAMILIES if f != "bert"), "vit", "deit"])
 def test_each_family_runs_the_whole_pipeline_with_heads_and_ffn_channels_pruned(tmp_path, text_data_dir, family):
     import edgekd
     from edgekd.pipeline import Pipeline
@@ -165,6 +167,17 @@ def test_each_family_runs_the_whole_pipeline_with_heads_and_ffn_channels_pruned(
     (prune_dir,) = (run / "stages").glob("*-prune-*")
     assert architecture_summary(edgekd.load_model(prune_dir)) == after
     assert ("bias_heads" in json.loads((prune_dir / "manifest.json").read_text())["spec"]) == (family == "mpnet")
+    if family == "mpnet":
+        # MPNet's relative-position buckets are integer arithmetic on the attention path, which onnxruntime's static
+        # PTQ quantizes; onnxruntime (1.32) builds it, then its quantized relative-position Gather reads an index of
+        # about -9.2e18 at run time. A comparison model that cannot run is recorded as failed, the run completes.
+        from test_profile_baselines import BASELINES
+
+        static = systems["ptq-static"]
+        assert static["failed_at"] == "run" and "relative_attention_bias" in static["error"], static
+        assert static["baseline"] == BASELINES["ptq-static"] and static["built_from"] == "model-fp32.onnx"
+        assert systems["ptq-dynamic"]["latency_ms"]["host-cpu"]["seq128_t1"]["p50"] > 0
+        assert "built, does not run" in (run / "report.md").read_text()
 
 
 @pytest.mark.parametrize("family, change, refused", [

@@ -401,7 +401,8 @@ def test_the_int8_layout_is_chosen_by_measurement(tmp_path, tiny_bert_dir, text_
 
     # ms: dynamic INT8 measured twice as fast as QDQ, onnxruntime's fused graph of QDQ in between
     timings = {"qdq": 2.0, "dynamic": 1.0, "fused": 1.6, "fp32": 4.0}
-    monkeypatch.setattr(layout, "time_models", lambda models, feeds, threads=1: {k: timings[k] for k in models})
+    monkeypatch.setattr(layout, "time_models",
+                        lambda models, feeds, threads=1, rounds_n=layout.ROUNDS: {k: timings[k] for k in models})
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run")
     r["stages"] = [r["stages"][0], r["stages"][2], {"export": {**r["stages"][3]["export"], "int8_dynamic": True,
                                                                  "int8_fused": True}}]

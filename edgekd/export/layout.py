@@ -41,12 +41,13 @@ LAYOUT_MARGIN = 1.05
 _REPLACES_QDQ_AT = {"fused": 1 / LAYOUT_MARGIN}
 
 
-def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1) -> dict[str, float]:
-    """p50 of each model: the quietest of ROUNDS fresh-process rounds, the order rotated every round so that a
+def time_models(models: dict[str, Path], feeds: list[dict], threads: int = 1, rounds_n: int = ROUNDS
+                ) -> dict[str, float]:
+    """p50 of each model: the quietest of `rounds_n` fresh-process rounds, the order rotated every round so that a
     slow spell of the machine falls on all of them alike."""
     rounds: dict[str, list] = {name: [] for name in models}
     names = list(models)
-    for r in range(ROUNDS):
+    for r in range(rounds_n):
         for name in names[r % len(names):] + names[: r % len(names)]:
             rounds[name].append(measure_latency(models[name], feeds, threads, warmup=5, runs=RUNS))
     return {name: combine_rounds(stats)["p50"] for name, stats in rounds.items()}
@@ -99,7 +100,9 @@ def check_int8(out: Path, data: Encoded, seq_len: int, min_speedup: float,
             skipped["fused"] = "no Linear bias left beside an integer MatMul in onnxruntime's graph: nothing to fold"
     kernels = {name: integer_kernel_report(path, path.with_suffix(".optimized.onnx"), feeds[0])
                for name, path in candidates.items()}
-    p50 = time_models({**candidates, "fp32": out / "model-fp32.onnx"}, feeds)
+    # with one candidate and min_speedup 0 no choice rests on the timing: one round reports it
+    decides = len(candidates) > 1 or min_speedup > 0
+    p50 = time_models({**candidates, "fp32": out / "model-fp32.onnx"}, feeds, rounds_n=ROUNDS if decides else 1)
     layouts = {name: {"file": path.name, "p50_ms": p50[name], "speedup": p50["fp32"] / p50[name],
                       "integer_kernels_ok": kernels[name]["ok"], "size_mb": path.stat().st_size / 1e6,
                       **({"argmax_agreement": validations[name]["argmax_agreement"],
