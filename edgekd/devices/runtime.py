@@ -47,7 +47,7 @@ def onnx_logits(path: str | Path, data: Encoded, batch_size: int = 32, desc: str
     sess = session(path)
     static = static_shapes(sess)
     if static is not None:  # a static-shape (NPU) model takes batch 1 at its fixed length
-        return _static_onnx_logits(sess, fit_to_static(data, static), static, desc)
+        return static_onnx_logits(sess, fit_to_static(data, static), static, desc)
     names = {i.name for i in sess.get_inputs()}
     n = len(data)
     order = np.argsort([len(x) for x in data.ids], kind="stable") if data.ids is not None else np.arange(n)
@@ -82,7 +82,7 @@ def fit_to_static(data: Encoded, static: dict[str, list[int]]) -> Encoded:
     return Encoded(data.labels, ids=ids, pad_id=data.pad_id, truncated=data.truncated)
 
 
-def _static_onnx_logits(sess, data: Encoded, static: dict[str, list[int]], desc: str) -> np.ndarray:
+def static_onnx_logits(sess, data: Encoded, static: dict[str, list[int]], desc: str) -> np.ndarray:
     """Logits of a static-shape model, one example per run (batch 1), texts padded to its length."""
     from .feeds import encoded_feeds
 

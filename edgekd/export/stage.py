@@ -18,7 +18,6 @@ from pathlib import Path
 
 import shutil
 import tempfile
-from contextlib import nullcontext
 from functools import partial
 from typing import Callable
 
@@ -26,7 +25,7 @@ from ..artifact import read_preprocessing
 from ..configs import ExportConfig
 from ..data.batching import Encoded
 from ..devices.feeds import encoded_feeds
-from ..errors import ExportValidationError
+from ..errors import ExportValidationError, NpuFallbackError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
 from ..quantize.fakequant import fake_quant_off, output_quant_off
@@ -76,10 +75,13 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
     for name in device_builds(cfg, profiles):
         folder = out / "devices" / name
         folder.mkdir(parents=True)
-        dev_facts, dev_extra = _build(model, cfg, load_profile(name), parent, ctx, folder, val_data, calibration,
+        profile = load_profile(name)
+        dev_facts, dev_extra = _build(model, cfg, profile, parent, ctx, folder, val_data, calibration,
                                       cfg.device_min_agreement, float_twin=False)
         devices[name] = {"file": f"devices/{name}/model.onnx", "onnx": dev_facts, "compat": dev_extra.get("compat"),
                          "validation": dev_extra["validation"], "size_mb": dev_facts["size_mb"]}
+        if profile.execution_provider == "QNNExecutionProvider":
+            devices[name]["htp"] = on_htp(model, folder, profile, cfg, encoded("test"), name)
     if devices:
         extra["devices"] = devices
     shipped_int8 = quantized and extra.get("int8", {}).get("int8_pays", True)
@@ -89,7 +91,8 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                    "integer_kernels_ok": extra["int8"]["integer_kernels"]["ok"]} if "int8" in extra else {}),
                **({"vocabulary": {k: vocabulary[k] for k in ("size", "original_size")}} if vocabulary else {}),
                **({"devices": {n: {"size_mb": d["size_mb"], "argmax_agreement": d["validation"]["argmax_agreement"],
-                                   "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share")}
+                                   "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share"),
+                                   **({"htp": _htp_summary(d["htp"])} if "htp" in d else {})}
                                for n, d in devices.items()}} if devices else {})}
     if ctx.task == "text-classification" and hasattr(model, "config"):
         # config.json: Optimum's ORTModel loads the folder with it; with the label names the teacher stage recorded
@@ -122,7 +125,9 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
     full_int8 = profile is not None and profile.quantization.scope == "full"
     # a CPU build keeps attention's products float (QAT may have trained them in INT8 for an NPU profile of the
     # same run; float is only more precise)
-    with nullcontext() if full_int8 else output_quant_off(model):
+    from .vocab import int32_row_map
+
+    with (int32_row_map(model) if full_int8 else output_quant_off(model)):
         return _build_layout(model, cfg, profile, parent, ctx, out, val_data, calibration, min_agreement, float_twin)
 
 
@@ -182,6 +187,66 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
         f"{validation['argmax_agreement']:.2%}, max |Δlogit| {validation['max_abs_logit_diff']:.3g}")
     extra["validation"] = validation
     return facts, extra
+
+
+def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name: str) -> dict:
+    """The NPU build compiled by Qualcomm's compiler for the profile's HTP and run on the test split under the HTP's
+    emulation (devices/qnn.py): where its nodes went, and the accuracy and agreement with PyTorch the HTP computes.
+    Its logits are kept beside the build (htp-test-logits.safetensors) for the profile stage. A build that leaves
+    nodes to the CPU is refused (export.npu_fallback, default refuse where the profile is full_offload)."""
+    from ..devices import qnn
+
+    if not qnn.available():
+        return {"checked": False, "reason": "onnxruntime-qnn is not installed (pip install edgekd[qnn]): the build's "
+                "placement is edgekd's reading of the profile's operator list and its accuracy onnxruntime's CPU "
+                "kernels running the QDQ graph, a simulation"}
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from ..devices.runtime import fit_to_static, static_onnx_logits, static_shapes
+    from ..train.predict import accuracy, predict_logits
+
+    session, placement = qnn.htp_session(folder / "model.onnx", profile)
+    fallback = cfg.npu_fallback or ("refuse" if profile.full_offload else "allow")
+    if placement["cpu_nodes"] and fallback == "refuse":
+        ops = ", ".join(f"{r['node']} ({r['op']}: {r['reason']})" for r in placement["rejected"][:8])
+        raise NpuFallbackError(
+            f"export: Qualcomm's compiler (onnxruntime-qnn {qnn.version()}, HTP v{profile.htp_arch}) leaves "
+            f"{placement['cpu_nodes']} of {placement['cpu_nodes'] + placement['htp_nodes']} nodes of the {name} build "
+            f"to the CPU: {ops}. The {name} profile is meant to run wholly on the NPU (full_offload); set "
+            "export.npu_fallback: allow to ship it with those nodes on the CPU (the report says so), or change the "
+            "model so that the HTP takes them.")
+    static = static_shapes(session)
+    n = cfg.htp_examples or len(test)
+    data = fit_to_static(Encoded(test.labels[:n], ids=None if test.ids is None else test.ids[:n],
+                                 images=None if test.images is None else test.images[:n], pad_id=test.pad_id), static)
+    htp = static_onnx_logits(session, data, static, f"export: {name} on the HTP (emulated)")
+    reference = predict_logits(model, data, desc=f"export: {name} PyTorch reference")
+    save_file({"logits": htp}, str(folder / HTP_LOGITS))
+    facts = {"checked": True, "by": f"onnxruntime-qnn {qnn.version()}, HTP backend emulated on x86",
+             "htp_arch": profile.htp_arch, "soc_model": profile.soc_model, "npu_fallback": fallback,
+             "placement": placement, "examples": len(data), "accuracy": accuracy(htp, data.labels),
+             "pytorch_accuracy": accuracy(reference, data.labels),
+             "argmax_agreement": float((htp.argmax(-1) == reference.argmax(-1)).mean()),
+             "max_abs_logit_diff": float(np.abs(htp - reference).max()), "logits": HTP_LOGITS}
+    where = (f"all {placement['htp_nodes']} nodes on the HTP" if not placement["cpu_nodes"] else
+             f"{placement['cpu_nodes']} nodes on the CPU ({', '.join(placement['cpu_ops'])}), "
+             f"{placement['htp_nodes']} on the HTP in {placement['partitions']} partitions")
+    log(f"export: {name} compiled by QNN for HTP v{profile.htp_arch}: {where}; on {len(data)} test examples the HTP "
+        f"scores {facts['accuracy']:.2%} (PyTorch {facts['pytorch_accuracy']:.2%}), agreement "
+        f"{facts['argmax_agreement']:.2%}")
+    return facts
+
+
+# The NPU build's test-split logits as the HTP computes them, beside the build
+HTP_LOGITS = "htp-test-logits.safetensors"
+
+
+def _htp_summary(htp: dict) -> dict:
+    if not htp.get("checked"):
+        return {"checked": False}
+    return {"checked": True, "cpu_nodes": htp["placement"]["cpu_nodes"], "accuracy": htp["accuracy"],
+            "argmax_agreement": htp["argmax_agreement"]}
 
 
 def _shadow_files(ctx: Context, out: Path, encoded, renumbered: bool) -> dict:

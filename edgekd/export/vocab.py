@@ -25,6 +25,7 @@ re-saved by the user would silently lose the map — and `len(tokenizer)` would 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,22 @@ def nearest_rows(weight: torch.Tensor, keep: np.ndarray, exclude: set[int], chun
         best = (w[torch.as_tensor(ids)] @ cand.T).argmax(dim=1).numpy()
         position[ids] = position[candidates[best]]
     return position
+
+
+@contextmanager
+def int32_row_map(model: nn.Module):
+    """Inside: a `nearest` row map read as int32. Qualcomm's HTP rejects a Gather of int16 data (QNN error 3110 on
+    the word-embedding lookup), so an integer-NPU build takes the wider map; the host keeps the int16 one."""
+    emb = input_embeddings(model)
+    if not isinstance(emb, RemappedEmbedding) or emb.row_of.dtype != torch.int16:
+        yield
+        return
+    narrow = emb.row_of
+    emb.row_of = narrow.to(torch.int32)
+    try:
+        yield
+    finally:
+        emb.row_of = narrow
 
 
 def set_input_embeddings(model: nn.Module, module: nn.Module) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..artifact import renumbered_vocabulary
 from ..configs import ProfileStageConfig
 from ..train.context import Context
@@ -125,6 +127,24 @@ def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -
     return models, failed
 
 
+def _htp_scored(m: dict, test: Encoded, teacher_logits, simulated: dict) -> tuple[dict, np.ndarray]:
+    """A device build's accuracy and agreement from the logits the HTP computed in the export (test split, or its
+    first export.htp_examples); the CPU simulation's figures stay beside them."""
+    from safetensors.numpy import load_file
+
+    htp = m["htp"]
+    logits = load_file(str(m["path"].parent / htp["logits"]))["logits"]
+    n = len(logits)
+    pred = logits.argmax(-1)
+    acc = {"accuracy": float((pred == test.labels[:n]).mean()), "examples": n,
+           "accuracy_by": f"{htp['by']} (HTP v{htp['htp_arch']})",
+           "htp_placement": {k: htp["placement"][k] for k in ("htp_nodes", "cpu_nodes", "partitions", "cpu_ops")},
+           "simulated": {k: simulated[k] for k in ("accuracy", "examples", "agreement") if k in simulated}}
+    if teacher_logits is not None:
+        acc["agreement"] = float((pred == teacher_logits[:n].argmax(-1)).mean())
+    return acc, logits
+
+
 def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: str) -> dict:
     models: dict[str, dict] = {}
     teacher_onnx = parent.manifest.get("teacher_onnx")
@@ -142,7 +162,8 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     # Device builds (export.devices): on its device, the build made for it is what ships, not the CPU model.
     shipped = {p: "final" for p in ctx.recipe.profiles}
     for pname, build in (parent.manifest.get("devices") or {}).items():
-        models[f"final-{pname}"] = {"path": parent.path / build["file"], "params": params, "only_on": pname, **own}
+        models[f"final-{pname}"] = {"path": parent.path / build["file"], "params": params, "only_on": pname, **own,
+                                    **({"htp": build["htp"]} if "htp" in build else {})}
         shipped[pname] = f"final-{pname}"
     failed: dict[str, dict] = {}
     fp32 = models.get("final-fp32") or (models["final"] if "final-int8" in models else None)
@@ -169,6 +190,10 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                 f"without it — {failed[name]['error'][:300]}[/]")
             del models[name]
             continue
+        if m.get("htp", {}).get("checked"):  # the NPU build as Qualcomm's HTP computes it (export), not as
+            acc, logits = _htp_scored(m, test, teacher_logits, acc)  # onnxruntime's CPU kernels run its graph
+        elif "only_on" in m:
+            acc["accuracy_by"] = "onnxruntime CPU kernels running the device build's QDQ graph (a simulation)"
         if name == "teacher-fp32":
             teacher_logits = logits
             acc["agreement"] = 1.0
@@ -181,7 +206,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
                          **({"built_for": m["only_on"]} if "only_on" in m else {}),
                          **({k: m[k] for k in ("baseline", "quantization", "not_shipped") if k in m})}
         log(f"profile: {name} accuracy {acc['accuracy']:.2%} on {acc['examples']} test examples"
-            + (" (onnxruntime CPU running the device's QDQ graph)" if "only_on" in m else "")
+            + (f" ({acc['accuracy_by']})" if "accuracy_by" in acc else "")
             + (f" (PTQ baseline: {m['baseline']})" if "baseline" in m else ""))
     results.update(failed)  # a baseline that could not be built: its error, nothing measured
 

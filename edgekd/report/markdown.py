@@ -144,7 +144,9 @@ def render_markdown(s: dict) -> str:
                 "threads, `natural_t1` = each test text at its own length, 1 thread. Measured cases: p50 is the "
                 "lowest median of several rounds (each a fresh process at another time: the machine when quiet), p90 "
                 "pools every run of every round. `final-<profile>` is the build made for that device (static "
-                "shapes, its quantization scheme); its accuracy is onnxruntime CPU running that device graph.", ""]
+                "shapes, its quantization scheme); its accuracy is what the device's own compiler computes where "
+                "edgekd can run it (Qualcomm's HTP under onnxruntime-qnn), else onnxruntime CPU running that device "
+                "graph (a simulation): see NPU builds below.", ""]
         if any(baseline_label(m) for m in systems.values()):
             out += ["PTQ baselines (not shipped): the final model's own FP32 export quantized after training by "
                     "onnxruntime's tools — `ptq-dynamic` with quantize_dynamic (int8 per-channel weights, activations "
@@ -175,6 +177,7 @@ def render_markdown(s: dict) -> str:
                     "this device the quantized graph does not reach fast integer kernels (or the model is too small "
                     "to benefit); " + ("the FP32 model ships (see INT8 on this host)." if shipped_fp32 else
                                        "ship FP32 there."), ""]
+    out += _npu_section(s.get("device_models") or {}, s.get("systems") or {})
     compat = s.get("compat")
     if compat:
         out += ["## Device compatibility of the shipped model", "",
@@ -257,6 +260,36 @@ def _int8_section(int8: dict | None) -> list[str]:
     top = list(k["float_ops"].items())[:8]
     if top:
         out += ["Float ops by share of time: " + ", ".join(f"{op} {_pct(v)}%" for op, v in top) + ".", ""]
+    return out
+
+
+def _npu_section(builds: dict, systems: dict) -> list[str]:
+    """Each NPU build as the vendor's compiler saw it: placement, rejected nodes, accuracy on the HTP."""
+    out = []
+    for prof, b in builds.items():
+        htp = b.get("htp")
+        if htp is None:
+            continue
+        out += [f"## NPU build for {prof}", ""]
+        if not htp.get("checked"):
+            m = systems.get(f"final-{prof}", {})
+            out += [f"Not checked by the vendor's compiler: {htp.get('reason', 'onnxruntime-qnn is not installed')}. "
+                    f"Accuracy {_pct(m.get('accuracy'))}% is a simulation.", ""]
+            continue
+        pl = htp["placement"]
+        where = (f"every node on the HTP ({pl['htp_nodes']} nodes, {pl['partitions']} partition"
+                 f"{'s' if pl['partitions'] != 1 else ''})" if not pl["cpu_nodes"] else
+                 f"**{pl['cpu_nodes']} nodes on the CPU** ({', '.join(f'{k} ×{v}' for k, v in pl['cpu_ops'].items())}), "
+                 f"{pl['htp_nodes']} on the HTP in {pl['partitions']} partitions; shipped with "
+                 f"export.npu_fallback: {htp.get('npu_fallback')}")
+        out += [f"Compiled by Qualcomm's compiler for HTP v{htp['htp_arch']} (SoC {htp['soc_model']}) and run under "
+                f"its emulation ({htp['by']}): {where}. On {htp['examples']} test examples the HTP scores "
+                f"{_pct(htp['accuracy'])}% (PyTorch {_pct(htp['pytorch_accuracy'])}%), argmax agreement with PyTorch "
+                f"{_pct(htp['argmax_agreement'])}%. Its latency is an estimate: an emulation's timing means nothing.",
+                ""]
+        if pl["rejected"]:
+            out += ["| node left to the CPU | op | QNN's reason |", "| --- | --- | --- |"]
+            out += [f"| {r['node']} | {r['op'] or '—'} | {r['reason']} |" for r in pl["rejected"]] + [""]
     return out
 
 

@@ -62,7 +62,9 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact], data: dict
         summary["model"] = "model.onnx"
         summary["export_validation"] = export["metrics"].get("validation")
         if export["metrics"].get("devices"):  # device builds ship as devices/<profile>/model.onnx
-            summary["device_models"] = {p: {"file": f"devices/{p}/model.onnx", **d}
+            builds = (export_artifact.manifest.get("devices") or {}) if export_artifact is not None else {}
+            summary["device_models"] = {p: {"file": f"devices/{p}/model.onnx", **d,
+                                            **({"htp": builds[p]["htp"]} if "htp" in builds.get(p, {}) else {})}
                                         for p, d in export["metrics"]["devices"].items()}
     return summary
 

@@ -1,0 +1,50 @@
+"""NPU builds checked by Qualcomm's own compiler: onnxruntime-qnn's HTP backend (x86 emulation). Where it is not
+installed these tests skip (CI installs it with edgekd[dev]); the CPU simulation's labelling is checked by
+test_pipeline_e2e.py either way."""
+from __future__ import annotations
+
+import contextlib
+import json
+
+import pytest
+import yaml
+
+from conftest import reuse_stages
+from edgekd.devices import qnn
+from edgekd.errors import NpuFallbackError
+from edgekd.pipeline import Pipeline
+from edgekd.recipe import validate_recipe
+
+pytestmark = pytest.mark.skipif(not qnn.available(), reason="onnxruntime-qnn (Qualcomm's HTP backend) is not "
+                                "installed: pip install edgekd[qnn] (Linux x86_64, Python >= 3.11)")
+
+
+@pytest.mark.slow
+def test_a_node_the_htp_rejects_is_refused_by_default_and_shipped_and_reported_when_allowed(text_run, tmp_path,
+                                                                                           monkeypatch):
+    import edgekd.export.vocab as vocab
+
+    root, _, _ = text_run
+    out = tmp_path / "out"
+    reuse_stages(root / "out", out, ("teacher", "distill", "prune"))
+    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+    recipe.update(output=str(out), profiles=["host-cpu", "hexagon-npu"])
+    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.9, teacher=False)
+    recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False, ptq_baselines=False)
+    # the vocabulary's int16 row map as the build had it before: the HTP rejects a Gather of int16 data
+    monkeypatch.setattr(vocab, "int32_row_map", lambda model: contextlib.nullcontext())
+    with pytest.raises(NpuFallbackError, match=r"leaves 1 of \d+ nodes of the hexagon-npu build to the CPU: "
+                                               r"\S*word_embeddings\S*Gather \(Gather: .*QNN error 3110"):
+        Pipeline(validate_recipe(recipe)).run()
+    assert {p.name.split("-")[1] for p in (out / "stages").iterdir()} == {"teacher", "distill", "prune", "qat"}
+
+    recipe["stages"][3]["export"]["npu_fallback"] = "allow"
+    Pipeline(validate_recipe(recipe)).run()  # the trained stages from the cache
+    m = json.loads((out / "manifest.json").read_text())
+    htp = m["device_models"]["hexagon-npu"]["htp"]
+    assert htp["npu_fallback"] == "allow" and htp["placement"]["cpu_ops"] == {"Gather": 1}
+    (rejected,) = htp["placement"]["rejected"]
+    assert rejected["op"] == "Gather" and "3110" in rejected["reason"]
+    assert htp["placement"]["partitions"] >= 1 and htp["examples"] == 60
+    report = (out / "report.md").read_text()
+    assert "**1 nodes on the CPU** (Gather ×1)" in report and "export.npu_fallback: allow" in report
