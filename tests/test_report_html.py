@@ -108,6 +108,20 @@ def test_missing_optional_keys_are_tolerated():
     assert "No candidate" in page and "No latency data" in page
 
 
+def test_npu_builds_show_where_the_vendors_compiler_placed_them_and_what_the_htp_computes():
+    htp = {"checked": True, "htp_arch": 75, "soc_model": 57, "by": "onnxruntime-qnn 2.7.0", "examples": 60,
+           "accuracy": 0.9, "pytorch_accuracy": 0.91, "argmax_agreement": 0.983, "npu_fallback": "allow",
+           "placement": {"htp_nodes": 160, "cpu_nodes": 1, "partitions": 2, "cpu_ops": {"Gather": 1},
+                         "rejected": [{"node": "/emb/Gather", "op": "Gather", "reason": "QNN error 3110"}]}}
+    s = summary()
+    s["device_models"] = {"hexagon-npu": {"file": "devices/hexagon-npu/model.onnx", "htp": htp},
+                          "other-npu": {"htp": {"checked": False, "reason": "onnxruntime-qnn is not installed"}}}
+    page = render_html([s], None, None, devices={})
+    assert "1 on the CPU</span>, 160 nodes in 2 HTP partition(s)" in page and "/emb/Gather (Gather: QNN error 3110)" in page
+    assert "90.00%" in page and "98.30%" in page and "onnxruntime-qnn is not installed" in page
+    assert "No NPU builds" in render_html([summary()], None, None, devices={})
+
+
 def _pngs(page: str) -> list[bytes]:
     return [base64.b64decode(m) for m in re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)]
 

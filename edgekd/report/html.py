@@ -220,6 +220,35 @@ def _compat_section(summaries, labels) -> str:
             + "".join(rows) + "</table>")
 
 
+def _npu_section(summaries, labels) -> str:
+    """Each NPU build as the vendor's compiler saw it (export, onnxruntime-qnn): placement and HTP accuracy."""
+    rows = []
+    for lab, s in zip(labels, summaries):
+        for prof, b in (s.get("device_models") or {}).items():
+            htp = b.get("htp") if isinstance(b, dict) else None
+            if not isinstance(htp, dict):
+                continue
+            if not htp.get("checked"):
+                rows.append(f'<tr><td class="l">{_e(lab)}</td><td class="l">{_e(prof)}</td><td class="l" colspan="5">'
+                            f'not checked by the vendor\'s compiler: {_e(htp.get("reason", ""))}</td></tr>')
+                continue
+            pl = htp["placement"]
+            cpu = ", ".join(f"{r['node']} ({r['op']}: {r['reason']})" for r in pl.get("rejected", [])) or "none"
+            where = ('<span class="ok">all on the HTP</span>' if not pl["cpu_nodes"] else
+                     f'<span class="bad">{pl["cpu_nodes"]} on the CPU</span>')
+            rows.append(f'<tr><td class="l">{_e(lab)}</td><td class="l">{_e(prof)} (HTP v{_e(htp["htp_arch"])})</td>'
+                        f'<td class="l">{where}, {pl["htp_nodes"]} nodes in {pl["partitions"]} HTP partition(s)</td>'
+                        f'<td class="l">{_e(cpu)}</td><td>{_n(100 * htp["accuracy"], "{:.2f}%")}</td>'
+                        f'<td>{_n(100 * htp["argmax_agreement"], "{:.2f}%")}</td><td>{htp["examples"]}</td></tr>')
+    if not rows:
+        return '<p class="note">No NPU builds in these runs.</p>'
+    return ("<p>Each NPU build compiled by Qualcomm's compiler for the profile's HTP and run on the test split under "
+            "its emulation (onnxruntime-qnn): the accuracy the HTP computes, not a simulation.</p>"
+            '<table><tr><th class="l">run</th><th class="l">profile</th><th class="l">placement</th>'
+            '<th class="l">nodes left to the CPU (QNN\'s reason)</th><th>HTP accuracy</th>'
+            "<th>agreement with PyTorch</th><th>examples</th></tr>" + "".join(rows) + "</table>")
+
+
 def _estimator_section(summaries, labels) -> str:
     parts = []
     for lab, s in zip(labels, summaries):
@@ -250,6 +279,7 @@ def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_
             "<h2>Per-operator breakdown</h2>", _op_section(summaries, labels),
             "<h2>Pruning steps</h2>", _prune_section(summaries, labels),
             "<h2>Compatibility per profile</h2>", _compat_section(summaries, labels),
+            "<h2>NPU builds on the vendor's compiler</h2>", _npu_section(summaries, labels),
             "<h2>Latency estimator error</h2>", _estimator_section(summaries, labels),
             f'<p class="note">edgekd {_e(__version__)}. Every number marked <em>estimated</em> is computed, '
             "not measured.</p>"]
