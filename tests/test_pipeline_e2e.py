@@ -182,6 +182,10 @@ def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_a
         assert npu["accuracy_by"].startswith("onnxruntime-qnn") and npu["accuracy"] == htp["accuracy"]
         assert npu["simulated"]["examples"] == 60 and npu["htp_placement"]["cpu_nodes"] == 0
         assert "Compiled by Qualcomm's compiler for HTP v75" in (out / "report.md").read_text()
+        # the deployable artifact: the EPContext model and its context binary, loaded back with the same outputs
+        context = htp["context"]
+        assert context["same_outputs"] and context["checked_examples"] == 8 and context["binaries"]
+        assert (out / "devices" / "hexagon-npu" / "model_ctx.onnx").is_file()
     else:  # without it, the CPU simulation stays, labelled so
         assert htp["checked"] is False and "simulation" in npu["accuracy_by"]
     used = {s["stage"]: out / s["path"] / "manifest.json" for s in m["stages"]}  # this run's, not the copied ones

@@ -48,3 +48,35 @@ def test_a_node_the_htp_rejects_is_refused_by_default_and_shipped_and_reported_w
     assert htp["placement"]["partitions"] >= 1 and htp["examples"] == 60
     report = (out / "report.md").read_text()
     assert "**1 nodes on the CPU** (Gather ×1)" in report and "export.npu_fallback: allow" in report
+
+
+@pytest.mark.slow
+def test_edgekd_export_for_the_npu_writes_the_context_binary_that_loads_back_with_the_same_outputs(text_run, tmp_path):
+    import numpy as np
+
+    from conftest import edgekd_cli
+    from edgekd.devices.profiles import load_profile
+    from edgekd.devices.runtime import static_onnx_logits, static_shapes
+
+    root, _, _ = text_run
+    (qat,) = (root / "out" / "stages").glob("*-qat-*")
+    out = tmp_path / "npu"
+    proc = edgekd_cli("export", qat, "--profile", "hexagon-npu", "--out", out, "--min-agreement", "0.9")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    htp = json.loads((out / "manifest.json").read_text())["htp"]
+    assert htp["placement"]["cpu_nodes"] == 0 and htp["context"]["same_outputs"]
+    binary = out / htp["context"]["binaries"][0]
+    assert binary.stat().st_size > 10_000 and (out / "model_ctx.onnx").stat().st_size < 10_000  # the graph is in the binary
+    # a fresh process loads it as an app would: no compiling, the HTP's own outputs
+    session = qnn.load_context_model(out / "model_ctx.onnx", load_profile("hexagon-npu"))
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from edgekd.data.batching import encode
+    from edgekd.data.loading import Split
+
+    texts = ["a lovely film", "boring and flat"]
+    enc = encode(Split("t", np.zeros(2, dtype=np.int64), texts=texts), AutoTokenizer.from_pretrained(str(out)), 32)
+    got = static_onnx_logits(session, enc, static_shapes(session), "context")
+    assert got.shape == (2, 2) and np.isfinite(got).all()
+    assert load_file(str(out / htp["logits"]))["logits"].shape[1] == 2

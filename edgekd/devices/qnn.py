@@ -97,6 +97,7 @@ def htp_session(path: Path, profile, *, context: Path | None = None, embed: bool
     so.log_severity_level = 0  # QNN's reasons for rejected nodes are verbose-level lines
     so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
     if context is not None:
+        context.parent.mkdir(parents=True, exist_ok=True)
         so.add_session_config_entry("ep.context_enable", "1")
         so.add_session_config_entry("ep.context_file_path", str(context))
         so.add_session_config_entry("ep.context_embed_mode", "1" if embed else "0")
@@ -106,7 +107,24 @@ def htp_session(path: Path, profile, *, context: Path | None = None, embed: bool
         with _stderr_to(log):
             session = ort.InferenceSession(str(path), so)
         text = log.read_text(encoding="utf-8", errors="replace")
-    return session, _placement(session, text)
+    return QuietSession(session), _placement(session, text)
+
+
+class QuietSession:
+    """A session whose runs log warnings only (its creation was verbose, for the placement)."""
+
+    def __init__(self, session):
+        import onnxruntime as ort
+
+        self._session = session
+        self._options = ort.RunOptions()
+        self._options.log_severity_level = 3
+
+    def run(self, outputs, feeds):
+        return self._session.run(outputs, feeds, self._options)
+
+    def __getattr__(self, name):
+        return getattr(self._session, name)
 
 
 def load_context_model(path: Path, profile):

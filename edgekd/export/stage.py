@@ -21,6 +21,8 @@ import tempfile
 from functools import partial
 from typing import Callable
 
+import numpy as np
+
 from ..artifact import read_preprocessing
 from ..configs import ExportConfig
 from ..data.batching import Encoded
@@ -68,6 +70,8 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                           float_twin=twin)
     if vocabulary:
         extra["vocabulary"] = vocabulary
+    if primary is not None and primary.execution_provider == "QNNExecutionProvider":  # `edgekd export --profile`
+        extra["htp"] = on_htp(model, out, primary, cfg, encoded("test"), primary.name)
     if quantized and primary is not None and primary.measured and primary.quantization.scope != "full":
         extra["int8"] = _int8_on_host(model, parent, cfg, ctx, out, val_data, extra)
     validation = extra.pop("validation")
@@ -200,13 +204,13 @@ def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name:
         return {"checked": False, "reason": "onnxruntime-qnn is not installed (pip install edgekd[qnn]): the build's "
                 "placement is edgekd's reading of the profile's operator list and its accuracy onnxruntime's CPU "
                 "kernels running the QDQ graph, a simulation"}
-    import numpy as np
     from safetensors.numpy import save_file
 
     from ..devices.runtime import fit_to_static, static_onnx_logits, static_shapes
     from ..train.predict import accuracy, predict_logits
 
-    session, placement = qnn.htp_session(folder / "model.onnx", profile)
+    # the deployable artifact too: the EPContext model and the context binary QNN prepared for this HTP
+    session, placement = qnn.htp_session(folder / "model.onnx", profile, context=folder / CONTEXT_MODEL)
     fallback = cfg.npu_fallback or ("refuse" if profile.full_offload else "allow")
     if placement["cpu_nodes"] and fallback == "refuse":
         ops = ", ".join(f"{r['node']} ({r['op']}: {r['reason']})" for r in placement["rejected"][:8])
@@ -223,12 +227,13 @@ def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name:
     htp = static_onnx_logits(session, data, static, f"export: {name} on the HTP (emulated)")
     reference = predict_logits(model, data, desc=f"export: {name} PyTorch reference")
     save_file({"logits": htp}, str(folder / HTP_LOGITS))
+    context = _context_round_trip(folder, profile, data, static, htp)
     facts = {"checked": True, "by": f"onnxruntime-qnn {qnn.version()}, HTP backend emulated on x86",
              "htp_arch": profile.htp_arch, "soc_model": profile.soc_model, "npu_fallback": fallback,
              "placement": placement, "examples": len(data), "accuracy": accuracy(htp, data.labels),
              "pytorch_accuracy": accuracy(reference, data.labels),
              "argmax_agreement": float((htp.argmax(-1) == reference.argmax(-1)).mean()),
-             "max_abs_logit_diff": float(np.abs(htp - reference).max()), "logits": HTP_LOGITS}
+             "max_abs_logit_diff": float(np.abs(htp - reference).max()), "logits": HTP_LOGITS, "context": context}
     where = (f"all {placement['htp_nodes']} nodes on the HTP" if not placement["cpu_nodes"] else
              f"{placement['cpu_nodes']} nodes on the CPU ({', '.join(placement['cpu_ops'])}), "
              f"{placement['htp_nodes']} on the HTP in {placement['partitions']} partitions")
@@ -240,6 +245,25 @@ def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name:
 
 # The NPU build's test-split logits as the HTP computes them, beside the build
 HTP_LOGITS = "htp-test-logits.safetensors"
+# The EPContext model (its context binary beside it): what a Snapdragon app loads without compiling on the phone
+CONTEXT_MODEL = "model_ctx.onnx"
+CONTEXT_CHECK_EXAMPLES = 8
+
+
+def _context_round_trip(folder: Path, profile, data: Encoded, static: dict, htp) -> dict:
+    """The EPContext model loaded back with the QNN provider: it must give the HTP's own outputs."""
+    from ..devices import qnn
+    from ..devices.runtime import static_onnx_logits
+
+    n = min(CONTEXT_CHECK_EXAMPLES, len(data))
+    head = Encoded(data.labels[:n], ids=None if data.ids is None else data.ids[:n],
+                   images=None if data.images is None else data.images[:n], pad_id=data.pad_id)
+    loaded = static_onnx_logits(qnn.load_context_model(folder / CONTEXT_MODEL, profile), head, static,
+                                "export: the context binary loaded back")
+    binaries = sorted(p.name for p in folder.glob("*.bin"))
+    return {"model": CONTEXT_MODEL, "binaries": binaries,
+            "size_mb": sum((folder / b).stat().st_size for b in binaries) / 1e6,
+            "checked_examples": n, "same_outputs": bool(np.array_equal(loaded, htp[:n]))}
 
 
 def _htp_summary(htp: dict) -> dict:
@@ -305,8 +329,6 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Call
     smaller pieces).
     """
     import json
-
-    import numpy as np
 
     from ..devices.profiles import load_profile
     from ..train.predict import predict_logits

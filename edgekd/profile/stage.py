@@ -155,7 +155,8 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     own = export_encoding(parent)  # the export's trimmed vocabulary, which every model but the teacher takes
     if cfg.compare_fp32 and (parent.path / "model-fp32.onnx").is_file():
         models["final-fp32"] = {"path": parent.path / "model-fp32.onnx", "params": params, **own}
-    models["final"] = {"path": parent.path / "model.onnx", "params": params, **own}
+    models["final"] = {"path": parent.path / "model.onnx", "params": params, **own,
+                       **({"htp": parent.manifest["htp"]} if "htp" in parent.manifest else {})}
     if (parent.path / "model-int8.onnx").is_file():  # INT8 did not pay on the host: FP32 ships, INT8 is shown
         models["final-int8"] = {"path": parent.path / "model-int8.onnx", "params": params, **own,
                                 "not_shipped": "INT8 did not pay on the host (see the export's int8 entry)"}

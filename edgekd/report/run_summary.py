@@ -104,6 +104,10 @@ def write_run_outputs(run_dir: Path, recipe, artifacts: list[Artifact], data: di
         for build in (export.manifest.get("devices") or {}).values():
             (run_dir / build["file"]).parent.mkdir(parents=True, exist_ok=True)
             _copy_atomic(export.path / build["file"], run_dir / build["file"])
+            context = (build.get("htp") or {}).get("context")
+            for name in ([context["model"], *context["binaries"]] if context else []):  # what an app loads
+                folder = Path(build["file"]).parent
+                _copy_atomic(export.path / folder / name, run_dir / folder / name)
     write_json_atomic(run_dir / "manifest.json", summary)
     _write_text_atomic(run_dir / "report.md", render_markdown(summary))
     return summary
