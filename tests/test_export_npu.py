@@ -164,7 +164,7 @@ def test_export_stage_uses_the_device_path_and_records_compatibility(tmp_path, m
 
     model = qat_bert()
     monkeypatch.setattr(stage, "load_model_from_artifact", lambda parent: model)
-    splits = {"train": encoded(64, 1), "dev": encoded(60, 2)}
+    splits = {"train": encoded(64, 1), "dev": encoded(60, 2), "test": encoded(20, 3)}
     ctx = SimpleNamespace(recipe=SimpleNamespace(profiles=["hexagon-npu"]), task="text-classification", teacher=None,
                           data=SimpleNamespace(preprocess={}), encoded=lambda split, n=None: splits[split])
     parent = SimpleNamespace(spec={"quant": {"scheme": {}}}, id="qat-1", path=tmp_path / "parent")
@@ -176,3 +176,9 @@ def test_export_stage_uses_the_device_path_and_records_compatibility(tmp_path, m
     assert extra["compat"]["fallback_nodes_share"] == 0.0 and extra["compat"]["unsupported_ops"] == []
     assert extra["onnx"]["static_shapes"] and extra["onnx_fp32"]["file"] == "model-fp32.onnx"
     assert validation["failures"] == [] and validation["argmax_agreement"] >= 0.9
+    from edgekd.devices import qnn
+
+    # a primary QNN profile's build goes through Qualcomm's compiler too (what `edgekd export --profile` makes)
+    assert extra["htp"]["checked"] == qnn.available()
+    if qnn.available():
+        assert extra["htp"]["examples"] == 20 and extra["htp"]["context"]["same_outputs"]
