@@ -80,3 +80,30 @@ def test_edgekd_export_for_the_npu_writes_the_context_binary_that_loads_back_wit
     got = static_onnx_logits(session, enc, static_shapes(session), "context")
     assert got.shape == (2, 2) and np.isfinite(got).all()
     assert load_file(str(out / htp["logits"]))["logits"].shape[1] == 2
+
+
+@pytest.mark.slow
+def test_a_w8a16_build_has_16_bit_activations_runs_wholly_on_the_htp_and_agrees_with_pytorch(text_run, tmp_path):
+    import onnx
+
+    from conftest import edgekd_cli
+    from edgekd.devices.compat import check_compatibility
+    from edgekd.devices.profiles import load_profile
+
+    root, _, _ = text_run
+    (qat,) = (root / "out" / "stages").glob("*-qat-*")
+    out = tmp_path / "w8a16"
+    proc = edgekd_cli("export", qat, "--profile", "hexagon-npu-w8a16", "--out", out, "--min-agreement", "0.95")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    graph = onnx.load(str(out / "model.onnx")).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer}
+    activation_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in zero_points]
+    assert activation_q and all(zero_points[n.input[2]] == onnx.TensorProto.UINT16 for n in activation_q)
+    assert check_compatibility(out / "model.onnx", load_profile("hexagon-npu-w8a16"))["quantization_violations"] == []
+    matmul_weights = {n.input[1] for n in graph.node if n.op_type == "MatMul"}  # through their DQ: still 8-bit
+    weight_dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in matmul_weights
+                 and n.input[0] in zero_points]
+    assert weight_dq and all(zero_points[n.input[0]] == onnx.TensorProto.UINT8 for n in weight_dq)
+    htp = json.loads((out / "manifest.json").read_text())["htp"]
+    assert htp["placement"]["cpu_nodes"] == 0 and htp["placement"]["partitions"] == 1
+    assert htp["argmax_agreement"] >= 0.98 and htp["context"]["same_outputs"]

@@ -60,7 +60,10 @@ def _quantization_violations(graph: onnx.GraphProto, profile: DeviceProfile, inf
             dtype = _quant_dtype(q_tensor, info)
             if dtype == "int32":
                 continue  # Conv/Gemm biases are int32 by convention, on every device
-            if dtype != scheme.weight_dtype:
+            # w8a16: Qualcomm's tooling quantizes a constant that enters an op as an activation (a bias Add, an
+            # attention scale, an embedding table read by Gather) at the activation type; matrix weights stay 8-bit
+            allowed = {scheme.weight_dtype} | ({scheme.activation_dtype} if scheme.activation_dtype == "uint16" else set())
+            if dtype not in allowed:
                 out.append({"kind": "weight_dtype", "node": n.name, "op": n.op_type,
                             "detail": f"weight {q_tensor!r} is {dtype}; {profile.name} wants {scheme.weight_dtype}"})
             scale = info.get(n.input[1], (0, None))[1]

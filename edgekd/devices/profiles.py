@@ -31,7 +31,8 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 class QuantScheme(Strict):
     """The INT8 layout a device runs fast (and accurately)."""
 
-    activation_dtype: Literal["uint8", "int8"]
+    # uint16: 16-bit activations with 8-bit weights (w8a16), Qualcomm's recommended scheme for transformers on the HTP
+    activation_dtype: Literal["uint8", "int8", "uint16"]
     # int8: symmetric signed weights (x86/ARM CPU kernels); uint8: what the device's own tooling
     # emits (e.g. onnxruntime's QNN config defaults to uint8 weights for the Hexagon NPU).
     weight_dtype: Literal["int8", "uint8"] = "int8"

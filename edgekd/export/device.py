@@ -196,7 +196,7 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
             return next(self._it, None)
 
     scheme = profile.quantization
-    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}
     per_channel = scheme.weight_granularity == "per-channel"
     with quiet_ort():
         config = get_qnn_qdq_config(str(src), FeedReader(), activation_type=qtype[scheme.activation_dtype],
