@@ -107,24 +107,15 @@ def htp_session(path: Path, profile, *, context: Path | None = None, embed: bool
         with _stderr_to(log):
             session = ort.InferenceSession(str(path), so)
         text = log.read_text(encoding="utf-8", errors="replace")
-    return QuietSession(session), _placement(session, text)
+    return session, _placement(session, text)
 
 
-class QuietSession:
-    """A session whose runs log warnings only (its creation was verbose, for the placement)."""
-
-    def __init__(self, session):
-        import onnxruntime as ort
-
-        self._session = session
-        self._options = ort.RunOptions()
-        self._options.log_severity_level = 3
-
-    def run(self, outputs, feeds):
-        return self._session.run(outputs, feeds, self._options)
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
+@contextmanager
+def silenced():
+    """Inside: onnxruntime's stderr goes nowhere. For runs of a session created at verbose level (for the
+    placement), whose every run logs each QNN graph execution."""
+    with tempfile.TemporaryDirectory(prefix="edgekd-qnn-") as tmp, _stderr_to(Path(tmp) / "run.log"):
+        yield
 
 
 def load_context_model(path: Path, profile):

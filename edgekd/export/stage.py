@@ -224,10 +224,13 @@ def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name:
     n = cfg.htp_examples or len(test)
     data = fit_to_static(Encoded(test.labels[:n], ids=None if test.ids is None else test.ids[:n],
                                  images=None if test.images is None else test.images[:n], pad_id=test.pad_id), static)
-    htp = static_onnx_logits(session, data, static, f"export: {name} on the HTP (emulated)")
+    # the test split runs on the context binary (what an app loads; a quiet session), checked below against the
+    # session that compiled it
+    deployed = qnn.load_context_model(folder / CONTEXT_MODEL, profile)
+    htp = static_onnx_logits(deployed, data, static, f"export: {name} on the HTP (emulated)")
     reference = predict_logits(model, data, desc=f"export: {name} PyTorch reference")
     save_file({"logits": htp}, str(folder / HTP_LOGITS))
-    context = _context_round_trip(folder, profile, data, static, htp)
+    context = _context_round_trip(session, folder, data, static, htp)
     facts = {"checked": True, "by": f"onnxruntime-qnn {qnn.version()}, HTP backend emulated on x86",
              "htp_arch": profile.htp_arch, "soc_model": profile.soc_model, "npu_fallback": fallback,
              "placement": placement, "examples": len(data), "accuracy": accuracy(htp, data.labels),
@@ -250,16 +253,17 @@ CONTEXT_MODEL = "model_ctx.onnx"
 CONTEXT_CHECK_EXAMPLES = 8
 
 
-def _context_round_trip(folder: Path, profile, data: Encoded, static: dict, htp) -> dict:
-    """The EPContext model loaded back with the QNN provider: it must give the HTP's own outputs."""
+def _context_round_trip(compiled, folder: Path, data: Encoded, static: dict, htp) -> dict:
+    """The EPContext model loaded back with the QNN provider (`htp`: its outputs) against the session that compiled
+    the graph: the same outputs."""
     from ..devices import qnn
     from ..devices.runtime import static_onnx_logits
 
     n = min(CONTEXT_CHECK_EXAMPLES, len(data))
     head = Encoded(data.labels[:n], ids=None if data.ids is None else data.ids[:n],
                    images=None if data.images is None else data.images[:n], pad_id=data.pad_id)
-    loaded = static_onnx_logits(qnn.load_context_model(folder / CONTEXT_MODEL, profile), head, static,
-                                "export: the context binary loaded back")
+    with qnn.silenced():
+        loaded = static_onnx_logits(compiled, head, static, "export: the compiling session")
     binaries = sorted(p.name for p in folder.glob("*.bin"))
     return {"model": CONTEXT_MODEL, "binaries": binaries,
             "size_mb": sum((folder / b).stat().st_size for b in binaries) / 1e6,
