@@ -73,7 +73,10 @@ def _quantization_violations(graph: onnx.GraphProto, profile: DeviceProfile, inf
         elif q_tensor not in seen:
             seen.add(q_tensor)
             dtype = _quant_dtype(q_tensor, info)
-            if dtype != scheme.activation_dtype:
+            # w8a16: rows gathered from an 8-bit table stay 8-bit until a convert to 16 bits after the lookup
+            gathered = (scheme.activation_dtype == "uint16" and dtype == scheme.weight_dtype
+                        and n.op_type == "QuantizeLinear" and getattr(producer.get(n.input[0]), "op_type", "") == "Gather")
+            if dtype != scheme.activation_dtype and not gathered:
                 out.append({"kind": "activation_dtype", "node": n.name, "op": n.op_type,
                             "detail": f"activation {q_tensor!r} is {dtype}; {profile.name} wants {scheme.activation_dtype}"})
     if scheme.scope == "full":

@@ -198,6 +198,13 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
     scheme = profile.quantization
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}
     per_channel = scheme.weight_granularity == "per-channel"
+    if scheme.activation_dtype == "uint16":
+        # onnxruntime's QNN config quantizes a table read by Gather as an activation: 16-bit tables would double
+        # the embeddings' bytes; they stay at the weight type (a convert follows where the graph needs 16 bits)
+        graph = onnx.load(str(src), load_external_data=False).graph
+        tables = {i.name for i in graph.initializer} & {n.input[0] for n in graph.node if n.op_type == "Gather"}
+        overrides = {**overrides, **{t: [{**(overrides.get(t) or [{}])[0], "quant_type": qtype[scheme.weight_dtype]}]
+                                     for t in tables}}
     with quiet_ort():
         config = get_qnn_qdq_config(str(src), FeedReader(), activation_type=qtype[scheme.activation_dtype],
                                     weight_type=qtype[scheme.weight_dtype], per_channel=per_channel,
