@@ -50,19 +50,24 @@ def test_a_node_the_htp_rejects_is_refused_by_default_and_shipped_and_reported_w
     assert "**1 nodes on the CPU** (Gather ×1)" in report and "export.npu_fallback: allow" in report
 
 
+def _export_qat(text_run, out, profile: str, min_agreement: float):
+    """`edgekd export` of the session text run's QAT artifact for `profile`, into `out`."""
+    from conftest import edgekd_cli
+
+    (qat,) = (text_run[0] / "out" / "stages").glob("*-qat-*")
+    proc = edgekd_cli("export", qat, "--profile", profile, "--out", out, "--min-agreement", str(min_agreement))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
 @pytest.mark.slow
 def test_edgekd_export_for_the_npu_writes_the_context_binary_that_loads_back_with_the_same_outputs(text_run, tmp_path):
     import numpy as np
 
-    from conftest import edgekd_cli
     from edgekd.devices.profiles import load_profile
     from edgekd.devices.runtime import static_onnx_logits, static_shapes
 
-    root, _, _ = text_run
-    (qat,) = (root / "out" / "stages").glob("*-qat-*")
-    out = tmp_path / "npu"
-    proc = edgekd_cli("export", qat, "--profile", "hexagon-npu", "--out", out, "--min-agreement", "0.9")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _export_qat(text_run, tmp_path / "npu", "hexagon-npu", 0.9)
     htp = json.loads((out / "manifest.json").read_text())["htp"]
     assert htp["placement"]["cpu_nodes"] == 0 and htp["context"]["same_outputs"]
     binary = out / htp["context"]["binaries"][0]
@@ -86,15 +91,10 @@ def test_edgekd_export_for_the_npu_writes_the_context_binary_that_loads_back_wit
 def test_a_w8a16_build_has_16_bit_activations_runs_wholly_on_the_htp_and_agrees_with_pytorch(text_run, tmp_path):
     import onnx
 
-    from conftest import edgekd_cli
     from edgekd.devices.compat import check_compatibility
     from edgekd.devices.profiles import load_profile
 
-    root, _, _ = text_run
-    (qat,) = (root / "out" / "stages").glob("*-qat-*")
-    out = tmp_path / "w8a16"
-    proc = edgekd_cli("export", qat, "--profile", "hexagon-npu-w8a16", "--out", out, "--min-agreement", "0.95")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = _export_qat(text_run, tmp_path / "w8a16", "hexagon-npu-w8a16", 0.95)
     graph = onnx.load(str(out / "model.onnx")).graph
     zero_points = {i.name: i.data_type for i in graph.initializer}
     activation_q = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in zero_points]

@@ -27,6 +27,12 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def head(self, n: int | None) -> "Encoded":
+        """The first `n` examples (all when None)."""
+        return Encoded(self.labels[:n], ids=None if self.ids is None else self.ids[:n],
+                       images=None if self.images is None else self.images[:n], pad_id=self.pad_id,
+                       truncated=self.truncated)
+
     @property
     def lengths(self) -> np.ndarray | None:
         """Tokens per text (None for images)."""

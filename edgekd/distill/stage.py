@@ -8,6 +8,7 @@ from ..errors import EdgekdError
 from ..models.spec import make_spec, save_weights
 from ..artifact import TOKENIZER_FILES
 from ..models.students import build_pretrained_student, build_student
+from ..models.families import family_gaps
 from ..models.support import kd_refusals
 from ..progress import log
 from ..train.context import Context
@@ -46,7 +47,7 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     n_t = sum(p.numel() for p in teacher.parameters())
     n_s = sum(p.numel() for p in student.parameters())
     log(f"distill: student {student_cfg.kind} with {n_s / 1e6:.2f}M parameters (teacher {n_t / 1e6:.2f}M)")
-    if base.get("family") == "hf" and (refused := kd_refusals(student, cfg, "distill")):
+    if base.get("family") == "hf" and (refused := kd_refusals(family_gaps(student), cfg, "distill")):
         raise EdgekdError(" ".join(refused))
     init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
     metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {}),

@@ -40,6 +40,11 @@ from .validate import validate_export
 DEFAULT_OPSET = 17
 # Examples (from the train split) that calibrate the activation ranges of a full-INT8 device export.
 CALIBRATION_EXAMPLES = 64
+# The NPU build's test-split logits as the HTP computes them, beside the build
+HTP_LOGITS = "htp-test-logits.safetensors"
+# The EPContext model (its context binary beside it): what a Snapdragon app loads without compiling on the phone
+CONTEXT_MODEL = "model_ctx.onnx"
+CONTEXT_CHECK_EXAMPLES = 8
 
 
 def device_builds(cfg: ExportConfig, profiles: list[str]) -> list[str]:
@@ -221,9 +226,7 @@ def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name:
             "export.npu_fallback: allow to ship it with those nodes on the CPU (the report says so), or change the "
             "model so that the HTP takes them.")
     static = static_shapes(session)
-    n = cfg.htp_examples or len(test)
-    data = fit_to_static(Encoded(test.labels[:n], ids=None if test.ids is None else test.ids[:n],
-                                 images=None if test.images is None else test.images[:n], pad_id=test.pad_id), static)
+    data = fit_to_static(test.head(cfg.htp_examples), static)
     # the test split runs on the context binary (what an app loads; a quiet session), checked below against the
     # session that compiled it
     deployed = qnn.load_context_model(folder / CONTEXT_MODEL, profile)
@@ -246,22 +249,14 @@ def on_htp(model, folder: Path, profile, cfg: ExportConfig, test: Encoded, name:
     return facts
 
 
-# The NPU build's test-split logits as the HTP computes them, beside the build
-HTP_LOGITS = "htp-test-logits.safetensors"
-# The EPContext model (its context binary beside it): what a Snapdragon app loads without compiling on the phone
-CONTEXT_MODEL = "model_ctx.onnx"
-CONTEXT_CHECK_EXAMPLES = 8
-
-
 def _context_round_trip(compiled, folder: Path, data: Encoded, static: dict, htp) -> dict:
     """The EPContext model loaded back with the QNN provider (`htp`: its outputs) against the session that compiled
     the graph: the same outputs."""
     from ..devices import qnn
     from ..devices.runtime import static_onnx_logits
 
-    n = min(CONTEXT_CHECK_EXAMPLES, len(data))
-    head = Encoded(data.labels[:n], ids=None if data.ids is None else data.ids[:n],
-                   images=None if data.images is None else data.images[:n], pad_id=data.pad_id)
+    head = data.head(CONTEXT_CHECK_EXAMPLES)
+    n = len(head)
     with qnn.silenced():
         loaded = static_onnx_logits(compiled, head, static, "export: the compiling session")
     binaries = sorted(p.name for p in folder.glob("*.bin"))

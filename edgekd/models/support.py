@@ -11,8 +11,8 @@ from ..configs import KDConfig, PruneConfig
 from .families import family_gaps
 
 
-def prune_refusals(model: nn.Module, cfg: PruneConfig, key: str = "prune") -> list[str]:
-    gaps = family_gaps(model)
+def prune_refusals(gaps: dict[str, str], cfg: PruneConfig, key: str = "prune") -> list[str]:
+    """What `cfg` asks that a model with these family_gaps cannot give."""
     out = []
     if "heads" in gaps and cfg.head_ratio != 0:
         out.append(f"{key}.head_ratio: {gaps['heads']}, so no head can be pruned; set {key}.head_ratio: 0 to prune "
@@ -26,10 +26,9 @@ def prune_refusals(model: nn.Module, cfg: PruneConfig, key: str = "prune") -> li
     return out
 
 
-def kd_refusals(model: nn.Module, cfg: KDConfig | None, key: str) -> list[str]:
+def kd_refusals(gaps: dict[str, str], cfg: KDConfig | None, key: str) -> list[str]:
     if cfg is None or not cfg.relation_weight:
         return []
-    gaps = family_gaps(model)
     return [f"{key}.relation_weight: {gaps['relation']}; set {key}.relation_weight: 0 (logit and hidden-state terms "
             "still work)."] if "relation" in gaps else []
 
@@ -38,19 +37,19 @@ def recipe_refusals(recipe, model: nn.Module) -> list[str]:
     """Every refusal for a recipe whose student is `model`'s family (the teacher's layers or sliced config, or the
     pretrained student)."""
     out = []
+    gaps = family_gaps(model)
     student = recipe.student
-    if student is not None and "layers" in family_gaps(model):
+    if student is not None and "layers" in gaps:
         if student.kind == "layers":
-            out.append(f"student.kind: layers: {family_gaps(model)['layers']}; use student.kind: config, cnn or "
-                       "bilstm.")
+            out.append(f"student.kind: layers: {gaps['layers']}; use student.kind: config, cnn or bilstm.")
         elif student.kind == "pretrained" and student.layers:
-            out.append(f"student.layers: {family_gaps(model)['layers']}; remove student.layers to keep them all.")
+            out.append(f"student.layers: {gaps['layers']}; remove student.layers to keep them all.")
     for i, entry in enumerate(recipe.stages):
         cfg, key = entry.config, f"stages.{i}.{entry.name}"
         if isinstance(cfg, PruneConfig):
-            out += prune_refusals(model, cfg, key) + kd_refusals(model, cfg.recovery, f"{key}.recovery")
+            out += prune_refusals(gaps, cfg, key) + kd_refusals(gaps, cfg.recovery, f"{key}.recovery")
         elif isinstance(cfg, KDConfig):
-            out += kd_refusals(model, cfg, key)
+            out += kd_refusals(gaps, cfg, key)
     return out
 
 

@@ -29,6 +29,7 @@ from ..train.distiller import distill_fit, evaluate, needs_live_teacher
 from ..train.losses import logit_kd_loss
 from .costs import Probe, make_budget, step_figures
 from .layers import base_with_depth, drop_layers
+from ..models.families import family_gaps
 from ..models.support import prune_refusals
 from .structured import below_minimum, hidden_keep, non_embedding_params, prune_hidden, prune_structured
 
@@ -60,7 +61,7 @@ def run_prune(cfg: PruneConfig, parent, ctx: Context, out: Path, key: str) -> di
                      "non_embedding_params_before": non_embedding_params(model), "width_multiple": round_to}
     if family != "hf" and cfg.transformer_only():
         raise EdgekdError(f"{cfg.transformer_only()[0]}; this {family} model has none: set it to 0.")
-    if family == "hf" and (refused := prune_refusals(model, cfg)):
+    if family == "hf" and (refused := prune_refusals(family_gaps(model), cfg)):
         raise EdgekdError(" ".join(refused))
     if cfg.budget is None:
         if cfg.drop_layers:

@@ -44,8 +44,8 @@ def _transformer_roots(model: nn.Module) -> tuple[dict, list[nn.Module]]:
 
 def _shared_bias_queries(model: nn.Module) -> dict[nn.Module, torch.Tensor]:
     """The query weights of attention modules with a shared head bias, before pruning (to tell which heads stayed)."""
-    return {m: attention_projections(m)[0][0].weight.detach().clone() for m in model.modules()
-            if has_shared_head_bias(m) and attention_projections(m)}
+    return {m: found[0][0].weight.detach().clone() for m in model.modules()
+            if has_shared_head_bias(m) and (found := attention_projections(m))}
 
 
 def _keep_shared_bias_heads(model: nn.Module, before: dict[nn.Module, torch.Tensor]) -> None:
