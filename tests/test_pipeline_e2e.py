@@ -171,6 +171,10 @@ def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_a
     assert npu["built_for"] == "hexagon-npu" and 0 < npu["accuracy"] <= 1
     assert list(npu["latency_ms"]) == ["hexagon-npu"]  # a device build runs on its device only
     assert all(x["estimated"] for x in npu["latency_ms"]["hexagon-npu"].values())
+    # with the NPU profile's own error against Qualcomm's published timings, not the host estimator's
+    trust = m["estimators"]["hexagon-npu"]
+    assert trust["anchored"] and "bert-base at seq 384 on Samsung Galaxy S24" in trust["anchor"]
+    assert {x["estimator_error"] for x in npu["latency_ms"]["hexagon-npu"].values()} == {trust["estimator_error"]}
     assert list(npu["latency_ms"]["hexagon-npu"]) == ["seq128_t1"]  # estimated at its fixed length
     assert "hexagon-npu" not in m["systems"]["final"]["latency_ms"]  # the CPU model does not ship there
     assert m["device_models"]["hexagon-npu"]["file"] == "devices/hexagon-npu/model.onnx"

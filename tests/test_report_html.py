@@ -29,12 +29,14 @@ def _system(acc, size, lat):
     return {"accuracy": acc, "agreement": 0.99, "size_mb": size, "params": int(size * 250_000), "latency_ms": lat}
 
 
-def summary(name="quick", estimated_pi=True, compat=None, op_breakdown=True):
-    """teacher (big, accurate, slow), final-fp32 and final (small); host measured, a Pi estimated."""
+def summary(name="quick", estimated_pi=True, compat=None, op_breakdown=True, anchored=True):
+    """teacher (big, accurate, slow), final-fp32 and final (small); host measured, a Pi estimated (anchored to a
+    published measurement with ±12%, or unanchored)."""
     def lat(host_ms, pi_ms):
         out = {"host-cpu": {"t1": _measured(host_ms), "t2": _measured(host_ms * 0.6)}}
         if estimated_pi:
-            out["rpi4"] = {"t1": {"p50": pi_ms, "estimated": True, "estimator_error": 0.12}}
+            out["rpi4"] = {"t1": {"p50": pi_ms, "estimated": True, "estimator_error": 0.12 if anchored else None,
+                                  "anchored": anchored}}
         return out
     s = {"name": name, "task": "image-classification", "edgekd_version": "test",
          "systems": {"teacher-fp32": _system(0.97, 0.45, lat(2.0, 30.0)),
@@ -44,7 +46,9 @@ def summary(name="quick", estimated_pi=True, compat=None, op_breakdown=True):
         s["compat"] = compat
     if op_breakdown:
         s["op_breakdown"] = {"ConvInteger": 0.05, "MatMulInteger": 0.03, "DequantizeLinear": 0.01, "Relu": 0.004}
-        s["estimator"] = {"max_abs_rel_error": 0.12, "checked_on": "host-cpu"}
+        s["estimators"] = {"rpi4": {"estimator_error": 0.12 if anchored else None, "anchored": anchored,
+                                    "anchor": "MobileBERT on a Pixel 4: published 74 ms, estimated 66 ms",
+                                    "host_estimator_error": 0.2}}
     return s
 
 
@@ -81,6 +85,20 @@ def test_estimated_latency_must_fit_with_its_error_bar():
     assert rec["choice"]["device"] == "host-cpu" and not rec["choice"]["estimated"]
     pi_final = next(c for c in rec["candidates"] if c["device"] == "rpi4" and c["model"] == "final")
     assert any("estimated p50 with its error bar" in f for f in pi_final["failures"])
+
+
+def test_an_unanchored_estimate_never_ranks_above_a_measured_device():
+    # the same cheaper Pi, but no published measurement says how far its estimates are off
+    rec = recommend([summary(anchored=False)], max_latency_ms=2.0, min_accuracy=0.95, devices=DEVICES)
+    assert rec["choice"]["device"] == "host-cpu" and not rec["choice"]["estimated"]
+    pi = next(c for c in rec["candidates"] if c["device"] == "rpi4" and c["model"] == "final")
+    assert pi["unanchored"] and pi["estimator_error"] is None and not pi["failures"]
+    # a run from before anchors: its host estimator error is not the device's, so the estimate is unanchored
+    old = summary()
+    old["systems"]["final"]["latency_ms"]["rpi4"]["t1"].pop("anchored")
+    assert recommend([old], max_latency_ms=2.0, min_accuracy=0.95, devices=DEVICES)["choice"]["device"] == "host-cpu"
+    page = render_html([summary(anchored=False)], 2.0, 0.95, devices=DEVICES)
+    assert "unanchored estimate" in page and "estimated ±" not in page
 
 
 def test_none_qualifies_shows_the_closest_candidate():
@@ -133,7 +151,7 @@ def test_html_is_self_contained_with_pareto_plots_and_recommendation():
     assert len(imgs) == 2 + 2 and all(b.startswith(PNG_MAGIC) for b in imgs)  # 2 devices, 2 op breakdowns
     assert "Pareto" in page and 'id="recommendation"' in page
     assert "Recommended: model other/final on rpi4" in page  # two identical runs: the tie goes by label
-    assert "estimated ±12%" in page and "max |relative error| 12.0%" in page and "compatible" in page
+    assert "estimated ±12%" in page and "Pixel 4: published 74 ms" in page and "compatible" in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 

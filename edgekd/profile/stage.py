@@ -29,20 +29,22 @@ from ..devices.profiles import detect_host, load_profile
 
 
 def estimate_all(models: dict, results: dict, profile, max_positions: int | None) -> dict | None:
-    """Estimated latencies on a device that is not present, labelled as such, with the estimator's error.
+    """Estimated latencies on a device that is not present, labelled as such, with the error of the profile's
+    anchors (published measurements on that device) or as an unanchored estimate.
 
-    Returns what is known about the estimator (its measured error on the host), or None when no
-    calibration exists — then nothing is estimated rather than guessed.
+    Returns what is known about the estimate's trust, or None when no calibration exists — then nothing is
+    estimated rather than guessed.
     """
     from ..errors import ProfileError
-    from ..devices.estimate import calibration_path, estimate_latency, estimator_error, load_calibration
+    from ..devices.anchors import UNANCHORED, estimate_trust
+    from ..devices.estimate import calibration_path, estimate_latency, load_calibration
 
     try:
         cal = load_calibration()
     except ProfileError as e:
         log(f"[yellow]profile {profile.name}: not present and not estimated — {e}[/]")
         return None
-    error = estimator_error(cal)
+    trust = estimate_trust(profile.name, cal, calibration_path())
     seq_lens = usable_seq_lens(profile, max_positions)
     for name, m in models.items():
         is_image = "pixel_values" in model_input_names(m["path"])
@@ -53,10 +55,16 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
         out = {}
         for case, (seq, threads) in cases.items():
             est = estimate_latency(m["path"], profile, seq, threads, cal)
-            out[case] = {"p50": est["ms"], "estimated": True, "estimator_error": error}
+            out[case] = {"p50": est["ms"], "estimated": True, "estimator_error": trust["estimator_error"],
+                         "anchored": trust["anchored"]}
         results[name]["latency_ms"][profile.name] = out
-    log(f"profile {profile.name}: latency estimated (not measured; estimator error on the host ±{100 * (error or 0):.0f}%)")
-    return {"max_abs_rel_error": error, "checked_on": "host-cpu", "calibration": str(calibration_path())}
+    if trust["anchored"]:
+        log(f"profile {profile.name}: latency estimated (not measured), ±{100 * trust['estimator_error']:.0f}% "
+            f"against published measurements ({trust['anchor']})")
+    else:
+        log(f"[yellow]profile {profile.name}: latency is an {UNANCHORED} (not measured): {trust['anchor']}[/]")
+    return {"max_abs_rel_error": trust["estimator_error"], **trust, "checked_on": profile.name if trust["anchored"]
+            else None, "calibration": str(calibration_path())}
 
 
 def compatibility_summary(path: Path, profile) -> dict:
@@ -212,7 +220,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
     results.update(failed)  # a baseline that could not be built: its error, nothing measured
 
     compat: dict = {}
-    estimator = None
+    estimators: dict = {}  # per absent profile: how far its estimates can be trusted
     max_positions = parent.spec.get("hf_config", {}).get("max_position_embeddings")
     for pname in ctx.recipe.profiles:
         profile = load_profile(pname)
@@ -221,7 +229,9 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
         here = ({shipped[pname]: models[shipped[pname]]} if shipped[pname] != "final" else
                 {n: m for n, m in models.items() if "only_on" not in m})
         if not profile.measured:
-            estimator = estimate_all(here, results, profile, max_positions) or estimator
+            trust = estimate_all(here, results, profile, max_positions)
+            if trust is not None:
+                estimators[pname] = trust
             continue
         latency, throughput = measure_models(
             {n: m["path"] for n, m in here.items()}, {n: encoded_for(m, ctx) for n, m in here.items()}, profile,
@@ -233,7 +243,7 @@ def run_profile(cfg: ProfileStageConfig, parent, ctx: Context, out: Path, key: s
             if throughput[name]:
                 results[name].setdefault("throughput", {})[pname] = throughput[name]
     metrics = {"models": results, "machine": detect_host(), "test_examples": len(test), "compat": compat,
-               "estimator": estimator, "measurement": _protocol(cfg),
+               "estimators": estimators, "measurement": _protocol(cfg),
                "op_breakdown": final_op_breakdown(models["final"]["path"], encoded_for(models["final"], ctx), ctx,
                                                   results["final"]["latency_ms"])}
     return {"metrics": metrics, "spec": parent.spec}

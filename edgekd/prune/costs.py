@@ -137,13 +137,13 @@ def make_budget(budget_cfg, ctx: Context, probe: Probe, bisection_rounds: int, l
     limit = lambda start: budget_cfg.latency_ms  # noqa: E731
     if profile.measured:
         return Budget("latency_ms", limit, probe, Candidate.host_ms, "latency_ms", latency_rounds, " ms", profile)
-    from ..devices.estimate import estimator_error
+    from ..devices.anchors import estimate_trust
+    from ..devices.estimate import calibration_path
 
     # an estimate is deterministic and cheap: bisect as finely as for parameters
     return Budget("latency_ms", limit, probe, lambda c: c.estimated_ms(profile), "estimated_latency_ms",
                   bisection_rounds, " ms (estimated)", profile,
-                  {"profile": profile.name, "estimator_error": estimator_error(probe.calibration),
-                   "checked_on": "host-cpu"})
+                  {"profile": profile.name, **estimate_trust(profile.name, probe.calibration, calibration_path())})
 
 
 def _budget_profile(budget_cfg, ctx: Context):

@@ -16,7 +16,7 @@ from ..artifact import write_json_atomic
 from ..errors import EdgekdError
 from . import plots
 from .markdown import budget_text, data_warning
-from .recommend import baseline_label, device_info, normalize_accuracy, pareto, profile_names, recommend, run_labels
+from .recommend import baseline_label, device_info, estimate_label, normalize_accuracy, pareto, profile_names, recommend, run_labels
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#222;margin:0 auto;
@@ -55,8 +55,7 @@ def _img(png: bytes, alt: str) -> str:
 def _source(c: dict) -> str:
     if not c["estimated"]:
         return '<span class="badge m">measured</span>'
-    err = "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%"
-    return f'<span class="badge e">estimated{err}</span>'
+    return f'<span class="badge e">{estimate_label(True, c["estimator_error"])}</span>'
 
 
 def _pareto_flags(rows: list[dict]) -> set[int]:
@@ -250,19 +249,25 @@ def _npu_section(summaries, labels) -> str:
 
 
 def _estimator_section(summaries, labels) -> str:
-    parts = []
+    rows = []
     for lab, s in zip(labels, summaries):
-        est = s.get("estimator")
-        if isinstance(est, dict):
-            kv = ", ".join(f"{k} = {_n(v, '{:.4g}') if isinstance(v, (int, float)) else _e(v)}"
-                           for k, v in est.items() if not isinstance(v, (dict, list)))
-            err = est.get("max_abs_rel_error")
-            head = f"max |relative error| {_n(None if err is None else 100 * err, '{:.1f}')}% " if err is not None else ""
-            parts.append(f"<li>{_e(lab)}: {head}(measured on the host against real timings) — {kv}</li>")
-    if not parts:
-        return '<p class="note">No estimator error in these runs (no <code>estimator</code>).</p>'
-    return ("<p>How far the latency estimator was off where it could be checked against a measurement; "
-            "estimated rows above carry this uncertainty.</p><ul>" + "".join(parts) + "</ul>")
+        for prof, t in (s.get("estimators") or {}).items():
+            if not isinstance(t, dict):
+                continue
+            host = t.get("host_estimator_error")
+            rows.append(f'<tr><td class="l">{_e(lab)}</td><td class="l">{_e(prof)}</td>'
+                        f'<td>{_e(estimate_label(True, t.get("estimator_error") if t.get("anchored") else None))}</td>'
+                        f'<td class="l">{_e(t.get("anchor", ""))}</td>'
+                        f'<td>{_n(None if host is None else 100 * host, "{:.0f}%")}</td></tr>')
+    if not rows:
+        return '<p class="note">No device in these runs was estimated.</p>'
+    return ("<p>An estimate for a device that is not present carries its profile's error against published "
+            "timings of public models on that device; where none exists it is an <em>unanchored estimate</em>, "
+            "ranked after measured devices. The host estimator's own error (fitted and checked on this machine) "
+            "is shown for reference only.</p>"
+            '<table><tr><th class="l">run</th><th class="l">profile</th><th>estimate</th>'
+            '<th class="l">anchors (published vs estimated)</th><th>host estimator error</th></tr>'
+            + "".join(rows) + "</table>")
 
 
 def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_accuracy: float | None = None,
@@ -280,7 +285,7 @@ def render_html(summaries: list[dict], max_latency_ms: float | None = None, min_
             "<h2>Pruning steps</h2>", _prune_section(summaries, labels),
             "<h2>Compatibility per profile</h2>", _compat_section(summaries, labels),
             "<h2>NPU builds on the vendor's compiler</h2>", _npu_section(summaries, labels),
-            "<h2>Latency estimator error</h2>", _estimator_section(summaries, labels),
+            "<h2>Estimates for absent devices</h2>", _estimator_section(summaries, labels),
             f'<p class="note">edgekd {_e(__version__)}. Every number marked <em>estimated</em> is computed, '
             "not measured.</p>"]
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
@@ -294,8 +299,7 @@ def render_devices_markdown(rec: dict, labels: list[str]) -> str:
            "agreement with teacher % | constraints |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for c in rec["candidates"]:
-        src = "measured" if not c["estimated"] else "estimated" + (
-            "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%")
+        src = estimate_label(c["estimated"], c["estimator_error"])
         p50 = _n(c["p50_ms"]) + (" (estimated)" if c["estimated"] else "")
         acc = _n(None if c["accuracy"] is None else 100 * c["accuracy"], "{:.2f}")
         agr = _n(None if c.get("agreement") is None else 100 * c["agreement"], "{:.2f}")

@@ -9,8 +9,11 @@ The rule (also printed in every report, from RULE_TEXT):
 - it qualifies when p50 latency <= --max-latency-ms, test accuracy >= --min-accuracy and the
   profile's compatibility check (when present) did not fail; an *estimated* latency must meet
   the limit with its error bar added, p50 x (1 + estimator_error), because an estimate that
-  fits only by its central value is not something to ship on;
-- among qualifying candidates the cheapest wins: cheapest device first (by cost_usd when every
+  fits only by its central value is not something to ship on; the error bar is the profile's
+  own, measured against published timings on that device (devices/anchors.py);
+- among qualifying candidates, measured devices and anchored estimates come before unanchored
+  estimates (no published measurement says how far off they are), then the cheapest wins:
+  cheapest device first (by cost_usd when every
   candidate device states one, otherwise by device class, cost_usd breaking ties), then the
   smallest model (MB), then the lowest p50 latency;
 - when nothing qualifies the closest candidate is shown: the smallest total relative shortfall
@@ -39,8 +42,10 @@ RULE_TEXT = (
     "Candidates are every (run, model, device) at the reference case (batch 1, 1 thread, 128 tokens: "
     "`seq128_t1`, or `t1` for images). A candidate qualifies when its p50 latency is at most the latency "
     "limit, its test accuracy is at least the accuracy minimum and the device's compatibility check did not "
-    "fail; an estimated latency must fit with its error bar added (p50 × (1 + estimator error)). "
-    "\"Cheapest\" means: cheapest device first — by `cost_usd` when every candidate device states one, "
+    "fail; an estimated latency must fit with its error bar added (p50 × (1 + estimator error)), the error of "
+    "the profile's estimates against published measurements on that device. Measured devices and anchored "
+    "estimates rank before unanchored estimates (a device no published measurement checks), then the cheapest "
+    "wins. \"Cheapest\" means: cheapest device first — by `cost_usd` when every candidate device states one, "
     "otherwise by device class (phone CPU < Raspberry Pi / SBC < NPU < x86 server, recognised from the "
     "profile's name, execution provider or description, or given by its `cost_rank` 0–3; a profile matching "
     "no class counts as an x86 server; `cost_usd` breaks ties) — then the smallest model file (MB), then "
@@ -125,11 +130,18 @@ def _throughput(model: dict, profile: str) -> float | None:
     return max(rates) if rates else None
 
 
-def _est_error(entry: dict, summary: dict) -> float | None:
+def _est_error(entry: dict) -> float | None:
+    """An anchored estimate's error (its profile's, against published measurements); None for an unanchored one
+    (a run from before anchors carried the host estimator's error, which says nothing about the device)."""
     err = entry.get("estimator_error")
-    if not isinstance(err, (int, float)):
-        err = (summary.get("estimator") or {}).get("max_abs_rel_error")
-    return float(err) if isinstance(err, (int, float)) else None
+    return float(err) if entry.get("anchored") and isinstance(err, (int, float)) else None
+
+
+def estimate_label(estimated: bool, error: float | None) -> str:
+    """How a latency was obtained, as every report writes it."""
+    if not estimated:
+        return "measured"
+    return "unanchored estimate" if error is None else f"estimated ±{100 * error:.0f}%"
 
 
 def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) -> list[dict]:
@@ -157,7 +169,8 @@ def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) ->
                     "peak_memory_mb": entry.get("peak_memory_mb"), "size_mb": m.get("size_mb"),
                     "params": m.get("params"), "accuracy": m.get("accuracy"), "agreement": m.get("agreement"),
                     "baseline": baseline_label(m), "estimated": estimated,
-                    "estimator_error": _est_error(entry, s) if estimated else None,
+                    "estimator_error": _est_error(entry) if estimated else None,
+                    "unanchored": estimated and _est_error(entry) is None,
                     "compat_ok": None if not isinstance(compat, dict) else compat.get("ok"),
                     "other_cases": {c: e.get("p50") for c, e in lat.items() if c != case and isinstance(e, dict)},
                 })
@@ -196,7 +209,7 @@ def _cost_key(rows: list[dict]):
     def key(c):
         usd = c["cost_usd"] if isinstance(c["cost_usd"], (int, float)) else math.inf
         device = (usd,) if all_priced else (c["cost_rank"], usd)
-        return (*device, c["size_mb"] if c["size_mb"] is not None else math.inf, c["p50_ms"], c["device"], c["label"])
+        return (c["unanchored"], *device, c["size_mb"] if c["size_mb"] is not None else math.inf, c["p50_ms"], c["device"], c["label"])
     return key
 
 
@@ -244,11 +257,8 @@ def recommend(summaries: list[dict], max_latency_ms: float | None = None, min_ac
 def describe(c: dict) -> str:
     acc = "accuracy unknown" if c["accuracy"] is None else f"accuracy {100 * c['accuracy']:.2f}%"
     size = "" if c["size_mb"] is None else f", {c['size_mb']:.3g} MB"
-    if c["estimated"]:
-        err = "" if c["estimator_error"] is None else f" ±{100 * c['estimator_error']:.0f}%"
-        lat = f"p50 {c['p50_ms']:.3g} ms (estimated{err}, not measured)"
-    else:
-        lat = f"p50 {c['p50_ms']:.3g} ms (measured)"
+    how = estimate_label(c["estimated"], c["estimator_error"])
+    lat = f"p50 {c['p50_ms']:.3g} ms ({how}, not measured)" if c["estimated"] else f"p50 {c['p50_ms']:.3g} ms (measured)"
     return f"model {c['label']} on {c['device']} ({c['device_class']}) — {lat} at {c['case']}, {acc}{size}"
 
 

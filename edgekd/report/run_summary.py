@@ -46,8 +46,8 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact], data: dict
         summary["machine"] = profile["metrics"].get("machine")
         summary["int8_speedup_vs_fp32"] = int8_speedups(models)
         summary["compat"] = profile["metrics"].get("compat", {})
-        if profile["metrics"].get("estimator"):
-            summary["estimator"] = profile["metrics"]["estimator"]
+        if profile["metrics"].get("estimators"):
+            summary["estimators"] = profile["metrics"]["estimators"]
         if "op_breakdown" in profile["metrics"]:
             summary["op_breakdown"] = profile["metrics"]["op_breakdown"]["ms_per_op_type"]
             summary["op_breakdown_case"] = profile["metrics"]["op_breakdown"]["case"]
