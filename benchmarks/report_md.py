@@ -7,7 +7,8 @@ from pathlib import Path
 from .stats import describe
 
 ORDER = ["teacher-fp32", "peer-teacher-dynamic-int8", "peer-torch-dynamic-int8", "peer-student-static-ptq",
-         "edgekd-student-fp32", "edgekd-pruned-fp32", "edgekd-qat-fp32", "edgekd-int8", "edgekd-crossarch-int8", "edgekd-npu-int8"]
+         "edgekd-student-fp32", "edgekd-pruned-fp32", "edgekd-qat-fp32", "edgekd-int8", "edgekd-crossarch-int8",
+         "edgekd-npu-w8a8", "edgekd-npu-w8a16"]
 
 
 def _ms(s: dict, case: str) -> str:
@@ -15,6 +16,39 @@ def _ms(s: dict, case: str) -> str:
     if not x:
         return "—"
     return f"{x['p50']:.2f} / {x['p90']:.2f}"
+
+
+def _trust(est: dict) -> str:
+    from edgekd.report.recommend import estimate_label
+
+    return estimate_label(True, est.get("estimator_error") if est.get("anchored") else None)
+
+
+def npu_lines(systems: dict) -> list[str]:
+    """The NPU builds as Qualcomm's compiler and HTP backend judged them."""
+    rows = [(n, s) for n, s in systems.items() if n.startswith("edgekd-npu-")]
+    if not rows:
+        return []
+    out = ["## The NPU builds, on Qualcomm's compiler", "",
+           "| build | placement | HTP accuracy % | agreement with PyTorch % | agreement with teacher % | CPU simulation "
+           "accuracy % | examples | latency (estimate) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, s in rows:
+        est = s["latency_ms"]["device_b1_t1"]
+        lat = f"{est['p50']:.2f} ms at seq {est['seq_len']} ({_trust(est)})"
+        if "placement" not in s:
+            out.append(f"| {name} | not compiled: {s.get('accuracy_by')} | — | — | — | {100 * s['accuracy']:.2f} | — | {lat} |")
+            continue
+        p = s["placement"]
+        where = (f"all {p['htp_nodes']} nodes on the HTP" if not p["cpu_nodes"] else
+                 f"{p['cpu_nodes']} nodes on the CPU ({', '.join(p['cpu_ops'])}), {p['htp_nodes']} on the HTP")
+        out.append(f"| {name} | {where}, {p['partitions']} partition(s) | {100 * s['accuracy']:.2f} | "
+                   f"{100 * s['agreement_with_pytorch']:.2f} | {100 * s['agreement']:.2f} | "
+                   f"{100 * s['simulated'].get('accuracy', float('nan')):.2f} | {s['examples']} | {lat} |")
+    by = next((s["accuracy_by"] for _, s in rows if "placement" in s), None)
+    out += ["", (f"Accuracy as {by} computes it on the build's context binary; "
+                 if by else "") + "the latency is the profile's estimate with its error against Qualcomm's published "
+            "timings of BERT-base and DistilBERT on the same SoC (`benchmarks/results/anchors.json`).", ""]
+    return out
 
 
 def pareto_png(result: dict, path: Path) -> Path:
@@ -76,7 +110,7 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
             continue
         r = ratios[name]
         est = s.get("latency_ms", {}).get("device_b1_t1")
-        lat1 = _ms(s, "seq128_t1") if not est else f"{est['p50']:.2f} (estimated on {est['device']})"
+        lat1 = _ms(s, "seq128_t1") if not est else f"{est['p50']:.2f} ({_trust(est)} on {est['device']})"
         sp = r.get("speedup_vs_teacher_seq128_t1")
         pp = r.get("speedup_vs_peer_dynamic_seq128_t1")
         cells = [name, f"{100 * s['accuracy']:.2f}", f"{100 * s['agreement']:.2f}", f"{s['size_mb']:.1f}", lat1,
@@ -86,8 +120,8 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
                  f"{sp:.2f}×" if sp else "—", f"{pp:.2f}×" if pp else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     int8 = ratios.get("edgekd-int8", {})
+    lines += ["", *npu_lines(systems)]
     lines += [
-        "",
         f"![accuracy against latency]({Path(os.path.relpath(png, md_path.parent)).as_posix()})",
         "",
         "## The flagship's targets, measured here",

@@ -39,10 +39,13 @@ MODES = {
                             "stages.0.distill.max_train_examples=4000", "stages.0.distill.epochs=2",
                             "stages.1.prune.recovery.max_train_examples=1000",
                             "stages.2.qat.max_train_examples=1000", "stages.2.qat.calibration_batches=8"],
-              "profiles": ["host-cpu"], "rounds": 3, "runs": 30, "natural_max": 100, "calibration": 128},
-    "full": {"overrides": [], "profiles": ["host-cpu", "hexagon-npu"], "rounds": 5, "runs": 50, "natural_max": 300,
-             "calibration": 256},
+              "rounds": 3, "runs": 30, "natural_max": 100, "calibration": 128},
+    "full": {"overrides": [], "rounds": 5, "runs": 50, "natural_max": 300, "calibration": 256},
 }
+# The recipe's NPU build in both of Qualcomm's schemes, each compiled and run on the whole test split by
+# onnxruntime-qnn's HTP backend where it is installed (else onnxruntime's CPU kernels simulate it, labelled so).
+NPU_BUILDS = {"hexagon-npu": "edgekd-npu-w8a8", "hexagon-npu-w8a16": "edgekd-npu-w8a16"}
+PROFILES = ["host-cpu", *NPU_BUILDS]
 LATENCY_CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 THROUGHPUT_CASE = "b32_seq128_t2"
 
@@ -55,10 +58,10 @@ def run_pipeline(mode: str, data: str, run_dir: Path, extra: list[str] = ()):
     raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
                           [f"data.path={data}", f"output={run_dir}", *MODES[mode]["overrides"], *extra])
     raw["stages"] = [s for s in raw["stages"] if "profile" not in s]
-    raw["profiles"] = MODES[mode]["profiles"]
-    for stage in raw["stages"]:  # device builds only for the profiles this mode targets
-        if "export" in stage and stage["export"].get("devices"):
-            stage["export"]["devices"] = [d for d in stage["export"]["devices"] if d in raw["profiles"]]
+    raw["profiles"] = PROFILES
+    for stage in raw["stages"]:
+        if "export" in stage:
+            stage["export"]["devices"] = list(NPU_BUILDS)
     pipe = Pipeline(validate_recipe(raw, f"benchmark {mode}"))
     pipe.run()
     return pipe
@@ -115,9 +118,8 @@ def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
     paths["edgekd-int8"] = export / ("model-int8.onnx" if shipped_fp32 else "model.onnx")
     paths["edgekd-qat-fp32"] = export / ("model.onnx" if shipped_fp32 else "model-fp32.onnx")
     facts["edgekd-int8"] = {"shipped": not shipped_fp32, "int8_decision": arts["export"].manifest.get("int8", {}).get("reason")}
-    npu = arts["export"].path / "devices" / "hexagon-npu" / "model.onnx"
-    if npu.is_file():
-        paths["edgekd-npu-int8"] = npu
+    for profile, name in NPU_BUILDS.items():
+        paths[name] = export / "devices" / profile / "model.onnx"
     return paths, facts
 
 
@@ -201,7 +203,8 @@ def measure(pipe, paths: dict, cfg: dict) -> tuple[dict, dict]:
         if name != "teacher-fp32":
             systems[name], pred = accuracy_on(path, data[name], teacher_pred, f"accuracy {name}")
             correct[name] = pred == data[name].labels
-    timed = {n: p for n, p in paths.items() if n != "edgekd-npu-int8"}  # a static device build: estimated below
+    npu = {name: profile for profile, name in NPU_BUILDS.items()}
+    timed = {n: p for n, p in paths.items() if n not in npu}  # static device builds: estimated below
     latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(), warmup=10,
                                          runs=cfg["runs"], rounds=cfg["rounds"], natural=True,
                                          natural_max=cfg["natural_max"], desc="benchmark timing")
@@ -213,19 +216,49 @@ def measure(pipe, paths: dict, cfg: dict) -> tuple[dict, dict]:
             s["latency_ms"] = {c: _lat(latency[name][c]) for c in LATENCY_CASES}
             s["throughput_b32"] = throughput[name][THROUGHPUT_CASE]["items_per_s"]
             s["peak_memory_mb"] = max(x["peak_memory_mb"] for x in latency[name].values())
-    if "edgekd-npu-int8" in paths:
-        from edgekd.devices.profiles import load_profile
-        from edgekd.devices.estimate import estimate_latency, load_calibration
-
-        cal = load_calibration()
-        est = estimate_latency(paths["edgekd-npu-int8"], load_profile("hexagon-npu"), None, 1, cal)
-        error = cal.get("measured_error", cal.get("fit", {})).get("max_abs_rel_error")
-        systems["edgekd-npu-int8"].update(
-            runtime="accuracy: onnxruntime CPU running the device's static full-INT8 QDQ graph",
-            latency_ms={"device_b1_t1": {"p50": est["ms"], "estimated": True, "estimator_error": error,
-                                         "device": "hexagon-npu"}})
+    for name, profile in npu.items():
+        systems[name], on_htp = npu_system(pipe, profile, paths[name], systems[name], test, teacher_pred)
+        if on_htp is not None:  # the HTP's per-sentence answers replace the simulation's
+            correct[name] = on_htp
     systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, cfg)
     return systems, correct
+
+
+def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pred: np.ndarray):
+    """An NPU build's row: accuracy and agreements as Qualcomm's HTP backend computed them in the export (the CPU
+    simulation beside them), where its nodes went, and its latency estimated with the profile's anchored error."""
+    from safetensors.numpy import load_file
+
+    from edgekd.devices.anchors import estimate_trust
+    from edgekd.devices.estimate import calibration_path, estimate_latency, load_calibration
+    from edgekd.devices.profiles import load_profile
+
+    export = next(a for a in pipe.artifacts if a.stage == "export")
+    htp = (export.manifest.get("devices") or {}).get(profile, {}).get("htp") or {"checked": False}
+    row = dict(simulated)
+    correct = None
+    if htp.get("checked"):
+        pred = load_file(str(path.parent / htp["logits"]))["logits"].argmax(-1)
+        n = len(pred)
+        correct = pred == test.labels[:n]
+        row.update({
+            "accuracy": float(correct.mean()), "agreement": float((pred == teacher_pred[:n]).mean()), "examples": n,
+            "agreement_with_pytorch": htp["argmax_agreement"], "pytorch_accuracy": htp["pytorch_accuracy"],
+            "accuracy_by": f"{htp['by']} (HTP v{htp['htp_arch']})", "context_binary": htp.get("context"),
+            "placement": {k: htp["placement"][k] for k in ("htp_nodes", "cpu_nodes", "partitions", "cpu_ops")},
+            "simulated": {k: simulated[k] for k in ("accuracy", "agreement") if k in simulated}})
+        if n < len(test.labels):  # the paired intervals need every sentence: this row stays out of them
+            correct = None
+    else:
+        row["accuracy_by"] = "onnxruntime CPU running the device's static QDQ graph (a simulation: no onnxruntime-qnn)"
+    cal = load_calibration()
+    device = load_profile(profile)
+    trust = estimate_trust(profile, cal, calibration_path())
+    est = estimate_latency(path, device, None, 1, cal)
+    row["latency_ms"] = {"device_b1_t1": {"p50": est["ms"], "estimated": True, "device": profile,
+                                          "seq_len": est["seq_len"], **trust}}
+    row["runtime"] = f"{device.execution_provider} ({profile}); latency estimated, not measured"
+    return row, correct
 
 
 def edgekd_stages(pipe) -> dict:
