@@ -174,7 +174,7 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
     else:
         facts = export_onnx(model, inputs, out / "model.onnx", opset, static)
         log(f"export: model.onnx {facts['size_mb']:.2f} MB, {facts['qdq_nodes']} QDQ nodes, "
-            f"{facts['quantized_weights']} int8 weights")
+            f"{facts['quantized_weights']} int8 weights" + (f"; {facts['activations']}" if "activations" in facts else ""))
         extra = {"onnx": facts}
         if float_twin:
             with fake_quant_off(model):
