@@ -340,8 +340,11 @@ class QATConfig(KDConfig):
     epochs: float = Field(1.0, gt=0, le=1000)
     lr: float = Field(2e-5, gt=0, le=1.0)
     weight_bits: Literal[8] = 8
-    activation_bits: Literal[8] = 8
-    activation_dtype: Literal["uint8", "int8"] = "uint8"
+    # 16: the w8a16 scheme Qualcomm recommends for transformers on its NPU (hexagon-npu-w8a16): QAT trains the
+    # activation ranges at 16-bit steps. CPU integer kernels take 8-bit activations only, so the host model is
+    # exported with 8-bit steps over the same ranges, and its validation against PyTorch measures what that costs.
+    activation_bits: Literal[8, 16] = 8
+    activation_dtype: Literal["uint8", "int8", "uint16"] = "uint8"
     weight_range: Literal["auto", "int8", "int7"] = Field(
         "auto", description="int7 avoids int16 saturation of u8s8 kernels on x86 without VNNI; auto decides from the target")
     embeddings: bool = Field(True, description="also quantize embedding tables (int8, one scale per row); the export "
@@ -358,6 +361,22 @@ class QATConfig(KDConfig):
     percentile: float = Field(99.99, gt=50, le=100, description="the percentile observer's upper percentile")
     calibration_batches: int = Field(16, ge=1, le=10000)
     ema_decay: float = Field(0.99, gt=0, lt=1, description="moving-average factor of activation ranges")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bits_follow_dtype(cls, data):
+        # uint16 is the only 16-bit type: naming it is enough (activation_bits follows unless set otherwise)
+        if isinstance(data, dict) and data.get("activation_dtype") == "uint16":
+            data = {**data, "activation_bits": data.get("activation_bits", 16)}
+        return data
+
+    @model_validator(mode="after")
+    def _bits_match_dtype(self):
+        if (self.activation_bits == 16) != (self.activation_dtype == "uint16"):
+            raise ValueError(f"activation_bits {self.activation_bits} does not fit activation_dtype "
+                             f"{self.activation_dtype!r}: 16-bit activations are activation_dtype: uint16 (w8a16), "
+                             "8-bit ones uint8 or int8")
+        return self
 
 
 class ExportConfig(Strict):

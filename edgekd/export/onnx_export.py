@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..models.onnx_graph import LogitsOnly, torch_to_onnx
+from ..quantize.fakequant import eight_bit_activations
 from .qdq import count_ops, fold_weight_quantization, gather_quantized_rows, quantize_gemm_bias
 
 
@@ -29,7 +30,8 @@ def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, o
     """Export, fold quantized weights into int8, check, save. Returns graph facts for the manifest."""
     names = list(inputs)
     tmp = path.with_suffix(".raw.onnx")
-    graph = torch_to_onnx(LogitsOnly(model.eval(), names), inputs, tmp, opset, static_shapes)
+    with eight_bit_activations(model) as sixteen_bit:
+        graph = torch_to_onnx(LogitsOnly(model.eval(), names), inputs, tmp, opset, static_shapes)
     folded = fold_weight_quantization(graph)
     tables = gather_quantized_rows(graph)
     quantize_gemm_bias(graph)
@@ -39,4 +41,6 @@ def export_onnx(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, o
     ops = count_ops(graph)
     return {"file": path.name, "opset": opset, "inputs": names, "static_shapes": static_shapes,
             "quantized_weights": folded, "qdq_nodes": ops.get("QuantizeLinear", 0) + ops.get("DequantizeLinear", 0),
-            "int8_tables": len(tables), "ops": ops, "size_mb": path.stat().st_size / 1e6}
+            "int8_tables": len(tables), "ops": ops, "size_mb": path.stat().st_size / 1e6,
+            **({"activations": f"{sixteen_bit} layers trained at 16-bit activation steps (qat.activation_dtype "
+                               "uint16) exported at 8-bit steps over the same ranges"} if sixteen_bit else {})}

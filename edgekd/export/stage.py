@@ -167,14 +167,15 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
         if not float_twin:  # export_for_device always writes the float model it quantized
             (out / "model-fp32.onnx").unlink()
             del extra["onnx_fp32"]
-        log(f"export: {profile.name} model.onnx {facts['size_mb']:.2f} MB: static [1, {seq_len}], full INT8 QDQ "
+        scheme = "w8a16" if profile.quantization.activation_dtype == "uint16" else "INT8"
+        log(f"export: {profile.name} model.onnx {facts['size_mb']:.2f} MB: static [1, {seq_len}], full {scheme} QDQ "
             f"({facts['qdq_nodes']} QDQ nodes, {facts['quantized_weights']} {profile.quantization.weight_dtype} "
             f"{profile.quantization.weight_granularity} weights), {extra['compat']['fallback_nodes_share']:.0%} "
             "operator fallback")
     else:
         facts = export_onnx(model, inputs, out / "model.onnx", opset, static)
         log(f"export: model.onnx {facts['size_mb']:.2f} MB, {facts['qdq_nodes']} QDQ nodes, "
-            f"{facts['quantized_weights']} int8 weights")
+            f"{facts['quantized_weights']} int8 weights" + (f"; {facts['activations']}" if "activations" in facts else ""))
         extra = {"onnx": facts}
         if float_twin:
             with fake_quant_off(model):

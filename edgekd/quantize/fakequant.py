@@ -62,7 +62,7 @@ class _FakeQuantMixin:
     # ------------------------------------------------------------------ activations
     @property
     def act_qrange(self) -> tuple[int, int]:
-        return (0, 255) if self.activation_dtype == "uint8" else (-128, 127)
+        return {"uint8": (0, 255), "uint16": (0, 65535)}.get(self.activation_dtype, (-128, 127))
 
     def act_qparams(self) -> tuple[float, int]:
         qmin, qmax = self.act_qrange
@@ -353,6 +353,21 @@ def output_quant_off(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in zip(outs, modes):
             m._modules[OUTPUT_QUANT].quant_mode = mode
+
+
+@contextmanager
+def eight_bit_activations(model: nn.Module) -> Iterator[int]:
+    """16-bit activation fake quant (qat.activation_dtype uint16) at 8-bit steps over the same learned range, for
+    the export of a CPU model: CPU integer kernels take 8-bit activations, and torch's ONNX exporter writes fake
+    quantization only for 8-bit ranges. Yields how many layers were switched; restores them after."""
+    layers = [m for m in model.modules() if isinstance(m, _FakeQuantMixin) and m.activation_dtype == "uint16"]
+    for m in layers:
+        m.activation_dtype = "uint8"
+    try:
+        yield len(layers)
+    finally:
+        for m in layers:
+            m.activation_dtype = "uint16"
 
 
 @contextmanager
