@@ -143,6 +143,15 @@ def _placement(session, log: str) -> dict:
             "rejected": rejected_nodes(log, set(cpu))}
 
 
+def _onnx_name(qnn_name: str, cpu_nodes: set[str]) -> str:
+    """The ONNX node a QNN node name stands for: QNN suffixes `_N` to keep the names of a process's QNN graphs unique
+    (the second model compiled in one process names its Gather `…/Gather_2`)."""
+    if qnn_name in cpu_nodes:
+        return qnn_name
+    base = re.sub(r"_\d+$", "", qnn_name)
+    return base if base in cpu_nodes else qnn_name
+
+
 def rejected_nodes(log: str, cpu_nodes: set[str]) -> list[dict]:
     """QNN's reason for each node left to the CPU, read from its log (the node names onnxruntime placed on the CPU)."""
     reasons: dict[str, dict] = {}
@@ -153,7 +162,7 @@ def rejected_nodes(log: str, cpu_nodes: set[str]) -> list[dict]:
             entry["reason"] = f"{entry['reason']}; {reason}" if entry["reason"] else reason
 
     for name, op, code in _BACKEND_FAILED.findall(log):  # the HTP's own verdict first: the more specific
-        add(name, op, f"the HTP backend rejected its op config (QNN error {code})")
+        add(_onnx_name(name, cpu_nodes), op, f"the HTP backend rejected its op config (QNN error {code})")
     for m in _FAILED_UNIT.finditer(log):
         for op, name in _UNIT_NODE.findall(m.group(2)):
             add(name, op, m.group(3).strip())
