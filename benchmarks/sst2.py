@@ -1,6 +1,6 @@
 """The flagship benchmark: edgekd against what users would pick instead, side by side, measured in one run.
 
-    python -m benchmarks.sst2 --mode quick    # make bench-quick: <= 15 min on 2 cores (small teacher, short schedules)
+    python -m benchmarks.sst2 --mode quick    # make bench-quick: about 25 min on 2 cores (small teacher, short schedules)
     python -m benchmarks.sst2 --mode full     # make bench: the flagship recipe (recipes/sst2-minilm.yaml)
 
 One run builds (or takes from the run's cache) the flagship pipeline — teacher, distilled student, pruned
