@@ -19,7 +19,6 @@ calibration or a profile's figures: tests/test_anchors.py checks that the file m
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -142,15 +141,9 @@ def _build(anchor: dict) -> Path:
     return path
 
 
-def calibration_sha256(path: Path | None = None) -> str:
-    from edgekd.devices.estimate import calibration_path
-
-    return hashlib.sha256(Path(path or calibration_path()).read_bytes()).hexdigest()
-
-
 def main(argv: list[str] | None = None) -> int:
-    from edgekd.devices.anchors import SHIPPED_ANCHORS, anchored_error
-    from edgekd.devices.estimate import estimate_latency, load_calibration
+    from edgekd.devices.anchors import SHIPPED_ANCHORS, anchored_error, calibration_sha256
+    from edgekd.devices.estimate import calibration_path, estimate_latency, load_calibration
     from edgekd.devices.profiles import load_profile
 
     cal = load_calibration()
@@ -177,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                                                "published_ms", "estimated_ms", "error", "source")})
     for p in profiles.values():
         p["error"] = anchored_error(p["anchors"])
-    shipped = {"version": 1, "calibration_sha256": calibration_sha256(),
+    shipped = {"version": 1, "calibration_sha256": calibration_sha256(calibration_path()),
                "error_definition": "|published - estimated| / estimated; a profile's error is its largest anchor's",
                "profiles": profiles}
     SHIPPED_ANCHORS.write_text(json.dumps(shipped, indent=2) + "\n", encoding="utf-8")

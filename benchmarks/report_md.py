@@ -19,9 +19,9 @@ def _ms(s: dict, case: str) -> str:
 
 
 def _trust(est: dict) -> str:
-    from edgekd.report.recommend import estimate_label
+    from edgekd.report.recommend import estimate_label, trusted_error
 
-    return estimate_label(True, est.get("estimator_error") if est.get("anchored") else None)
+    return estimate_label(True, trusted_error(est))
 
 
 def npu_lines(systems: dict) -> list[str]:

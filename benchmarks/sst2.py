@@ -230,7 +230,7 @@ def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pr
     from safetensors.numpy import load_file
 
     from edgekd.devices.anchors import estimate_trust
-    from edgekd.devices.estimate import calibration_path, estimate_latency, load_calibration
+    from edgekd.devices.estimate import estimate_latency, load_calibration
     from edgekd.devices.profiles import load_profile
 
     export = next(a for a in pipe.artifacts if a.stage == "export")
@@ -253,7 +253,7 @@ def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pr
         row["accuracy_by"] = "onnxruntime CPU running the device's static QDQ graph (a simulation: no onnxruntime-qnn)"
     cal = load_calibration()
     device = load_profile(profile)
-    trust = estimate_trust(profile, cal, calibration_path())
+    trust = estimate_trust(profile, cal)
     est = estimate_latency(path, device, None, 1, cal)
     row["latency_ms"] = {"device_b1_t1": {"p50": est["ms"], "estimated": True, "device": profile,
                                           "seq_len": est["seq_len"], **trust}}

@@ -24,7 +24,7 @@ def test_every_shipped_estimated_profile_is_anchored_to_the_shipped_calibration(
     assert set(estimated) <= set(data["profiles"]), sorted(set(estimated) - set(data["profiles"]))
     cal = load_calibration()
     for name in estimated:
-        trust = estimate_trust(name, cal, calibration_path())
+        trust = estimate_trust(name, cal)
         assert trust["anchored"], (name, trust["anchor"])
         anchors = data["profiles"][name]["anchors"]
         # the profile's error is its worst anchor's, each relative to the estimate

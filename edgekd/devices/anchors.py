@@ -25,18 +25,25 @@ def anchored_error(anchors: list[dict]) -> float:
     return max(float(a["error"]) for a in anchors)
 
 
-def load_anchors(path: Path | None = None) -> dict:
-    p = Path(path or SHIPPED_ANCHORS)
+def load_anchors() -> dict:
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(SHIPPED_ANCHORS.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return {}
     return data if isinstance(data, dict) else {}
 
 
-def profile_anchor(name: str, calibration_file: Path, anchors: dict | None = None) -> dict:
+def calibration_sha256(path: Path) -> str | None:
+    """What the anchors were computed with (a calibration file's hash); None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def profile_anchor(name: str, calibration_file: Path) -> dict:
     """{"anchored": bool, "error": float | None, "anchors": [...], "why": str} for profile `name`."""
-    data = load_anchors() if anchors is None else anchors
+    data = load_anchors()
     entry = (data.get("profiles") or {}).get(name)
     if not entry:
         return {"anchored": False, "error": None, "anchors": [], "why": f"no published measurement anchors {name}"}
@@ -44,11 +51,7 @@ def profile_anchor(name: str, calibration_file: Path, anchors: dict | None = Non
     if found is None or found.origin != SHIPPED:
         return {"anchored": False, "error": None, "anchors": [],
                 "why": f"{name} is a user profile; the anchors hold for the shipped one"}
-    try:
-        sha = hashlib.sha256(Path(calibration_file).read_bytes()).hexdigest()
-    except OSError:
-        sha = None
-    if sha != data.get("calibration_sha256"):
+    if calibration_sha256(calibration_file) != data.get("calibration_sha256"):
         return {"anchored": False, "error": None, "anchors": [],
                 "why": f"the estimator calibration {calibration_file} is not the one the anchors were computed with "
                        "(rerun python -m benchmarks.anchors)"}
@@ -57,11 +60,11 @@ def profile_anchor(name: str, calibration_file: Path, anchors: dict | None = Non
                              f"{a['published_ms']:g} ms, estimated {a['estimated_ms']:g} ms" for a in entry["anchors"])}
 
 
-def estimate_trust(profile_name: str, calibration: dict, calibration_file: Path) -> dict:
-    """What an estimate on `profile_name` carries: its anchored error (None when unanchored), whether it is
-    anchored and why (or why not), and the host estimator's own error for reference."""
-    from .estimate import estimator_error
+def estimate_trust(profile_name: str, calibration: dict) -> dict:
+    """What an estimate on `profile_name` with the calibration in use carries: its anchored error (None when
+    unanchored), whether it is anchored and why (or why not), and the host estimator's own error for reference."""
+    from .estimate import calibration_path, estimator_error
 
-    anchor = profile_anchor(profile_name, calibration_file)
+    anchor = profile_anchor(profile_name, calibration_path())
     return {"estimator_error": anchor["error"], "anchored": anchor["anchored"], "anchor": anchor["why"],
             "host_estimator_error": estimator_error(calibration)}

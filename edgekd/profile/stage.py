@@ -44,7 +44,7 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
     except ProfileError as e:
         log(f"[yellow]profile {profile.name}: not present and not estimated — {e}[/]")
         return None
-    trust = estimate_trust(profile.name, cal, calibration_path())
+    trust = estimate_trust(profile.name, cal)
     seq_lens = usable_seq_lens(profile, max_positions)
     for name, m in models.items():
         is_image = "pixel_values" in model_input_names(m["path"])
@@ -63,8 +63,7 @@ def estimate_all(models: dict, results: dict, profile, max_positions: int | None
             f"against published measurements ({trust['anchor']})")
     else:
         log(f"[yellow]profile {profile.name}: latency is an {UNANCHORED} (not measured): {trust['anchor']}[/]")
-    return {"max_abs_rel_error": trust["estimator_error"], **trust, "checked_on": profile.name if trust["anchored"]
-            else None, "calibration": str(calibration_path())}
+    return {**trust, "calibration": str(calibration_path())}
 
 
 def compatibility_summary(path: Path, profile) -> dict:

@@ -138,12 +138,11 @@ def make_budget(budget_cfg, ctx: Context, probe: Probe, bisection_rounds: int, l
     if profile.measured:
         return Budget("latency_ms", limit, probe, Candidate.host_ms, "latency_ms", latency_rounds, " ms", profile)
     from ..devices.anchors import estimate_trust
-    from ..devices.estimate import calibration_path
 
     # an estimate is deterministic and cheap: bisect as finely as for parameters
     return Budget("latency_ms", limit, probe, lambda c: c.estimated_ms(profile), "estimated_latency_ms",
                   bisection_rounds, " ms (estimated)", profile,
-                  {"profile": profile.name, **estimate_trust(profile.name, probe.calibration, calibration_path())})
+                  {"profile": profile.name, **estimate_trust(profile.name, probe.calibration)})
 
 
 def _budget_profile(budget_cfg, ctx: Context):

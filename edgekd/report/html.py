@@ -16,7 +16,8 @@ from ..artifact import write_json_atomic
 from ..errors import EdgekdError
 from . import plots
 from .markdown import budget_text, data_warning
-from .recommend import baseline_label, device_info, estimate_label, normalize_accuracy, pareto, profile_names, recommend, run_labels
+from .recommend import (baseline_label, device_info, estimate_label, normalize_accuracy, pareto, profile_names,
+                        recommend, run_labels, trusted_error)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#222;margin:0 auto;
@@ -256,7 +257,7 @@ def _estimator_section(summaries, labels) -> str:
                 continue
             host = t.get("host_estimator_error")
             rows.append(f'<tr><td class="l">{_e(lab)}</td><td class="l">{_e(prof)}</td>'
-                        f'<td>{_e(estimate_label(True, t.get("estimator_error") if t.get("anchored") else None))}</td>'
+                        f'<td>{_e(estimate_label(True, trusted_error(t)))}</td>'
                         f'<td class="l">{_e(t.get("anchor", ""))}</td>'
                         f'<td>{_n(None if host is None else 100 * host, "{:.0f}%")}</td></tr>')
     if not rows:

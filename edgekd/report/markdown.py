@@ -1,7 +1,7 @@
 """Markdown report: one table across all stages, then the measured models on each profile."""
 from __future__ import annotations
 
-from .recommend import baseline_label, estimate_label
+from .recommend import baseline_label, estimate_label, trusted_error
 
 
 def _pct(x) -> str:
@@ -17,7 +17,7 @@ def budget_text(budget: dict) -> str:
     name = next(k for k in ("latency_ms", "macs") if k in budget)
     fmt = (lambda v: f"{v:.3g} ms") if name == "latency_ms" else (lambda v: f"{v / 1e6:,.1f}M MACs")
     est = budget.get("estimated")
-    how = (f"estimated on {est['profile']} ({estimate_label(True, est.get('estimator_error') if est.get('anchored') else None)})"
+    how = (f"estimated on {est['profile']} ({estimate_label(True, trusted_error(est))})"
            if est else "measured on the host" if name == "latency_ms" else "counted")
     return f"{'Latency' if name == 'latency_ms' else 'MAC'} budget {fmt(budget[name])}: {how} {fmt(budget.get('reached', budget.get('measured_ms')))} " \
            f"({budget['off_by']:+.1%}) at {budget.get('case', 'batch 1')}"
@@ -132,8 +132,7 @@ def render_markdown(s: dict) -> str:
                 if x is None:
                     cells.append("—")
                 elif x.get("estimated"):
-                    err = x.get("estimator_error") if x.get("anchored") else None
-                    cells.append(f"~{x['p50']:.2f} ({estimate_label(True, err)})")
+                    cells.append(f"~{x['p50']:.2f} ({estimate_label(True, trusted_error(x))})")
                 else:
                     cells.append(f"{x['p50']:.2f} / {x['p90']:.2f}")
                 if x is not None and not x.get("estimated"):

@@ -130,7 +130,7 @@ def _throughput(model: dict, profile: str) -> float | None:
     return max(rates) if rates else None
 
 
-def _est_error(entry: dict) -> float | None:
+def trusted_error(entry: dict) -> float | None:
     """An anchored estimate's error (its profile's, against published measurements); None for an unanchored one
     (a run from before anchors carried the host estimator's error, which says nothing about the device)."""
     err = entry.get("estimator_error")
@@ -159,6 +159,7 @@ def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) ->
                 if not isinstance(entry.get("p50"), (int, float)):
                     continue
                 estimated = bool(entry.get("estimated"))
+                error = trusted_error(entry) if estimated else None
                 rank, cls = device_class(prof, devices.get(prof))
                 compat = (s.get("compat") or {}).get(prof)
                 rows.append({
@@ -169,8 +170,7 @@ def candidates(summaries: list[dict], devices: dict[str, dict] | None = None) ->
                     "peak_memory_mb": entry.get("peak_memory_mb"), "size_mb": m.get("size_mb"),
                     "params": m.get("params"), "accuracy": m.get("accuracy"), "agreement": m.get("agreement"),
                     "baseline": baseline_label(m), "estimated": estimated,
-                    "estimator_error": _est_error(entry) if estimated else None,
-                    "unanchored": estimated and _est_error(entry) is None,
+                    "estimator_error": error, "unanchored": estimated and error is None,
                     "compat_ok": None if not isinstance(compat, dict) else compat.get("ok"),
                     "other_cases": {c: e.get("p50") for c, e in lat.items() if c != case and isinstance(e, dict)},
                 })
