@@ -33,7 +33,7 @@ def _trust(est: dict) -> str:
 
 def npu_lines(systems: dict) -> list[str]:
     """The NPU builds as Qualcomm's compiler and HTP backend judged them."""
-    rows = [(n, s) for n, s in systems.items() if n.startswith("edgekd-npu-")]
+    rows = [(n, s) for n, s in systems.items() if n.startswith("edgekd-") and "-npu-" in n]
     if not rows:
         return []
     out = ["## The NPU builds, on Qualcomm's compiler", "",

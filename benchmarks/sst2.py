@@ -114,6 +114,8 @@ def bench_recipe(mode: str, data: str, run_dir: Path, extra: list[str] = (), tea
     for stage in raw["stages"]:
         if "export" in stage:
             stage["export"]["devices"] = list(spec["npu_builds"])
+            if other:  # where the HTP leaves a further student's nodes to the CPU, its row says so: a finding
+                stage["export"]["npu_fallback"] = "allow"
         if other and "distill" in stage:
             stage["distill"].update(other[1])
     return validate_recipe(raw, f"benchmark {teacher} {mode}" + (f" student {student}" if student else ""))

@@ -27,6 +27,7 @@ def test_every_benchmark_recipe_validates_with_its_npu_builds_and_student(tmp_pa
         assert recipe.student.model_dump(include=set(wanted)) == wanted
         for key, value in distill.items():
             assert getattr(stages["distill"], key) == value
+        assert stages["export"].npu_fallback == "allow"  # its NPU row says where the HTP left nodes to the CPU
 
 
 def test_npu_builds_of_further_students_are_named_after_them():
