@@ -159,7 +159,6 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
                  f"{s['peak_memory_mb']:.0f}" if "peak_memory_mb" in s else "—",
                  f"{sp:.2f}×" if sp else "—", f"{pp:.2f}×" if pp else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    int8 = ratios.get("edgekd-int8", {})
     lines += ["", *npu_lines(systems)]
     lines += [
         f"![accuracy against latency]({Path(os.path.relpath(png, md_path.parent)).as_posix()})",

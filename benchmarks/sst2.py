@@ -311,7 +311,6 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tupl
     bench_spec's."""
     from edgekd.profile.measure import accuracy_on, measure_models
 
-    cfg = spec
     test = pipe.ctx.teacher_encoded("test")
     data = test_data(pipe, paths, variants)
     systems: dict[str, dict] = {}
@@ -325,8 +324,8 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tupl
     npu = npu_builds(spec, variants)
     timed = {n: p for n, p in paths.items() if n not in npu}  # static device builds: estimated below
     latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(), warmup=10,
-                                         runs=cfg["runs"], rounds=cfg["rounds"], natural=True,
-                                         natural_max=cfg["natural_max"], desc="benchmark timing")
+                                         runs=spec["runs"], rounds=spec["rounds"], natural=True,
+                                         natural_max=spec["natural_max"], desc="benchmark timing")
     for name, path in paths.items():
         s = systems[name]
         s["size_mb"] = path.stat().st_size / 1e6
@@ -340,7 +339,7 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tupl
                                            teacher_pred)
         if on_htp is not None:  # the HTP's per-sentence answers replace the simulation's
             correct[name] = on_htp
-    systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, cfg)
+    systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, spec)
     return systems, correct
 
 
