@@ -1,7 +1,6 @@
 """The SST-2 benchmark's recipes (benchmarks/sst2.py): every teacher, mode and further student builds a recipe edgekd
 accepts, and the large teacher's report judges the shipped model by its own targets."""
 import json
-from pathlib import Path
 
 import pytest
 
