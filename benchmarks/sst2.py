@@ -2,14 +2,20 @@
 
     python -m benchmarks.sst2 --mode quick    # make bench-quick: about 25 min on 2 cores (small teacher, short schedules)
     python -m benchmarks.sst2 --mode full     # make bench: the flagship recipe (recipes/sst2-minilm.yaml)
+    python -m benchmarks.sst2 --teacher mpnet --mode quick   # make bench-mpnet-quick: the 110M MPNet-base teacher
+    python -m benchmarks.sst2 --teacher mpnet --mode cpu     # make bench-mpnet: recipes/sst2-mpnet-cpu.yaml
+    python -m benchmarks.sst2 --teacher mpnet --mode full    # recipes/sst2-mpnet.yaml (sized for a GPU)
 
-One run builds (or takes from the run's cache) the flagship pipeline — teacher, distilled student, pruned
+One run builds (or takes from the run's cache) the recipe's pipeline — teacher, distilled student, pruned
 student, QAT, export — and the peers (peers.py), then measures every system with the same inputs, threads and
 timing protocol (edgekd's rounds: every case in `rounds` fresh processes, alternating order, p50 = the quietest
 round, p90 pooled): accuracy and agreement with the teacher on the 872 sentences of test.tsv, latency at batch 1
 for sequence 128 and each sentence's own length with 1 and 2 threads, throughput at batch 32 (2 threads), file
-size and peak memory. Writes benchmarks/results/sst2-<mode>.json, the Pareto plot next to it, and
-benchmarks/RESULTS.md (full) or RESULTS-quick.md.
+size and peak memory. Each model reads the texts with its own tokenizer (a pretrained student brings one).
+`--students` adds other students of the same teacher (STUDENTS), each distilled, pruned, QAT-trained and exported
+by the same recipe in the same run folder (the teacher and its labels are trained and computed once).
+Writes benchmarks/results/sst2[-mpnet]-<mode>.json, the Pareto plot next to it, and the Markdown table:
+benchmarks/RESULTS.md (MiniLM, full), RESULTS-quick.md, RESULTS-mpnet.md (MPNet, full), RESULTS-mpnet-<mode>.md.
 """
 from __future__ import annotations
 
@@ -46,36 +52,138 @@ MODES = {
 # onnxruntime-qnn's HTP backend where it is installed (else onnxruntime's CPU kernels simulate it, labelled so).
 NPU_BUILDS = {"hexagon-npu": "edgekd-npu-w8a8", "hexagon-npu-w8a16": "edgekd-npu-w8a16"}
 PROFILES = ["host-cpu", *NPU_BUILDS]
+# The large teacher (all-mpnet-base-v2, `make mpnet`). quick: the teacher on 1,500 phrases, the student on 2,000
+# (x5 with the augmented copies) and the recipe's w8a16 NPU build checked on 300 test sentences on the HTP's
+# emulation (the whole split takes it about 10 minutes); cpu: recipes/sst2-mpnet-cpu.yaml as it is.
+MPNET_QUICK = ["teacher.finetune.max_train_examples=1500", "teacher.finetune.epochs=2",
+               "stages.0.distill.max_train_examples=2000", "stages.1.prune.recovery.max_train_examples=1000",
+               "stages.2.qat.max_train_examples=1000", "stages.2.qat.calibration_batches=8",
+               "stages.3.export.htp_examples=300"]
+MPNET_BUILDS = {"hexagon-npu-w8a16": "edgekd-npu-w8a16"}
+MPNET_MODES = {
+    "quick": {**MODES["quick"], "overrides": MPNET_QUICK, "recipe": "sst2-mpnet-cpu.yaml"},
+    "cpu": {**MODES["full"], "recipe": "sst2-mpnet-cpu.yaml"},
+    "full": {**MODES["full"], "recipe": "sst2-mpnet.yaml"},
+}
+
+
+def _cnn_wide(width: int) -> tuple[dict, dict]:
+    """The wide text CNN of the distillation ablation, on the teacher's own embeddings (`width` wide)."""
+    return {"kind": "cnn", "channels": [512, 512], "kernel_size": 3, "embedding_dim": width}, {"lr": 1.0e-3}
+
+
+# Per teacher: its modes; the recipe of the modes that name none; its NPU builds; whether onnxruntime's static PTQ
+# of the teacher is a peer too; other students (--students: {name: (student, distill overrides)}), each pruned,
+# QAT-trained and exported by the recipe's own stages.
+TEACHERS = {
+    "minilm": {"modes": MODES, "recipe": "sst2-minilm.yaml", "npu_builds": NPU_BUILDS, "teacher_ptq": False,
+               "students": {"cnn-wide": _cnn_wide(384)}},
+    "mpnet": {"modes": MPNET_MODES, "recipe": None, "npu_builds": MPNET_BUILDS, "teacher_ptq": True,
+              # MPNet's own layers, 768 wide, initialised from them
+              "students": {"teacher-layers": ({"kind": "layers", "layers": [3, 7, 11]}, {}),
+                           "cnn-wide": _cnn_wide(768)}},
+}
 LATENCY_CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 THROUGHPUT_CASE = "b32_seq128_t2"
 
 
-def run_pipeline(mode: str, data: str, run_dir: Path, extra: list[str] = ()):
-    """The flagship recipe without its profile stage (this benchmark measures every system itself)."""
-    from edgekd.pipeline import Pipeline
+def bench_spec(teacher: str, mode: str) -> dict:
+    """A mode of a teacher's benchmark with what it inherits from the teacher's entry in TEACHERS."""
+    t = TEACHERS[teacher]
+    if mode not in t["modes"]:
+        raise SystemExit(f"--mode {mode}: the {teacher} benchmark has modes {sorted(t['modes'])}")
+    cfg = t["modes"][mode]
+    return {**cfg, "teacher": teacher, "recipe": cfg.get("recipe") or t["recipe"], "npu_builds": t["npu_builds"],
+            "teacher_ptq": t["teacher_ptq"]}
+
+
+def bench_recipe(mode: str, data: str, run_dir: Path, extra: list[str] = (), teacher: str = "minilm",
+                 student: str | None = None):
+    """The teacher's recipe without its profile stage (this benchmark measures every system itself), validated;
+    `student`: one of the teacher's other STUDENTS instead of the recipe's."""
     from edgekd.recipe import apply_overrides, load_recipe_dict, validate_recipe
 
-    raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / "sst2-minilm.yaml"),
-                          [f"data.path={data}", f"output={run_dir}", *MODES[mode]["overrides"], *extra])
+    spec = bench_spec(teacher, mode)
+    raw = apply_overrides(load_recipe_dict(ROOT / "recipes" / spec["recipe"]),
+                          [f"data.path={data}", f"output={run_dir}", *spec["overrides"], *extra])
     raw["stages"] = [s for s in raw["stages"] if "profile" not in s]
-    raw["profiles"] = PROFILES
+    raw["profiles"] = ["host-cpu", *spec["npu_builds"]]
+    other = TEACHERS[teacher]["students"][student] if student else None
+    if other:
+        raw["student"] = other[0]
     for stage in raw["stages"]:
         if "export" in stage:
-            stage["export"]["devices"] = list(NPU_BUILDS)
-    pipe = Pipeline(validate_recipe(raw, f"benchmark {mode}"))
+            stage["export"]["devices"] = list(spec["npu_builds"])
+            if other:  # where the HTP leaves a further student's nodes to the CPU, its row says so: a finding
+                stage["export"]["npu_fallback"] = "allow"
+        if other and "distill" in stage:
+            stage["distill"].update(other[1])
+    return validate_recipe(raw, f"benchmark {teacher} {mode}" + (f" student {student}" if student else ""))
+
+
+def run_pipeline(mode: str, data: str, run_dir: Path, extra: list[str] = (), teacher: str = "minilm",
+                 student: str | None = None):
+    """bench_recipe's pipeline, run (cached stages taken from `run_dir`: another student of the same teacher in the
+    same folder trains the teacher and computes its labels once)."""
+    from edgekd.pipeline import Pipeline
+
+    pipe = Pipeline(bench_recipe(mode, data, run_dir, extra, teacher, student))
     pipe.run()
     return pipe
 
 
-def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
-    """{name: ONNX path} of every ONNX system, and facts about how each peer was made."""
-    from edgekd.devices.feeds import text_feeds
+def npu_builds(spec: dict, variants: dict | None = None) -> dict[str, tuple[str, str | None]]:
+    """{system: (profile, the student it belongs to: None for the recipe's)} of every NPU build."""
+    out = {name: (profile, None) for profile, name in spec["npu_builds"].items()}
+    for v in variants or {}:
+        out |= {f"edgekd-{v}-{name.removeprefix('edgekd-')}": (profile, v) for profile, name in spec["npu_builds"].items()}
+    return out
+
+
+def _arts(pipe) -> dict:
+    return {a.stage: a for a in pipe.artifacts}
+
+
+def _shipped(export: Path) -> tuple[Path, Path, bool]:
+    """(the INT8 model, its own FP32 export, whether INT8 shipped): where INT8 did not pay on the host the export
+    shipped the FP32 one as model.onnx and kept the INT8 one as model-int8.onnx."""
+    shipped_fp32 = (export / "model-int8.onnx").is_file()
+    return (export / ("model-int8.onnx" if shipped_fp32 else "model.onnx"),
+            export / ("model.onnx" if shipped_fp32 else "model-fp32.onnx"), not shipped_fp32)
+
+
+def _float_student(art, inputs, path: Path) -> Path:
+    """A float student exported the way edgekd exports it (cached by artifact)."""
     from edgekd.export.onnx_export import export_onnx
+    from edgekd.models.spec import load_model_from_artifact
+
+    if not path.is_file():
+        export_onnx(load_model_from_artifact(art), inputs, path, 17)
+    return path
+
+
+def _cached_ptq(src: Path, dst: Path, encoded, vnni: bool) -> dict:
+    """onnxruntime's static QDQ PTQ of an ONNX model, calibrated on `encoded` (cached with its facts)."""
+    from edgekd.devices.feeds import model_input_dims, text_feeds
+    from .peers import static_ptq
+
+    facts_file = dst.with_suffix(".json")
+    if not dst.is_file() or not facts_file.is_file():
+        feeds = text_feeds(encoded.ids, list(model_input_dims(src)), None, encoded.pad_id)
+        facts_file.write_text(json.dumps(static_ptq(src, dst, feeds, vnni)))
+    return json.loads(facts_file.read_text())
+
+
+def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
+                  variants: dict | None = None) -> tuple[dict, dict]:
+    """{name: ONNX path} of every ONNX system, and facts about how each peer was made. `variants`: {student name:
+    its pipeline} of other students of the same teacher, each with its float, INT8 and NPU builds."""
     from edgekd.models.onnx_graph import example_inputs
     from edgekd.models.spec import load_model_from_artifact
-    from .peers import optimum_peer, static_ptq
+    from .peers import optimum_peer
 
-    arts = {a.stage: a for a in pipe.artifacts}
+    spec = spec or bench_spec("minilm", mode)
+    arts = _arts(pipe)
     ctx = pipe.ctx
     vnni = host_facts()["isa"]["vnni"]
     work.mkdir(parents=True, exist_ok=True)
@@ -95,31 +203,30 @@ def build_systems(pipe, work: Path, mode: str) -> tuple[dict, dict]:
         tmp.rename(peer_dir)
     facts["peer-teacher-dynamic-int8"] = json.loads((peer_dir / "facts.json").read_text())
     paths["peer-teacher-dynamic-int8"] = peer_dir / facts["peer-teacher-dynamic-int8"]["file"]
+    if spec["teacher_ptq"]:  # what onnxruntime's own static quantization makes of the teacher
+        paths["peer-teacher-static-ptq"] = work / f"peer-teacher-static-ptq-{key}.onnx"
+        facts["peer-teacher-static-ptq"] = _cached_ptq(paths["teacher-fp32"], paths["peer-teacher-static-ptq"],
+                                                       ctx.teacher_encoded("train", spec["calibration"]), vnni)
     # edgekd's own float students, exported the way edgekd exports them
     inputs = example_inputs(ctx.task, ctx.data.preprocess)
     for name, stage in (("edgekd-student-fp32", "distill"), ("edgekd-pruned-fp32", "prune")):
-        path = work / f"{name}-{arts[stage].id}.onnx"
-        if not path.is_file():
-            export_onnx(load_model_from_artifact(arts[stage]), inputs, path, 17)
-        paths[name] = path
-    ptq = work / f"peer-student-static-ptq-{arts['prune'].id}.onnx"
-    calib = ctx.encoded("train", MODES[mode]["calibration"])
-    if not ptq.is_file():
-        feeds = text_feeds(calib.ids, ["input_ids", "attention_mask"], None, calib.pad_id)
-        facts["peer-student-static-ptq"] = static_ptq(paths["edgekd-pruned-fp32"], ptq, feeds, vnni)
-        (work / f"{ptq.stem}.json").write_text(json.dumps(facts["peer-student-static-ptq"]))
-    else:
-        facts["peer-student-static-ptq"] = json.loads((work / f"{ptq.stem}.json").read_text())
-    paths["peer-student-static-ptq"] = ptq
-    # the QAT model and its own FP32 export (same network, quantization off); where INT8 did not pay on the host
-    # the export shipped the FP32 one as model.onnx and kept the INT8 one as model-int8.onnx
+        paths[name] = _float_student(arts[stage], inputs, work / f"{name}-{arts[stage].id}.onnx")
+    paths["peer-student-static-ptq"] = work / f"peer-student-static-ptq-{arts['prune'].id}.onnx"
+    facts["peer-student-static-ptq"] = _cached_ptq(paths["edgekd-pruned-fp32"], paths["peer-student-static-ptq"],
+                                                   ctx.encoded("train", spec["calibration"]), vnni)
+    # the QAT model and its own FP32 export (same network, quantization off)
     export = arts["export"].path
-    shipped_fp32 = (export / "model-int8.onnx").is_file()
-    paths["edgekd-int8"] = export / ("model-int8.onnx" if shipped_fp32 else "model.onnx")
-    paths["edgekd-qat-fp32"] = export / ("model.onnx" if shipped_fp32 else "model-fp32.onnx")
-    facts["edgekd-int8"] = {"shipped": not shipped_fp32, "int8_decision": arts["export"].manifest.get("int8", {}).get("reason")}
-    for profile, name in NPU_BUILDS.items():
-        paths[name] = export / "devices" / profile / "model.onnx"
+    paths["edgekd-int8"], paths["edgekd-qat-fp32"], shipped = _shipped(export)
+    facts["edgekd-int8"] = {"shipped": shipped, "int8_decision": arts["export"].manifest.get("int8", {}).get("reason")}
+    for v, vp in (variants or {}).items():
+        va = _arts(vp)
+        paths[f"edgekd-{v}-fp32"] = _float_student(va["distill"], example_inputs(vp.ctx.task, vp.ctx.data.preprocess),
+                                                   work / f"edgekd-{v}-fp32-{va['distill'].id}.onnx")
+        paths[f"edgekd-{v}-int8"], _, shipped = _shipped(va["export"].path)
+        facts[f"edgekd-{v}-int8"] = {"shipped": shipped, "student": TEACHERS[spec["teacher"]]["students"][v][0],
+                                     "int8_decision": va["export"].manifest.get("int8", {}).get("reason")}
+    for name, (profile, v) in npu_builds(spec, variants).items():
+        paths[name] = _arts(variants[v] if v else pipe)["export"].path / "devices" / profile / "model.onnx"
     return paths, facts
 
 
@@ -174,27 +281,38 @@ def _lat(stats: dict) -> dict:
     return {k: stats[k] for k in keep if k in stats}
 
 
-def test_data(pipe, paths: dict) -> dict:
-    """The test split as each system is fed: edgekd's exports take their folder's tokenizer (renumbered by
-    export.vocabulary: fallback)."""
+# systems that read the texts as the teacher does (its own tokenizer where a pretrained student brings another)
+TEACHER_SIDE = ("teacher-", "peer-teacher-", "peer-torch-")
+
+
+def _pipe_of(name: str, pipe, variants: dict | None):
+    return next((vp for v, vp in (variants or {}).items() if name.startswith(f"edgekd-{v}-")), pipe)
+
+
+def test_data(pipe, paths: dict, variants: dict | None = None) -> dict:
+    """The test split as each system is fed: the teacher and its peers with the teacher's tokenizer; each student
+    with its own, and edgekd's exports with their folder's (renumbered by export.vocabulary: fallback)."""
     from edgekd.artifact import renumbered_vocabulary
 
-    export = next(a for a in pipe.artifacts if a.stage == "export")
-    test = pipe.ctx.encoded("test")
-    if not renumbered_vocabulary(export.manifest):
-        return {name: test for name in paths}
-    own = pipe.ctx.encoded("test", tokenizer_dir=export.path)
-    # teacher.onnx sits in the export folder too but takes the teacher's own (untrimmed) ids
-    return {name: own if export.path in path.parents and path.name != "teacher.onnx" else test
-            for name, path in paths.items()}
+    out = {}
+    for name, path in paths.items():
+        if name.startswith(TEACHER_SIDE):
+            out[name] = pipe.ctx.teacher_encoded("test")
+            continue
+        p = _pipe_of(name, pipe, variants)
+        export = _arts(p)["export"]
+        own = renumbered_vocabulary(export.manifest) and export.path in path.parents
+        out[name] = p.ctx.encoded("test", tokenizer_dir=export.path if own else None)
+    return out
 
 
-def measure(pipe, paths: dict, cfg: dict) -> tuple[dict, dict]:
-    """{system: accuracy, agreement, size and timings} and {system: per-sentence correctness on test.tsv}."""
+def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tuple[dict, dict]:
+    """{system: accuracy, agreement, size and timings} and {system: per-sentence correctness on test.tsv}; `spec`:
+    bench_spec's."""
     from edgekd.profile.measure import accuracy_on, measure_models
 
-    test = pipe.ctx.encoded("test")
-    data = test_data(pipe, paths)
+    test = pipe.ctx.teacher_encoded("test")
+    data = test_data(pipe, paths, variants)
     systems: dict[str, dict] = {}
     acc, teacher_pred = accuracy_on(paths["teacher-fp32"], test, None, "accuracy teacher-fp32")
     systems["teacher-fp32"] = {**acc, "agreement": 1.0}
@@ -203,11 +321,11 @@ def measure(pipe, paths: dict, cfg: dict) -> tuple[dict, dict]:
         if name != "teacher-fp32":
             systems[name], pred = accuracy_on(path, data[name], teacher_pred, f"accuracy {name}")
             correct[name] = pred == data[name].labels
-    npu = {name: profile for profile, name in NPU_BUILDS.items()}
+    npu = npu_builds(spec, variants)
     timed = {n: p for n, p in paths.items() if n not in npu}  # static device builds: estimated below
     latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(), warmup=10,
-                                         runs=cfg["runs"], rounds=cfg["rounds"], natural=True,
-                                         natural_max=cfg["natural_max"], desc="benchmark timing")
+                                         runs=spec["runs"], rounds=spec["rounds"], natural=True,
+                                         natural_max=spec["natural_max"], desc="benchmark timing")
     for name, path in paths.items():
         s = systems[name]
         s["size_mb"] = path.stat().st_size / 1e6
@@ -216,11 +334,12 @@ def measure(pipe, paths: dict, cfg: dict) -> tuple[dict, dict]:
             s["latency_ms"] = {c: _lat(latency[name][c]) for c in LATENCY_CASES}
             s["throughput_b32"] = throughput[name][THROUGHPUT_CASE]["items_per_s"]
             s["peak_memory_mb"] = max(x["peak_memory_mb"] for x in latency[name].values())
-    for name, profile in npu.items():
-        systems[name], on_htp = npu_system(pipe, profile, paths[name], systems[name], test, teacher_pred)
+    for name, (profile, v) in npu.items():
+        systems[name], on_htp = npu_system(_pipe_of(name, pipe, variants), profile, paths[name], systems[name], test,
+                                           teacher_pred)
         if on_htp is not None:  # the HTP's per-sentence answers replace the simulation's
             correct[name] = on_htp
-    systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, cfg)
+    systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, spec)
     return systems, correct
 
 
@@ -233,7 +352,7 @@ def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pr
     from edgekd.devices.estimate import estimate_latency, load_calibration
     from edgekd.devices.profiles import load_profile
 
-    export = next(a for a in pipe.artifacts if a.stage == "export")
+    export = _arts(pipe)["export"]
     htp = (export.manifest.get("devices") or {}).get(profile, {}).get("htp") or {"checked": False}
     row = dict(simulated)
     correct = None
@@ -298,49 +417,62 @@ def ratios(systems: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--teacher", choices=sorted(TEACHERS), default="minilm",
+                    help="minilm: the flagship (recipes/sst2-minilm.yaml); mpnet: the 110M MPNet-base (make mpnet)")
+    ap.add_argument("--mode", default="quick", help="minilm: quick | full; mpnet: quick | cpu | full")
+    ap.add_argument("--students", nargs="*", default=[], metavar="NAME",
+                    help="other students of the same teacher, each through the recipe's stages: "
+                         + "; ".join(f"{t}: {' '.join(v['students'])}" for t, v in TEACHERS.items()))
     ap.add_argument("--data", default=os.environ.get("EDGEKD_SST2_DIR", str(ROOT.parent / "shared" / "data" / "sst2")))
-    ap.add_argument("--run-dir", default=None, help="pipeline run folder (default runs/bench-<mode>; cached)")
-    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/sst2-<mode>.json)")
-    ap.add_argument("--md", default=None, help="the Markdown table (default benchmarks/RESULTS.md for the full mode, "
-                                               "benchmarks/RESULTS-quick.md for the quick one)")
+    ap.add_argument("--run-dir", default=None, help="pipeline run folder (default runs/bench[-mpnet]-<mode>; cached)")
+    ap.add_argument("--out", default=None, help="results JSON (default benchmarks/results/sst2[-mpnet]-<mode>.json)")
+    ap.add_argument("--md", default=None, help="the Markdown table (default benchmarks/RESULTS.md for the flagship's "
+                                               "full mode, RESULTS-mpnet.md for MPNet's, else RESULTS[-mpnet]-<mode>.md)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a recipe override on top of the mode's (a variant of the flagship: give it its own --out "
                          "and --md), e.g. stages.1.prune.budget.params=0.35")
     args = ap.parse_args()
-    cfg = MODES[args.mode]
-    overrides = [*cfg["overrides"], *args.set]
-    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench-{args.mode}")
-    out = Path(args.out or HERE / "results" / f"sst2-{args.mode}.json")
+    spec = bench_spec(args.teacher, args.mode)
+    unknown = [v for v in args.students if v not in TEACHERS[args.teacher]["students"]]
+    if unknown:
+        raise SystemExit(f"--students {unknown}: the {args.teacher} teacher's are {sorted(TEACHERS[args.teacher]['students'])}")
+    overrides = [*spec["overrides"], *args.set]
+    stem = "sst2" if args.teacher == "minilm" else f"sst2-{args.teacher}"
+    run_dir = Path(args.run_dir or ROOT / "runs" / f"bench{stem.removeprefix('sst2')}-{args.mode}")
+    out = Path(args.out or HERE / "results" / f"{stem}-{args.mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
-    pipe = run_pipeline(args.mode, args.data, run_dir, args.set)
-    paths, facts = build_systems(pipe, run_dir / "bench", args.mode)
-    systems, correct = measure(pipe, paths, cfg)
+    # the other students first: the run folder's own report and manifest are then the recipe's student's
+    variants = {v: run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher, v) for v in args.students}
+    pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
+    paths, facts = build_systems(pipe, run_dir / "bench", args.mode, spec, variants)
+    systems, correct = measure(pipe, paths, spec, variants)
     for name, f in facts.items():
         systems[name]["built_with"] = f
-    stages = edgekd_stages(pipe)
     for name in systems:
         if name.startswith("edgekd-"):
-            systems[name]["stages"] = stages
+            systems[name]["stages"] = edgekd_stages(_pipe_of(name, pipe, variants))
     host = host_facts()
     peer, teacher = systems["peer-teacher-dynamic-int8"], systems["teacher-fp32"]
     host["int8_case"] = {  # which kind of machine this is for INT8: the peer's own dynamic INT8 over FP32
         "peer_dynamic_int8_speedup_vs_teacher_fp32_seq128_t1":
             teacher["latency_ms"]["seq128_t1"]["p50"] / peer["latency_ms"]["seq128_t1"]["p50"]}
-    result = {"benchmark": f"sst2-{args.mode}", "mode": args.mode, "systems": systems, "ratios": ratios(systems),
-              "machine": host, "versions": versions(), "commit": commit(),
+    result = {"benchmark": f"{stem}-{args.mode}", "teacher": args.teacher, "mode": args.mode, "systems": systems,
+              "ratios": ratios(systems), "machine": host, "versions": versions(), "commit": commit(),
               "date": started.strftime("%Y-%m-%d"), "started": started.isoformat(timespec="seconds"),
               "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
-              "protocol": {"rounds": cfg["rounds"], "runs": cfg["runs"], "warmup": 10, "batch": 1,
-                           "natural_max_examples": cfg["natural_max"], "throughput": "batch 32, seq 128, 2 threads",
+              "protocol": {"rounds": spec["rounds"], "runs": spec["runs"], "warmup": 10, "batch": 1,
+                           "natural_max_examples": spec["natural_max"], "throughput": "batch 32, seq 128, 2 threads",
                            "test_examples": len(pipe.ctx.encoded("test"))},
-              "recipe": "recipes/sst2-minilm.yaml" + (f" with {overrides}" if overrides else ""),
+              "recipe": f"recipes/{spec['recipe']}" + (f" with {overrides}" if overrides else ""),
+              "students": {v: {"student": TEACHERS[args.teacher]["students"][v][0],
+                               "distill": TEACHERS[args.teacher]["students"][v][1]} for v in args.students},
               "accuracy_intervals": paired_intervals(correct)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     from .report_md import write_results_md
 
-    md = Path(args.md or HERE / ("RESULTS.md" if args.mode == "full" else f"RESULTS-{args.mode}.md"))
+    md_name = "RESULTS" + stem.removeprefix("sst2") + ("" if args.mode == "full" else f"-{args.mode}") + ".md"
+    md = Path(args.md or HERE / md_name)
     write_results_md(result, out, md)
     print(f"wrote {out} and {md} in {result['wall_s'] / 60:.1f} min")
 

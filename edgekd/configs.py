@@ -179,17 +179,21 @@ class DataConfig(Strict):
     eval_max_examples: int | None = Field(None, ge=1, description="cap dev/test examples (tests, smoke runs)")
     # exclude_if: at its default the field stays out of the dumped config, so the data fingerprint (part of every
     # cache key) of runs that do not use it is unchanged
-    dev_holdout: int | None = Field(
-        None, ge=1, exclude_if=lambda v: v is None,
+    dev_holdout: int | float | None = Field(
+        None, gt=0, exclude_if=lambda v: v is None,
         description="build dev from train instead of the dev file: this many whole train texts that no other train "
-                    "text contains (SST-2: its sentences), each leaving train with the train texts inside it, so dev "
-                    "holds inputs train has never seen, as test does (data/holdout.py)")
+                    "text contains (SST-2: its sentences), or this share of them (0 < share < 1, for a recipe that "
+                    "fits data sets of any size), each leaving train with the train texts inside it, so dev holds "
+                    "inputs train has never seen, as test does (data/holdout.py)")
 
     @model_validator(mode="after")
     def _one_source(self):
         given = [k for k in ("path", "hub", "sklearn") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of data.path, data.hub or data.sklearn (got {given or 'none'})")
+        if isinstance(self.dev_holdout, float) and self.dev_holdout >= 1:
+            raise ValueError(f"data.dev_holdout: {self.dev_holdout} is neither a count of texts (a whole number) nor "
+                             "a share of them (between 0 and 1); write e.g. 872 or 0.125")
         if self.dev_holdout is not None and self.sklearn is not None:
             raise ValueError("data.dev_holdout holds out whole texts; the bundled scikit-learn images have a fixed "
                              "split already: remove data.dev_holdout")

@@ -74,6 +74,21 @@ def test_loading_builds_dev_from_train_without_a_dev_file_and_records_it(tmp_pat
         "dev_holdout"] == 2
 
 
+def test_a_share_holds_out_that_share_of_the_whole_texts_whatever_the_data_sets_size(tmp_path):
+    from edgekd.data.holdout import roots
+
+    folder = _folder(tmp_path / "d")
+    data = load_data(DataConfig(path=str(folder), dev_holdout=0.5), "text-classification")
+    facts = data.checks["dev_holdout"]
+    n_roots = len(roots(_treebank()))
+    assert facts["roots"] == n_roots and facts["share"] == 0.5 and len(data.dev) == facts["dev"] == round(n_roots / 2)
+    # the same texts as the count it comes to, so the share is only a way of writing the count
+    count = load_data(DataConfig(path=str(folder), dev_holdout=round(n_roots / 2)), "text-classification")
+    assert data.dev.texts == count.dev.texts
+    with pytest.raises(ValidationError, match=r"1\.5 is neither a count of texts.*nor a share"):
+        DataConfig(path="x", dev_holdout=1.5)
+
+
 def test_dev_holdout_errors_name_the_file_or_key(tmp_path):
     from edgekd.errors import DataError
 
@@ -90,6 +105,8 @@ def test_the_report_says_how_dev_was_built():
     text = dev_holdout_text({"data": {"dev_holdout": facts}})
     assert text.startswith("dev is 872 whole train texts held out (of 7,065") and "6,437 train texts" in text
     assert dev_holdout_text({"data": {}}) is None
+    assert "(of 7,065 that no other train text contains, 12.5% of them)" in dev_holdout_text(
+        {"data": {"dev_holdout": {**facts, "dev": 883, "share": 0.125}}})
 
 
 SST2 = Path(os.environ.get("EDGEKD_SST2_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"))

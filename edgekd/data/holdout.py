@@ -39,13 +39,17 @@ def roots(texts: list[str]) -> list[int]:
     return sorted(first[t] for t in found)
 
 
-def hold_out(texts: list[str], count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
-    """(dev indices, train indices, facts): `count` roots drawn at random (seeded), and train without them and
-    without every text of at least MIN_CHARS inside one of them."""
+def hold_out(texts: list[str], count: int | float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(dev indices, train indices, facts): `count` roots (or, a float, that share of them, at least one) drawn at
+    random (seeded), and train without them and without every text of at least MIN_CHARS inside one of them."""
     candidates = roots(texts)
+    share = count if isinstance(count, float) else None
+    if share is not None:
+        count = max(1, round(share * len(candidates)))
     if count >= len(candidates):
-        raise ValueError(f"data.dev_holdout asks for {count} whole texts, but train has {len(candidates)} texts that "
-                         "no other train text contains; ask for fewer")
+        asked = f"{share:g} of its whole texts ({count})" if share is not None else f"{count} whole texts"
+        raise ValueError(f"data.dev_holdout asks for {asked}, but train has {len(candidates)} texts that no other "
+                         "train text contains; ask for fewer")
     rng = np.random.default_rng(seed)
     dev = np.sort(rng.choice(candidates, count, replace=False))
     dev_norm = {texts[i].strip().lower() for i in dev}
@@ -58,5 +62,5 @@ def hold_out(texts: list[str], count: int, seed: int = 0) -> tuple[np.ndarray, n
             continue
         train.append(i)
     facts = {"dev": int(count), "roots": len(candidates), "removed_from_train": removed - int(count),
-             "min_chars": MIN_CHARS, "seed": seed}
+             "min_chars": MIN_CHARS, "seed": seed, **({"share": share} if share is not None else {})}
     return dev, np.asarray(train, dtype=np.int64), facts

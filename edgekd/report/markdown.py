@@ -34,7 +34,9 @@ def dev_holdout_text(s: dict) -> str | None:
     h = s.get("data", {}).get("dev_holdout")
     if not h:
         return None
-    return (f"dev is {h['dev']:,} whole train texts held out (of {h['roots']:,} that no other train text contains), "
+    share = f", {h['share']:.1%} of them" if "share" in h else ""
+    return (f"dev is {h['dev']:,} whole train texts held out (of {h['roots']:,} that no other train text contains"
+            f"{share}), "
             f"with the {h['removed_from_train']:,} train texts of {h['min_chars']}+ characters inside them "
             "(`data.dev_holdout`): inputs train has never seen.")
 
