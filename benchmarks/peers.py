@@ -73,7 +73,8 @@ def optimum_avx2_dynamic_int8(src: Path, dst: Path, vnni: bool) -> dict:
             "export_opset": OPTIMUM_BERT_OPSET}
 
 
-def static_ptq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], vnni: bool) -> dict:
+def static_ptq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], vnni: bool,
+               op_types: list[str] | None = None) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     class Reader(CalibrationDataReader):
@@ -85,9 +86,10 @@ def static_ptq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], vnni: b
 
     quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=not vnni, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ, u8 activations, s8 per-channel weights, MinMax)",
-            "calibration_examples": len(feeds), "reduce_range": not vnni}
+            "calibration_examples": len(feeds), "reduce_range": not vnni,
+            "op_types": op_types or "onnxruntime's default"}
 
 
 def torch_dynamic_int8(model: torch.nn.Module) -> torch.nn.Module:

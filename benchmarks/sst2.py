@@ -162,7 +162,7 @@ def _float_student(art, inputs, path: Path) -> Path:
     return path
 
 
-def _cached_ptq(src: Path, dst: Path, encoded, vnni: bool) -> dict:
+def _cached_ptq(src: Path, dst: Path, encoded, vnni: bool, op_types: list[str] | None = None) -> dict:
     """onnxruntime's static QDQ PTQ of an ONNX model, calibrated on `encoded` (cached with its facts)."""
     from edgekd.devices.feeds import model_input_dims, text_feeds
     from .peers import static_ptq
@@ -170,7 +170,7 @@ def _cached_ptq(src: Path, dst: Path, encoded, vnni: bool) -> dict:
     facts_file = dst.with_suffix(".json")
     if not dst.is_file() or not facts_file.is_file():
         feeds = text_feeds(encoded.ids, list(model_input_dims(src)), None, encoded.pad_id)
-        facts_file.write_text(json.dumps(static_ptq(src, dst, feeds, vnni)))
+        facts_file.write_text(json.dumps(static_ptq(src, dst, feeds, vnni, op_types)))
     return json.loads(facts_file.read_text())
 
 
@@ -206,7 +206,11 @@ def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
     if spec["teacher_ptq"]:  # what onnxruntime's own static quantization makes of the teacher
         paths["peer-teacher-static-ptq"] = work / f"peer-teacher-static-ptq-{key}.onnx"
         facts["peer-teacher-static-ptq"] = _cached_ptq(paths["teacher-fp32"], paths["peer-teacher-static-ptq"],
-                                                       ctx.teacher_encoded("train", spec["calibration"]), vnni)
+                                                       ctx.teacher_encoded("train", spec["calibration"]), vnni,
+                                                       # onnxruntime's default set also quantizes MPNet's relative
+                                                       # position buckets, whose log(0) = -inf calibrates to a NaN
+                                                       # scale and breaks the Gather indices: the matrix products only
+                                                       ["MatMul", "Gemm"])
     # edgekd's own float students, exported the way edgekd exports them
     inputs = example_inputs(ctx.task, ctx.data.preprocess)
     for name, stage in (("edgekd-student-fp32", "distill"), ("edgekd-pruned-fp32", "prune")):
