@@ -51,7 +51,6 @@ MODES = {
 # The recipe's NPU build in both of Qualcomm's schemes, each compiled and run on the whole test split by
 # onnxruntime-qnn's HTP backend where it is installed (else onnxruntime's CPU kernels simulate it, labelled so).
 NPU_BUILDS = {"hexagon-npu": "edgekd-npu-w8a8", "hexagon-npu-w8a16": "edgekd-npu-w8a16"}
-PROFILES = ["host-cpu", *NPU_BUILDS]
 # The large teacher (all-mpnet-base-v2, `make mpnet`). quick: the teacher on 1,500 phrases, the student on 2,000
 # (x5 with the augmented copies) and the recipe's w8a16 NPU build checked on 300 test sentences on the HTP's
 # emulation (the whole split takes it about 10 minutes); cpu: recipes/sst2-mpnet-cpu.yaml as it is.
@@ -339,7 +338,7 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tupl
             s["throughput_b32"] = throughput[name][THROUGHPUT_CASE]["items_per_s"]
             s["peak_memory_mb"] = max(x["peak_memory_mb"] for x in latency[name].values())
     for name, (profile, v) in npu.items():
-        systems[name], on_htp = npu_system(_pipe_of(name, pipe, variants), profile, paths[name], systems[name], test,
+        systems[name], on_htp = npu_system(variants[v] if v else pipe, profile, paths[name], systems[name], test,
                                            teacher_pred)
         if on_htp is not None:  # the HTP's per-sentence answers replace the simulation's
             correct[name] = on_htp
