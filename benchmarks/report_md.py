@@ -9,7 +9,7 @@ from .stats import describe
 
 ORDER = ["teacher-fp32", "peer-teacher-dynamic-int8", "peer-teacher-static-ptq", "peer-torch-dynamic-int8",
          "peer-student-static-ptq", "edgekd-student-fp32", "edgekd-pruned-fp32", "edgekd-qat-fp32", "edgekd-int8",
-         "edgekd-npu-w8a8", "edgekd-npu-w8a16"]
+         "edgekd-npu-w8a8", "edgekd-npu-w8a16", "peer-npu-qnn-ptq-w8a8", "peer-npu-qnn-ptq-w8a16"]
 TEACHER_NAMES = {"minilm": "MiniLM-L6", "mpnet": "MPNet-base (all-mpnet-base-v2, 110M)"}
 
 
@@ -33,7 +33,7 @@ def _trust(est: dict) -> str:
 
 def npu_lines(systems: dict) -> list[str]:
     """The NPU builds as Qualcomm's compiler and HTP backend judged them."""
-    rows = [(n, s) for n, s in systems.items() if n.startswith("edgekd-") and "-npu-" in n]
+    rows = [(n, systems[n]) for n in ordered(systems) if n.startswith(("edgekd-", "peer-npu-")) and "-npu-" in n]
     if not rows:
         return []
     out = ["## The NPU builds, on Qualcomm's compiler", "",
@@ -54,8 +54,14 @@ def npu_lines(systems: dict) -> list[str]:
     by = next((s["accuracy_by"] for _, s in rows if "placement" in s), None)
     out += ["", (f"Accuracy as {by} computes it on the build's context binary; "
                  if by else "") + "the latency is the profile's estimate with its error against Qualcomm's published "
-            "timings of BERT-base and DistilBERT on the same SoC (`benchmarks/results/anchors.json`).", ""]
-    return out
+            "timings of BERT-base and DistilBERT on the same SoC (`benchmarks/results/anchors.json`)."]
+    if any(n.startswith("peer-npu-") for n, _ in rows):
+        out += ["", "The baseline, `peer-npu-qnn-ptq-*`: onnxruntime's own QNN recipe applied to edgekd's pruned FP32 "
+                "student (the model QAT starts from) — static export [1, 128], Olive's attention-mask value (-1e4), "
+                "`qnn_preprocess_model`, `get_qnn_qdq_config` static PTQ (MinMax) on the 64 train texts edgekd's "
+                "build calibrates on, in the same scheme — compiled and run the same way (`benchmarks/npu_peer.py`); "
+                "its agreement with PyTorch is with that FP32 model, edgekd's with its QAT model."]
+    return out + [""]
 
 
 def pareto_png(result: dict, path: Path) -> Path:

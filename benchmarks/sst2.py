@@ -139,6 +139,12 @@ def npu_builds(spec: dict, variants: dict | None = None) -> dict[str, tuple[str,
     return out
 
 
+def npu_peers(spec: dict) -> dict[str, str]:
+    """{system: profile} of the NPU baseline (npu_peer.py): onnxruntime's QNN PTQ recipe of the recipe's pruned FP32
+    student, in the scheme of each of the recipe's NPU builds."""
+    return {name.replace("edgekd-npu-", "peer-npu-qnn-ptq-"): profile for profile, name in spec["npu_builds"].items()}
+
+
 def _arts(pipe) -> dict:
     return {a.stage: a for a in pipe.artifacts}
 
@@ -230,6 +236,22 @@ def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
                                      "int8_decision": va["export"].manifest.get("int8", {}).get("reason")}
     for name, (profile, v) in npu_builds(spec, variants).items():
         paths[name] = _arts(variants[v] if v else pipe)["export"].path / "devices" / profile / "model.onnx"
+    from edgekd.devices import qnn
+
+    if not qnn.available():
+        print("no onnxruntime-qnn (pip install edgekd[qnn]): the NPU baseline rows (peer-npu-qnn-ptq-*) are not built")
+        return paths, facts
+    from .npu_peer import qnn_ptq_peer
+
+    pruned = None
+    for name, profile in npu_peers(spec).items():
+        # on as many test sentences as the recipe's own build of that scheme ran on the HTP
+        htp = (arts["export"].manifest.get("devices") or {}).get(profile, {}).get("htp") or {}
+        folder = work / f"{name}-{arts['prune'].id}"
+        if not (folder / "facts.json").is_file() and pruned is None:
+            pruned = load_model_from_artifact(arts["prune"])
+        facts[name] = qnn_ptq_peer(pruned, ctx, profile, folder, htp.get("examples"))
+        paths[name] = folder / "model.onnx"
     return paths, facts
 
 
@@ -309,9 +331,9 @@ def test_data(pipe, paths: dict, variants: dict | None = None) -> dict:
     return out
 
 
-def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tuple[dict, dict]:
+def measure(pipe, paths: dict, spec: dict, variants: dict | None = None, facts: dict | None = None) -> tuple[dict, dict]:
     """{system: accuracy, agreement, size and timings} and {system: per-sentence correctness on test.tsv}; `spec`:
-    bench_spec's."""
+    bench_spec's; `facts`: build_systems's (the NPU baseline's HTP results)."""
     from edgekd.profile.measure import accuracy_on, measure_models
 
     test = pipe.ctx.teacher_encoded("test")
@@ -325,7 +347,8 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tupl
             systems[name], pred = accuracy_on(path, data[name], teacher_pred, f"accuracy {name}")
             correct[name] = pred == data[name].labels
     npu = npu_builds(spec, variants)
-    timed = {n: p for n, p in paths.items() if n not in npu}  # static device builds: estimated below
+    peers = {n: profile for n, profile in npu_peers(spec).items() if n in paths}
+    timed = {n: p for n, p in paths.items() if n not in npu and n not in peers}  # device builds: estimated below
     latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(), warmup=10,
                                          runs=spec["runs"], rounds=spec["rounds"], natural=True,
                                          natural_max=spec["natural_max"], desc="benchmark timing")
@@ -342,21 +365,28 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None) -> tupl
                                            teacher_pred)
         if on_htp is not None:  # the HTP's per-sentence answers replace the simulation's
             correct[name] = on_htp
+    for name, profile in peers.items():
+        systems[name], on_htp = npu_system(pipe, profile, paths[name], systems[name], test, teacher_pred,
+                                           facts[name]["htp"])
+        if on_htp is not None:
+            correct[name] = on_htp
     systems["peer-torch-dynamic-int8"] = torch_peer(pipe, test, teacher_pred, spec)
     return systems, correct
 
 
-def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pred: np.ndarray):
-    """An NPU build's row: accuracy and agreements as Qualcomm's HTP backend computed them in the export (the CPU
-    simulation beside them), where its nodes went, and its latency estimated with the profile's anchored error."""
+def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pred: np.ndarray,
+               htp: dict | None = None):
+    """An NPU build's row: accuracy and agreements as Qualcomm's HTP backend computed them in the export (`htp`: or
+    in the NPU baseline's build; the CPU simulation beside them), where its nodes went, and its latency estimated with
+    the profile's anchored error."""
     from safetensors.numpy import load_file
 
     from edgekd.devices.anchors import estimate_trust
     from edgekd.devices.estimate import estimate_latency, load_calibration
     from edgekd.devices.profiles import load_profile
 
-    export = _arts(pipe)["export"]
-    htp = (export.manifest.get("devices") or {}).get(profile, {}).get("htp") or {"checked": False}
+    if htp is None:
+        htp = (_arts(pipe)["export"].manifest.get("devices") or {}).get(profile, {}).get("htp") or {"checked": False}
     row = dict(simulated)
     correct = None
     if htp.get("checked"):
@@ -448,9 +478,9 @@ def main() -> None:
     variants = {v: run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher, v) for v in args.students}
     pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
     paths, facts = build_systems(pipe, run_dir / "bench", args.mode, spec, variants)
-    systems, correct = measure(pipe, paths, spec, variants)
+    systems, correct = measure(pipe, paths, spec, variants, facts)
     for name, f in facts.items():
-        systems[name]["built_with"] = f
+        systems[name]["built_with"] = {k: v for k, v in f.items() if k != "htp"}  # the row has the HTP's results
     for name in systems:
         if name.startswith("edgekd-"):
             systems[name]["stages"] = edgekd_stages(_pipe_of(name, pipe, variants))

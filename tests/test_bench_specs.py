@@ -53,3 +53,25 @@ def test_the_large_teachers_targets_compare_with_the_flagships_shipped_model(tmp
     assert "| ≥ 50× | 41.00× | ±20% |" in rows[2]
     assert "| ≥ 20× | 17.50× |" in rows[3]
     assert rows[4] == "| smaller than teacher-fp32 | ≥ 50× | 60.00× (7.30 MB) | — |"
+
+
+def test_the_npu_table_lists_the_qnn_ptq_baseline_after_edgekds_builds_and_says_what_it_is():
+    from benchmarks.report_md import npu_lines
+    from benchmarks.sst2 import npu_peers
+
+    assert npu_peers(bench_spec("minilm", "full")) == {"peer-npu-qnn-ptq-w8a8": "hexagon-npu",
+                                                       "peer-npu-qnn-ptq-w8a16": "hexagon-npu-w8a16"}
+    est = {"device_b1_t1": {"p50": 1.0, "seq_len": 128, "estimated": True, "device": "hexagon-npu"}}
+
+    def row(accuracy, cpu_nodes):
+        return {"accuracy": accuracy, "agreement": 0.9, "agreement_with_pytorch": 0.95, "examples": 872,
+                "simulated": {"accuracy": accuracy}, "latency_ms": est, "accuracy_by": "onnxruntime-qnn (HTP v75)",
+                "placement": {"htp_nodes": 390, "cpu_nodes": cpu_nodes, "partitions": 1 + cpu_nodes,
+                              "cpu_ops": {"Gather": cpu_nodes} if cpu_nodes else {}}}
+
+    lines = npu_lines({"peer-npu-qnn-ptq-w8a8": row(0.80, 1), "edgekd-npu-w8a8": row(0.88, 0), "teacher-fp32": {}})
+    table = [x for x in lines if x.startswith("| edgekd-") or x.startswith("| peer-")]
+    assert table[0].startswith("| edgekd-npu-w8a8 | all 390 nodes on the HTP, 1 partition(s) | 88.00 |")
+    assert table[1].startswith("| peer-npu-qnn-ptq-w8a8 | 1 nodes on the CPU (Gather), 390 on the HTP, 2 partition(s) "
+                               "| 80.00 |")
+    assert any("onnxruntime's own QNN recipe applied to edgekd's pruned FP32 student" in x for x in lines)

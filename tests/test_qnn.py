@@ -112,3 +112,38 @@ def test_a_w8a16_build_has_16_bit_activations_runs_wholly_on_the_htp_and_agrees_
     htp = json.loads((out / "manifest.json").read_text())["htp"]
     assert htp["placement"]["cpu_nodes"] == 0 and htp["placement"]["partitions"] == 1
     assert htp["argmax_agreement"] >= 0.98 and htp["context"]["same_outputs"]
+
+
+@pytest.mark.slow
+def test_the_npu_baseline_is_onnxruntimes_qnn_ptq_of_the_pruned_student_compiled_and_run_on_the_htp(text_run, tmp_path,
+                                                                                                   monkeypatch):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    import benchmarks.npu_peer as npu_peer
+    from conftest import reuse_stages
+    from edgekd.models.spec import load_model_from_artifact
+
+    root, _, _ = text_run
+    out = tmp_path / "out"
+    reuse_stages(root / "out", out, ("teacher", "distill", "prune"))
+    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
+    recipe.update(output=str(out), stages=recipe["stages"][:2])  # distill and prune, from the cache
+    pipe = Pipeline(validate_recipe(recipe))
+    pipe.run()
+    pruned = load_model_from_artifact(next(a for a in pipe.artifacts if a.stage == "prune"))
+    facts = npu_peer.qnn_ptq_peer(pruned, pipe.ctx, "hexagon-npu", tmp_path / "peer", 30)
+    # Olive's mask value: no scale in the quantized graph comes from float32's lowest fill value
+    assert facts["mask_fill_values_replaced"] >= 1
+    graph = onnx.load(str(tmp_path / "peer" / "model.onnx")).graph
+    scales = [numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")]
+    assert scales and max(float(np.abs(s).max()) for s in scales) < 1e6
+    assert any(n.op_type == "LayerNormalization" for n in graph.node)  # qnn_preprocess_model fused it
+    htp = facts["htp"]
+    assert htp["examples"] == 30 and htp["placement"]["htp_nodes"] > 0
+    assert htp["placement"]["cpu_nodes"] == len(htp["placement"]["rejected"])
+    assert 0.0 <= htp["argmax_agreement"] <= 1.0 and (tmp_path / "peer" / htp["logits"]).is_file()
+    # built once: a second call reads its facts
+    monkeypatch.setattr(npu_peer, "_build", lambda *a: pytest.fail("rebuilt a cached baseline"))
+    assert npu_peer.qnn_ptq_peer(None, pipe.ctx, "hexagon-npu", tmp_path / "peer", 30) == facts

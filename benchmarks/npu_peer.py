@@ -1,0 +1,125 @@
+"""The NPU baseline: onnxruntime's own QNN recipe applied to edgekd's pruned FP32 student, on Qualcomm's compiler.
+
+peer-npu-qnn-ptq-<scheme> is what a user with the same FP32 model would build for the HTP without edgekd, following
+onnxruntime's QNN documentation and Olive's QNN workflow: torch's exporter at static shapes [1, seq] (the profile's
+longest sequence the model holds); the attention mask's fill value (float32's lowest, -3.4e38) set to -1e4, as Olive's
+ReplaceAttentionMaskValue surgery does — left alone, it calibrates the score Adds to a scale of ~1e36 and the quantized
+model answers one class for every sentence; `qnn_preprocess_model` (Gelu and LayerNormalization fused); then
+`get_qnn_qdq_config` static PTQ in the profile's scheme (uint8 or uint16 activations, the profile's weight type and
+granularity, MinMax) calibrated on the 64 train texts edgekd's own NPU export calibrates on, and `quantize`. Nothing of
+edgekd's NPU build is applied: no QAT, no learned ranges, no rebuilt attention mask, no int32 embedding rows. It is
+then compiled for the profile's HTP and run on the test split by onnxruntime-qnn's HTP backend, exactly as edgekd's
+builds are (devices/qnn.py): placement, each rejected node with QNN's reason, accuracy, and argmax agreement with the
+PyTorch model it was made from. Cached per pruned artifact and profile.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import onnx
+
+# as edgekd's NPU export (export/stage.py CALIBRATION_EXAMPLES) and Olive's QNN examples
+CALIBRATION_EXAMPLES = 64
+LOGITS = "htp-test-logits.safetensors"
+# Olive's ReplaceAttentionMaskValue defaults: a mask fill value at or below the threshold becomes the replacement
+FILL_THRESHOLD, FILL_VALUE = -3e30, -1e4
+
+
+def qnn_ptq_peer(model, ctx, profile_name: str, folder: Path, htp_examples: int | None) -> dict:
+    """Build (or take from `folder`) the peer for `profile_name`; returns its facts, with "htp" shaped as an edgekd
+    build's manifest entry (benchmarks.sst2.npu_system reads both)."""
+    facts_file = folder / "facts.json"
+    if facts_file.is_file():
+        return json.loads(facts_file.read_text())
+    from edgekd.devices import qnn
+    from edgekd.devices.profiles import load_profile
+
+    if not qnn.available():
+        raise SystemExit("the NPU baseline (peer-npu-qnn-ptq-*) needs onnxruntime-qnn: pip install edgekd[qnn]")
+    profile = load_profile(profile_name)
+    folder.mkdir(parents=True, exist_ok=True)
+    facts = {"tool": "torch.onnx.export (static) + onnxruntime qnn_preprocess_model + get_qnn_qdq_config + quantize "
+                     "(QDQ, MinMax)", **_build(model, ctx, profile, folder / "model.onnx")}
+    facts["htp"] = _on_htp(model, ctx, profile, folder, htp_examples)
+    facts_file.write_text(json.dumps(facts, indent=2))
+    return facts
+
+
+def _build(model, ctx, profile, dst: Path) -> dict:
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    from edgekd.devices.feeds import encoded_feeds
+    from edgekd.models.onnx_graph import LogitsOnly, example_inputs, torch_to_onnx
+
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    seq_len = max(s for s in profile.seq_lens if limit is None or s <= limit)
+    inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
+    feeds = encoded_feeds(ctx.encoded("train", CALIBRATION_EXAMPLES), list(inputs), seq_len)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    scheme = profile.quantization
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}
+    with tempfile.TemporaryDirectory(prefix="edgekd-qnn-ptq-") as tmp:
+        raw, pre = Path(tmp) / "raw.onnx", Path(tmp) / "pre.onnx"
+        graph = torch_to_onnx(LogitsOnly(model.eval(), list(inputs)), inputs, raw, profile.opset or 17,
+                              static_shapes=True)
+        replaced = _mask_fill_value(graph)
+        onnx.save(graph, str(raw))
+        src = pre if qnn_preprocess_model(raw, pre, fuse_layernorm=True) else raw
+        config = get_qnn_qdq_config(str(src), Reader(), activation_type=qtype[scheme.activation_dtype],
+                                    weight_type=qtype[scheme.weight_dtype],
+                                    per_channel=scheme.weight_granularity == "per-channel")
+        quantize(str(src), str(dst), config)
+    return {"seq_len": seq_len, "calibration_examples": len(feeds), "mask_fill_values_replaced": replaced, "activation_dtype": scheme.activation_dtype,
+            "weight_dtype": scheme.weight_dtype, "weight_granularity": scheme.weight_granularity}
+
+
+def _mask_fill_value(graph) -> int:
+    """Olive's ReplaceAttentionMaskValue idea, in place: float constants at or below -3e30 become -1e4 (written here
+    because the peer must not depend on Olive). Returns how many tensors changed."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    tensors = list(graph.graph.initializer) + [a.t for n in graph.graph.node if n.op_type == "Constant"
+                                               for a in n.attribute if a.name == "value"]
+    changed = 0
+    for t in tensors:
+        if t.data_type != onnx.TensorProto.FLOAT or np.prod(t.dims, dtype=np.int64) > 1:
+            continue
+        a = numpy_helper.to_array(t)
+        if (a <= FILL_THRESHOLD).any():
+            t.CopyFrom(numpy_helper.from_array(np.where(a <= FILL_THRESHOLD, FILL_VALUE, a).astype(np.float32), t.name))
+            changed += 1
+    return changed
+
+
+def _on_htp(model, ctx, profile, folder: Path, htp_examples: int | None) -> dict:
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from edgekd.devices import qnn
+    from edgekd.devices.runtime import fit_to_static, static_onnx_logits, static_shapes
+    from edgekd.train.predict import accuracy, predict_logits
+
+    session, placement = qnn.htp_session(folder / "model.onnx", profile)
+    static = static_shapes(session)
+    data = fit_to_static(ctx.encoded("test").head(htp_examples), static)
+    with qnn.silenced():  # a verbose-level session (for the placement) logs every run
+        htp = static_onnx_logits(session, data, static, f"{folder.name} on the HTP (emulated)")
+    reference = predict_logits(model, data, desc=f"{folder.name}: PyTorch reference")
+    save_file({"logits": htp}, str(folder / LOGITS))
+    return {"checked": True, "by": f"onnxruntime-qnn {qnn.version()}, HTP backend emulated on x86",
+            "htp_arch": profile.htp_arch, "soc_model": profile.soc_model, "placement": placement,
+            "examples": len(data), "accuracy": accuracy(htp, data.labels),
+            "pytorch_accuracy": accuracy(reference, data.labels),
+            "argmax_agreement": float((htp.argmax(-1) == reference.argmax(-1)).mean()),
+            "max_abs_logit_diff": float(np.abs(htp - reference).max()), "logits": LOGITS}
