@@ -110,11 +110,14 @@ def _on_htp(model, ctx, profile, folder: Path, htp_examples: int | None) -> dict
     from edgekd.devices.runtime import fit_to_static, static_onnx_logits, static_shapes
     from edgekd.train.predict import accuracy, predict_logits
 
-    session, placement = qnn.htp_session(folder / "model.onnx", profile)
+    # as edgekd's builds: compiled once (a verbose session, for the placement) into a context binary, whose quiet
+    # session runs the test split (a verbose one logs every run, which slows the emulation down)
+    session, placement = qnn.htp_session(folder / "model.onnx", profile, context=folder / "model_ctx.onnx")
     static = static_shapes(session)
+    del session
     data = fit_to_static(ctx.encoded("test").head(htp_examples), static)
-    with qnn.silenced():  # a verbose-level session (for the placement) logs every run
-        htp = static_onnx_logits(session, data, static, f"{folder.name} on the HTP (emulated)")
+    deployed = qnn.load_context_model(folder / "model_ctx.onnx", profile)
+    htp = static_onnx_logits(deployed, data, static, f"{folder.name} on the HTP (emulated)")
     reference = predict_logits(model, data, desc=f"{folder.name}: PyTorch reference")
     save_file({"logits": htp}, str(folder / LOGITS))
     return {"checked": True, "by": f"onnxruntime-qnn {qnn.version()}, HTP backend emulated on x86",

@@ -144,6 +144,7 @@ def test_the_npu_baseline_is_onnxruntimes_qnn_ptq_of_the_pruned_student_compiled
     assert htp["examples"] == 30 and htp["placement"]["htp_nodes"] > 0
     assert htp["placement"]["cpu_nodes"] == len(htp["placement"]["rejected"])
     assert 0.0 <= htp["argmax_agreement"] <= 1.0 and (tmp_path / "peer" / htp["logits"]).is_file()
+    assert (tmp_path / "peer" / "model_ctx.onnx").is_file()  # run on its context binary, as edgekd's builds are
     # built once: a second call reads its facts
     monkeypatch.setattr(npu_peer, "_build", lambda *a: pytest.fail("rebuilt a cached baseline"))
     assert npu_peer.qnn_ptq_peer(None, pipe.ctx, "hexagon-npu", tmp_path / "peer", 30) == facts
