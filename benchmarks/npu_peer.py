@@ -1,8 +1,8 @@
 """The NPU baseline: onnxruntime's own QNN recipe applied to edgekd's pruned FP32 student, on Qualcomm's compiler.
 
 peer-npu-qnn-ptq-<scheme> is what a user with the same FP32 model would build for the HTP without edgekd, following
-onnxruntime's QNN documentation and Olive's QNN workflow: torch's exporter at static shapes [1, seq] (the profile's
-longest sequence the model holds); the attention mask's fill value (float32's lowest, -3.4e38) set to -1e4, as Olive's
+onnxruntime's QNN documentation and Olive's QNN workflow: torch's exporter at the static shape of edgekd's build ([1, 128]
+for SST-2's max_length); the attention mask's fill value (float32's lowest, -3.4e38) set to -1e4, as Olive's
 ReplaceAttentionMaskValue surgery does — left alone, it calibrates the score Adds to a scale of ~1e36 and the quantized
 model answers one class for every sentence; `qnn_preprocess_model` (Gelu and LayerNormalization fused); then
 `get_qnn_qdq_config` static PTQ in the profile's scheme (uint8 or uint16 activations, the profile's weight type and
@@ -27,9 +27,9 @@ LOGITS = "htp-test-logits.safetensors"
 FILL_THRESHOLD, FILL_VALUE = -3e30, -1e4
 
 
-def qnn_ptq_peer(model, ctx, profile_name: str, folder: Path, htp_examples: int | None) -> dict:
-    """Build (or take from `folder`) the peer for `profile_name`; returns its facts, with "htp" shaped as an edgekd
-    build's manifest entry (benchmarks.sst2.npu_system reads both)."""
+def qnn_ptq_peer(model, ctx, profile_name: str, folder: Path, seq_len: int, htp_examples: int | None) -> dict:
+    """Build (or take from `folder`) the peer for `profile_name` at static shape [1, seq_len] (edgekd's build's); returns
+    its facts, with "htp" shaped as an edgekd build's manifest entry (benchmarks.sst2.npu_system reads both)."""
     facts_file = folder / "facts.json"
     if facts_file.is_file():
         return json.loads(facts_file.read_text())
@@ -41,21 +41,19 @@ def qnn_ptq_peer(model, ctx, profile_name: str, folder: Path, htp_examples: int 
     profile = load_profile(profile_name)
     folder.mkdir(parents=True, exist_ok=True)
     facts = {"tool": "torch.onnx.export (static) + onnxruntime qnn_preprocess_model + get_qnn_qdq_config + quantize "
-                     "(QDQ, MinMax)", **_build(model, ctx, profile, folder / "model.onnx")}
+                     "(QDQ, MinMax)", **_build(model, ctx, profile, seq_len, folder / "model.onnx")}
     facts["htp"] = _on_htp(model, ctx, profile, folder, htp_examples)
     facts_file.write_text(json.dumps(facts, indent=2))
     return facts
 
 
-def _build(model, ctx, profile, dst: Path) -> dict:
+def _build(model, ctx, profile, seq_len: int, dst: Path) -> dict:
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     from edgekd.devices.feeds import encoded_feeds
     from edgekd.models.onnx_graph import LogitsOnly, example_inputs, torch_to_onnx
 
-    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    seq_len = max(s for s in profile.seq_lens if limit is None or s <= limit)
     inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
     feeds = encoded_feeds(ctx.encoded("train", CALIBRATION_EXAMPLES), list(inputs), seq_len)
 

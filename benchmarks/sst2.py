@@ -245,12 +245,13 @@ def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
 
     pruned = None
     for name, profile in npu_peers(spec).items():
-        # on as many test sentences as the recipe's own build of that scheme ran on the HTP
-        htp = (arts["export"].manifest.get("devices") or {}).get(profile, {}).get("htp") or {}
+        # at the shape of the recipe's own build of that scheme, on as many test sentences as it ran on the HTP
+        build = arts["export"].manifest["devices"][profile]
         folder = work / f"{name}-{arts['prune'].id}"
         if not (folder / "facts.json").is_file() and pruned is None:
             pruned = load_model_from_artifact(arts["prune"])
-        facts[name] = qnn_ptq_peer(pruned, ctx, profile, folder, htp.get("examples"))
+        facts[name] = qnn_ptq_peer(pruned, ctx, profile, folder, build["onnx"]["seq_len"],
+                                   (build.get("htp") or {}).get("examples"))
         paths[name] = folder / "model.onnx"
     return paths, facts
 

@@ -133,9 +133,9 @@ def test_the_npu_baseline_is_onnxruntimes_qnn_ptq_of_the_pruned_student_compiled
     pipe = Pipeline(validate_recipe(recipe))
     pipe.run()
     pruned = load_model_from_artifact(next(a for a in pipe.artifacts if a.stage == "prune"))
-    facts = npu_peer.qnn_ptq_peer(pruned, pipe.ctx, "hexagon-npu", tmp_path / "peer", 30)
+    facts = npu_peer.qnn_ptq_peer(pruned, pipe.ctx, "hexagon-npu", tmp_path / "peer", 32, 30)
     # Olive's mask value: no scale in the quantized graph comes from float32's lowest fill value
-    assert facts["mask_fill_values_replaced"] >= 1
+    assert facts["mask_fill_values_replaced"] >= 1 and facts["seq_len"] == 32
     graph = onnx.load(str(tmp_path / "peer" / "model.onnx")).graph
     scales = [numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")]
     assert scales and max(float(np.abs(s).max()) for s in scales) < 1e6
@@ -147,4 +147,4 @@ def test_the_npu_baseline_is_onnxruntimes_qnn_ptq_of_the_pruned_student_compiled
     assert (tmp_path / "peer" / "model_ctx.onnx").is_file()  # run on its context binary, as edgekd's builds are
     # built once: a second call reads its facts
     monkeypatch.setattr(npu_peer, "_build", lambda *a: pytest.fail("rebuilt a cached baseline"))
-    assert npu_peer.qnn_ptq_peer(None, pipe.ctx, "hexagon-npu", tmp_path / "peer", 30) == facts
+    assert npu_peer.qnn_ptq_peer(None, pipe.ctx, "hexagon-npu", tmp_path / "peer", 32, 30) == facts
