@@ -15,6 +15,9 @@ DIFFERENCES = (
     ("INT8 against its own FP32 export", "edgekd-qat-fp32", "edgekd-int8"),
     ("shipped model against the teacher", "teacher-fp32", "edgekd-int8"),
     ("shipped model against the distilled student", "edgekd-student-fp32", "edgekd-int8"),
+    # the NPU builds against onnxruntime's QNN PTQ recipe of the same pruned student, both as the HTP computes them
+    ("NPU build w8a8 against the QNN PTQ baseline", "peer-npu-qnn-ptq-w8a8", "edgekd-npu-w8a8"),
+    ("NPU build w8a16 against the QNN PTQ baseline", "peer-npu-qnn-ptq-w8a16", "edgekd-npu-w8a16"),
 )
 
 
