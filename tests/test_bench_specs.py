@@ -75,3 +75,29 @@ def test_the_npu_table_lists_the_qnn_ptq_baseline_after_edgekds_builds_and_says_
     assert table[1].startswith("| peer-npu-qnn-ptq-w8a8 | 1 nodes on the CPU (Gather), 390 on the HTP, 2 partition(s) "
                                "| 80.00 |")
     assert any("onnxruntime's own QNN recipe applied to edgekd's pruned FP32 student" in x for x in lines)
+
+
+def test_the_large_teachers_quick_mode_skips_the_batch_32_case_and_the_others_keep_it():
+    from benchmarks.sst2 import host_profile
+
+    assert bench_spec("mpnet", "quick")["throughput"] is False
+    assert all(bench_spec(t, m).get("throughput", True) for t in TEACHERS for m in TEACHERS[t]["modes"]
+               if (t, m) != ("mpnet", "quick"))
+    assert host_profile(False).batch_sizes == [1] and host_profile().batch_sizes == [1, 32]
+
+
+def test_an_npu_build_run_on_part_of_the_split_leaves_the_paired_intervals_rather_than_lend_them_the_simulation():
+    import numpy as np
+
+    from benchmarks.sst2 import _htp_answers
+
+    simulated = np.array([True, False, True])
+    correct = {"edgekd-npu-w8a16": simulated, "peer-npu-qnn-ptq-w8a16": simulated}
+    _htp_answers(correct, "edgekd-npu-w8a16", {"placement": {}}, None)  # the HTP ran on 150 of 872 sentences
+    assert "edgekd-npu-w8a16" not in correct
+    on_htp = np.array([True, True, False])
+    _htp_answers(correct, "peer-npu-qnn-ptq-w8a16", {"placement": {}}, on_htp)
+    assert correct["peer-npu-qnn-ptq-w8a16"] is on_htp
+    correct["edgekd-npu-w8a8"] = simulated
+    _htp_answers(correct, "edgekd-npu-w8a8", {"accuracy_by": "a simulation"}, None)  # no onnxruntime-qnn: labelled so
+    assert correct["edgekd-npu-w8a8"] is simulated
