@@ -1,10 +1,10 @@
 """The NPU baseline: onnxruntime's own QNN recipe applied to edgekd's pruned FP32 student, on Qualcomm's compiler.
 
 peer-npu-qnn-ptq-<scheme> is what a user with the same FP32 model would build for the HTP without edgekd, following
-onnxruntime's QNN documentation and Olive's QNN workflow: torch's exporter at the static shape of edgekd's build ([1, 128]
-for SST-2's max_length); the attention mask's fill value (float32's lowest, -3.4e38) set to -1e4, as Olive's
-ReplaceAttentionMaskValue surgery does — left alone, it calibrates the score Adds to a scale of ~1e36 and the quantized
-model answers one class for every sentence; `qnn_preprocess_model` (Gelu and LayerNormalization fused); then
+onnxruntime's QNN documentation and Olive's QNN workflow: torch's exporter at the static shape of edgekd's build
+([1, 128] for SST-2's max_length); the attention mask's fill value (float32's lowest) set to -1e4, as Olive's
+ReplaceAttentionMaskValue surgery does — left alone, MinMax calibration spreads the score Adds' 8 or 16 bits over
+float32's range and the quantized model answers one class for every sentence (docs/devices.md); `qnn_preprocess_model` (Gelu and LayerNormalization fused); then
 `get_qnn_qdq_config` static PTQ in the profile's scheme (uint8 or uint16 activations, the profile's weight type and
 granularity, MinMax) calibrated on the 64 train texts edgekd's own NPU export calibrates on, and `quantize`. Nothing of
 edgekd's NPU build is applied: no QAT, no learned ranges, no rebuilt attention mask, no int32 embedding rows. It is
@@ -77,8 +77,9 @@ def _build(model, ctx, profile, seq_len: int, dst: Path) -> dict:
                                     weight_type=qtype[scheme.weight_dtype],
                                     per_channel=scheme.weight_granularity == "per-channel")
         quantize(str(src), str(dst), config)
-    return {"seq_len": seq_len, "calibration_examples": len(feeds), "mask_fill_values_replaced": replaced, "activation_dtype": scheme.activation_dtype,
-            "weight_dtype": scheme.weight_dtype, "weight_granularity": scheme.weight_granularity}
+    return {"seq_len": seq_len, "calibration_examples": len(feeds), "mask_fill_values_replaced": replaced,
+            "activation_dtype": scheme.activation_dtype, "weight_dtype": scheme.weight_dtype,
+            "weight_granularity": scheme.weight_granularity}
 
 
 def _mask_fill_value(graph) -> int:
