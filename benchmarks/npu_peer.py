@@ -9,8 +9,8 @@ float32's range and the quantized model answers one class for every sentence (do
 granularity, MinMax) calibrated on the 64 train texts edgekd's own NPU export calibrates on, and `quantize`. Nothing of
 edgekd's NPU build is applied: no QAT, no learned ranges, no rebuilt attention mask, no int32 embedding rows. It is
 then compiled for the profile's HTP and run on the test split by onnxruntime-qnn's HTP backend, exactly as edgekd's
-builds are (devices/qnn.py): placement, each rejected node with QNN's reason, accuracy, and argmax agreement with the
-PyTorch model it was made from. Cached per pruned artifact and profile.
+builds are (the export stage's on_htp): placement, each rejected node with QNN's reason, accuracy, and argmax agreement
+with the PyTorch model it was made from, on a context binary. Cached per pruned artifact and profile.
 """
 from __future__ import annotations
 
@@ -20,9 +20,6 @@ from pathlib import Path
 
 import onnx
 
-# as edgekd's NPU export (export/stage.py CALIBRATION_EXAMPLES) and Olive's QNN examples
-CALIBRATION_EXAMPLES = 64
-LOGITS = "htp-test-logits.safetensors"
 # Olive's ReplaceAttentionMaskValue defaults: a mask fill value at or below the threshold becomes the replacement
 FILL_THRESHOLD, FILL_VALUE = -3e30, -1e4
 
@@ -33,36 +30,31 @@ def qnn_ptq_peer(model, ctx, profile_name: str, folder: Path, seq_len: int, htp_
     facts_file = folder / "facts.json"
     if facts_file.is_file():
         return json.loads(facts_file.read_text())
-    from edgekd.devices import qnn
+    from edgekd.configs import ExportConfig
     from edgekd.devices.profiles import load_profile
+    from edgekd.export.stage import on_htp
 
-    if not qnn.available():
-        raise SystemExit("the NPU baseline (peer-npu-qnn-ptq-*) needs onnxruntime-qnn: pip install edgekd[qnn]")
     profile = load_profile(profile_name)
     folder.mkdir(parents=True, exist_ok=True)
     facts = {"tool": "torch.onnx.export (static) + onnxruntime qnn_preprocess_model + get_qnn_qdq_config + quantize "
                      "(QDQ, MinMax)", **_build(model, ctx, profile, seq_len, folder / "model.onnx")}
-    facts["htp"] = _on_htp(model, ctx, profile, folder, htp_examples)
+    # where the HTP leaves nodes of the baseline to the CPU, its row says so: a finding, not a failure
+    facts["htp"] = on_htp(model, folder, profile, ExportConfig(npu_fallback="allow", htp_examples=htp_examples),
+                          ctx.encoded("test"), folder.name)
     facts_file.write_text(json.dumps(facts, indent=2))
     return facts
 
 
 def _build(model, ctx, profile, seq_len: int, dst: Path) -> dict:
-    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
+    from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
-    from edgekd.devices.feeds import encoded_feeds
+    from edgekd.devices.feeds import calibration_reader, encoded_feeds
+    from edgekd.export.stage import CALIBRATION_EXAMPLES  # the texts edgekd's NPU export calibrates on
     from edgekd.models.onnx_graph import LogitsOnly, example_inputs, torch_to_onnx
 
     inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
     feeds = encoded_feeds(ctx.encoded("train", CALIBRATION_EXAMPLES), list(inputs), seq_len)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
 
     scheme = profile.quantization
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}
@@ -73,7 +65,7 @@ def _build(model, ctx, profile, seq_len: int, dst: Path) -> dict:
         replaced = _mask_fill_value(graph)
         onnx.save(graph, str(raw))
         src = pre if qnn_preprocess_model(raw, pre, fuse_layernorm=True) else raw
-        config = get_qnn_qdq_config(str(src), Reader(), activation_type=qtype[scheme.activation_dtype],
+        config = get_qnn_qdq_config(str(src), calibration_reader(feeds), activation_type=qtype[scheme.activation_dtype],
                                     weight_type=qtype[scheme.weight_dtype],
                                     per_channel=scheme.weight_granularity == "per-channel")
         quantize(str(src), str(dst), config)
@@ -99,29 +91,3 @@ def _mask_fill_value(graph) -> int:
             t.CopyFrom(numpy_helper.from_array(np.where(a <= FILL_THRESHOLD, FILL_VALUE, a).astype(np.float32), t.name))
             changed += 1
     return changed
-
-
-def _on_htp(model, ctx, profile, folder: Path, htp_examples: int | None) -> dict:
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    from edgekd.devices import qnn
-    from edgekd.devices.runtime import fit_to_static, static_onnx_logits, static_shapes
-    from edgekd.train.predict import accuracy, predict_logits
-
-    # as edgekd's builds: compiled once (a verbose session, for the placement) into a context binary, whose quiet
-    # session runs the test split (a verbose one logs every run, which slows the emulation down)
-    session, placement = qnn.htp_session(folder / "model.onnx", profile, context=folder / "model_ctx.onnx")
-    static = static_shapes(session)
-    del session
-    data = fit_to_static(ctx.encoded("test").head(htp_examples), static)
-    deployed = qnn.load_context_model(folder / "model_ctx.onnx", profile)
-    htp = static_onnx_logits(deployed, data, static, f"{folder.name} on the HTP (emulated)")
-    reference = predict_logits(model, data, desc=f"{folder.name}: PyTorch reference")
-    save_file({"logits": htp}, str(folder / LOGITS))
-    return {"checked": True, "by": f"onnxruntime-qnn {qnn.version()}, HTP backend emulated on x86",
-            "htp_arch": profile.htp_arch, "soc_model": profile.soc_model, "placement": placement,
-            "examples": len(data), "accuracy": accuracy(htp, data.labels),
-            "pytorch_accuracy": accuracy(reference, data.labels),
-            "argmax_agreement": float((htp.argmax(-1) == reference.argmax(-1)).mean()),
-            "max_abs_logit_diff": float(np.abs(htp - reference).max()), "logits": LOGITS}

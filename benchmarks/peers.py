@@ -75,16 +75,11 @@ def optimum_avx2_dynamic_int8(src: Path, dst: Path, vnni: bool) -> dict:
 
 def static_ptq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], vnni: bool,
                op_types: list[str] | None = None) -> dict:
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
+    from edgekd.devices.feeds import calibration_reader
 
-        def get_next(self):
-            return next(self._it, None)
-
-    quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(src), str(dst), calibration_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=not vnni, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                     calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ, u8 activations, s8 per-channel weights, MinMax)",

@@ -45,8 +45,8 @@ MODES = {
                             "stages.0.distill.max_train_examples=4000", "stages.0.distill.epochs=2",
                             "stages.1.prune.recovery.max_train_examples=1000",
                             "stages.2.qat.max_train_examples=1000", "stages.2.qat.calibration_batches=8"],
-              "rounds": 3, "runs": 30, "natural_max": 100, "calibration": 128},
-    "full": {"overrides": [], "rounds": 5, "runs": 50, "natural_max": 300, "calibration": 256},
+              "rounds": 3, "runs": 30, "natural_max": 100, "calibration": 128, "throughput": True},
+    "full": {"overrides": [], "rounds": 5, "runs": 50, "natural_max": 300, "calibration": 256, "throughput": True},
 }
 # The recipe's NPU build in both of Qualcomm's schemes, each compiled and run on the whole test split by
 # onnxruntime-qnn's HTP backend where it is installed (else onnxruntime's CPU kernels simulate it, labelled so).
@@ -244,13 +244,11 @@ def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
         return paths, facts
     from .npu_peer import qnn_ptq_peer
 
-    pruned = None
+    pruned = load_model_from_artifact(arts["prune"])
     for name, profile in npu_peers(spec).items():
         # at the shape of the recipe's own build of that scheme, on as many test sentences as it ran on the HTP
         build = arts["export"].manifest["devices"][profile]
         folder = work / f"{name}-{arts['prune'].id}"
-        if not (folder / "facts.json").is_file() and pruned is None:
-            pruned = load_model_from_artifact(arts["prune"])
         facts[name] = qnn_ptq_peer(pruned, ctx, profile, folder, build["onnx"]["seq_len"],
                                    (build.get("htp") or {}).get("examples"))
         paths[name] = folder / "model.onnx"
@@ -279,7 +277,7 @@ def torch_peer(pipe, test, teacher_pred: np.ndarray, cfg: dict) -> dict:
     cases = {"seq128_t1": (text_feeds(test.ids[:32], names, 128, test.pad_id), 1, cfg["runs"]),
              "seq128_t2": (text_feeds(test.ids[:32], names, 128, test.pad_id), 2, cfg["runs"]),
              "natural_t1": (text_feeds(test.ids[:cfg["natural_max"]], names, None, test.pad_id), 1, None)}
-    if cfg.get("throughput", True):
+    if cfg["throughput"]:
         batch = {n: np.concatenate([f[n] for f in cases["seq128_t1"][0]], axis=0) for n in names}
         cases[THROUGHPUT_CASE] = ([batch], 2, 5)
     rounds: dict[str, list] = {c: [] for c in cases}
@@ -353,9 +351,8 @@ def measure(pipe, paths: dict, spec: dict, variants: dict | None = None, facts: 
     npu = npu_builds(spec, variants)
     peers = {n: profile for n, profile in npu_peers(spec).items() if n in paths}
     timed = {n: p for n, p in paths.items() if n not in npu and n not in peers}  # device builds: estimated below
-    latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(spec.get("throughput", True)),
-                                         warmup=10,
-                                         runs=spec["runs"], rounds=spec["rounds"], natural=True,
+    latency, throughput = measure_models(timed, {n: data[n] for n in timed}, host_profile(spec["throughput"]),
+                                         warmup=10, runs=spec["runs"], rounds=spec["rounds"], natural=True,
                                          natural_max=spec["natural_max"], desc="benchmark timing")
     for name, path in paths.items():
         s = systems[name]
@@ -508,7 +505,7 @@ def main() -> None:
               "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
               "protocol": {"rounds": spec["rounds"], "runs": spec["runs"], "warmup": 10, "batch": 1,
                            "natural_max_examples": spec["natural_max"],
-                           "throughput": "batch 32, seq 128, 2 threads" if spec.get("throughput", True)
+                           "throughput": "batch 32, seq 128, 2 threads" if spec["throughput"]
                            else "not measured in this mode",
                            "test_examples": len(pipe.ctx.encoded("test"))},
               "recipe": f"recipes/{spec['recipe']}" + (f" with {overrides}" if overrides else ""),

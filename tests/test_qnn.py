@@ -19,16 +19,22 @@ pytestmark = pytest.mark.skipif(not qnn.available(), reason="onnxruntime-qnn (Qu
                                 "installed: pip install edgekd[qnn] (Linux x86_64, Python >= 3.11)")
 
 
+def _recipe_reusing(text_run, out) -> dict:
+    """The session text run's recipe, writing to `out`, where its teacher, distill and prune artifacts are copied (the
+    run finds them in its cache)."""
+    root = text_run[0]
+    reuse_stages(root / "out", out, ("teacher", "distill", "prune"))
+    return {**yaml.safe_load((root / "recipe.yaml").read_text()), "output": str(out)}
+
+
 @pytest.mark.slow
 def test_a_node_the_htp_rejects_is_refused_by_default_and_shipped_and_reported_when_allowed(text_run, tmp_path,
                                                                                            monkeypatch):
     import edgekd.export.vocab as vocab
 
-    root, _, _ = text_run
     out = tmp_path / "out"
-    reuse_stages(root / "out", out, ("teacher", "distill", "prune"))
-    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
-    recipe.update(output=str(out), profiles=["host-cpu", "hexagon-npu"])
+    recipe = _recipe_reusing(text_run, out)
+    recipe.update(profiles=["host-cpu", "hexagon-npu"])
     recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.9, teacher=False)
     recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False, ptq_baselines=False)
     # the vocabulary's int16 row map as the build had it before: the HTP rejects a Gather of int16 data
@@ -122,14 +128,10 @@ def test_the_npu_baseline_is_onnxruntimes_qnn_ptq_of_the_pruned_student_compiled
     from onnx import numpy_helper
 
     import benchmarks.npu_peer as npu_peer
-    from conftest import reuse_stages
     from edgekd.models.spec import load_model_from_artifact
 
-    root, _, _ = text_run
-    out = tmp_path / "out"
-    reuse_stages(root / "out", out, ("teacher", "distill", "prune"))
-    recipe = yaml.safe_load((root / "recipe.yaml").read_text())
-    recipe.update(output=str(out), stages=recipe["stages"][:2])  # distill and prune, from the cache
+    recipe = _recipe_reusing(text_run, tmp_path / "out")
+    recipe["stages"] = recipe["stages"][:2]  # distill and prune, from the cache
     pipe = Pipeline(validate_recipe(recipe))
     pipe.run()
     pruned = load_model_from_artifact(next(a for a in pipe.artifacts if a.stage == "prune"))

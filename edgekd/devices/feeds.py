@@ -47,6 +47,20 @@ def encoded_feeds(data: "Encoded", input_names: list[str], seq_len: int | None =
     return text_feeds(data.ids[:limit], input_names, seq_len, data.pad_id)
 
 
+def calibration_reader(feeds: list[dict[str, np.ndarray]]):
+    """The feeds as onnxruntime's quantization tools read calibration data (a CalibrationDataReader, once through)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FeedReader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter(feeds)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    return FeedReader()
+
+
 def image_feeds(images: np.ndarray, input_name: str = "pixel_values") -> list[dict[str, np.ndarray]]:
     """Batch-1 float32 feeds, one per image (images: [N, ...])."""
     images = np.asarray(images, dtype=np.float32)

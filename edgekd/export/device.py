@@ -185,15 +185,10 @@ def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
 
 def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str, np.ndarray]],
               overrides: dict) -> dict:
-    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize
+    from onnxruntime.quantization import QuantType, quantize
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    class FeedReader(CalibrationDataReader):
-        def __init__(self):
-            self._it = iter(feeds)
-
-        def get_next(self):
-            return next(self._it, None)
+    from ..devices.feeds import calibration_reader
 
     scheme = profile.quantization
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8, "uint16": QuantType.QUInt16}
@@ -206,7 +201,7 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
         overrides = {**overrides, **{t: [{**(overrides.get(t) or [{}])[0], "quant_type": qtype[scheme.weight_dtype]}]
                                      for t in tables}}
     with quiet_ort():
-        config = get_qnn_qdq_config(str(src), FeedReader(), activation_type=qtype[scheme.activation_dtype],
+        config = get_qnn_qdq_config(str(src), calibration_reader(feeds), activation_type=qtype[scheme.activation_dtype],
                                     weight_type=qtype[scheme.weight_dtype], per_channel=per_channel,
                                     init_overrides=overrides or None)
         quantize(str(src), str(dst), config)

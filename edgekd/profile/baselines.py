@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.batching import Encoded
-from ..devices.feeds import encoded_feeds, model_input_dims, model_input_names
+from ..devices.feeds import calibration_reader, encoded_feeds, model_input_dims, model_input_names
 from ..devices.runtime import dynamic_int8, quiet_ort
 
 # What each baseline is, as the results and reports label it.
@@ -48,8 +48,7 @@ def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_ran
 
     reduce_range: 7-bit weights, as the QAT model uses on an x86 CPU without VNNI (u8s8 kernels saturate int16).
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict] = {}
@@ -66,15 +65,7 @@ def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_ran
             if calib is None:
                 raise ValueError(f"no train examples encoded as {fp32.name} is fed to calibrate with")
             feeds = calibration_feeds(src, calib)
-
-            class Reader(CalibrationDataReader):
-                def __init__(self):
-                    self._it = iter(feeds)
-
-                def get_next(self):
-                    return next(self._it, None)
-
-            quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+            quantize_static(str(src), str(dst), calibration_reader(feeds), quant_format=QuantFormat.QDQ,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
                             reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
             return {**common, "activations": "uint8 per-tensor, MinMax-calibrated",
