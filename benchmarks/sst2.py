@@ -67,21 +67,29 @@ MPNET_MODES = {
 }
 
 
-def _cnn_wide(width: int) -> tuple[dict, dict]:
+def _cnn_wide(width: int, prune: dict | None = None) -> dict:
     """The wide text CNN of the distillation ablation, on the teacher's own embeddings (`width` wide)."""
-    return {"kind": "cnn", "channels": [512, 512], "kernel_size": 3, "embedding_dim": width}, {"lr": 1.0e-3}
+    return {"student": {"kind": "cnn", "channels": [512, 512], "kernel_size": 3, "embedding_dim": width},
+            "distill": {"lr": 1.0e-3}, "prune": prune or {}}
+
+
+# The MPNet recipes' student keeps MiniLM-L6's 6 layers through distillation and drops 3 of them when pruning, to 15%
+# of its non-embedding parameters; the further students are 3 layers (or none) from the start: they keep the same
+# share of those, 30%, with no layer to drop.
+_MPNET_OTHER_PRUNE = {"drop_layers": 0, "budget": {"params": 0.3}}
 
 
 # Per teacher: its modes; the recipe of the modes that name none; its NPU builds; whether onnxruntime's static PTQ
-# of the teacher is a peer too; other students (--students: {name: (student, distill overrides)}), each pruned,
-# QAT-trained and exported by the recipe's own stages.
+# of the teacher is a peer too; other students (--students: {name: {"student": its config, "distill" and "prune":
+# overrides of those stages}}), each pruned, QAT-trained and exported by the recipe's own stages.
 TEACHERS = {
     "minilm": {"modes": MODES, "recipe": "sst2-minilm.yaml", "npu_builds": NPU_BUILDS, "teacher_ptq": False,
                "students": {"cnn-wide": _cnn_wide(384)}},
     "mpnet": {"modes": MPNET_MODES, "recipe": None, "npu_builds": MPNET_BUILDS, "teacher_ptq": True,
               # MPNet's own layers, 768 wide, initialised from them
-              "students": {"teacher-layers": ({"kind": "layers", "layers": [3, 7, 11]}, {}),
-                           "cnn-wide": _cnn_wide(768)}},
+              "students": {"teacher-layers": {"student": {"kind": "layers", "layers": [3, 7, 11]}, "distill": {},
+                                              "prune": _MPNET_OTHER_PRUNE},
+                           "cnn-wide": _cnn_wide(768, _MPNET_OTHER_PRUNE)}},
 }
 LATENCY_CASES = ("seq128_t1", "seq128_t2", "natural_t1")
 THROUGHPUT_CASE = "b32_seq128_t2"
@@ -110,14 +118,15 @@ def bench_recipe(mode: str, data: str, run_dir: Path, extra: list[str] = (), tea
     raw["profiles"] = ["host-cpu", *spec["npu_builds"]]
     other = TEACHERS[teacher]["students"][student] if student else None
     if other:
-        raw["student"] = other[0]
+        raw["student"] = other["student"]
     for stage in raw["stages"]:
         if "export" in stage:
             stage["export"]["devices"] = list(spec["npu_builds"])
             if other:  # where the HTP leaves a further student's nodes to the CPU, its row says so: a finding
                 stage["export"]["npu_fallback"] = "allow"
-        if other and "distill" in stage:
-            stage["distill"].update(other[1])
+        for name in ("distill", "prune"):
+            if other and name in stage:
+                stage[name].update(other[name])
     return validate_recipe(raw, f"benchmark {teacher} {mode}" + (f" student {student}" if student else ""))
 
 
@@ -233,7 +242,7 @@ def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
         paths[f"edgekd-{v}-fp32"] = _float_student(va["distill"], example_inputs(vp.ctx.task, vp.ctx.data.preprocess),
                                                    work / f"edgekd-{v}-fp32-{va['distill'].id}.onnx")
         paths[f"edgekd-{v}-int8"], _, shipped = _shipped(va["export"].path)
-        facts[f"edgekd-{v}-int8"] = {"shipped": shipped, "student": TEACHERS[spec["teacher"]]["students"][v][0],
+        facts[f"edgekd-{v}-int8"] = {"shipped": shipped, "student": TEACHERS[spec["teacher"]]["students"][v]["student"],
                                      "int8_decision": va["export"].manifest.get("int8", {}).get("reason")}
     for name, (profile, v) in npu_builds(spec, variants).items():
         paths[name] = _arts(variants[v] if v else pipe)["export"].path / "devices" / profile / "model.onnx"
@@ -484,9 +493,13 @@ def main() -> None:
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench{stem.removeprefix('sst2')}-{args.mode}")
     out = Path(args.out or HERE / "results" / f"{stem}-{args.mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
-    # the other students first: the run folder's own report and manifest are then the recipe's student's
-    variants = {v: run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher, v) for v in args.students}
+    # the recipe's student first (its accuracy is the one the targets read, known before the other students' hours),
+    # then the other students, then the recipe's again from its cached stages: the run folder's own report and
+    # manifest are then the recipe's student's
     pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
+    variants = {v: run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher, v) for v in args.students}
+    if variants:
+        pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
     paths, facts = build_systems(pipe, run_dir / "bench", args.mode, spec, variants)
     systems, correct = measure(pipe, paths, spec, variants, facts)
     for name, f in facts.items():
@@ -509,8 +522,7 @@ def main() -> None:
                            else "not measured in this mode",
                            "test_examples": len(pipe.ctx.encoded("test"))},
               "recipe": f"recipes/{spec['recipe']}" + (f" with {overrides}" if overrides else ""),
-              "students": {v: {"student": TEACHERS[args.teacher]["students"][v][0],
-                               "distill": TEACHERS[args.teacher]["students"][v][1]} for v in args.students},
+              "students": {v: TEACHERS[args.teacher]["students"][v] for v in args.students},
               "accuracy_intervals": paired_intervals(correct)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
