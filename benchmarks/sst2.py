@@ -20,6 +20,7 @@ benchmarks/RESULTS.md (MiniLM, full), RESULTS-quick.md, RESULTS-mpnet.md (MPNet,
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -126,7 +127,7 @@ def bench_recipe(mode: str, data: str, run_dir: Path, extra: list[str] = (), tea
                 stage["export"]["npu_fallback"] = "allow"
         for name in ("distill", "prune"):
             if other and name in stage:
-                stage[name].update(other[name])
+                stage[name].update(copy.deepcopy(other[name]))  # TEACHERS' entries share their dicts
     return validate_recipe(raw, f"benchmark {teacher} {mode}" + (f" student {student}" if student else ""))
 
 
