@@ -117,7 +117,7 @@ def bench_recipe(mode: str, data: str, run_dir: Path, extra: list[str] = (), tea
                           [f"data.path={data}", f"output={run_dir}", *spec["overrides"], *extra])
     raw["stages"] = [s for s in raw["stages"] if "profile" not in s]
     raw["profiles"] = ["host-cpu", *spec["npu_builds"]]
-    other = TEACHERS[teacher]["students"][student] if student else None
+    other = copy.deepcopy(TEACHERS[teacher]["students"][student]) if student else None  # its dicts are shared
     if other:
         raw["student"] = other["student"]
     for stage in raw["stages"]:
@@ -127,7 +127,7 @@ def bench_recipe(mode: str, data: str, run_dir: Path, extra: list[str] = (), tea
                 stage["export"]["npu_fallback"] = "allow"
         for name in ("distill", "prune"):
             if other and name in stage:
-                stage[name].update(copy.deepcopy(other[name]))  # TEACHERS' entries share their dicts
+                stage[name].update(other[name])
     return validate_recipe(raw, f"benchmark {teacher} {mode}" + (f" student {student}" if student else ""))
 
 
@@ -495,12 +495,13 @@ def main() -> None:
     out = Path(args.out or HERE / "results" / f"{stem}-{args.mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
     # the recipe's student first (its accuracy is the one the targets read, known before the other students' hours),
-    # then the other students, then the recipe's again from its cached stages: the run folder's own report and
-    # manifest are then the recipe's student's
+    # then the other students; the run folder's own report and manifest are then written again for the recipe's
     pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
     variants = {v: run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher, v) for v in args.students}
     if variants:
-        pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
+        from edgekd.report.run_summary import write_run_outputs
+
+        write_run_outputs(pipe.run_dir, pipe.recipe, pipe.artifacts, data=pipe.ctx.data.checks)
     paths, facts = build_systems(pipe, run_dir / "bench", args.mode, spec, variants)
     systems, correct = measure(pipe, paths, spec, variants, facts)
     for name, f in facts.items():
