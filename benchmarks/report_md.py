@@ -31,6 +31,10 @@ def _trust(est: dict) -> str:
     return estimate_label(True, trusted_error(est))
 
 
+# the model an edgekd NPU build started from (export.device_weights), which its agreement with PyTorch is with
+_BUILT_FROM = {"qat": " (QAT model)", "pre-qat": " (pre-QAT model)"}
+
+
 def npu_lines(systems: dict) -> list[str]:
     """The NPU builds as Qualcomm's compiler and HTP backend judged them."""
     rows = [(n, systems[n]) for n in ordered(systems) if n.startswith(("edgekd-", "peer-npu-")) and "-npu-" in n]
@@ -49,7 +53,8 @@ def npu_lines(systems: dict) -> list[str]:
         where = (f"all {p['htp_nodes']} nodes on the HTP" if not p["cpu_nodes"] else
                  f"{p['cpu_nodes']} nodes on the CPU ({', '.join(p['cpu_ops'])}), {p['htp_nodes']} on the HTP")
         out.append(f"| {name} | {where}, {p['partitions']} partition(s) | {100 * s['accuracy']:.2f} | "
-                   f"{100 * s['agreement_with_pytorch']:.2f} | {100 * s['agreement']:.2f} | "
+                   f"{100 * s['agreement_with_pytorch']:.2f}{_BUILT_FROM.get(s.get('built_from'), '')} | "
+                   f"{100 * s['agreement']:.2f} | "
                    f"{100 * s['simulated'].get('accuracy', float('nan')):.2f} | {s['examples']} | {lat} |")
     by = next((s["accuracy_by"] for _, s in rows if "placement" in s), None)
     out += ["", (f"Accuracy as {by} computes it on the build's context binary; "
@@ -60,7 +65,9 @@ def npu_lines(systems: dict) -> list[str]:
                 "student (the model QAT starts from) — static export [1, 128], Olive's attention-mask value (-1e4), "
                 "`qnn_preprocess_model`, `get_qnn_qdq_config` static PTQ (MinMax) on the 64 train texts edgekd's "
                 "build calibrates on, in the same scheme — compiled and run the same way (`benchmarks/npu_peer.py`); "
-                "its agreement with PyTorch is with that FP32 model, edgekd's with its QAT model."]
+                "its agreement with PyTorch is with that FP32 model, edgekd's with the model its build starts from (the QAT "
+                "model, or for a 16-bit-activation build after 8-bit QAT the same pruned FP32 model: "
+                "`export.device_weights`)."]
     return out + [""]
 
 

@@ -405,9 +405,12 @@ def npu_system(pipe, profile: str, path: Path, simulated: dict, test, teacher_pr
     from edgekd.devices.estimate import estimate_latency, load_calibration
     from edgekd.devices.profiles import load_profile
 
-    if htp is None:
-        htp = (_arts(pipe)["export"].manifest.get("devices") or {}).get(profile, {}).get("htp") or {"checked": False}
     row = dict(simulated)
+    if htp is None:  # edgekd's build: from its export's manifest, with the weights it started from
+        build = (_arts(pipe)["export"].manifest.get("devices") or {}).get(profile, {})
+        htp = build.get("htp") or {"checked": False}
+        if build.get("weights"):
+            row["built_from"] = build["weights"]["from"]
     correct = None
     if htp.get("checked"):
         pred = load_file(str(path.parent / htp["logits"]))["logits"].argmax(-1)

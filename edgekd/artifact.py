@@ -95,6 +95,20 @@ def is_complete(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def parent_artifact(artifact: Artifact) -> Artifact | None:
+    """The artifact `artifact` was made from, where it sits beside it (a run's stages/ folder names each
+    NN-<stage>-<id>); None where it has no parent or the parent is elsewhere."""
+    parent = artifact.manifest.get("parent")
+    if not parent:
+        return None
+    for folder in sorted(artifact.path.parent.glob(f"*-{parent}")):
+        if is_complete(folder):
+            found = Artifact.load(folder)
+            if found.id == parent:
+                return found
+    return None
+
+
 @contextmanager
 def writing(final_path: Path) -> Iterator[Path]:
     """Yield a temporary folder next to `final_path`; rename it into place on success.

@@ -399,7 +399,7 @@ class ExportConfig(Strict):
     device_min_agreement: float = Field(
         0.97, gt=0, le=1, description="argmax agreement ONNX vs PyTorch below which a device build fails: full INT8 "
         "(Softmax, LayerNorm, GELU too) of a model whose QAT kept them float loses more than the CPU build")
-    # unset, the two keys below stay out of the dumped config: the cache keys of earlier runs are unchanged
+    # unset, the keys below stay out of the dumped config: the cache keys of earlier runs are unchanged
     npu_fallback: Literal["refuse", "allow"] | None = Field(
         None, exclude_if=lambda v: v is None, description="where onnxruntime-qnn compiles a Qualcomm NPU build: refuse "
         "a build the HTP leaves nodes of to the CPU (exit 2, naming them), or allow it and say so in the report; "
@@ -407,6 +407,11 @@ class ExportConfig(Strict):
     htp_examples: int | None = Field(
         None, ge=1, exclude_if=lambda v: v is None, description="test examples an NPU build is run on under the "
         "HTP's emulation (onnxruntime-qnn); default: the whole test split")
+    device_weights: Literal["auto", "qat", "pre-qat"] | None = Field(
+        None, exclude_if=lambda v: v is None, description="the weights a device build of a QAT model starts from. "
+        "auto (default): the QAT model's where QAT trained for the build's activation width, else (a w8a16 build "
+        "after 8-bit QAT) those of the model QAT started from, which 16-bit activations keep almost losslessly; qat: "
+        "always the QAT model's; pre-qat: always those QAT started from (its artifact must sit beside the QAT one)")
     vocabulary: Literal["nearest", "fallback", "full"] = Field(
         "nearest", description="text models: keep only the embedding rows of the pieces the train split uses and "
         "the special tokens. nearest: every other piece reads the row of its nearest kept piece, the tokenizer "

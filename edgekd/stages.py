@@ -69,7 +69,8 @@ STAGES: dict[str, StageDescriptor] = {d.name: d for d in (
     StageDescriptor("qat", QATConfig, ".quantize.stage:run_qat", frozenset({"teacher", "distill", "prune"}),
                     trains=True, key_inputs=lambda r: {"target": r.profiles[:1], **_qat_attention(r), **_teachers(r)}),
     StageDescriptor("export", ExportConfig, ".export.stage:run_export",
-                    frozenset({"teacher", "distill", "prune", "qat"}), key_inputs=lambda r: {"profiles": r.profiles}),
+                    frozenset({"teacher", "distill", "prune", "qat"}), key_inputs=lambda r: {"profiles": r.profiles},
+                    revision=1),  # 1: a wider-activation device build starts from the pre-QAT weights
     StageDescriptor("profile", ProfileStageConfig, ".profile.stage:run_profile", frozenset({"export"}),
                     key_inputs=lambda r: {"profiles": r.profiles}),
 )}

@@ -58,6 +58,7 @@ def test_a_uint16_qat_trains_16_bit_ranges_ships_8_bit_steps_to_the_cpu_and_16_b
     assert device["validation"]["argmax_agreement"] >= 0.95
     assert device["onnx"]["quantization"]["activation_dtype"] == "uint16"
     assert "QAT ranges for the inputs of" in device["onnx"]["quantization"]["ranges"]
+    assert device["weights"]["from"] == "qat"  # QAT trained for the build's 16-bit activations: its own weights
     if qnn.available():
         htp = device["htp"]
         assert htp["placement"]["cpu_nodes"] == 0 and htp["argmax_agreement"] >= 0.98, htp

@@ -115,9 +115,14 @@ def test_a_w8a16_build_has_16_bit_activations_runs_wholly_on_the_htp_and_agrees_
     # the word-embedding table read by Gather stays 8-bit too (onnxruntime's config would make it 16-bit: twice the bytes)
     (table,) = [i for i in graph.initializer if "word_embeddings" in i.name and i.name.endswith("_quantized")]
     assert table.data_type == onnx.TensorProto.UINT8
-    htp = json.loads((out / "manifest.json").read_text())["htp"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    htp = manifest["htp"]
     assert htp["placement"]["cpu_nodes"] == 0 and htp["placement"]["partitions"] == 1
     assert htp["argmax_agreement"] >= 0.98 and htp["context"]["same_outputs"]
+    # 16-bit activations after 8-bit QAT: built from the pruned weights QAT started from, beside the QAT artifact
+    (pruned,) = (text_run[0] / "out" / "stages").glob("*-prune-*")
+    assert manifest["weights"]["from"] == "pre-qat" and pruned.name.endswith(manifest["weights"]["artifact"])
+    assert manifest["onnx"]["quantization"]["ranges"].startswith("calibrated (MinMax; the model has no QAT ranges)")
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from functools import partial
 from typing import Callable
 
 import numpy as np
+from torch import nn
 
 from ..artifact import read_preprocessing
 from ..configs import ExportConfig
@@ -33,6 +34,7 @@ from ..progress import log
 from ..quantize.fakequant import fake_quant_off, output_quant_off
 from ..train.context import Context
 from .device import export_for_device
+from .device_weights import device_weights
 from ..models.onnx_graph import example_inputs
 from .onnx_export import export_onnx
 from .validate import validate_export
@@ -65,18 +67,24 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
     profiles = ctx.recipe.profiles
     model = load_model_from_artifact(parent)
     quantized = bool(parent.spec.get("quant"))
-    encoded, vocabulary = _vocabulary(model, cfg, ctx, out)
+    encoded, vocabulary, trim = _vocabulary(model, cfg, ctx, out)
+    pre_qat: dict = {}  # the model QAT started from, loaded once for the device builds that take it
     val_data = encoded("dev", cfg.validation_examples)
     primary = load_profile(profiles[0]) if profiles else None
     # the float twin: of a QAT model on the CPU path; a full-INT8 device export always keeps the float model it quantized
     twin = quantized or (primary is not None and primary.quantization.scope == "full")
     calibration = encoded("train", CALIBRATION_EXAMPLES)
-    facts, extra = _build(model, cfg, primary, parent, ctx, out, val_data, calibration, cfg.min_agreement,
+    built, weights = model, None
+    if primary is not None and primary.quantization.scope == "full":  # `edgekd export --profile <an NPU>`
+        built, weights = device_weights(model, parent, primary, cfg.device_weights, trim, pre_qat)
+    facts, extra = _build(built, cfg, primary, parent, ctx, out, val_data, calibration, cfg.min_agreement,
                           float_twin=twin)
+    if weights:
+        extra["weights"] = weights
     if vocabulary:
         extra["vocabulary"] = vocabulary
-    if primary is not None and primary.execution_provider == "QNNExecutionProvider":  # `edgekd export --profile`
-        extra["htp"] = on_htp(model, out, primary, cfg, encoded("test"), primary.name)
+    if primary is not None and primary.execution_provider == "QNNExecutionProvider":
+        extra["htp"] = on_htp(built, out, primary, cfg, encoded("test"), primary.name)
     if quantized and primary is not None and primary.measured and primary.quantization.scope != "full":
         extra["int8"] = _int8_on_host(model, parent, cfg, ctx, out, val_data, extra)
     validation = extra.pop("validation")
@@ -85,12 +93,13 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
         folder = out / "devices" / name
         folder.mkdir(parents=True)
         profile = load_profile(name)
-        dev_facts, dev_extra = _build(model, cfg, profile, parent, ctx, folder, val_data, calibration,
+        built, weights = device_weights(model, parent, profile, cfg.device_weights, trim, pre_qat)
+        dev_facts, dev_extra = _build(built, cfg, profile, parent, ctx, folder, val_data, calibration,
                                       cfg.device_min_agreement, float_twin=False)
         devices[name] = {"file": f"devices/{name}/model.onnx", "onnx": dev_facts, "compat": dev_extra.get("compat"),
-                         "validation": dev_extra["validation"], "size_mb": dev_facts["size_mb"]}
+                         "validation": dev_extra["validation"], "size_mb": dev_facts["size_mb"], "weights": weights}
         if profile.execution_provider == "QNNExecutionProvider":
-            devices[name]["htp"] = on_htp(model, folder, profile, cfg, encoded("test"), name)
+            devices[name]["htp"] = on_htp(built, folder, profile, cfg, encoded("test"), name)
     if devices:
         extra["devices"] = devices
     shipped_int8 = quantized and extra.get("int8", {}).get("int8_pays", True)
@@ -100,6 +109,7 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                    "integer_kernels_ok": extra["int8"]["integer_kernels"]["ok"]} if "int8" in extra else {}),
                **({"vocabulary": {k: vocabulary[k] for k in ("size", "original_size")}} if vocabulary else {}),
                **({"devices": {n: {"size_mb": d["size_mb"], "argmax_agreement": d["validation"]["argmax_agreement"],
+                                   "weights": d["weights"]["from"],
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share"),
                                    **({"htp": _htp_summary(d["htp"])} if "htp" in d else {})}
                                for n, d in devices.items()}} if devices else {})}
@@ -320,13 +330,14 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: 
     return made
 
 
-def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Callable[..., Encoded], dict | None]:
+def _vocabulary(model, cfg: ExportConfig, ctx: Context,
+                out: Path) -> tuple[Callable[..., Encoded], dict | None, Callable[[nn.Module], None]]:
     """Trim the model's token embeddings to the rows the train split reaches (export.vocabulary, vocab.py).
 
     Returns how to encode a split for the exported models (the folder's tokenizer, renumbered in
-    `fallback` mode) and what trimming did, with test accuracy of the PyTorch model before and after
+    `fallback` mode), what trimming did, with test accuracy of the PyTorch model before and after
     (test.tsv has pieces the train split lacks: they now read a neighbour's row, or split into
-    smaller pieces).
+    smaller pieces), and how to trim another model of the same shape alike (a device build's other weights).
     """
     import json
 
@@ -336,12 +347,13 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Call
                         write_trimmed_tokenizer)
 
     if cfg.vocabulary == "full" or ctx.task != "text-classification" or input_embeddings(model) is None:
-        return ctx.encoded, None
+        return ctx.encoded, None, lambda other: None
     max_length = ctx.recipe.data.max_length
     # rows for the trained length, and for the lengths the profiles time this model at (a device build takes what
     # is left); every split is encoded at most max_length long, so no logit changes
     timed = [p for p in ctx.recipe.profiles if p not in device_builds(cfg, ctx.recipe.profiles)]
-    positions = trim_positions(model, max([max_length] + [s for p in timed for s in load_profile(p).seq_lens]))
+    rows = max([max_length] + [s for p in timed for s in load_profile(p).seq_lens])
+    positions = trim_positions(model, rows)
     if positions and (out / "tokenizer_config.json").is_file():
         # the shipped tokenizer truncates at the trained length, within the position table (a longer input would
         # fail in its Gather)
@@ -362,12 +374,14 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Call
         keep, why = kept_ids(json.loads((out / "tokenizer.json").read_text(encoding="utf-8")), used)
         if keep is None:
             log(f"export: vocabulary not trimmed — {why}")
-            return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}
+            return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}, partial(trim_positions,
+                                                                                                   length=rows)
         encoded = partial(ctx.encoded, tokenizer_dir=out)
     else:
         why = "the tokenizer has no tokenizer.json to renumber (fallback trimming needs one; nearest does not)"
         log(f"export: vocabulary not trimmed — {why}")
-        return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}
+        return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}, partial(trim_positions,
+                                                                                               length=rows)
     before = {s: predict_logits(model, ctx.encoded(s), desc=f"vocabulary: {s} before") for s in ("dev", "test")}
     if cfg.vocabulary == "nearest":
         row_of = remap_embeddings(model, keep, special)
@@ -393,7 +407,15 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context, out: Path) -> tuple[Call
     log(f"export: vocabulary trimmed to {len(keep):,} of {original:,} rows ({why}); test accuracy "
         f"{facts['test']['accuracy_full_vocabulary']:.2%} -> {facts['test']['accuracy_trimmed']:.2%} "
         f"({facts['test']['texts_changed']} texts {facts['texts_changed_means']})")
-    return encoded, facts
+
+    def trim(other: nn.Module) -> None:
+        trim_positions(other, rows)
+        if cfg.vocabulary == "nearest":  # its own nearest rows: its table is its own
+            remap_embeddings(other, keep, special)
+        else:
+            trim_embeddings(other, keep)
+
+    return encoded, facts, trim
 
 
 def _int8_on_host(model, parent, cfg: ExportConfig, ctx: Context, out: Path, val_data: Encoded, extra: dict) -> dict:

@@ -272,6 +272,10 @@ def _npu_section(builds: dict, systems: dict) -> list[str]:
         if htp is None:
             continue
         out += [f"## NPU build for {prof}", ""]
+        w = b.get("weights")
+        if isinstance(w, dict) and w.get("from") in ("qat", "pre-qat"):
+            out += [f"Built from the {'QAT model' if w['from'] == 'qat' else 'model QAT started from'} "
+                    f"({w.get('stage', 'qat')} `{w['artifact']}`): {w.get('reason', '')}.", ""]
         if not htp.get("checked"):
             m = systems.get(f"final-{prof}", {})
             out += [f"Not checked by the vendor's compiler: {htp.get('reason', 'onnxruntime-qnn is not installed')}. "

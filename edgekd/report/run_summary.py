@@ -64,7 +64,7 @@ def summarize(run_dir: Path, recipe: dict, artifacts: list[Artifact], data: dict
         if export["metrics"].get("devices"):  # device builds ship as devices/<profile>/model.onnx
             builds = (export_artifact.manifest.get("devices") or {}) if export_artifact is not None else {}
             summary["device_models"] = {p: {"file": f"devices/{p}/model.onnx", **d,
-                                            **({"htp": builds[p]["htp"]} if "htp" in builds.get(p, {}) else {})}
+                                            **{k: builds[p][k] for k in ("htp", "weights") if k in builds.get(p, {})}}
                                         for p, d in export["metrics"]["devices"].items()}
     return summary
 
