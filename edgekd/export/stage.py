@@ -109,7 +109,6 @@ def run_export(cfg: ExportConfig, parent, ctx: Context, out: Path, key: str) -> 
                    "integer_kernels_ok": extra["int8"]["integer_kernels"]["ok"]} if "int8" in extra else {}),
                **({"vocabulary": {k: vocabulary[k] for k in ("size", "original_size")}} if vocabulary else {}),
                **({"devices": {n: {"size_mb": d["size_mb"], "argmax_agreement": d["validation"]["argmax_agreement"],
-                                   "weights": d["weights"]["from"],
                                    "fallback_nodes_share": (d["compat"] or {}).get("fallback_nodes_share"),
                                    **({"htp": _htp_summary(d["htp"])} if "htp" in d else {})}
                                for n, d in devices.items()}} if devices else {})}
@@ -352,8 +351,8 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context,
     # rows for the trained length, and for the lengths the profiles time this model at (a device build takes what
     # is left); every split is encoded at most max_length long, so no logit changes
     timed = [p for p in ctx.recipe.profiles if p not in device_builds(cfg, ctx.recipe.profiles)]
-    rows = max([max_length] + [s for p in timed for s in load_profile(p).seq_lens])
-    positions = trim_positions(model, rows)
+    trim_rows = partial(trim_positions, length=max([max_length] + [s for p in timed for s in load_profile(p).seq_lens]))
+    positions = trim_rows(model)
     if positions and (out / "tokenizer_config.json").is_file():
         # the shipped tokenizer truncates at the trained length, within the position table (a longer input would
         # fail in its Gather)
@@ -374,14 +373,12 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context,
         keep, why = kept_ids(json.loads((out / "tokenizer.json").read_text(encoding="utf-8")), used)
         if keep is None:
             log(f"export: vocabulary not trimmed — {why}")
-            return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}, partial(trim_positions,
-                                                                                                   length=rows)
+            return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}, trim_rows
         encoded = partial(ctx.encoded, tokenizer_dir=out)
     else:
         why = "the tokenizer has no tokenizer.json to renumber (fallback trimming needs one; nearest does not)"
         log(f"export: vocabulary not trimmed — {why}")
-        return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}, partial(trim_positions,
-                                                                                               length=rows)
+        return ctx.encoded, {"trimmed": False, "reason": why, "positions": positions}, trim_rows
     before = {s: predict_logits(model, ctx.encoded(s), desc=f"vocabulary: {s} before") for s in ("dev", "test")}
     if cfg.vocabulary == "nearest":
         row_of = remap_embeddings(model, keep, special)
@@ -409,7 +406,7 @@ def _vocabulary(model, cfg: ExportConfig, ctx: Context,
         f"({facts['test']['texts_changed']} texts {facts['texts_changed_means']})")
 
     def trim(other: nn.Module) -> None:
-        trim_positions(other, rows)
+        trim_rows(other)
         if cfg.vocabulary == "nearest":  # its own nearest rows: its table is its own
             remap_embeddings(other, keep, special)
         else:

@@ -272,8 +272,8 @@ def _npu_section(builds: dict, systems: dict) -> list[str]:
         if htp is None:
             continue
         out += [f"## NPU build for {prof}", ""]
-        w = b.get("weights")
-        if isinstance(w, dict) and w.get("from") in ("qat", "pre-qat"):
+        w = b.get("weights")  # the export manifest's record of the weights the build started from
+        if w and w["from"] in ("qat", "pre-qat"):
             out += [f"Built from the {'QAT model' if w['from'] == 'qat' else 'model QAT started from'} "
                     f"({w.get('stage', 'qat')} `{w['artifact']}`): {w.get('reason', '')}.", ""]
         if not htp.get("checked"):
