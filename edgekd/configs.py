@@ -230,6 +230,12 @@ class StudentConfig(Strict):
                                "input width (the teacher's embeddings projected down when narrower)")
     lstm_hidden: int = Field(256, ge=8, le=4096, description="hidden units per direction of a BiLSTM student")
     init_embeddings_from_teacher: bool = True
+    # unset, it stays out of the dumped config: the cache keys of earlier runs are unchanged
+    finetune: FinetuneConfig | None = Field(
+        None, exclude_if=lambda v: v is None, description="train the student on the task's own labels "
+        "(cross-entropy) before it distils: a warm start, as the flagship's student gets by starting from its "
+        "fine-tuned teacher's layers; for a pretrained student, whose head is new, on more of the train split than "
+        "the teacher can label (docs/recipes.md)")
 
     @model_validator(mode="after")
     def _kind_fields(self):

@@ -57,6 +57,34 @@ def test_a_pretrained_student_with_its_own_tokenizer_learns_from_the_teachers_lo
     assert teacher_tok["model"]["type"] == "WordPiece"
 
 
+@pytest.mark.slow
+def test_student_finetune_trains_the_student_on_the_labels_and_distillation_starts_from_it(
+        text_run, tiny_bert_dir, text_data_dir, tmp_path):
+    student_dir = write_tiny_bpe_encoder(tmp_path / "roberta")
+    out = tmp_path / "run"
+    reuse_stages(text_run[0] / "out", out, ("teacher",))
+    recipe = _recipe(tiny_bert_dir, text_data_dir, student_dir, out)
+    recipe["student"]["finetune"] = {"epochs": 6, "batch_size": 16, "lr": 3e-3, "warmup_ratio": 0.0,
+                                     "max_train_examples": 200}
+    # a learning rate too small to move it: what the distilled student scores is what the warm start gave it
+    recipe["stages"] = [{"distill": {**recipe["stages"][0]["distill"], "epochs": 1, "lr": 1e-7}}]
+    result = Pipeline(validate_recipe(recipe)).run()
+
+    warm, distill = result["distill"]["student_finetune"], result["distill"]
+    assert warm["train"]["examples"] == 200 and warm["train"]["epochs"] == 6
+    assert warm["dev_accuracy"] > 0.8  # a fresh head on a pretrained encoder scores about half on this task
+    assert distill["dev_accuracy"] == pytest.approx(warm["dev_accuracy"], abs=0.05)
+    assert distill["test_accuracy"] == pytest.approx(warm["test_accuracy"], abs=0.05)
+    assert not (out / "work").exists() or not any((out / "work").iterdir())  # its checkpoints went with the stage's
+
+
+def test_student_finetune_stays_out_of_the_cache_key_unless_set():
+    from edgekd.configs import StudentConfig
+
+    assert "finetune" not in StudentConfig(kind="layers").model_dump(mode="json")
+    assert StudentConfig(kind="layers", finetune={"epochs": 1}).model_dump(mode="json")["finetune"]["epochs"] == 1
+
+
 def test_intermediate_terms_across_tokenizers_are_refused_before_any_work(tiny_bert_dir, text_data_dir, tmp_path):
     recipe = _recipe(tiny_bert_dir, text_data_dir, write_tiny_bpe_encoder(tmp_path / "roberta"), tmp_path / "run")
     recipe["stages"][0]["distill"]["hidden_weight"] = 1.0

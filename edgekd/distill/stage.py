@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..configs import DistillConfig, StudentConfig
+from ..configs import DistillConfig, FinetuneConfig, StudentConfig
 from ..errors import EdgekdError
 from ..models.spec import make_spec, save_weights
 from ..artifact import TOKENIZER_FILES
@@ -13,6 +13,7 @@ from ..models.support import kd_refusals
 from ..progress import log
 from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate
+from ..train.finetune import finetune_fit
 
 def _ensemble(ctx: Context) -> dict:
     """Each teacher's test accuracy and their weighted ensemble's (probabilities averaged, as the distiller does)."""
@@ -27,6 +28,16 @@ def _ensemble(ctx: Context) -> dict:
         probs = probs + weight / total * softmax(logits, axis=-1)
         rows.append({"artifact": art.id, "weight": weight, "test_accuracy": float((logits.argmax(-1) == labels).mean())})
     return {"members": rows, "ensemble_test_accuracy": float((probs.argmax(-1) == labels).mean())}
+
+
+def _warm_start(student, cfg: FinetuneConfig, ctx: Context, key: str) -> dict:
+    """student.finetune: the student trained on the task's labels before it distils, and how it then scores (dev
+    chooses nothing here; test is reported beside the teacher's for the record). Its checkpoints live inside the
+    stage's work folder, which the pipeline removes with it."""
+    out = {"train": finetune_fit(student, cfg, ctx, ctx.encoded, f"{key}/finetune", "student fine-tune")}
+    out.update(evaluate(student, ctx, "student fine-tune"))
+    log(f"distill: the student scores {out['dev_accuracy']:.2%} on dev after its fine-tune, before distilling")
+    return out
 
 
 def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -50,7 +61,9 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     if base.get("family") == "hf" and (refused := kd_refusals(family_gaps(student), cfg, "distill")):
         raise EdgekdError(" ".join(refused))
     init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
-    metrics = {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {}),
+    warm = _warm_start(student, student_cfg.finetune, ctx, key) if student_cfg.finetune is not None else None
+    metrics = {**({"student_finetune": warm} if warm else {}),
+               "train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {}),
                **({"student_pretrained": loaded} if loaded else {})}
     metrics.update(evaluate(student, ctx, "student", report_dir=out))
     if ctx.extra_teachers:

@@ -4,15 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch.nn.functional as F
-
 from ..configs import TeacherConfig
 from ..errors import ModelError
-from ..models.hf import build_hf_from_config, check_model_folder, hf_base_spec, load_hf_classifier, logits_of, resolve_model_path
+from ..models.hf import build_hf_from_config, check_model_folder, hf_base_spec, load_hf_classifier, resolve_model_path
 from ..models.spec import make_spec, save_weights
 from ..progress import log
 from ..train.context import Context
-from ..train.loop import fit
+from ..train.finetune import finetune_fit
 from ..train.predict import accuracy, predict_logits
 
 
@@ -71,15 +69,7 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
 
     metrics: dict = {"labels": labels_report} if labels_report else {}
     if cfg.finetune is not None:
-        ft = cfg.finetune
-        train = encoded("train", ft.max_train_examples)
-
-        def loss_fn(m, batch, idx, labels):
-            return F.cross_entropy(logits_of(m, batch), labels)
-
-        log(f"teacher: fine-tuning on {len(train)} examples for {ft.epochs} epoch(s)")
-        metrics["train"] = fit(model, train, ft, loss_fn, seed=seed, desc="teacher fine-tune",
-                               work_dir=ctx.work_dir(key), runtime=ctx.runtime)
+        metrics["train"] = finetune_fit(model, cfg.finetune, ctx, encoded, key, "teacher fine-tune", seed)
     for split in ("dev", "test"):
         enc = encoded(split)
         logits = predict_logits(model, enc, desc=f"teacher eval ({split})", runtime=ctx.runtime)
