@@ -146,6 +146,8 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
     case = m["int8_case"]["peer_dynamic_int8_speedup_vs_teacher_fp32_seq128_t1"]
     teacher = result.get("teacher", "minilm")
     title = "" if teacher == "minilm" else f", {TEACHER_NAMES[teacher]} teacher"
+    skipped = [{"throughput": "the batch-32 throughput case"}.get(name, name)
+               for name, v in result["protocol"].items() if v == "not measured in this mode"]
     lines = [
         f"# SST-2 benchmark{title} ({result['mode']} mode)",
         "",
@@ -190,7 +192,8 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
         "Where a peer is ahead of edgekd on a column, the table says so: nothing here is hidden or rounded in "
         "edgekd's favour. "
         + ("Quick mode trains a small teacher on short schedules, so its accuracies are not those of the full "
-           "recipe; its latency and size ratios are (the architectures are the same)." if result["mode"] == "quick"
+           "recipe; its latency and size ratios are (the architectures are the same)."
+           + (f" Not measured in this mode: {', '.join(skipped)}." if skipped else "") if result["mode"] == "quick"
            else "CPU mode: the recipe sized for 2 CPU cores (recipes/sst2-mpnet-cpu.yaml: the teacher and the "
            "student's transfer set on subsets of the train split)." if result["mode"] == "cpu" else ""),
         "",

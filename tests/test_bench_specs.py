@@ -77,12 +77,12 @@ def test_the_npu_table_lists_the_qnn_ptq_baseline_after_edgekds_builds_and_says_
     assert any("onnxruntime's own QNN recipe applied to edgekd's pruned FP32 student" in x for x in lines)
 
 
-def test_the_large_teachers_quick_mode_skips_the_batch_32_case_and_the_others_keep_it():
+def test_the_large_teachers_quick_mode_skips_the_batch_32_case_and_the_torch_peer_and_the_others_keep_them():
     from benchmarks.sst2 import host_profile
 
-    assert bench_spec("mpnet", "quick")["throughput"] is False
-    assert all(bench_spec(t, m)["throughput"] for t in TEACHERS for m in TEACHERS[t]["modes"]
-               if (t, m) != ("mpnet", "quick"))
+    assert bench_spec("mpnet", "quick")["throughput"] is False and bench_spec("mpnet", "quick")["torch_peer"] is False
+    others = [bench_spec(t, m) for t in TEACHERS for m in TEACHERS[t]["modes"] if (t, m) != ("mpnet", "quick")]
+    assert all(spec["throughput"] and spec["torch_peer"] for spec in others)
     assert host_profile(False).batch_sizes == [1] and host_profile().batch_sizes == [1, 32]
 
 
