@@ -61,10 +61,9 @@ def run_distill(cfg: DistillConfig, parent, ctx: Context, out: Path, key: str) -
     if base.get("family") == "hf" and (refused := kd_refusals(family_gaps(student), cfg, "distill")):
         raise EdgekdError(" ".join(refused))
     init = student.__dict__.pop("edgekd_init", None)  # a config student: how it was sliced from the teacher
-    warm = _warm_start(student, student_cfg.finetune, ctx, key) if student_cfg.finetune is not None else None
-    metrics = {**({"student_finetune": warm} if warm else {}),
-               "train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {}),
-               **({"student_pretrained": loaded} if loaded else {})}
+    metrics = {"student_finetune": _warm_start(student, student_cfg.finetune, ctx, key)} if student_cfg.finetune else {}
+    metrics |= {"train": distill_fit(student, cfg, ctx, "distill", key), **({"student_init": init} if init else {}),
+                **({"student_pretrained": loaded} if loaded else {})}
     metrics.update(evaluate(student, ctx, "student", report_dir=out))
     if ctx.extra_teachers:
         metrics["teachers"] = _ensemble(ctx)
