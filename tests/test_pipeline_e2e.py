@@ -75,6 +75,26 @@ def test_every_registered_stage_runs_in_the_end_to_end_runs(text_run, image_run)
         assert all((text_run[0] / "out" / st["path"]).is_dir() for st in text["stages"])
 
 
+def test_the_later_stages_read_the_teacher_stage_own_dev_and_test_outputs(text_run, image_run):
+    """The teacher stage caches the logits of its own evaluation on dev and test, so no later stage runs the teacher
+    over them again: each cache file is written before the teacher's manifest (a stage after it would write it
+    later), and gives the accuracy the teacher stage reports."""
+    from safetensors.numpy import load_file
+
+    from edgekd.train.context import Context
+
+    text_recipe = validate_recipe(yaml.safe_load(text_run[1].read_text()))
+    for out, ctx in ((text_run[0] / "out", Context(text_recipe, text_run[0] / "out")), (image_run[0], image_run[1].ctx)):
+        teacher = next((out / "stages").glob("00-teacher-*"))
+        manifest = teacher / "manifest.json"
+        for split in ("dev", "test"):
+            files = list((out / "cache").glob(f"teacher-logits-{split}-*"))
+            assert len(files) == 1, files
+            assert files[0].stat().st_mtime_ns <= manifest.stat().st_mtime_ns, f"{split}: the teacher ran again"
+            right = load_file(str(files[0]))["logits"].argmax(-1) == getattr(ctx.data, split).labels
+            assert right.mean() == pytest.approx(json.loads(manifest.read_text())["metrics"][f"{split}_accuracy"])
+
+
 def test_cli_rerun_resumes_from_cache(text_run):
     root, recipe, first = text_run
     before = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "stages").iterdir()}

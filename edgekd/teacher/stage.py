@@ -74,6 +74,7 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
         enc = encoded(split)
         logits = predict_logits(model, enc, desc=f"teacher eval ({split})", runtime=ctx.runtime)
         metrics[f"{split}_accuracy"] = accuracy(logits, enc.labels)
+        ctx.keep_teacher_logits(key, split, logits)  # the later stages' teacher outputs on this split
     save_weights(model, out)
     spec = make_spec(model, hf_base_spec(model, ctx.task))
     return {"metrics": metrics, "spec": spec}

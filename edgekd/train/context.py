@@ -131,11 +131,9 @@ class Context:
         key = (split, max_examples) if primary else (teacher.id, split, max_examples)
         if key in self._teacher_logits:
             return self._teacher_logits[key]
-        from safetensors.numpy import load_file, save_file
+        from safetensors.numpy import load_file
 
-        name = stable_hash({"teacher": teacher.id, "data": self.data.fingerprint, "split": split,
-                            "n": max_examples, "max_length": self.recipe.data.max_length})
-        path = self.cache_dir() / f"teacher-logits-{split}-{name}.safetensors"
+        path = self._teacher_logits_path(teacher.id, split, max_examples)
         if path.is_file():
             logits = load_file(str(path))["logits"]
         else:
@@ -146,12 +144,27 @@ class Context:
             model = self.teacher_model(teacher)
             # every process computes a shard and receives the whole array; rank 0 writes the cache
             logits = predict_logits(model, data, desc=f"teacher outputs ({split})", runtime=self.runtime)
-            if self.runtime.is_main:
-                tmp = path.with_name("." + path.name + ".tmp")
-                save_file({"logits": logits}, str(tmp))
-                tmp.replace(path)
+            self.keep_teacher_logits(teacher.id, split, logits)
         self._teacher_logits[key] = logits
         return logits
+
+    def keep_teacher_logits(self, teacher_id: str, split: str, logits: np.ndarray) -> None:
+        """Cache a teacher's logits on a whole split where `teacher_logits` reads them. The teacher stage hands in
+        those of its own evaluation (its artifact's id is known before it is written), so the stages after it read
+        them instead of running the teacher over dev and test again; only rank 0 writes."""
+        if not self.runtime.is_main:
+            return
+        from safetensors.numpy import save_file
+
+        path = self._teacher_logits_path(teacher_id, split, None)
+        tmp = path.with_name("." + path.name + ".tmp")
+        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
+        tmp.replace(path)
+
+    def _teacher_logits_path(self, teacher_id: str, split: str, max_examples: int | None) -> Path:
+        name = stable_hash({"teacher": teacher_id, "data": self.data.fingerprint, "split": split,
+                            "n": max_examples, "max_length": self.recipe.data.max_length})
+        return self.cache_dir() / f"teacher-logits-{split}-{name}.safetensors"
 
 
 def same_tokenizer(a, b) -> bool:
