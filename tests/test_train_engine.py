@@ -276,3 +276,35 @@ def test_stages_never_import_each_other():
 def test_python_dash_m_edgekd_works():
     proc = subprocess.run([sys.executable, "-m", "edgekd", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "run" in proc.stdout and "export" in proc.stdout
+
+
+def test_teacher_logits_of_a_subset_and_of_the_whole_split_are_cached_apart(tmp_path, tiny_bert_dir, text_data_dir,
+                                                                              monkeypatch):
+    """A run that reads the teacher's outputs on the first n train examples and then, in a later process, on the
+    whole split gets the whole split: each request has its own cache file."""
+    from types import SimpleNamespace
+
+    from conftest import tiny_text_recipe
+    from edgekd.recipe import validate_recipe
+    from edgekd.train import predict
+    from edgekd.train.context import Context
+
+    predicted = []
+
+    def fake_predict(model, data, desc=None, runtime=None):
+        predicted.append(len(data))
+        return np.tile(np.arange(len(data), dtype=np.float32)[:, None], (1, 2))
+
+    monkeypatch.setattr(predict, "predict_logits", fake_predict)
+    recipe = validate_recipe(tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "run"))
+
+    def context() -> Context:
+        ctx = Context(recipe, tmp_path / "run", teacher=SimpleNamespace(id="t0", path=tiny_bert_dir))
+        monkeypatch.setattr(ctx, "teacher_model", lambda teacher=None: None)
+        return ctx
+
+    assert context().teacher_logits("train", 5).shape == (5, 2)
+    whole = len(context().data.train)
+    assert whole > 5 and context().teacher_logits("train").shape == (whole, 2)
+    assert predicted == [5, whole]
+    assert context().teacher_logits("train", 5).shape == (5, 2) and predicted == [5, whole]  # both read back

@@ -144,19 +144,21 @@ class Context:
             model = self.teacher_model(teacher)
             # every process computes a shard and receives the whole array; rank 0 writes the cache
             logits = predict_logits(model, data, desc=f"teacher outputs ({split})", runtime=self.runtime)
-            self.keep_teacher_logits(teacher.id, split, logits)
+            self.keep_teacher_logits(teacher.id, split, logits, max_examples)
         self._teacher_logits[key] = logits
         return logits
 
-    def keep_teacher_logits(self, teacher_id: str, split: str, logits: np.ndarray) -> None:
-        """Cache a teacher's logits on a whole split where `teacher_logits` reads them. The teacher stage hands in
-        those of its own evaluation (its artifact's id is known before it is written), so the stages after it read
-        them instead of running the teacher over dev and test again; only rank 0 writes."""
+    def keep_teacher_logits(self, teacher_id: str, split: str, logits: np.ndarray, max_examples: int | None = None
+                            ) -> None:
+        """Cache a teacher's logits on a split's first `max_examples` (default: all) where `teacher_logits` reads
+        them. The teacher stage hands in those of its own evaluation on dev and test (its artifact's id is known
+        before it is written), so the stages after it read them instead of running the teacher again; only rank 0
+        writes."""
         if not self.runtime.is_main:
             return
         from safetensors.numpy import save_file
 
-        path = self._teacher_logits_path(teacher_id, split, None)
+        path = self._teacher_logits_path(teacher_id, split, max_examples)
         tmp = path.with_name("." + path.name + ".tmp")
         save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
         tmp.replace(path)
