@@ -160,7 +160,7 @@ class Context:
 
         path = self._teacher_logits_path(teacher_id, split, max_examples)
         tmp = path.with_name("." + path.name + ".tmp")
-        save_file({"logits": np.ascontiguousarray(logits, dtype=np.float32)}, str(tmp))
+        save_file({"logits": logits}, str(tmp))
         tmp.replace(path)
 
     def _teacher_logits_path(self, teacher_id: str, split: str, max_examples: int | None) -> Path:
