@@ -89,19 +89,28 @@ class Pipeline:
         check_model_folder(folder, key="student.path")
         skeleton = skeleton_from_config(folder=folder)
         refused = recipe_refusals(self.recipe, skeleton) if skeleton is not None else []
-        if self.recipe.task == "text-classification" and t.path is not None:
-            from transformers import AutoTokenizer
-
-            from .train.context import same_tokenizer
-
-            keys = cross_tokenizer_refusals(self.recipe)
-            if keys and not same_tokenizer(AutoTokenizer.from_pretrained(str(folder)),
-                                           AutoTokenizer.from_pretrained(str(resolve_model_path(t.path)))):
-                from .train.distiller import cross_tokenizer_refusal
-
-                refused += [cross_tokenizer_refusal(k) for k in keys]
+        keys = cross_tokenizer_refusals(self.recipe)
+        if keys and self.recipe.task == "text-classification" and t.path is not None:
+            refused += self._unaligned_tokenizer_refusals(keys, folder, resolve_model_path(t.path))
         if refused:
             raise EdgekdError(" ".join(refused))
+
+    def _unaligned_tokenizer_refusals(self, keys: list[str], student_folder: Path, teacher_folder: Path) -> list[str]:
+        """The stages (`keys`) whose intermediate terms need the teacher to read the student's pieces, where the
+        student's tokenizer cuts a train text differently from the teacher's (each stage checks its own examples
+        again when it trains)."""
+        from transformers import AutoTokenizer
+
+        from .data.alignment import aligned_map
+        from .train.context import same_tokenizer
+        from .train.distiller import cross_tokenizer_refusal
+
+        student, teacher = (AutoTokenizer.from_pretrained(str(f)) for f in (student_folder, teacher_folder))
+        if same_tokenizer(student, teacher):
+            return []
+        texts = self.ctx.data.train.texts
+        _, difference = aligned_map(student, teacher, texts, student(texts)["input_ids"], teacher(texts)["input_ids"])
+        return [] if difference is None else [cross_tokenizer_refusal(k, difference) for k in keys]
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary artifact folders left by a killed run are never complete: drop them."""

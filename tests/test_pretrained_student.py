@@ -1,5 +1,6 @@
 """A pretrained student with its own tokenizer: a tiny BERT teacher (WordPiece) distilled into a tiny RoBERTa
-(byte-level BPE, another vocabulary and width) through every stage; intermediate terms across tokenizers refused."""
+(byte-level BPE, another vocabulary and width) through every stage; intermediate terms across tokenizers that cut
+the texts differently refused (tests/test_token_alignment.py: across tokenizers that cut them alike)."""
 from __future__ import annotations
 
 import json

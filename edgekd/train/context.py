@@ -92,6 +92,17 @@ class Context:
                            and not same_tokenizer(self.tokenizer, self._tokenizer_at(str(self.teacher.path))))
         return self._cross
 
+    def teacher_id_map(self, max_examples: int | None = None) -> tuple[np.ndarray | None, str | None]:
+        """Where the student reads the texts with a tokenizer of its own: the map of its ids onto the teacher's,
+        if the two cut the train split's first `max_examples` texts into the same pieces (the teacher can then read
+        the student's batches, position by position: data/alignment.py); else None and the first text they cut
+        differently."""
+        from ..data.alignment import aligned_map
+
+        texts = self.data.train.head(max_examples).texts
+        return aligned_map(self.tokenizer, self.teacher_tokenizer, texts, self.encoded("train", max_examples).ids,
+                           self.teacher_encoded("train", max_examples).ids)
+
     def teacher_encoded(self, split: str, max_examples: int | None = None) -> Encoded:
         """A split as the run's teacher reads it (with its own tokenizer where the student's differs)."""
         return self.encoded(split, max_examples, tokenizer_dir=self.teacher.path if self.cross_tokenizer else None)

@@ -34,7 +34,8 @@ class Teacher:
 
 
 class Distiller:
-    def __init__(self, teachers: list[Teacher], terms: list[tuple[float, LossTerm]], live_teacher=None):
+    def __init__(self, teachers: list[Teacher], terms: list[tuple[float, LossTerm]], live_teacher=None,
+                 teacher_ids: np.ndarray | None = None):
         if not terms:
             raise ValueError("a distiller needs at least one loss term")
         self.teachers = teachers
@@ -44,16 +45,21 @@ class Distiller:
         if self.needs and live_teacher is None:
             raise ValueError(f"loss terms needing {sorted(self.needs)} need the teacher model (live_teacher)")
         self.live_teacher = live_teacher  # run on each batch for what is too large to cache (hidden states, attentions)
+        # a student with a tokenizer of its own that cuts the texts into the teacher's pieces: the live teacher reads
+        # its batches through this map of ids (data/alignment.py)
+        self.teacher_ids = None if teacher_ids is None else torch.from_numpy(teacher_ids)
         self.schedule: tuple[float, float, float, float] | None = None  # alpha start, end, temperature start, end
         # (student, teacher) query/key/value projections a relation term reads, found once, not on every step
         self.qkv_layers: tuple[list, list] | None = None
 
     @classmethod
     def from_config(cls, cfg: KDConfig, teacher_logits: "np.ndarray | list[Teacher]", teacher_model=None,
-                    student: torch.nn.Module | None = None) -> "Distiller":
+                    student: torch.nn.Module | None = None, teacher_ids: np.ndarray | None = None) -> "Distiller":
         """The recipe's distillation: alpha * T^2 * KL + (1 - alpha) * CE, plus the intermediate terms it weights.
 
-        teacher_logits: the teacher's logits on the training examples, or several weighted teachers'."""
+        teacher_logits: the teacher's logits on the training examples, or several weighted teachers'.
+        teacher_ids: where the student's tokenizer is not the teacher's but cuts the texts into its pieces, the map of
+        the student's ids onto the teacher's (the live teacher reads the student's batches through it)."""
         terms: list[tuple[float, LossTerm]] = [(cfg.alpha, LogitKD(cfg.temperature)), (1.0 - cfg.alpha, HardLabelCE())]
         if needs_live_teacher(cfg):
             layer_map = intermediate_layer_map(cfg, student, teacher_model)
@@ -65,7 +71,8 @@ class Distiller:
                 heads = relation_heads(cfg, student, teacher_model, layer_map)
                 terms.append((cfg.relation_weight, RelationKL(layer_map, heads)))
         teachers = teacher_logits if isinstance(teacher_logits, list) else [Teacher(teacher_logits)]
-        distiller = cls(teachers, terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None)
+        distiller = cls(teachers, terms, live_teacher=teacher_model if needs_live_teacher(cfg) else None,
+                        teacher_ids=teacher_ids if needs_live_teacher(cfg) else None)
         if cfg.temperature_end is not None or cfg.alpha_end is not None:
             distiller.schedule = (cfg.alpha, cfg.alpha if cfg.alpha_end is None else cfg.alpha_end,
                                   cfg.temperature, cfg.temperature if cfg.temperature_end is None else cfg.temperature_end)
@@ -105,11 +112,19 @@ class Distiller:
             with capture_qkv(s_layers) as s_qkv:
                 out = module(**batch, **flags)
             with torch.no_grad(), capture_qkv(t_layers) as t_qkv:
-                live = self.live_teacher(**batch, **flags)
+                live = self.live_teacher(**self.teacher_batch(batch), **flags)
             mask = batch["attention_mask"]
             student = Outputs(out.logits, out.hidden_states, out.attentions, mask, s_qkv)
             teacher = Outputs(teacher.logits, live.hidden_states, live.attentions, mask, t_qkv)
         return sum(w * term(student, teacher, labels) for w, term in self.terms)
+
+    def teacher_batch(self, batch: dict) -> dict:
+        """The student's batch as the live teacher reads it: the same, or its ids mapped onto the teacher's."""
+        if self.teacher_ids is None:
+            return batch
+        if self.teacher_ids.device != batch["input_ids"].device:
+            self.teacher_ids = self.teacher_ids.to(batch["input_ids"].device)
+        return {**batch, "input_ids": self.teacher_ids[batch["input_ids"]]}
 
 
 # Where a narrower student carries its hidden-state projections while it trains (so that the engine's optimizer,
@@ -205,11 +220,12 @@ def intermediate_layer_map(cfg: KDConfig, student, teacher) -> list[int]:
     return layer_map
 
 
-def cross_tokenizer_refusal(key: str) -> str:
+def cross_tokenizer_refusal(key: str, difference: str) -> str:
     return (f"{key}: hidden_weight, attention_weight and relation_weight match the student's tokens with the "
-            "teacher's, and the pretrained student reads the texts with a tokenizer of its own, whose tokens do not "
-            f"line up with the teacher's; set them to 0 in {key} (the logit terms work across tokenizers), or choose "
-            "a pretrained student with the teacher's tokenizer.")
+            "teacher's, and the pretrained student reads the texts with a tokenizer of its own that cuts them "
+            f"differently ({difference}); set them to 0 in {key} (the logit terms work across tokenizers), or choose "
+            "a pretrained student whose tokenizer cuts texts into the teacher's pieces (the same vocabulary, whatever "
+            "its special tokens and ids).")
 
 
 def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, work_key: str,
@@ -219,11 +235,13 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     layer_teacher: the model whose hidden states, attentions and relations the intermediate terms match (default:
     the run's teacher; prune recovery may pass the unpruned student). The logit terms read the teacher either way."""
     train = ctx.encoded("train", cfg.max_train_examples)
-    live = None
+    live, teacher_ids = None, None
     if needs_live_teacher(cfg) and layer_teacher is None and ctx.cross_tokenizer:
-        from ..errors import EdgekdError
+        teacher_ids, difference = ctx.teacher_id_map(cfg.max_train_examples)
+        if teacher_ids is None:
+            from ..errors import EdgekdError
 
-        raise EdgekdError(cross_tokenizer_refusal(desc))
+            raise EdgekdError(cross_tokenizer_refusal(desc, difference))
     if needs_live_teacher(cfg):  # the teacher runs beside the student on every batch
         live = (layer_teacher or ctx.teacher_model()).to(ctx.runtime.device).eval()
         for p in live.parameters():
@@ -235,6 +253,14 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
         from .transfer_set import build_transfer_set
 
         train, logits, report = build_transfer_set(cfg.transfer, ctx, train, logits, cfg.max_train_examples)
+        added = np.fromiter((i for ids in train.ids[n_train:] for i in ids), dtype=np.int64)
+        if teacher_ids is not None and (teacher_ids[added] < 0).any():
+            from ..errors import EdgekdError
+
+            raise EdgekdError(f"{desc}: the student's tokenizer cuts a transfer-set text into a piece the teacher's "
+                              "vocabulary lacks, so the teacher cannot read it position by position for the "
+                              "intermediate terms; set hidden_weight, attention_weight and relation_weight to 0 in "
+                              f"{desc}, or leave augmentation and unlabelled text out of its transfer set.")
     teachers = [Teacher(logits)]
     for art, weight in ctx.extra_teachers:
         own = ctx.teacher_logits("train", cfg.max_train_examples, art)
@@ -243,7 +269,7 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
 
             own = np.concatenate([own, relabel(ctx, art, train.ids[n_train:])])
         teachers.append(Teacher(own, weight))
-    distiller = Distiller.from_config(cfg, teachers, live, model)
+    distiller = Distiller.from_config(cfg, teachers, live, model, teacher_ids)
     select = None
     if cfg.select_on_dev and cfg.epochs > 1:  # one epoch leaves nothing to choose between
         dev = ctx.encoded("dev")
@@ -256,6 +282,9 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     finally:  # projections are trained, never shipped
         if hasattr(model, PROJECTIONS):
             delattr(model, PROJECTIONS)
+    if teacher_ids is not None:
+        out["live_teacher"] = ("read the student's batches through a map of ids onto its own: the two tokenizers cut "
+                               "the train texts into the same pieces")
     return {**out, "transfer_set": report} if report is not None else out
 
 
