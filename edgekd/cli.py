@@ -9,6 +9,7 @@ import functools
 import json
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -77,6 +78,21 @@ def handle_errors(fn):
 @app.callback()
 def _main(debug: bool = typer.Option(False, "--debug", help="show tracebacks")):
     STATE["debug"] = debug
+    if not debug:
+        warnings.showwarning = _show_warning
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """edgekd's own warnings (texts longer than data.max_length) as one line for the user, without the file and
+    source line Python prints; other libraries' warnings as Python prints them."""
+    if str(Path(filename).resolve()).startswith(_PACKAGE):
+        err.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @app.command()

@@ -390,6 +390,35 @@ def test_long_text_is_truncated_with_a_warning_not_an_error(tmp_path):
         encode(Split("dev", np.array([0]), texts=["a bad movie"]), tok, max_length=8)  # nothing to warn about
 
 
+def test_a_run_says_once_per_split_how_many_texts_were_truncated_in_one_line(tmp_path, capsys):
+    from edgekd.cli import _show_warning
+    from edgekd.train.context import Context
+
+    data = tmp_path / "data"
+    for split in ("train", "dev", "test"):
+        rows = (f"{'a good movie ' * (i % 2 * 20)}film {i}\t{i % 2}\n" for i in range(6))  # odd rows: too long
+        write(data / f"{split}.tsv", "sentence\tlabel\n" + "".join(rows))
+    from types import SimpleNamespace
+
+    from transformers import BertTokenizerFast
+
+    write(tmp_path / "vocab.txt", "\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "good", "movie",
+                                             "film"]))
+    recipe = SimpleNamespace(data=DataConfig(path=str(data), max_length=8), task="text-classification")
+    ctx = Context(recipe=recipe, run_dir=tmp_path / "run", _tokenizer=BertTokenizerFast.from_pretrained(str(tmp_path)))
+    with pytest.warns(UserWarning) as caught:
+        ctx.encoded("train", 4)
+        ctx.encoded("train", 2)
+        ctx.encoded("train")
+        ctx.encoded("test")
+    assert [str(w.message).split(" texts")[0] for w in caught] == ["2 of 4", "3 of 6"]  # train's first subset, test
+    w = caught[0]
+    _show_warning(w.message, w.category, w.filename, w.lineno)  # as `edgekd run` shows it
+    shown = capsys.readouterr().err
+    assert shown.startswith("warning: 2 of 4 texts in the train split are longer than data.max_length=8 tokens")
+    assert "UserWarning" not in shown and ".py" not in shown and shown.count("\n") == 1
+
+
 # ---------------------------------------------------------------------------------------- 5. model folders
 def _model_folder(tmp_path: Path, kind: str) -> Path:
     folder = tmp_path / "teacher"

@@ -51,12 +51,13 @@ class Encoded:
         return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
-def encode(split: Split, tokenizer=None, max_length: int = 128) -> Encoded:
+def encode(split: Split, tokenizer=None, max_length: int = 128, warn: bool = True) -> Encoded:
+    """warn: say how many texts were truncated (a run says it once per split, not for each subset it reads)."""
     if split.images is not None:
         return Encoded(split.labels, images=split.images)
     full = tokenizer(split.texts, add_special_tokens=True, truncation=False)["input_ids"]
     truncated = sum(len(x) > max_length for x in full)
-    if truncated:
+    if truncated and warn:
         warnings.warn(f"{truncated} of {len(full)} texts in the {split.name} split are longer than "
                       f"data.max_length={max_length} tokens and were truncated.", stacklevel=2)
     ids = [x if len(x) <= max_length else x[: max_length - 1] + [x[-1]] for x in full]  # keep [SEP]

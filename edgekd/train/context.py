@@ -113,7 +113,8 @@ class Context:
         key = (split, max_examples, None if tokenizer_dir is None else str(tokenizer_dir))
         if key not in self._encoded:
             s = getattr(self.data, split).head(max_examples)
-            self._encoded[key] = encode(s, self._tokenizer_at(key[2]), self.recipe.data.max_length)
+            warn = not any(k[0] == split and k[2] == key[2] for k in self._encoded)  # once per split, not per subset
+            self._encoded[key] = encode(s, self._tokenizer_at(key[2]), self.recipe.data.max_length, warn=warn)
         return self._encoded[key]
 
     def _tokenizer_at(self, folder: str | None):
