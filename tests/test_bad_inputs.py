@@ -390,7 +390,7 @@ def test_long_text_is_truncated_with_a_warning_not_an_error(tmp_path):
         encode(Split("dev", np.array([0]), texts=["a bad movie"]), tok, max_length=8)  # nothing to warn about
 
 
-def test_a_run_says_once_per_split_how_many_texts_were_truncated_in_one_line(tmp_path, capsys):
+def test_a_run_says_how_many_texts_it_truncated_once_per_split_in_one_line(tmp_path, capsys):
     from edgekd.cli import _show_warning
     from edgekd.train.context import Context
 
@@ -411,7 +411,8 @@ def test_a_run_says_once_per_split_how_many_texts_were_truncated_in_one_line(tmp
         ctx.encoded("train", 2)
         ctx.encoded("train")
         ctx.encoded("test")
-    assert [str(w.message).split(" texts")[0] for w in caught] == ["2 of 4", "3 of 6"]  # train's first subset, test
+    # train's first subset, then the whole split (more of its texts truncated), not the subset between; test
+    assert [str(w.message).split(" texts")[0] for w in caught] == ["2 of 4", "3 of 6", "3 of 6"]
     w = caught[0]
     _show_warning(w.message, w.category, w.filename, w.lineno)  # as `edgekd run` shows it
     shown = capsys.readouterr().err

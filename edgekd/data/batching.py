@@ -52,16 +52,21 @@ class Encoded:
 
 
 def encode(split: Split, tokenizer=None, max_length: int = 128, warn: bool = True) -> Encoded:
-    """warn: say how many texts were truncated (a run says it once per split, not for each subset it reads)."""
+    """warn: say how many texts were truncated (a run decides itself when to say it: warn_truncated)."""
     if split.images is not None:
         return Encoded(split.labels, images=split.images)
     full = tokenizer(split.texts, add_special_tokens=True, truncation=False)["input_ids"]
     truncated = sum(len(x) > max_length for x in full)
     if truncated and warn:
-        warnings.warn(f"{truncated} of {len(full)} texts in the {split.name} split are longer than "
-                      f"data.max_length={max_length} tokens and were truncated.", stacklevel=2)
+        warn_truncated(truncated, len(full), split.name, max_length, stacklevel=2)  # where encode was called
     ids = [x if len(x) <= max_length else x[: max_length - 1] + [x[-1]] for x in full]  # keep [SEP]
     return Encoded(split.labels, ids=ids, pad_id=tokenizer.pad_token_id or 0, truncated=truncated)
+
+
+def warn_truncated(truncated: int, total: int, split: str, max_length: int, stacklevel: int = 1) -> None:
+    """stacklevel 1: the warning names the function that calls this one."""
+    warnings.warn(f"{truncated} of {total} texts in the {split} split are longer than data.max_length={max_length} "
+                  "tokens and were truncated.", stacklevel=stacklevel + 1)
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool, rng: np.random.Generator | None = None) -> list[np.ndarray]:

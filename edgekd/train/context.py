@@ -12,7 +12,7 @@ import numpy as np
 
 from ..artifact import Artifact, stable_hash
 from ..data import TaskData, load_data
-from ..data.batching import Encoded, encode
+from ..data.batching import Encoded, encode, warn_truncated
 from ..recipe import Recipe
 from .runtime import Runtime
 
@@ -25,6 +25,7 @@ class Context:
     _tokenizer: object = None
     _tokenizers: dict = field(default_factory=dict)  # folder -> tokenizer (an export's trimmed vocabulary)
     _encoded: dict = field(default_factory=dict)
+    _truncation_said: dict = field(default_factory=dict)  # (split, tokenizer folder) -> truncated texts reported
     _teacher_logits: dict = field(default_factory=dict)
     runtime: Runtime = field(default_factory=Runtime.cpu)
     extra_teachers: list = field(default_factory=list)  # (artifact, weight) of the recipe's further `teachers:`
@@ -113,8 +114,12 @@ class Context:
         key = (split, max_examples, None if tokenizer_dir is None else str(tokenizer_dir))
         if key not in self._encoded:
             s = getattr(self.data, split).head(max_examples)
-            warn = not any(k[0] == split and k[2] == key[2] for k in self._encoded)  # once per split, not per subset
-            self._encoded[key] = encode(s, self._tokenizer_at(key[2]), self.recipe.data.max_length, warn=warn)
+            enc = encode(s, self._tokenizer_at(key[2]), self.recipe.data.max_length, warn=False)
+            # said once for a split, not again for every subset a stage reads: again only where more were truncated
+            if enc.truncated > self._truncation_said.get((split, key[2]), 0):
+                warn_truncated(enc.truncated, len(enc), s.name, self.recipe.data.max_length)
+                self._truncation_said[(split, key[2])] = enc.truncated
+            self._encoded[key] = enc
         return self._encoded[key]
 
     def _tokenizer_at(self, folder: str | None):
