@@ -157,6 +157,15 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_safetensors_atomic(path: Path, arrays: dict) -> None:
+    """numpy arrays into a safetensors cache file that a reader never sees half written."""
+    from safetensors.numpy import save_file
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(arrays, str(tmp))
+    os.replace(tmp, path)
+
+
 def _json_default(o: Any):
     try:
         import numpy as np

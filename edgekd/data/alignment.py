@@ -38,13 +38,21 @@ def first_misaligned(student_ids: list[list[int]], teacher_ids: list[list[int]],
     t_len = np.fromiter(map(len, teacher_ids), dtype=np.int64, count=len(teacher_ids))
     bad = s_len != t_len
     if not bad.any():  # one vectorised comparison of all the texts' ids, then counted back per text
-        s = np.fromiter(itertools.chain.from_iterable(student_ids), dtype=np.int64, count=int(s_len.sum()))
-        t = np.fromiter(itertools.chain.from_iterable(teacher_ids), dtype=np.int64, count=int(t_len.sum()))
-        differs = np.r_[0, np.cumsum(mapping[s] != t)]
+        differs = np.r_[0, np.cumsum(mapping[_flat(student_ids)] != _flat(teacher_ids))]
         ends = np.cumsum(s_len)
         bad = differs[ends] - differs[ends - s_len] > 0
     hit = np.flatnonzero(bad)
     return int(hit[0]) if len(hit) else None
+
+
+def lacks_a_piece(mapping: np.ndarray, student_ids: list[list[int]]) -> bool:
+    """Whether a text (in student ids) holds a piece the teacher has no counterpart of (a transfer-set text read back
+    from the teacher's pieces may: the map would send it to a wrong row)."""
+    return bool((mapping[_flat(student_ids)] < 0).any())
+
+
+def _flat(seqs: list[list[int]]) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64)
 
 
 def describe_difference(text: str, student, teacher, limit: int = 12) -> str:

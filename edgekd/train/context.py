@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifact import Artifact, stable_hash
+from ..artifact import Artifact, stable_hash, write_safetensors_atomic
 from ..data import TaskData, load_data
 from ..data.batching import Encoded, encode, warn_truncated
 from ..recipe import Recipe
@@ -25,7 +25,6 @@ class Context:
     _tokenizer: object = None
     _tokenizers: dict = field(default_factory=dict)  # folder -> tokenizer (an export's trimmed vocabulary)
     _encoded: dict = field(default_factory=dict)
-    _truncation_said: dict = field(default_factory=dict)  # (split, tokenizer folder) -> truncated texts reported
     _teacher_logits: dict = field(default_factory=dict)
     runtime: Runtime = field(default_factory=Runtime.cpu)
     extra_teachers: list = field(default_factory=list)  # (artifact, weight) of the recipe's further `teachers:`
@@ -116,9 +115,10 @@ class Context:
             s = getattr(self.data, split).head(max_examples)
             enc = encode(s, self._tokenizer_at(key[2]), self.recipe.data.max_length, warn=False)
             # said once for a split, not again for every subset a stage reads: again only where more were truncated
-            if enc.truncated > self._truncation_said.get((split, key[2]), 0):
+            # than any read of it so far (the most that was said)
+            said = max((e.truncated for k, e in self._encoded.items() if k[0] == split and k[2] == key[2]), default=0)
+            if enc.truncated > said:
                 warn_truncated(enc.truncated, len(enc), s.name, self.recipe.data.max_length)
-                self._truncation_said[(split, key[2])] = enc.truncated
             self._encoded[key] = enc
         return self._encoded[key]
 
@@ -171,14 +171,8 @@ class Context:
         them. The teacher stage hands in those of its own evaluation on dev and test (its artifact's id is known
         before it is written), so the stages after it read them instead of running the teacher again; only rank 0
         writes."""
-        if not self.runtime.is_main:
-            return
-        from safetensors.numpy import save_file
-
-        path = self._teacher_logits_path(teacher_id, split, max_examples)
-        tmp = path.with_name("." + path.name + ".tmp")
-        save_file({"logits": logits}, str(tmp))
-        tmp.replace(path)
+        if self.runtime.is_main:
+            write_safetensors_atomic(self._teacher_logits_path(teacher_id, split, max_examples), {"logits": logits})
 
     def _teacher_logits_path(self, teacher_id: str, split: str, max_examples: int | None) -> Path:
         name = stable_hash({"teacher": teacher_id, "data": self.data.fingerprint, "split": split,

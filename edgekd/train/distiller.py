@@ -250,11 +250,11 @@ def distill_fit(model: torch.nn.Module, cfg: KDConfig, ctx: Context, desc: str, 
     report = None
     n_train = len(train)
     if cfg.transfer is not None:  # the train split plus teacher-labelled text (unlabelled files, augmentation)
+        from ..data.alignment import lacks_a_piece
         from .transfer_set import build_transfer_set
 
         train, logits, report = build_transfer_set(cfg.transfer, ctx, train, logits, cfg.max_train_examples)
-        added = np.fromiter((i for ids in train.ids[n_train:] for i in ids), dtype=np.int64)
-        if teacher_ids is not None and (teacher_ids[added] < 0).any():
+        if teacher_ids is not None and lacks_a_piece(teacher_ids, train.ids[n_train:]):
             from ..errors import EdgekdError
 
             raise EdgekdError(f"{desc}: the student's tokenizer cuts a transfer-set text into a piece the teacher's "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..artifact import file_hash, stable_hash
+from ..artifact import file_hash, stable_hash, write_safetensors_atomic
 from ..configs import AugmentConfig, TransferConfig
 from ..data.batching import Encoded, encode
 from ..data.drift import confidences
@@ -135,13 +135,9 @@ def build_transfer_set(cfg: TransferConfig, ctx: Context, train: Encoded, train_
                                 desc="teacher labels the transfer set", runtime=ctx.runtime) if seqs else \
             np.zeros((0, train_logits.shape[1]), dtype=np.float32)
         if ctx.runtime.is_main:
-            from safetensors.numpy import save_file
-
-            tmp = path.with_name("." + path.name + ".tmp")
             offsets = np.cumsum([0] + [len(s) for s in seqs]).astype(np.int64)
             flat = np.fromiter((t for s in seqs for t in s), dtype=np.int64, count=int(offsets[-1]))
-            save_file({"ids": flat, "offsets": offsets, "logits": logits, "source": source}, str(tmp))
-            tmp.replace(path)
+            write_safetensors_atomic(path, {"ids": flat, "offsets": offsets, "logits": logits, "source": source})
     confidence = confidences(logits) if len(seqs) else np.zeros(0, dtype=np.float32)
     keep = np.flatnonzero(confidence >= cfg.min_confidence)
     if cfg.max_examples is not None and len(keep) > cfg.max_examples:
@@ -203,7 +199,7 @@ def _augmented(cfg: AugmentConfig, ctx: Context, seqs: list[list[int]]) -> list[
 def relabel(ctx: Context, teacher, seqs: list[list[int]]) -> np.ndarray:
     """A further teacher's logits on transfer examples given in the run tokenizer's ids: decoded to text and read
     with that teacher's own tokenizer (it may split words differently), cached like the primary's labels."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from .predict import predict_logits
 
@@ -220,7 +216,5 @@ def relabel(ctx: Context, teacher, seqs: list[list[int]]) -> np.ndarray:
     logits = predict_logits(ctx.teacher_model(teacher), enc, desc="further teacher labels the transfer set",
                             runtime=ctx.runtime)
     if ctx.runtime.is_main:
-        tmp = path.with_name("." + path.name + ".tmp")
-        save_file({"logits": logits}, str(tmp))
-        tmp.replace(path)
+        write_safetensors_atomic(path, {"logits": logits})
     return logits
