@@ -144,6 +144,34 @@ def _family_recipe(family: str, tmp_path, text_data_dir) -> dict:
     return recipe
 
 
+def test_loading_says_in_one_warning_which_weights_start_from_random_values_and_nothing_else(tmp_path, capfd):
+    """transformers' LOAD REPORT table and progress bar are not shown; a fresh classification head is expected and
+    not warned of; an encoder weight the checkpoint lacks is named."""
+    import warnings
+
+    from safetensors.torch import load_file, save_file
+
+    folder = write_tiny_encoder(tmp_path / "encoder", "bert")  # an encoder without a head: the head is new
+
+    def load() -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_hf_classifier(str(folder), TASK, ["0", "1"], fresh_head=True)
+        return [str(w.message) for w in caught if "random values" in str(w.message)]
+
+    assert load() == []
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "Loading weights" not in printed, printed
+    weights = load_file(folder / "model.safetensors")
+    del weights["encoder.layer.1.attention.self.query.weight"]
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    (said,) = load()
+    assert "1 weights" in said and str(folder) in said and "bert.encoder.layer.1.attention.self.query.weight" in said
+    assert "classifier" not in said
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed, printed
+
+
 @pytest.mark.slow  # BERT's own run is the session's text_run (test_pipeline_e2e.py: its NPU build too)
 @pytest.mark.parametrize("family", [*(f for f in TEXT_FAMILIES if f != "bert"), "vit", "deit"])
 def test_each_family_runs_the_whole_pipeline_with_heads_and_ffn_channels_pruned(tmp_path, text_data_dir, family):

@@ -277,7 +277,7 @@ def test_the_run_folder_loads_in_optimum_with_the_same_logits(text_run):
     assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tok)
 
 
-def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logits(text_run, tmp_path):
+def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logits(text_run, tmp_path, capfd):
     import shutil
 
     import numpy as np
@@ -290,6 +290,8 @@ def test_a_profile_that_asks_for_ort_format_gets_a_model_ort_with_the_same_logit
     shutil.copytree(export, folder)
     made = _ort_format_models(["host-cpu", "phone-big-core"], {}, folder)
     assert made == {"phone-big-core": "model.ort"}  # host-cpu does not ask for it
+    printed = "".join(capfd.readouterr())  # the converter's running commentary is not shown
+    assert "Converting" not in printed and "Created config" not in printed, printed
     feed = {"input_ids": np.array([[2, 7, 9, 11, 3]], np.int64), "attention_mask": np.ones((1, 5), np.int64)}
     a = ort.InferenceSession(str(folder / "model.onnx")).run(None, feed)[0]
     b = ort.InferenceSession(str(folder / "model.ort")).run(None, feed)[0]

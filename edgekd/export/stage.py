@@ -14,11 +14,13 @@ ORTModelForSequenceClassification.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
+import contextlib
+import io
+import logging
 import shutil
 import tempfile
 from functools import partial
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -320,13 +322,28 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: 
             arm = any(isa in ("asimd", "asimddp", "neon", "dotprod", "i8mm", "sve") for isa in profile.isa)
             with tempfile.TemporaryDirectory(prefix="edgekd-ort-") as tmp:
                 shutil.copy2(onnx_file, Path(tmp) / "model.onnx")
-                convert_onnx_models_to_ort(Path(tmp) / "model.onnx", output_dir=Path(tmp) / "ort",
-                                           optimization_styles=[OptimizationStyle.Fixed],
-                                           target_platform="arm" if arm else "amd64")
+                with _converter_quiet():
+                    convert_onnx_models_to_ort(Path(tmp) / "model.onnx", output_dir=Path(tmp) / "ort",
+                                               optimization_styles=[OptimizationStyle.Fixed],
+                                               target_platform="arm" if arm else "amd64")
                 shutil.copy2(next((Path(tmp) / "ort").glob("*.ort")), ort_file)
         made[name] = str(ort_file.relative_to(out))
         log(f"export: {made[name]} (ORT format for onnxruntime-mobile, {name})")
     return made
+
+
+@contextlib.contextmanager
+def _converter_quiet():
+    """onnxruntime's converter prints each step of its work on stdout and logs the config file it writes for a reduced
+    build (not used here); the export says in one line what it made. A failure still raises."""
+    config_log = logging.getLogger("ort_format_model.utils")
+    level = config_log.level
+    config_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        config_log.setLevel(level)
 
 
 def _vocabulary(model, cfg: ExportConfig, ctx: Context,

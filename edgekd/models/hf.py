@@ -6,6 +6,9 @@ pickle checkpoint is refused), and `trust_remote_code` stays off unless the reci
 from __future__ import annotations
 
 import importlib.util
+import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -102,11 +105,13 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
     else:
         order, matched = class_order(config.id2label, label_names, labels, where, labels_key)
     try:
-        model = auto.from_pretrained(where, config=config, revision=revision, use_safetensors=True,
-                                     trust_remote_code=trust_remote_code, attn_implementation="eager",
-                                     ignore_mismatched_sizes=fresh_head)
+        with _load_report_silenced():
+            model, info = auto.from_pretrained(where, config=config, revision=revision, use_safetensors=True,
+                                               trust_remote_code=trust_remote_code, attn_implementation="eager",
+                                               ignore_mismatched_sizes=fresh_head, output_loading_info=True)
     except OSError as e:
         raise ModelError(f"Cannot load weights from {where!r}: {str(e).splitlines()[0]}") from None
+    _warn_random_weights(model, info, where, head_is_new)
     if fresh_head:
         _initialise_head(model)
     if head_is_new:
@@ -114,6 +119,38 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
     else:
         reorder_classes(model, order, label_names)
     return model, head_is_new, matched
+
+
+@contextmanager
+def _load_report_silenced():
+    """transformers prints a LOAD REPORT table and a progress bar on every load, even when all it reports is the
+    classification head a task model is expected to lack; _warn_random_weights says what matters in one line."""
+    from transformers.utils import logging as hf_logging
+
+    report = logging.getLogger("transformers.modeling_utils")  # the logger the table is written to
+    level, bars = report.level, hf_logging.is_progress_bar_enabled()
+    report.setLevel(logging.ERROR)
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        report.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _warn_random_weights(model: nn.Module, info: dict, where: str, head_is_new: bool) -> None:
+    """Warn of weights the checkpoint lacks (or holds at another shape), which start from random values: expected for
+    a new classification head, a sign of the wrong checkpoint anywhere else (a trained head, the encoder)."""
+    prefix = model.base_model_prefix + "."
+    keys = set(info["missing_keys"]) | {k[0] for k in info["mismatched_keys"]}
+    random = sorted(k for k in keys if not (head_is_new and not k.startswith(prefix)))
+    if random:
+        shown = ", ".join(random[:4]) + (f" and {len(random) - 4} more" if len(random) > 4 else "")
+        warnings.warn(f"{len(random)} weights of the model at {where!r} are not in its checkpoint (or have another "
+                      f"shape there) and start from random values: {shown}. Check that the folder holds the model "
+                      "you meant; training will learn them only where the model is fine-tuned or distilled.",
+                      stacklevel=3)  # names load_hf_classifier's caller
 
 
 def _initialise_head(model: nn.Module) -> None:
