@@ -105,7 +105,7 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
     else:
         order, matched = class_order(config.id2label, label_names, labels, where, labels_key)
     try:
-        with _load_report_silenced():
+        with transformers_quiet():
             model, info = auto.from_pretrained(where, config=config, revision=revision, use_safetensors=True,
                                                trust_remote_code=trust_remote_code, attn_implementation="eager",
                                                ignore_mismatched_sizes=fresh_head, output_loading_info=True)
@@ -122,9 +122,10 @@ def load_hf_classifier(source: str, task: str, label_names: list[str], *, revisi
 
 
 @contextmanager
-def _load_report_silenced():
-    """transformers prints a LOAD REPORT table and a progress bar on every load, even when all it reports is the
-    classification head a task model is expected to lack; _warn_random_weights says what matters in one line."""
+def transformers_quiet():
+    """transformers prints a LOAD REPORT table and a progress bar on every load (even when all it reports is the
+    classification head a task model is expected to lack) and a bar on every save; edgekd says what matters in its
+    own lines (_warn_random_weights on a load)."""
     from transformers.utils import logging as hf_logging
 
     report = logging.getLogger("transformers.modeling_utils")  # the logger the table is written to

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from .hf import transformers_quiet
 from .spec import architecture_summary
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -45,7 +46,8 @@ def save_hf_folder(model: nn.Module, folder: Path, tokenizer_from: Path | None =
     ffn = architecture_summary(twin).get("ffn_per_layer")
     if ffn:
         twin.config.intermediate_size = ffn[0]
-    twin.save_pretrained(str(folder), safe_serialization=True)
+    with transformers_quiet():
+        twin.save_pretrained(str(folder), safe_serialization=True)
     for name in TOKENIZER_FILES:
         if tokenizer_from is not None and (Path(tokenizer_from) / name).is_file():
             shutil.copy2(Path(tokenizer_from) / name, folder / name)
