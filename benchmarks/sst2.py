@@ -54,10 +54,13 @@ MODES = {
 # onnxruntime-qnn's HTP backend where it is installed (else onnxruntime's CPU kernels simulate it, labelled so).
 NPU_BUILDS = {"hexagon-npu": "edgekd-npu-w8a8", "hexagon-npu-w8a16": "edgekd-npu-w8a16"}
 # The large teacher (all-mpnet-base-v2, `make mpnet`). quick: the teacher on 1,500 phrases, the student on 2,000
-# (x5 with the augmented copies) and the recipe's w8a16 NPU build checked on 150 test sentences on the HTP's
-# emulation (the whole split takes it about 10 minutes); cpu: recipes/sst2-mpnet-cpu.yaml as it is.
+# (x5 with the augmented copies), each pruning step recovering on a quarter pass over the same transfer set (its
+# labels and the teacher's outputs are the distillation's, cached: a smaller subset would be labelled again), and
+# the recipe's w8a16 NPU build checked on 150 test sentences on the HTP's emulation (the whole split takes it about
+# 10 minutes); cpu: recipes/sst2-mpnet-cpu.yaml as it is.
 MPNET_QUICK = ["teacher.finetune.max_train_examples=1500", "teacher.finetune.epochs=2",
-               "stages.0.distill.max_train_examples=2000", "stages.1.prune.recovery.max_train_examples=1000",
+               "stages.0.distill.max_train_examples=2000", "stages.1.prune.recovery.max_train_examples=2000",
+               "stages.1.prune.recovery.epochs=0.25",
                "stages.2.qat.max_train_examples=1000", "stages.2.qat.calibration_batches=8",
                "stages.3.export.htp_examples=150"]
 MPNET_BUILDS = {"hexagon-npu-w8a16": "edgekd-npu-w8a16"}
