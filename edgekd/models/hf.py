@@ -128,16 +128,22 @@ def transformers_quiet():
     own lines (_warn_random_weights on a load)."""
     from transformers.utils import logging as hf_logging
 
+    # Only the table is filtered out, not the logger's other warnings; and its level is left alone: transformers
+    # checks a tensor-parallel plan, and warns of every layer it does not shard, when that level is WARNING or above.
     report = logging.getLogger("transformers.modeling_utils")  # the logger the table is written to
-    level, bars = report.level, hf_logging.is_progress_bar_enabled()
-    report.setLevel(logging.ERROR)
+    bars = hf_logging.is_progress_bar_enabled()
+    report.addFilter(_no_load_report)
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
-        report.setLevel(level)
+        report.removeFilter(_no_load_report)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in record.getMessage()
 
 
 def _warn_random_weights(model: nn.Module, info: dict, where: str, head_is_new: bool) -> None:
