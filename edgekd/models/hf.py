@@ -154,8 +154,9 @@ def _warn_random_weights(model: nn.Module, info: dict, where: str, head_is_new: 
     random = sorted(k for k in keys if not (head_is_new and not k.startswith(prefix)))
     if random:
         shown = ", ".join(random[:4]) + (f" and {len(random) - 4} more" if len(random) > 4 else "")
-        warnings.warn(f"{len(random)} weights of the model at {where!r} are not in its checkpoint (or have another "
-                      f"shape there) and start from random values: {shown}. Check that the folder holds the model "
+        many = f"{len(random)} weights" if len(random) > 1 else "1 weight"
+        warnings.warn(f"The checkpoint of the model at {where!r} lacks {many} of it (or holds them at another "
+                      f"shape), left at random values: {shown}. Check that the folder holds the model "
                       "you meant; training will learn them only where the model is fine-tuned or distilled.",
                       stacklevel=3)  # names load_hf_classifier's caller
 
