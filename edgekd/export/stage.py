@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import tempfile
 from functools import partial
@@ -30,6 +29,7 @@ from ..artifact import read_preprocessing
 from ..configs import ExportConfig
 from ..data.batching import Encoded
 from ..devices.feeds import encoded_feeds
+from ..devices.runtime import quiet_ort
 from ..errors import ExportValidationError, NpuFallbackError
 from ..models.spec import load_model_from_artifact
 from ..progress import log
@@ -322,7 +322,9 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: 
             arm = any(isa in ("asimd", "asimddp", "neon", "dotprod", "i8mm", "sve") for isa in profile.isa)
             with tempfile.TemporaryDirectory(prefix="edgekd-ort-") as tmp:
                 shutil.copy2(onnx_file, Path(tmp) / "model.onnx")
-                with _converter_quiet():
+                # the converter prints each step on stdout and logs the config file it writes for a reduced build
+                # (not used here); the export says in one line what it made, and a failure still raises
+                with quiet_ort(), contextlib.redirect_stdout(io.StringIO()):
                     convert_onnx_models_to_ort(Path(tmp) / "model.onnx", output_dir=Path(tmp) / "ort",
                                                optimization_styles=[OptimizationStyle.Fixed],
                                                target_platform="arm" if arm else "amd64")
@@ -330,20 +332,6 @@ def _ort_format_models(profiles: list[str], devices: dict, out: Path, portable: 
         made[name] = str(ort_file.relative_to(out))
         log(f"export: {made[name]} (ORT format for onnxruntime-mobile, {name})")
     return made
-
-
-@contextlib.contextmanager
-def _converter_quiet():
-    """onnxruntime's converter prints each step of its work on stdout and logs the config file it writes for a reduced
-    build (not used here); the export says in one line what it made. A failure still raises."""
-    config_log = logging.getLogger("ort_format_model.utils")
-    level = config_log.level
-    config_log.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        config_log.setLevel(level)
 
 
 def _vocabulary(model, cfg: ExportConfig, ctx: Context,

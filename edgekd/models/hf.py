@@ -151,10 +151,10 @@ def _warn_random_weights(model: nn.Module, info: dict, where: str, head_is_new: 
     a new classification head, a sign of the wrong checkpoint anywhere else (a trained head, the encoder)."""
     prefix = model.base_model_prefix + "."
     keys = set(info["missing_keys"]) | {k[0] for k in info["mismatched_keys"]}
-    random = sorted(k for k in keys if not (head_is_new and not k.startswith(prefix)))
-    if random:
-        shown = ", ".join(random[:4]) + (f" and {len(random) - 4} more" if len(random) > 4 else "")
-        many = f"{len(random)} weights" if len(random) > 1 else "1 weight"
+    unloaded = sorted(k for k in keys if not (head_is_new and not k.startswith(prefix)))  # a new head is expected
+    if unloaded:
+        shown = ", ".join(unloaded[:4]) + (f" and {len(unloaded) - 4} more" if len(unloaded) > 4 else "")
+        many = f"{len(unloaded)} weights" if len(unloaded) > 1 else "1 weight"
         warnings.warn(f"The checkpoint of the model at {where!r} lacks {many} of it (or holds them at another "
                       f"shape), left at random values: {shown}. Check that the folder holds the model "
                       "you meant; training will learn them only where the model is fine-tuned or distilled.",
