@@ -50,6 +50,7 @@ def _build(model, ctx, profile, seq_len: int, dst: Path) -> dict:
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
 
     from edgekd.devices.feeds import calibration_reader, encoded_feeds
+    from edgekd.devices.runtime import quiet_ort
     from edgekd.export.stage import CALIBRATION_EXAMPLES  # the texts edgekd's NPU export calibrates on
     from edgekd.models.onnx_graph import LogitsOnly, example_inputs, torch_to_onnx
 
@@ -64,11 +65,13 @@ def _build(model, ctx, profile, seq_len: int, dst: Path) -> dict:
                               static_shapes=True)
         replaced = _mask_fill_value(graph)
         onnx.save(graph, str(raw))
-        src = pre if qnn_preprocess_model(raw, pre, fuse_layernorm=True) else raw
-        config = get_qnn_qdq_config(str(src), calibration_reader(feeds), activation_type=qtype[scheme.activation_dtype],
-                                    weight_type=qtype[scheme.weight_dtype],
-                                    per_channel=scheme.weight_granularity == "per-channel")
-        quantize(str(src), str(dst), config)
+        with quiet_ort():
+            src = pre if qnn_preprocess_model(raw, pre, fuse_layernorm=True) else raw
+            config = get_qnn_qdq_config(str(src), calibration_reader(feeds),
+                                        activation_type=qtype[scheme.activation_dtype],
+                                        weight_type=qtype[scheme.weight_dtype],
+                                        per_channel=scheme.weight_granularity == "per-channel")
+            quantize(str(src), str(dst), config)
     return {"seq_len": seq_len, "calibration_examples": len(feeds), "mask_fill_values_replaced": replaced,
             "activation_dtype": scheme.activation_dtype, "weight_dtype": scheme.weight_dtype,
             "weight_granularity": scheme.weight_granularity}

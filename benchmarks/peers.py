@@ -37,8 +37,11 @@ def optimum_peer(teacher_model, tokenizer_dir: Path, work: Path, vnni: bool) -> 
         facts = optimum_avx2_dynamic_int8(raw, dyn, vnni)
         facts["optimum"] = "not installed (make bench-env): Optimum's steps reproduced with onnxruntime's API"
         return dyn, facts
+    from edgekd.models.hf import transformers_quiet
+
     hf = work / "teacher-hf"
-    teacher_model.save_pretrained(str(hf))
+    with transformers_quiet():
+        teacher_model.save_pretrained(str(hf))
     for f in tokenizer_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "vocab")):
             shutil.copy2(f, hf / f.name)
@@ -64,10 +67,13 @@ def optimum_style_export(model: torch.nn.Module, path: Path) -> Path:
 def optimum_avx2_dynamic_int8(src: Path, dst: Path, vnni: bool) -> dict:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from edgekd.devices.runtime import quiet_ort
+
     reduce_range = not vnni
-    quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Add"], per_channel=True,
-                     reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    with quiet_ort():
+        quantize_dynamic(str(src), str(dst), op_types_to_quantize=["MatMul", "Add"], per_channel=True,
+                         reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                         extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return {"tool": "onnxruntime.quantization.quantize_dynamic (Optimum avx2 preset: QOperator, u8 activations, "
                     "s8 symmetric per-channel weights, MatMul/Add)", "reduce_range": reduce_range,
             "export_opset": OPTIMUM_BERT_OPSET}
@@ -78,10 +84,12 @@ def static_ptq(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], vnni: b
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from edgekd.devices.feeds import calibration_reader
+    from edgekd.devices.runtime import quiet_ort
 
-    quantize_static(str(src), str(dst), calibration_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=not vnni, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types)
+    with quiet_ort():
+        quantize_static(str(src), str(dst), calibration_reader(feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=not vnni, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=op_types)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ, u8 activations, s8 per-channel weights, MinMax)",
             "calibration_examples": len(feeds), "reduce_range": not vnni,
             "op_types": op_types or "onnxruntime's default"}
