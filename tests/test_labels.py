@@ -52,6 +52,20 @@ def test_a_class_the_data_never_shows_is_reported_and_a_data_label_the_model_lac
         class_order({0: "negative", 1: "positive"}, ["mixed", "negative", "positive"], None, "m", "k")
 
 
+def test_a_teacher_no_better_than_the_most_frequent_class_is_called_weak_naming_the_keys_that_fix_it():
+    import numpy as np
+
+    from edgekd.teacher.stage import weak_teacher
+
+    labels = np.array([0, 0, 0, 1])  # 'a' is 75% of dev
+    said = weak_teacher(0.75, labels, ["a", "b"], "teachers[]")
+    assert said.startswith("the teacher scores 75.00% on dev, no better than always answering the most frequent "
+                           "class 'a' (75.00% of dev)")
+    assert "(teachers[].finetune)" in said and "(teachers[].labels)" in said
+    assert weak_teacher(0.76, labels, ["a", "b"], "teacher") is None
+    assert "'c'" in weak_teacher(0.5, np.array([2, 2, 0, 1]), ["a", "b", "c"], "teacher")  # a class of 3
+
+
 def _classifier(folder, id2label: dict[int, str]):
     write_tiny_bert(folder, classifier=True, num_labels=len(id2label), id2label=id2label,
                     label2id={v: k for k, v in id2label.items()})
@@ -132,6 +146,18 @@ def test_a_classifier_with_its_classes_in_another_order_scores_its_true_accuracy
         _teacher_only(theirs, data, tmp_path / "refused")
     _, told = _teacher_only(theirs, data, tmp_path / "told", labels={"negative": 1, "positive": 0})
     assert told["test_accuracy"] == trained["test_accuracy"] and told["labels"]["matched_by"] == "teacher.labels"
+    assert "weak" not in trained and "weak" not in read and "weak" not in told
+    # told the wrong order (its own): it answers every example the other way round, below always answering one class,
+    # and says so in the run's log and at the top of both reports
+    _, wrong = _teacher_only(theirs, data, tmp_path / "wrong", labels={"negative": 0, "positive": 1})
+    assert wrong["test_accuracy"] == pytest.approx(1 - trained["test_accuracy"])
+    assert wrong["weak"].startswith(f"the teacher scores {wrong['dev_accuracy']:.2%} on dev, no better than always")
+    assert "(teacher.labels)" in wrong["weak"]
+    assert f"> **Teacher:** {wrong['weak']}" in (tmp_path / "wrong" / "report.md").read_text()
+    from edgekd.report.html import write_reports
+
+    page = write_reports([tmp_path / "wrong"], tmp_path / "wrong.html")["html"].read_text()
+    assert "<strong>Teacher (" in page and "no better than always answering the most frequent class" in page
     (teacher,) = (tmp_path / "told" / "stages").glob("*-teacher-*")
     assert json.loads((teacher / "preprocess.json").read_text())["labels"] == ["negative", "positive"]
 

@@ -15,7 +15,7 @@ from .. import __version__
 from ..artifact import write_json_atomic
 from ..errors import EdgekdError
 from . import plots
-from .markdown import budget_text, data_warning
+from .markdown import budget_text, data_warning, teacher_warnings
 from .recommend import (baseline_label, device_info, estimate_label, normalize_accuracy, pareto, profile_names,
                         recommend, run_labels, trusted_error)
 
@@ -118,10 +118,12 @@ def _failed_baselines(summaries, labels) -> str:
 
 
 def _data_warnings(summaries, labels) -> str:
-    """A warning box per run whose data loading found a problem (a dev split made of train texts), above all else:
-    it qualifies every accuracy below that was chosen on dev."""
-    return "".join(f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(data_warning(s))}</p>'
-                   for s, label in zip(summaries, labels) if data_warning(s))
+    """A warning box per run whose data loading found a problem (a dev split made of train texts), or whose teacher
+    is no better than the most frequent class, above all else: each qualifies every accuracy below."""
+    return "".join([f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(data_warning(s))}</p>'
+                    for s, label in zip(summaries, labels) if data_warning(s)]
+                   + [f'<p class="rec none"><strong>Teacher ({_e(label)}).</strong> {_e(w)}</p>'
+                      for s, label in zip(summaries, labels) for w in teacher_warnings(s)])
 
 
 def _recommendation(rec: dict) -> str:

@@ -41,6 +41,12 @@ def dev_holdout_text(s: dict) -> str | None:
             "(`data.dev_holdout`): inputs train has never seen.")
 
 
+def teacher_warnings(s: dict) -> list[str]:
+    """The teacher stage's warning of a teacher no better than the most frequent class, for each teacher that has one."""
+    return [st["metrics"]["weak"] for st in s.get("stages", [])
+            if st.get("stage") == "teacher" and (st.get("metrics") or {}).get("weak")]
+
+
 def labels_text(s: dict) -> list[str]:
     """How each teacher's trained head was read with the data's labels, where it was not taken as it is."""
     lines = []
@@ -88,6 +94,8 @@ def render_markdown(s: dict) -> str:
         out += [f"Data: {dev_holdout_text(s)}", ""]
     for line in labels_text(s):
         out += [line, ""]
+    for line in teacher_warnings(s):
+        out += [f"> **Teacher:** {line}", ""]
     systems = s.get("systems", {})
     onnx_acc = {"export": systems.get("final", {}).get("accuracy")}
     onnx_agr = {"export": systems.get("final", {}).get("agreement")}

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from ..configs import TeacherConfig
 from ..errors import ModelError
 from ..models.hf import build_hf_from_config, check_model_folder, hf_base_spec, load_hf_classifier, resolve_model_path
@@ -12,6 +14,23 @@ from ..progress import log
 from ..train.context import Context
 from ..train.finetune import finetune_fit
 from ..train.predict import accuracy, predict_logits
+
+
+def weak_teacher(dev_accuracy: float, labels: np.ndarray, names: list[str], key: str) -> str | None:
+    """What to say of a teacher no better on dev than always answering the data's most frequent class, else None.
+
+    Such a teacher has learned little of the task (too short a fine-tune, or a trained head read with another
+    class order than its own), and a student learns no more from it: better said before hours of distillation
+    than found in the report."""
+    counts = np.bincount(labels, minlength=len(names))
+    top = int(counts.argmax())
+    share = counts[top] / counts.sum()
+    if dev_accuracy > share:
+        return None
+    return (f"the teacher scores {dev_accuracy:.2%} on dev, no better than always answering the most frequent class "
+            f"{names[top]!r} ({share:.2%} of dev): it has learned little of the task, and a student learns no more "
+            f"from it. Fine-tune it for longer or on more examples ({key}.finetune), or, for a classifier trained "
+            f"elsewhere, check that its classes are read as the data's labels ({key}.labels).")
 
 
 def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -75,6 +94,12 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
         logits = predict_logits(model, enc, desc=f"teacher eval ({split})", runtime=ctx.runtime)
         metrics[f"{split}_accuracy"] = accuracy(logits, enc.labels)
         ctx.keep_teacher_logits(key, split, logits)  # the later stages' teacher outputs on this split
+        if split == "dev":
+            weak = weak_teacher(metrics["dev_accuracy"], enc.labels, data.label_names,
+                                "teacher" if primary else "teachers[]")
+            if weak:
+                metrics["weak"] = weak
+                log(f"[yellow]warning: {weak}[/]")
     save_weights(model, out)
     spec = make_spec(model, hf_base_spec(model, ctx.task))
     return {"metrics": metrics, "spec": spec}
