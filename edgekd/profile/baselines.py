@@ -11,10 +11,17 @@ export buy over quantizing the trained float model afterwards with the library e
 Both start from `quant_pre_process` (see _preprocess). They are written into the profile stage's own
 folder, never into the export artifact, and are not shipped. A baseline onnxruntime fails to build is
 returned as {"error": ...}: a missing baseline must not cost the run.
+
+ptq-static's default operator set also quantizes index arithmetic some families compute inside the graph (MPNet's
+relative-position buckets: a log of zero calibrates to a NaN scale), and the model it builds then fails at run time.
+Such a model is returned as {"error", "failed_at": "run"}, and ptq-static-matmul — the same quantization of the
+matrix products alone, what a user of onnxruntime's tools falls back to — is built in its place, so that the run
+still shows what quantizing after training would have given.
 """
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +33,9 @@ from ..devices.runtime import dynamic_int8, quiet_ort
 # What each baseline is, as the results and reports label it.
 BASELINES = {"ptq-dynamic": "onnxruntime quantize_dynamic",
              "ptq-static": "onnxruntime quantize_static (QDQ, MinMax)"}
+# Built only where ptq-static's model does not run (see the module's docstring).
+MATMUL_ONLY = {"name": "ptq-static-matmul", "baseline": "onnxruntime quantize_static (QDQ, MinMax), MatMul/Gemm only",
+               "op_types": ["MatMul", "Gemm"]}
 # Train examples (one feed each) that calibrate ptq-static's activation ranges. Cheap: onnxruntime's MinMax
 # calibrator keeps only each tensor's min and max per example (measured on the 6-layer MiniLM student: 128
 # examples, padded to 128 tokens or not, a few seconds and 0.66 GB resident in all).
@@ -42,7 +52,9 @@ def calibration_feeds(path: Path, data: Encoded) -> list[dict[str, np.ndarray]]:
 
 def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_range: bool = False) -> dict[str, dict]:
     """{name: {"path", "baseline", "quantization"}} for each baseline built into out_dir, or
-    {name: {"baseline", "error"}} for one onnxruntime could not build.
+    {name: {"baseline", "error"}} for one onnxruntime could not build, {name: {"path", "baseline", "error",
+    "failed_at": "run"}} for one it built but cannot run on a calibration example (and then, for ptq-static,
+    MATMUL_ONLY's baseline too).
 
     calib: train examples encoded as the FP32 model is fed (None: unknown, and ptq-static is an error).
 
@@ -61,26 +73,58 @@ def build_baselines(fp32: Path, calib: Encoded | None, out_dir: Path, reduce_ran
             dynamic_int8(src, dst, reduce_range)
             return {**common, "activations": "uint8, quantized at run time"}
 
-        def static(dst: Path) -> dict:
+        def static(dst: Path, op_types: list[str] | None = None) -> dict:
             if calib is None:
                 raise ValueError(f"no train examples encoded as {fp32.name} is fed to calibrate with")
             feeds = calibration_feeds(src, calib)
-            quantize_static(str(src), str(dst), calibration_reader(feeds), quant_format=QuantFormat.QDQ,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-                            reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax)
+            with warnings.catch_warnings(record=True) as caught:  # numpy's, on a NaN scale: said, not printed
+                warnings.simplefilter("always", RuntimeWarning)
+                quantize_static(str(src), str(dst), calibration_reader(feeds), quant_format=QuantFormat.QDQ,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
+                                reduce_range=reduce_range, calibrate_method=CalibrationMethod.MinMax,
+                                op_types_to_quantize=op_types)
+            said = sorted({str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)})
+            _runs(dst, feeds[0], said)
             return {**common, "activations": "uint8 per-tensor, MinMax-calibrated",
-                    "calibration_examples": len(feeds), "calibration_split": "train"}
+                    "calibration_examples": len(feeds), "calibration_split": "train",
+                    "op_types": ", ".join(op_types) if op_types else "onnxruntime's default",
+                    **({"calibration_warnings": said} if said else {})}
 
-        for name, build in (("ptq-dynamic", dynamic), ("ptq-static", static)):
+        def attempt(name: str, label: str, build) -> None:
             dst = out_dir / f"{name}.onnx"
             try:
                 with quiet_ort():
-                    facts = build(dst)
-                results[name] = {"path": dst, "baseline": BASELINES[name], "quantization": facts}
+                    results[name] = {"path": dst, "baseline": label, "quantization": build(dst)}
+            except _DoesNotRun as e:  # built: the file stays for whoever wants to look into it
+                results[name] = {"path": dst, "baseline": label, "failed_at": "run", "error": str(e)[:2000]}
             except Exception as e:  # noqa: BLE001 — onnxruntime raises anything; a baseline must not break the run
                 dst.unlink(missing_ok=True)
-                results[name] = {"baseline": BASELINES[name], "error": f"{type(e).__name__}: {e}"[:2000]}
+                results[name] = {"baseline": label, "error": f"{type(e).__name__}: {e}"[:2000]}
+
+        attempt("ptq-dynamic", BASELINES["ptq-dynamic"], dynamic)
+        attempt("ptq-static", BASELINES["ptq-static"], static)
+        if results["ptq-static"].get("failed_at") == "run":
+            attempt(MATMUL_ONLY["name"], MATMUL_ONLY["baseline"],
+                    lambda dst: {**static(dst, MATMUL_ONLY["op_types"]), "instead_of": "ptq-static, which does not run"})
     return results
+
+
+class _DoesNotRun(Exception):
+    """A baseline onnxruntime built but cannot run."""
+
+
+def _runs(path: Path, feed: dict[str, np.ndarray], calibration_warnings: list[str]) -> None:
+    """Raise _DoesNotRun unless onnxruntime runs the model at `path` on one feed to finite outputs (saying what
+    the calibration warned of, the likely cause)."""
+    from ..devices.runtime import session
+
+    why = f" (calibration warned: {'; '.join(calibration_warnings)})" if calibration_warnings else ""
+    try:
+        outputs = session(path, threads=1).run(None, feed)
+    except Exception as e:  # noqa: BLE001 — onnxruntime raises anything
+        raise _DoesNotRun(f"{type(e).__name__}: {e}{why}") from e
+    if not all(np.isfinite(o).all() for o in outputs):
+        raise _DoesNotRun(f"onnxruntime runs {path.name} to non-finite outputs (NaN or infinity){why}")
 
 
 def _preprocess(fp32: Path, dst: Path) -> tuple[Path, str]:

@@ -111,7 +111,7 @@ def encoded_for(m: dict, ctx: Context, split: str = "test", max_examples: int | 
 
 def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -> tuple[dict, dict]:
     """PTQ baselines of the final model's FP32 export (the entry `fp32`), built into out/baselines:
-    (model entries to measure, {name: {"baseline", "error"}} for those onnxruntime failed to build)."""
+    (model entries to measure, {name: {"baseline", "error"}} for those onnxruntime failed to build or to run)."""
     from .baselines import CALIBRATION_EXAMPLES, build_baselines
 
     calib = encoded_for(fp32, ctx, "train", CALIBRATION_EXAMPLES)  # train examples as the FP32 model is fed
@@ -121,9 +121,11 @@ def build_ptq_baselines(fp32: dict, parent, ctx: Context, out: Path, key: str) -
     models, failed = {}, {}
     for name, b in built.items():
         if "error" in b:
-            failed[name] = {**b, "built_from": fp32["path"].name}
-            log(f"[yellow]profile: PTQ baseline {name} ({b['baseline']}) could not be built; the run goes on "
-                f"without it — {b['error'][:300]}[/]")
+            failed[name] = {**{k: v for k, v in b.items() if k != "path"}, "built_from": fp32["path"].name,
+                            **({"file": str(b["path"].relative_to(out))} if "path" in b else {})}
+            what = "was built but does not run" if b.get("failed_at") == "run" else "could not be built"
+            log(f"[yellow]profile: PTQ baseline {name} ({b['baseline']}) {what}; the run goes on without it — "
+                f"{b['error'][:300]}[/]")
             continue
         models[name] = {"path": b["path"], "params": fp32["params"], "baseline": b["baseline"],
                         "quantization": b["quantization"], "file": str(b["path"].relative_to(out)),

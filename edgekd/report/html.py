@@ -103,8 +103,9 @@ def _table(rec: dict) -> str:
                "(static shapes, its quantization scheme), whose accuracy is onnxruntime CPU running the device's graph. "
                "Agreement: the share of test examples on which the model predicts what the teacher predicts. Rows marked <em>PTQ baseline</em> are not shipped: the final model's own FP32 export "
                "quantized after training by onnxruntime's tools (<code>ptq-dynamic</code>: quantize_dynamic; "
-               "<code>ptq-static</code>: quantize_static, QDQ, MinMax-calibrated on train examples), measured like "
-               "the other models — what QAT buys over quantizing the trained float model.</p>")
+               "<code>ptq-static</code>: quantize_static, QDQ, MinMax-calibrated on train examples; "
+               "<code>ptq-static-matmul</code>, where that model does not run: the same for MatMul and Gemm only), "
+               "measured like the other models — what QAT buys over quantizing the trained float model.</p>")
     return "\n".join(out)
 
 

@@ -161,7 +161,10 @@ def render_markdown(s: dict) -> str:
                     "onnxruntime's tools — `ptq-dynamic` with quantize_dynamic (int8 per-channel weights, activations "
                     "quantized at run time), `ptq-static` with quantize_static (QDQ, uint8 activations calibrated "
                     "MinMax on train examples, int8 per-channel weights) — measured like the other models: what QAT "
-                    "buys over quantizing the trained float model. Agreement is with the teacher.", ""]
+                    "buys over quantizing the trained float model. Agreement is with the teacher."
+                    + (" `ptq-static-matmul`: the same quantize_static of the MatMul and Gemm nodes only, built "
+                       "because the model of onnxruntime's default operator set does not run (its note says why)."
+                       if "ptq-static-matmul" in systems else ""), ""]
         spreads = {f"{name} {p} {c}": x["round_spread"] for name, m in systems.items()
                    for p, lat in m.get("latency_ms", {}).items() for c, x in lat.items() if "round_spread" in x}
         if spreads:
