@@ -63,6 +63,8 @@ def _export_qat(text_run, out, profile: str, min_agreement: float):
     (qat,) = (text_run[0] / "out" / "stages").glob("*-qat-*")
     proc = edgekd_cli("export", qat, "--profile", profile, "--out", out, "--min-agreement", str(min_agreement))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # a fresh process: QNN's HTP library prints its configuration line when it starts; edgekd keeps it out
+    assert "LIBNATIVE" not in proc.stdout + proc.stderr
     return out
 
 

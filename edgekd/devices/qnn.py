@@ -69,19 +69,25 @@ def htp_options(profile) -> dict[str, str]:
 
 
 @contextmanager
-def _stderr_to(path: Path):
-    """onnxruntime's C++ logger writes to fd 2: point it at a file for the duration."""
+def _stderr_to(path: Path, stdout: bool = False):
+    """onnxruntime's C++ logger writes to fd 2: point it at a file for the duration. stdout: fd 1 too, for QNN's
+    HTP library, which prints a line of its own configuration there when it starts (never while edgekd's progress
+    bars run: a live bar writes to fd 1)."""
     import sys
 
+    fds = (1, 2) if stdout else (2,)
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved = {fd: os.dup(fd) for fd in fds}
     with open(path, "wb") as f:
-        os.dup2(f.fileno(), 2)
+        for fd in fds:
+            os.dup2(f.fileno(), fd)
         try:
             yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 def htp_session(path: Path, profile, *, context: Path | None = None, embed: bool = False):
@@ -104,7 +110,7 @@ def htp_session(path: Path, profile, *, context: Path | None = None, embed: bool
     so.add_provider_for_devices(devices, htp_options(profile))
     with tempfile.TemporaryDirectory(prefix="edgekd-qnn-") as tmp:
         log = Path(tmp) / "qnn.log"
-        with _stderr_to(log):
+        with _stderr_to(log, stdout=True):
             session = ort.InferenceSession(str(path), so)
         text = log.read_text(encoding="utf-8", errors="replace")
     return session, _placement(session, text)
