@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from . import __version__
@@ -24,6 +25,19 @@ from .recipe import Recipe, load_recipe
 from .stages import STAGES, StageDescriptor
 from .train.context import Context
 from .train.runtime import Runtime
+
+
+def stage_outcome(metrics: dict) -> str:
+    """A trained stage's accuracies as its manifest records them ('' for a stage that has none): a long run says
+    what each stage reached when it ends, not only in the report at the end."""
+    said = [f"{name} {metrics[key]:.2%}" for key, name in (("dev_accuracy", "dev"), ("test_accuracy", "test"),
+                                                             ("test_agreement", "agreement with the teacher on test"))
+            if isinstance(metrics.get(key), float)]
+    return ", ".join(said)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 class Pipeline:
@@ -131,7 +145,9 @@ class Pipeline:
         cfg_dict = cfg.model_dump(mode="json")
         key = self._key(desc, cfg_dict, parent.id if parent else None)
         final = self.run_dir / "stages" / f"{len(self.artifacts):02d}-{desc.name}-{key}"
-        if is_complete(final):
+        started = time.monotonic()
+        cached = is_complete(final)
+        if cached:
             log(f"[green]✓ {desc.name}[/] cached ({final.name})")
         else:
             log(f"[bold cyan]▶ {desc.name}[/]" + (f" on {rt.world_size} processes" if rt.distributed and desc.trains
@@ -152,6 +168,8 @@ class Pipeline:
                     "several nodes the run's output folder must be on a filesystem every node shares (--out).")
         art = Artifact.load(final)
         self.artifacts.append(art)
+        if rt.is_main and not cached and (said := stage_outcome(art.metrics)):
+            log(f"[green]✓ {desc.name}[/] in {_duration(time.monotonic() - started)}: {said}")
         return art
 
     def _produce(self, desc: StageDescriptor, cfg, cfg_dict: dict, parent: Artifact | None, key: str, out: Path) -> None:

@@ -180,6 +180,10 @@ def test_an_npu_profile_gets_a_device_build_and_the_qat_artifact_exports_again_a
     # teacher..prune come from the cache; QAT runs again: with an integer NPU among the profiles it also trains
     # attention's Q/K/V outputs in INT8 (qat.attention_matmuls unset)
     assert proc.stderr.count("cached") == 3, proc.stderr
+    # a stage that ran says, as it ends, how long it took and what it reached (its manifest's figures)
+    qat = json.loads(next((out / "stages").glob("*-qat-*/manifest.json")).read_text())["metrics"]
+    assert ("✓ qat in " in proc.stderr and f": dev {qat['dev_accuracy']:.2%}, test {qat['test_accuracy']:.2%}, agreement "
+            f"with the teacher on test {qat['test_agreement']:.2%}" in " ".join(proc.stderr.split())), proc.stderr
     g = onnx.load(str(out / "devices" / "hexagon-npu" / "model.onnx"))
     shape = [d.dim_value for d in g.graph.input[0].type.tensor_type.shape.dim]
     assert shape == [1, 128]  # static, at the longest of the profile's lengths (128, 384) the tiny model's 160 positions hold
