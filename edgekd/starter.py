@@ -53,6 +53,23 @@ def data_columns(data: Path, text_column: str | None, label_column: str | None) 
                                                                              "--label-column")
 
 
+def dev_lines(data: Path) -> str:
+    """The recipe's data lines for dev: none where the folder has a dev file, its name where the folder calls it
+    validation (as Hugging Face data sets do), else a tenth of train held out as dev (data.dev_holdout): many data
+    sets come as train and test only, and epochs and pruning steps are chosen on dev, never on test."""
+    def has(split: str) -> bool:
+        return any((data / f"{split}.{ext}").is_file() for ext in ("tsv", "csv", "jsonl"))
+
+    if not has("test"):
+        raise DataError(f"{str(data)!r} has no test.tsv, test.csv or test.jsonl: edgekd reports every accuracy on a "
+                        "test split, labelled texts held out of training; add one beside the train file.")
+    if has("dev"):
+        return ""
+    if has("validation"):
+        return '  dev_split: "validation"\n'
+    return "  dev_holdout: 0.1                # no dev file: a tenth of train's texts is held out as dev\n"
+
+
 def model_facts(model: str, trust_remote_code: bool = False) -> dict:
     """What the recipe's defaults depend on: where the model is and whether it has a trained head."""
     from .models.hf import check_model_folder, has_trained_head, read_config, resolve_model_path
@@ -115,9 +132,11 @@ def starter_recipe(model: str, data: Path, profile: str, *, student: str | None 
     if check:
         facts = model_facts(model, trust_remote_code)
         text, label = data_columns(data, text_column, label_column)
+        dev = dev_lines(data)
     else:
         facts = {"source": "path", "head": True, "depth": None}
         text, label = text_column or "sentence", label_column or "label"
+        dev = ""
     target = load_profile(profile)
     name = name or re.sub(r"[^\w.-]+", "-", Path(model.rstrip("/")).name).strip("-.") or "my-model"
     out = out or Path("runs") / name
@@ -138,7 +157,7 @@ data:
   path: {q(str(data))}
   text_column: {q(text)}
   label_column: {q(label)}
-  max_length: 128                 # tokens per text; longer texts are truncated
+{dev}  max_length: 128                 # tokens per text; longer texts are truncated
 teacher:
 {source}{finetune}  trust_remote_code: {str(trust_remote_code).lower()}
 {student_section(student, facts["depth"])}stages:

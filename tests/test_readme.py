@@ -73,6 +73,37 @@ def test_data_columns_are_found_by_their_usual_names_or_refused_naming_the_file(
         data_columns(tmp_path / "nothing", None, None)
 
 
+def test_the_starter_recipe_holds_dev_out_of_train_where_the_data_has_no_dev_file(tmp_path, text_data_dir):
+    import shutil
+
+    classifier = write_tiny_bert(tmp_path / "clf", classifier=True)
+
+    def data(*splits: str) -> Path:
+        folder = tmp_path / "-".join(splits)
+        folder.mkdir()
+        for split in splits:
+            shutil.copy(text_data_dir / f"{'train' if split == 'train' else 'dev'}.tsv", folder / f"{split}.tsv")
+        return folder
+
+    def recipe(folder: Path):
+        return validate_recipe(safe_load(starter_recipe(str(classifier), folder, "host-cpu"))).data
+
+    assert recipe(text_data_dir).dev_holdout is None and recipe(text_data_dir).dev_split == "dev"
+    assert recipe(data("train", "validation", "test")).dev_split == "validation"
+    held = data("train", "test")
+    assert recipe(held).dev_holdout == 0.1
+    from edgekd.data.loading import load_data
+
+    loaded = load_data(recipe(held), "text-classification")  # the recipe's data loads: dev is out of train
+    assert len(loaded.dev.labels) > 0 and len(loaded.train.labels) + len(loaded.dev.labels) <= 240
+    with pytest.raises(DataError, match=r"no test.tsv, test.csv or test.jsonl: edgekd reports every accuracy"):
+        starter_recipe(str(classifier), data("train", "dev"), "host-cpu")
+    # a run of a recipe naming a dev file the folder lacks says how to do without one
+    with pytest.raises(DataError, match=r"No file for the 'dev' split .* data.dev_holdout: 0.1"):
+        load_data(validate_recipe(safe_load(starter_recipe(str(classifier), text_data_dir, "host-cpu")
+                                                 .replace(str(text_data_dir), str(held)))).data, "text-classification")
+
+
 def test_init_writes_the_starter_recipe_and_never_overwrites_one(tmp_path):
     proc = edgekd_cli("init", "--out", tmp_path / "recipe.yaml")
     assert proc.returncode == 0, proc.stderr

@@ -94,14 +94,18 @@ def _check_leaks(data: TaskData) -> None:
 
 
 # ---------------------------------------------------------------- local folder
-def _find_split_file(folder: Path, split: str, fmt: str) -> Path:
+def _find_split_file(folder: Path, split: str, fmt: str, role: str = "") -> Path:
     candidates = [folder / f"{split}.{ext}" for ext in (["tsv", "csv", "jsonl"] if fmt == "auto" else [fmt])]
     for c in candidates:
         if c.is_file():
             return c
+    # many data sets come as train and test only: dev can then be held out of train
+    holdout = (" A data set without a dev file can hold out part of train as dev instead: data.dev_holdout: 0.1."
+               if role == "dev" else "")
     raise DataError(
         f"No file for the {split!r} split in {str(folder)!r} (looked for {', '.join(c.name for c in candidates)}). "
-        "Set data.path to a folder with train/dev/test files, or rename the split with data.<split>_split."
+        f"Set data.path to a folder with train/dev/test files, or rename the split with data.{role or '<split>'}_split."
+        + holdout
     )
 
 
@@ -168,8 +172,9 @@ def _load_folder(cfg: DataConfig, task: str) -> TaskData:
     if task != "text-classification":
         raise DataError("Local-folder data is supported for text-classification; use data.sklearn for the image quickstart.")
     raw, fingerprints = {}, {}
+    roles = {cfg.train_split: "train", cfg.dev_split: "dev", cfg.test_split: "test"}
     for split in _splits_to_read(cfg):
-        path = _find_split_file(folder, split, cfg.format)
+        path = _find_split_file(folder, split, cfg.format, roles[split])
         columns, rows = _read_rows(path, cfg.format)
         for col, what in ((cfg.text_column, "text"), (cfg.label_column, "label")):
             if col not in columns:
