@@ -28,7 +28,7 @@ import numpy as np
 
 from ..data.batching import Encoded
 from ..devices.feeds import calibration_reader, encoded_feeds, model_input_dims, model_input_names
-from ..devices.runtime import dynamic_int8, quiet_ort
+from ..devices.runtime import dynamic_int8, quiet_ort, session
 
 # What each baseline is, as the results and reports label it.
 BASELINES = {"ptq-dynamic": "onnxruntime quantize_dynamic",
@@ -116,8 +116,6 @@ class _DoesNotRun(Exception):
 def _runs(path: Path, feed: dict[str, np.ndarray], calibration_warnings: list[str]) -> None:
     """Raise _DoesNotRun unless onnxruntime runs the model at `path` on one feed to finite outputs (saying what
     the calibration warned of, the likely cause)."""
-    from ..devices.runtime import session
-
     why = f" (calibration warned: {'; '.join(calibration_warnings)})" if calibration_warnings else ""
     try:
         outputs = session(path, threads=1).run(None, feed)
