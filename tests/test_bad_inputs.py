@@ -304,8 +304,11 @@ DATA_CASES = [
     # (files in the folder — None: no folder at all, DataConfig overrides, expected fragments)
     pytest.param(None, {}, ["data.path '{folder}' is not a folder"], id="missing-folder"),
     pytest.param({"train.tsv": GOOD, "dev.tsv": GOOD}, {},
-                 ["'test' split", "in '{folder}'", "test.tsv, test.csv, test.jsonl", "data.<split>_split"],
+                 ["'test' split", "in '{folder}'", "test.tsv, test.csv, test.jsonl", "data.test_split"],
                  id="missing-split-file"),
+    pytest.param({"train.tsv": GOOD, "test.tsv": GOOD}, {},
+                 ["'dev' split", "dev.tsv, dev.csv, dev.jsonl", "data.dev_split", "data.dev_holdout: 0.1"],
+                 id="missing-dev-file"),
     pytest.param(GOOD_FILES, {"format": "csv"}, ["'train' split", "train.csv"], id="format-without-files"),
     pytest.param(GOOD_FILES | {"dev.tsv": ""}, {}, ["dev.tsv", "is empty"], id="empty-file"),
     pytest.param(GOOD_FILES | {"dev.tsv": "  \n\n"}, {}, ["dev.tsv", "is empty"], id="blank-file"),
