@@ -122,3 +122,33 @@ def test_on_sst2_the_held_out_dev_looks_like_test_not_like_train_phrases():
     assert data.checks["overlap_with_train"]["dev"] == 0.0 and data.checks["overlap_with_train"]["warning"] is None
     assert data.checks["dev_holdout"]["roots"] > 5000 and data.checks["dev_holdout"]["removed_from_train"] > 872
     assert abs(data.dev.labels.mean() - data.test.labels.mean()) < 0.05  # the classes as balanced as in test
+
+
+def test_a_split_grouped_by_class_is_shuffled_once_so_its_first_examples_hold_every_class(tmp_path, text_data_dir,
+                                                                                         monkeypatch):
+    """A train file sorted by label: the first max_train_examples of it would be one class. It is shuffled on loading
+    (the same order every time, its fingerprint changed, the run's report saying so); splits in another order are
+    left as they are."""
+    from edgekd.report.markdown import grouped_text
+
+    rows = (text_data_dir / "train.tsv").read_text().splitlines()
+    grouped = tmp_path / "grouped"
+    grouped.mkdir()
+    (grouped / "train.tsv").write_text("\n".join([rows[0], *sorted(rows[1:], key=lambda r: r.rsplit("\t", 1)[1])]) + "\n")
+    for split in ("dev", "test"):
+        (grouped / f"{split}.tsv").write_text((text_data_dir / f"{split}.tsv").read_text())
+    as_given = load_data(DataConfig(path=str(text_data_dir)), "text-classification")
+    data = load_data(DataConfig(path=str(grouped)), "text-classification")
+    assert "grouped_by_class" not in as_given.checks
+    assert set(data.checks["grouped_by_class"]) == {"train"}
+    assert data.checks["grouped_by_class"]["train"]["neighbours_of_another_class"] < 0.01
+    assert len(np.unique(data.train.labels[:20])) == 2 and sorted(data.train.texts) == sorted(as_given.train.texts)
+    assert data.test.texts == as_given.test.texts  # a split in another order is left as it is
+    again = load_data(DataConfig(path=str(grouped)), "text-classification")
+    assert again.train.texts == data.train.texts and again.fingerprint == data.fingerprint
+    import edgekd.data.loading as loading
+
+    monkeypatch.setattr(loading, "GROUPED_BELOW", 0.0)  # read as it was before: every cached stage must run again
+    unshuffled = load_data(DataConfig(path=str(grouped)), "text-classification")
+    assert unshuffled.train.texts != data.train.texts and unshuffled.fingerprint != data.fingerprint
+    assert grouped_text({"data": data.checks}).startswith("the train file came grouped by class; edgekd shuffled it")

@@ -62,6 +62,7 @@ def load_data(cfg: DataConfig, task: str) -> TaskData:
         data = _load_folder(cfg, task)
     _check_classes(data)
     _check_leaks(data)
+    _ungroup_classes(data)
     if cfg.eval_max_examples:
         data.dev = data.dev.head(cfg.eval_max_examples)
         data.test = data.test.head(cfg.eval_max_examples)
@@ -91,6 +92,45 @@ def _check_leaks(data: TaskData) -> None:
         data.checks["overlap_with_train"] = check
         if check["warning"]:
             log(f"[yellow]data: {check['warning']}[/]")
+
+
+# A split whose neighbouring examples change class less than half as often as in a random order of the same labels
+# is grouped by class (a file sorted by label, or classes written one after another).
+GROUPED_BELOW = 0.5
+
+
+def _ungroup_classes(data: TaskData) -> None:
+    """Shuffle, once and the same way every time, a split whose examples come grouped by class.
+
+    Stages read the first max_train_examples of train (the teacher's fine-tune, the transfer set, QAT), the export
+    checks the first htp_examples of test on the HTP, and data.eval_max_examples keeps the first of dev and test: of
+    a file sorted by label those hold one class or a few. A split in any other order is left as it is (a shuffle
+    would change every run's subsets for nothing), and so is the fingerprint of its data."""
+    from ..progress import log
+
+    said = {}
+    for name in ("train", "dev", "test"):
+        split = getattr(data, name)
+        n = len(split)
+        if n < 20:
+            continue
+        share = np.bincount(split.labels) / n
+        expected = 1.0 - float((share ** 2).sum())  # neighbours of another class in a random order
+        changes = float((split.labels[1:] != split.labels[:-1]).mean())
+        if changes >= GROUPED_BELOW * expected:
+            continue
+        order = np.random.default_rng(0).permutation(n)
+        setattr(data, name, Split(split.name, split.labels[order],
+                                  None if split.texts is None else [split.texts[i] for i in order],
+                                  None if split.images is None else split.images[order]))
+        said[name] = {"neighbours_of_another_class": round(changes, 4), "in_a_random_order": round(expected, 4),
+                      "shuffled_with_seed": 0}
+        log(f"[yellow]data: the {name} split comes grouped by class ({changes:.1%} of neighbouring examples differ "
+            f"in class, against {expected:.1%} in a random order): edgekd shuffles it once (seed 0), so that the first "
+            f"examples a stage reads (max_train_examples, htp_examples, eval_max_examples) hold every class[/]")
+    if said:
+        data.checks["grouped_by_class"] = said
+        data.fingerprint = stable_hash({"data": data.fingerprint, "shuffled": sorted(said)})
 
 
 # ---------------------------------------------------------------- local folder

@@ -41,6 +41,15 @@ def dev_holdout_text(s: dict) -> str | None:
             "(`data.dev_holdout`): inputs train has never seen.")
 
 
+def grouped_text(s: dict) -> str | None:
+    """Which splits came grouped by class and were shuffled on loading, else None."""
+    g = s.get("data", {}).get("grouped_by_class")
+    if not g:
+        return None
+    return (f"the {', '.join(g)} file{'s' if len(g) > 1 else ''} came grouped by class; edgekd shuffled "
+            f"{'them' if len(g) > 1 else 'it'} once (seed 0), so that the first examples a stage reads hold every class.")
+
+
 def teacher_warnings(s: dict) -> list[str]:
     """The teacher stage's warning of a teacher no better than the most frequent class, for each teacher that has one."""
     return [st["metrics"]["weak"] for st in s.get("stages", [])
@@ -92,6 +101,8 @@ def render_markdown(s: dict) -> str:
         out += [f"> **Data:** {data_warning(s)}", ""]
     if dev_holdout_text(s):
         out += [f"Data: {dev_holdout_text(s)}", ""]
+    if grouped_text(s):
+        out += [f"Data: {grouped_text(s)}", ""]
     for line in labels_text(s):
         out += [line, ""]
     for line in teacher_warnings(s):
