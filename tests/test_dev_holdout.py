@@ -151,4 +151,4 @@ def test_a_split_grouped_by_class_is_shuffled_once_so_its_first_examples_hold_ev
     monkeypatch.setattr(loading, "GROUPED_BELOW", 0.0)  # read as it was before: every cached stage must run again
     unshuffled = load_data(DataConfig(path=str(grouped)), "text-classification")
     assert unshuffled.train.texts != data.train.texts and unshuffled.fingerprint != data.fingerprint
-    assert grouped_text({"data": data.checks}).startswith("the train file came grouped by class; edgekd shuffled it")
+    assert grouped_text({"data": data.checks}).startswith("the train split came grouped by class; edgekd shuffled it")

@@ -52,18 +52,28 @@ def test_a_class_the_data_never_shows_is_reported_and_a_data_label_the_model_lac
         class_order({0: "negative", 1: "positive"}, ["mixed", "negative", "positive"], None, "m", "k")
 
 
-def test_a_teacher_no_better_than_the_most_frequent_class_is_called_weak_naming_the_keys_that_fix_it():
+def test_a_teacher_no_better_than_the_most_frequent_class_or_than_chance_is_called_weak_naming_the_keys_that_fix_it():
     import numpy as np
 
     from edgekd.teacher.stage import weak_teacher
 
     labels = np.array([0, 0, 0, 1])  # 'a' is 75% of dev
-    said = weak_teacher(0.75, labels, ["a", "b"], "teachers[]")
+    said = weak_teacher(np.array([0, 0, 0, 0]), labels, ["a", "b"], "teachers[]")
     assert said.startswith("the teacher scores 75.00% on dev, no better than always answering the most frequent "
                            "class 'a' (75.00% of dev)")
     assert "(teachers[].finetune)" in said and "(teachers[].labels)" in said
-    assert weak_teacher(0.76, labels, ["a", "b"], "teacher") is None
-    assert "'c'" in weak_teacher(0.5, np.array([2, 2, 0, 1]), ["a", "b", "c"], "teacher")  # a class of 3
+    assert weak_teacher(labels, labels, ["a", "b"], "teacher") is None
+    assert "'c'" in weak_teacher(np.array([2, 2, 2, 2]), np.array([2, 2, 0, 1]), ["a", "b", "c"], "teacher")
+    # more accurate than the most frequent class (30% against 25%), but it answers 'd' for almost everything: its
+    # recall averaged over the four classes, 30%, is within 5 points of chance
+    labels = np.repeat([0, 1, 2, 3], 10)
+    pred = np.full(40, 3)
+    pred[:2] = 0
+    said = weak_teacher(pred, labels, ["a", "b", "c", "d"], "teacher")
+    assert said.startswith("the teacher recalls 30.00% of each class on dev on average, within 5 points of chance "
+                           "(25.00%; it answers 'd' for 95% of dev)")
+    pred[:3] = 0  # one more 'a' found: 32.5% on average, no longer within 5 points
+    assert weak_teacher(pred, labels, ["a", "b", "c", "d"], "teacher") is None
 
 
 def _classifier(folder, id2label: dict[int, str]):

@@ -46,7 +46,7 @@ def grouped_text(s: dict) -> str | None:
     g = s.get("data", {}).get("grouped_by_class")
     if not g:
         return None
-    return (f"the {', '.join(g)} file{'s' if len(g) > 1 else ''} came grouped by class; edgekd shuffled "
+    return (f"the {' and '.join(g)} split{'s' if len(g) > 1 else ''} came grouped by class; edgekd shuffled "
             f"{'them' if len(g) > 1 else 'it'} once (seed 0), so that the first examples a stage reads hold every class.")
 
 

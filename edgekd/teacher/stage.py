@@ -16,21 +16,37 @@ from ..train.finetune import finetune_fit
 from ..train.predict import accuracy, predict_logits
 
 
-def weak_teacher(dev_accuracy: float, labels: np.ndarray, names: list[str], key: str) -> str | None:
-    """What to say of a teacher no better on dev than always answering the data's most frequent class, else None.
+# How far above chance (1/K: what a constant answer recalls of each class on average) a teacher's recall averaged
+# over the classes must be for it to count as having learned the task.
+ABOVE_CHANCE = 0.05
 
-    Such a teacher has learned little of the task (too short a fine-tune, or a trained head read with another
-    class order than its own), and a student learns no more from it: better said before hours of distillation
-    than found in the report."""
-    counts = np.bincount(labels, minlength=len(names))
+
+def weak_teacher(pred: np.ndarray, labels: np.ndarray, names: list[str], key: str) -> str | None:
+    """What to say of a teacher that has learned little of the task on dev, else None: one no more accurate than always
+    answering the most frequent class, or whose recall averaged over the classes is within ABOVE_CHANCE of chance
+    (one that answers nearly everything with one class, whatever the class shares).
+
+    Such a teacher was fine-tuned too little, or is a trained head read with another class order than its own; a
+    student learns no more from it: better said before hours of distillation than found in the report."""
+    k = len(names)
+    counts = np.bincount(labels, minlength=k)
     top = int(counts.argmax())
     share = counts[top] / counts.sum()
-    if dev_accuracy > share:
+    accuracy = float((pred == labels).mean())
+    present = [c for c in range(k) if counts[c]]
+    recall, chance = float(np.mean([(pred[labels == c] == c).mean() for c in present])), 1 / len(present)
+    if accuracy <= share:
+        found = (f"scores {accuracy:.2%} on dev, no better than always answering the most frequent class "
+                 f"{names[top]!r} ({share:.2%} of dev)")
+    elif recall <= chance + ABOVE_CHANCE:
+        most = int(np.bincount(pred, minlength=k).argmax())
+        found = (f"recalls {recall:.2%} of each class on dev on average, within {ABOVE_CHANCE * 100:.0f} points of "
+                 f"chance ({chance:.2%}; it answers {names[most]!r} for {(pred == most).mean():.0%} of dev)")
+    else:
         return None
-    return (f"the teacher scores {dev_accuracy:.2%} on dev, no better than always answering the most frequent class "
-            f"{names[top]!r} ({share:.2%} of dev): it has learned little of the task, and a student learns no more "
-            f"from it. Fine-tune it for longer or on more examples ({key}.finetune), or, for a classifier trained "
-            f"elsewhere, check that its classes are read as the data's labels ({key}.labels).")
+    return (f"the teacher {found}: it has learned little of the task, and a student learns no more from it. Fine-tune "
+            f"it for longer or on more examples ({key}.finetune), or, for a classifier trained elsewhere, check that "
+            f"its classes are read as the data's labels ({key}.labels).")
 
 
 def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -> dict:
@@ -95,8 +111,7 @@ def run_teacher(cfg: TeacherConfig, parent, ctx: Context, out: Path, key: str) -
         metrics[f"{split}_accuracy"] = accuracy(logits, enc.labels)
         ctx.keep_teacher_logits(key, split, logits)  # the later stages' teacher outputs on this split
         if split == "dev":
-            weak = weak_teacher(metrics["dev_accuracy"], enc.labels, data.label_names,
-                                "teacher" if primary else "teachers[]")
+            weak = weak_teacher(logits.argmax(-1), enc.labels, data.label_names, "teacher" if primary else "teachers[]")
             if weak:
                 metrics["weak"] = weak
                 log(f"[yellow]warning: {weak}[/]")
