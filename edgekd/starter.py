@@ -12,6 +12,7 @@ import json
 import re
 from pathlib import Path
 
+from .data.loading import FORMATS
 from .errors import DataError, RecipeError
 from .recipe import validate_recipe
 from .yamlio import safe_load
@@ -23,7 +24,7 @@ STUDENTS = "layers | layers:I,J,… | pretrained:PATH-OR-HUB-ID | cnn | bilstm"
 
 def data_columns(data: Path, text_column: str | None, label_column: str | None) -> tuple[str, str]:
     """The text and label columns of a data folder's train file: the given ones, else the usual names."""
-    files = sorted(p for p in data.glob("train.*") if p.suffix in (".tsv", ".csv", ".jsonl")) if data.is_dir() else []
+    files = sorted(p for p in data.glob("train.*") if p.suffix in FORMATS) if data.is_dir() else []
     if not files:
         raise DataError(f"{str(data)!r} has no train.tsv, train.csv or train.jsonl: a data folder holds train, dev and "
                         "test files with a text column and a label column.")
@@ -58,7 +59,7 @@ def dev_lines(data: Path) -> str:
     validation (as Hugging Face data sets do), else a tenth of train held out as dev (data.dev_holdout): many data
     sets come as train and test only, and epochs and pruning steps are chosen on dev, never on test."""
     def has(split: str) -> bool:
-        return any((data / f"{split}.{ext}").is_file() for ext in ("tsv", "csv", "jsonl"))
+        return any((data / f"{split}{suffix}").is_file() for suffix in FORMATS)
 
     if not has("test"):
         raise DataError(f"{str(data)!r} has no test.tsv, test.csv or test.jsonl: edgekd reports every accuracy on a "

@@ -119,10 +119,7 @@ def _ungroup_classes(data: TaskData) -> None:
         changes = float((split.labels[1:] != split.labels[:-1]).mean())
         if changes >= GROUPED_BELOW * expected:
             continue
-        order = np.random.default_rng(0).permutation(n)
-        setattr(data, name, Split(split.name, split.labels[order],
-                                  None if split.texts is None else [split.texts[i] for i in order],
-                                  None if split.images is None else split.images[order]))
+        setattr(data, name, _subset(split, np.random.default_rng(0).permutation(n), split.name))
         said[name] = {"neighbours_of_another_class": round(changes, 4), "in_a_random_order": round(expected, 4),
                       "shuffled_with_seed": 0}
         log(f"[yellow]data: the {name} split comes grouped by class ({changes:.1%} of neighbouring examples differ "
@@ -286,7 +283,8 @@ def _hold_out_dev(train: Split, cfg: DataConfig, source: str) -> tuple[Split, Sp
 
 
 def _subset(split: Split, idx: np.ndarray, name: str) -> Split:
-    return Split(name, split.labels[idx], texts=[split.texts[i] for i in idx])
+    return Split(name, split.labels[idx], None if split.texts is None else [split.texts[i] for i in idx],
+                 None if split.images is None else split.images[idx])
 
 
 def _label_names(labels: list[str]) -> list[str]:
