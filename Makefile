@@ -62,7 +62,7 @@ mpnet: setup
 	$(PY) -m benchmarks.mpnet_teacher
 
 # The large-teacher benchmark (benchmarks/sst2.py --teacher mpnet), with the teacher where `make mpnet` put it:
-# quick mode (from scratch on 2 cores: about 17-18 min on Zen 5 or Sapphire Rapids, estimated; 23.4 measured on Zen 3),
+# quick mode (from an empty run folder on 2 cores: 16.6 min on Zen 5, 23.4 on Zen 3; docs/benchmarks.md),
 # and the CPU-sized recipe with the other students (hours on 2 cores).
 bench-mpnet-quick: mpnet bench-env
 	$(PY) -m benchmarks.sst2 --teacher mpnet --mode quick --data $(SST2_DIR) --set teacher.path=$$($(PY) -m benchmarks.mpnet_teacher)
