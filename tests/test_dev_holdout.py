@@ -33,6 +33,19 @@ def test_roots_are_the_sentences_once_each():
     assert texts.index(SENTENCES[0]) in found  # of duplicates (case-insensitive), the first
 
 
+def test_roots_are_exactly_the_texts_inside_no_other_text():
+    """The indexed search against its definition, on texts of a small alphabet: many share pieces, many are shorter
+    than the index's pieces, many lie inside others."""
+    import random
+
+    rng = random.Random(0)
+    for _ in range(300):
+        texts = ["".join(rng.choice("ab c") for _ in range(rng.randint(1, 14))) for _ in range(rng.randint(1, 30))]
+        norm = [t.strip().lower() for t in texts]
+        expected = sorted({norm.index(t) for t in norm if not any(t in o and len(o) > len(t) for o in norm)})
+        assert roots(texts) == expected, texts
+
+
 def test_hold_out_removes_the_held_out_sentences_and_their_phrases_from_train():
     texts = _treebank()
     dev, train, facts = hold_out(texts, 3, seed=1)
