@@ -115,7 +115,8 @@ def tiny_text_recipe(teacher: Path, data: Path, output: Path, **over) -> dict:
             # (test_int8_layout.py)
             {"export": {"validation_examples": 60, "min_agreement": 0.95, "int8_min_speedup": 0,
                         "int8_dynamic": False, "int8_fused": False}},
-            {"profile": {"runs": 5, "rounds": 2, "warmup": 1, "natural_max_examples": 10}},
+            # the PTQ baselines have their own run of this profile (test_profile_baselines.py's ptq_run)
+            {"profile": {"runs": 5, "rounds": 2, "warmup": 1, "natural_max_examples": 10, "ptq_baselines": False}},
         ],
         "profiles": ["host-cpu"],
     }

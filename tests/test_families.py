@@ -125,6 +125,8 @@ def _family_recipe(family: str, tmp_path, text_data_dir) -> dict:
         recipe["teacher"]["config"].update(model_type=family, hidden_size=32, num_hidden_layers=2,
                                            num_attention_heads=4, intermediate_size=64)
         recipe["student"] = {"kind": "layers", "layers": [1]}
+        # the QAT model's own INT8 path, as for the text families: the image run measures the layouts (test_pipeline_e2e)
+        recipe["stages"][3]["export"].update(int8_min_speedup=0, int8_dynamic=False, int8_fused=False)
     else:
         model_type, config = TEXT_FAMILIES[family]
         recipe = tiny_text_recipe(write_tiny_encoder(tmp_path / family, model_type, **config), text_data_dir,

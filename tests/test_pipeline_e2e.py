@@ -310,7 +310,7 @@ def test_where_int8_does_not_pay_the_text_run_ships_fp32_and_still_reports_the_i
     r["output"] = str(tmp_path / "out")
     reuse_stages(text_run[0] / "out", tmp_path / "out", ("teacher", "distill", "prune", "qat"))
     r["stages"][3]["export"]["int8_min_speedup"] = 100.0
-    r["stages"][4]["profile"].update(rounds=1, natural_lengths=False)
+    r["stages"][4]["profile"].update(rounds=1, natural_lengths=False, compare_teacher=False, ptq_baselines=True)
     pipe = Pipeline(validate_recipe(r))
     result = pipe.run()
     export = next(a for a in pipe.artifacts if a.stage == "export")
