@@ -56,7 +56,7 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
     overrides = [
         f"data.path={data}", "data.text_column=review", "data.label_column=verdict", f"output={tmp_path / 'run'}",
         "data.max_length=32",  # SST-2's longer test sentences are truncated (with a warning)
-        "teacher.finetune.max_train_examples=1000", "teacher.finetune.lr=1e-4", "teacher.finetune.batch_size=64",
+        "teacher.finetune.max_train_examples=700", "teacher.finetune.lr=1e-4", "teacher.finetune.batch_size=32",
         "stages.0.distill.max_train_examples=400", "stages.0.distill.epochs=1",
         "stages.0.distill.transfer.augment.copies=1", "stages.1.prune.recovery.transfer.augment.copies=1",
         "stages.1.prune.steps=1", "stages.1.prune.recovery.max_train_examples=200", "stages.2.qat.max_train_examples=200",

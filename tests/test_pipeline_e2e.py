@@ -95,16 +95,6 @@ def test_the_later_stages_read_the_teacher_stage_own_dev_and_test_outputs(text_r
             assert right.mean() == pytest.approx(json.loads(manifest.read_text())["metrics"][f"{split}_accuracy"])
 
 
-def test_cli_rerun_resumes_from_cache(text_run):
-    root, recipe, first = text_run
-    before = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "stages").iterdir()}
-    proc = edgekd("run", recipe, quiet=False)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stderr.count("cached") == 6, proc.stderr  # all six stages skipped
-    after = {p.name: p.stat().st_mtime_ns for p in (root / "out" / "stages").iterdir()}
-    assert before == after  # completed artifacts are never rewritten
-
-
 def test_cli_report_and_profile(text_run, tmp_path, text_data_dir):
     root, _, _ = text_run
     out = root / "out"

@@ -116,10 +116,12 @@ def test_init_writes_the_starter_recipe_and_never_overwrites_one(tmp_path):
 def test_compress_on_a_users_classifier_and_data_then_run_of_its_recipe_from_cache(tmp_path, text_data_dir):
     model = write_tiny_bert(tmp_path / "my-classifier", classifier=True)  # a folder as save_pretrained writes it
     out = tmp_path / "runs" / "my-classifier"
-    # the profile shortened (its rounds run a fresh process per model and case); --set lands in recipe.yaml
+    # the profile shortened (its rounds run a fresh process per model and case), and the export times only the QAT
+    # model's own INT8 graph against FP32 (the layouts have their own tests); --set lands in recipe.yaml
     proc = edgekd_cli("compress", model, "--data", text_data_dir, "--profile", "host-cpu", "--out", out,
                       "--set", "stages.4.profile.runs=5", "--set", "stages.4.profile.rounds=1",
-                      "--set", "stages.4.profile.natural_lengths=false", "--set", "stages.4.profile.ptq_baselines=false")
+                      "--set", "stages.4.profile.natural_lengths=false", "--set", "stages.4.profile.ptq_baselines=false",
+                      "--set", "stages.3.export.int8_dynamic=false", "--set", "stages.3.export.int8_fused=false")
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("recipe.yaml", "model.onnx", "tokenizer.json", "config.json", "preprocess.json", "report.md",
                  "manifest.json"):
@@ -131,6 +133,8 @@ def test_compress_on_a_users_classifier_and_data_then_run_of_its_recipe_from_cac
     distill = json.loads((out / next(s["path"] for s in manifest["stages"] if s["stage"] == "distill")
                           / "manifest.json").read_text())
     assert distill["spec"]["hf_config"]["num_hidden_layers"] == 1  # every other layer of the 2-layer classifier
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()}
     again = edgekd_cli("run", out / "recipe.yaml", quiet=False)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("cached") == 6, again.stderr  # the same run: every stage from the cache
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "stages").iterdir()} == before  # and none rewritten
