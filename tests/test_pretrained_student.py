@@ -31,7 +31,7 @@ def test_a_pretrained_student_with_its_own_tokenizer_learns_from_the_teachers_lo
     recipe["stages"][0]["distill"]["transfer"] = {"augment": {"copies": 1}}  # made in the teacher's tokens
     recipe["stages"][0]["distill"]["epochs"] = 6
     recipe["profiles"] = ["host-cpu", "hexagon-npu"]
-    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.8)
+    recipe["stages"][3]["export"].update(devices=["hexagon-npu"], device_min_agreement=0.8, htp_examples=8)
     recipe["stages"][4]["profile"].update(rounds=1, natural_lengths=False, ptq_baselines=False)
     result = Pipeline(validate_recipe(recipe)).run()
 
