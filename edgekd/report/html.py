@@ -120,7 +120,7 @@ def _failed_baselines(summaries, labels) -> str:
 
 def _data_warnings(summaries, labels) -> str:
     """A warning box per run whose data loading found a problem (a dev split made of train texts), or whose teacher
-    is no better than the most frequent class, above all else: each qualifies every accuracy below."""
+    has learned little of the task (teacher.stage.weak_teacher), above all else: each qualifies every accuracy below."""
     return "".join([f'<p class="rec none"><strong>Data ({_e(label)}).</strong> {_e(data_warning(s))}</p>'
                     for s, label in zip(summaries, labels) if data_warning(s)]
                    + [f'<p class="rec none"><strong>Teacher ({_e(label)}).</strong> {_e(w)}</p>'

@@ -51,7 +51,8 @@ def grouped_text(s: dict) -> str | None:
 
 
 def teacher_warnings(s: dict) -> list[str]:
-    """The teacher stage's warning of a teacher no better than the most frequent class, for each teacher that has one."""
+    """The teacher stage's warning of a teacher that has learned little of the task (teacher.stage.weak_teacher), for
+    each teacher that has one."""
     return [st["metrics"]["weak"] for st in s.get("stages", [])
             if st.get("stage") == "teacher" and (st.get("metrics") or {}).get("weak")]
 
