@@ -1,6 +1,7 @@
 """Device profiles (every shipped YAML loads; bad ones fail with a useful message) and latency measurement."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import yaml
 
 from edgekd.errors import ProfileError
 from edgekd.devices.feeds import image_feeds, model_input_names, text_feeds
+from edgekd.devices import latency
 from edgekd.devices.latency import combine_rounds, measure_latency
 from edgekd.devices.profile_folders import shipped_dir, user_dir
 from edgekd.devices.profiles import DeviceProfile, detect_host, list_profiles, load_profile
@@ -260,9 +262,27 @@ def test_measure_models_rounds_and_throughput(tiny_onnx, monkeypatch):
     assert b["batch_size"] == 4 and b["items_per_s"] == pytest.approx(4000 / b["p50"]) and b["runs"] == 2 * 5
 
 
-def test_measure_latency_child_error_is_raised(tiny_onnx):
-    with pytest.raises(RuntimeError, match="child process"):
+@pytest.mark.parametrize("fork", ["1", "0"], ids=["forked", "new-interpreter"])
+def test_measure_latency_child_error_is_raised(tiny_onnx, fork, monkeypatch):
+    monkeypatch.setenv("EDGEKD_LATENCY_FORK", fork)
+    with pytest.raises(RuntimeError, match=r"child process \(exit 1\):\n(.|\n)*wrong_name"):
         measure_latency(tiny_onnx, [{"wrong_name": np.ones((1, 64), np.float32)}], threads=1, warmup=0, runs=1)
+    assert measure_latency(tiny_onnx, [{"x": np.ones((1, 64), np.float32)}], threads=1, warmup=0, runs=2)["runs"] == 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="measurements are forked from a parent on Linux only")
+def test_measurements_fork_from_one_parent_without_onnxruntime_that_is_replaced_when_it_dies(tiny_onnx):
+    feeds = [{"x": np.ones((1, 64), np.float32)}]
+    measure_latency(tiny_onnx, feeds, threads=1, warmup=0, runs=1)
+    parent = latency._MeasuringParent._current
+    measure_latency(tiny_onnx, feeds, threads=1, warmup=0, runs=1)
+    assert latency._MeasuringParent._current is parent and parent.proc.poll() is None  # started once, reused
+    # the runtime (and the thread it starts at import) is loaded in each child, never in the parent that forks them
+    assert "onnxruntime" not in Path(f"/proc/{parent.proc.pid}/maps").read_text()
+    parent.proc.kill()
+    parent.proc.wait()
+    assert measure_latency(tiny_onnx, feeds, threads=1, warmup=0, runs=3)["runs"] == 3
+    assert latency._MeasuringParent._current is not parent
 
 
 def test_text_feeds():

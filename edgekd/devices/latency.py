@@ -2,15 +2,23 @@
 
 Each measurement runs in a fresh child process so that its memory is the model's alone (not the
 parent's torch, data and caches) and that sessions measured one after another cannot warm each
-other's caches or thread pools. Only light modules are imported at top level so spawning is fast;
-onnxruntime is imported in the child.
+other's caches or thread pools. onnxruntime is imported in the child, never before.
+
+Most of a fresh interpreter's cost is starting Python and importing numpy, not the measurement, and a
+profile or a latency-budget pruning measures hundreds of times. On Linux a measuring parent started once
+(`_MeasuringParent`) has them imported and forks the child of each measurement: the child is as fresh where
+it matters (its own onnxruntime import, session, thread pool and peak memory), only its start is cheaper.
+Elsewhere, or when that parent cannot start, every measurement starts a new interpreter.
 """
 from __future__ import annotations
 
+import atexit
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -107,27 +115,130 @@ def _run_in_child(onnx_path: str, feeds: list[dict], threads: int, warmup: int, 
         args = {"onnx_path": onnx_path, "feeds": str(Path(tmp) / "feeds.npz"), "n_feeds": len(feeds),
                 "threads": threads, "warmup": warmup, "runs": runs, "providers": providers,
                 "affinity": affinity}
-        proc = subprocess.run([sys.executable, "-m", "edgekd.devices.latency", json.dumps(args)],
-                              capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"latency measurement failed in the child process (exit {proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        forked = _MeasuringParent.measure(args, Path(tmp)) if _MeasuringParent.usable() else None
+        if forked is not None:
+            code, result, stderr = forked
+        else:
+            proc = subprocess.run([sys.executable, "-m", "edgekd.devices.latency", json.dumps(args)],
+                                  capture_output=True, text=True)
+            code, stderr = proc.returncode, proc.stderr
+            result = proc.stdout.strip().splitlines()[-1] if code == 0 else ""
+    if code != 0:
+        raise RuntimeError(f"latency measurement failed in the child process (exit {code}):\n{stderr[-3000:]}")
+    return json.loads(result)
 
 
-def _child_main(raw: str) -> None:
-    args = json.loads(raw)
+def _child_run(args: dict) -> dict:
+    """The measurement of one child process (a new interpreter or a forked one)."""
     if args.get("affinity"):  # before onnxruntime starts its thread pool, which inherits it
-        import os
-
         os.sched_setaffinity(0, set(args["affinity"]))
     with np.load(args["feeds"], allow_pickle=False) as z:
         feeds: list[dict] = [{} for _ in range(args["n_feeds"])]
         for key in z.files:
             i, name = key.split("/", 1)
             feeds[int(i)][name] = z[key]
-    result = _measure(args["onnx_path"], feeds, args["threads"], args["warmup"], args["runs"], args["providers"])
-    print(json.dumps(result))
+    return _measure(args["onnx_path"], feeds, args["threads"], args["warmup"], args["runs"], args["providers"])
+
+
+def _child_main(raw: str) -> None:
+    print(json.dumps(_child_run(json.loads(raw))))
+
+
+class _MeasuringParent:
+    """A process that has Python and numpy started and forks one measuring child per request (Linux only: fork
+    is not offered on Windows, and on macOS frameworks loaded by the interpreter may not survive it).
+
+    Written here rather than with multiprocessing's forkserver: that one imports the caller's __main__ again in
+    the server (an unguarded user script would run twice) and sends its calls by pickle; this one reads one JSON
+    line per request and answers with the child's exit status, the result and the child's output in files.
+    The parent itself never imports onnxruntime, which starts a thread of its own at import: a forked child
+    holds only the forking thread, so the runtime is imported in each child, as in a new interpreter.
+    """
+
+    _lock = threading.Lock()
+    _current: "_MeasuringParent | None" = None
+
+    def __init__(self) -> None:
+        # OpenBLAS (numpy) starts worker threads at import; a process forked from a single-threaded one is plain
+        self.env = dict(os.environ)
+        self.pid = os.getpid()
+        self.proc = subprocess.Popen([sys.executable, "-m", "edgekd.devices.latency", "--serve"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                     text=True, env={**self.env, "OPENBLAS_NUM_THREADS": "1"})
+
+    @staticmethod
+    def usable() -> bool:
+        return sys.platform.startswith("linux") and os.environ.get("EDGEKD_LATENCY_FORK", "1") != "0"
+
+    @classmethod
+    def measure(cls, args: dict, tmp: Path) -> tuple[int, str, str] | None:
+        """(exit status, result JSON, the child's output) of one measurement; None when no measuring parent
+        answers (it could not start or died), and the caller starts a new interpreter instead."""
+        with cls._lock:
+            parent = cls._current
+            # a forked copy of the caller must not share the pipes; a changed environment needs a new parent
+            if parent is None or parent.pid != os.getpid() or parent.env != dict(os.environ) \
+                    or parent.proc.poll() is not None:
+                if parent is not None and parent.pid == os.getpid():
+                    parent.close()
+                parent = cls._current = cls()
+            request = {**args, "result": str(tmp / "result.json"), "output": str(tmp / "output.txt")}
+            try:
+                parent.proc.stdin.write(json.dumps(request) + "\n")
+                parent.proc.stdin.flush()
+                answer = parent.proc.stdout.readline()
+            except OSError:
+                answer = ""
+            if not answer:
+                parent.close()
+                cls._current = None
+                return None
+        code = json.loads(answer)["status"]
+        output = (tmp / "output.txt").read_text(errors="replace") if (tmp / "output.txt").is_file() else ""
+        result = (tmp / "result.json").read_text() if code == 0 else ""
+        return code, result, output
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()  # the parent's loop ends at end of input
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+def _close_measuring_parent() -> None:
+    parent = _MeasuringParent._current
+    if parent is not None and parent.pid == os.getpid():
+        parent.close()
+
+
+atexit.register(_close_measuring_parent)
+
+
+def _serve() -> None:
+    """The measuring parent's loop: a request line in, the forked child's exit status out."""
+    import traceback
+
+    for line in iter(sys.stdin.readline, ""):
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: nothing it prints may reach the parent's answers on stdout
+            code = 1
+            try:
+                out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.dup2(out, 1)
+                os.dup2(out, 2)
+                result = _child_run(request)
+                Path(request["result"]).write_text(json.dumps(result))
+                code = 0
+            except BaseException:  # noqa: BLE001 — reported in the output file, the status says it failed
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps({"status": os.waitstatus_to_exitcode(status)}), flush=True)
 
 
 def measure_latency(
@@ -184,4 +295,4 @@ def combine_rounds(rounds: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    _child_main(sys.argv[1])
+    _serve() if sys.argv[1] == "--serve" else _child_main(sys.argv[1])
