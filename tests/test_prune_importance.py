@@ -14,7 +14,7 @@ from edgekd.configs import PruneConfig
 from edgekd.models.cnn import ImageCNN
 from edgekd.models.hf import logits_of
 from edgekd.models.spec import architecture_summary
-from edgekd.prune.importance import IMPORTANCES, importance_strategy
+from edgekd.prune.importance import IMPORTANCES, importance_strategy, read_once
 from edgekd.prune.structured import prune_structured
 
 
@@ -63,6 +63,35 @@ def test_each_importance_prunes_a_tiny_cnn(name):
     assert sum(p.numel() for p in model.parameters()) < before
     with torch.no_grad():
         assert logits_of(model, batch).shape == (4, 10)
+
+
+@pytest.mark.parametrize("family", ["hf", "cnn-image"])
+@pytest.mark.parametrize("name", sorted(IMPORTANCES))
+def test_copies_pruned_with_scores_read_once_match_copies_that_run_the_loss_themselves(name, family):
+    """The budget bisection prunes many copies of one model: one loss backward serves them all, to the same result."""
+    import copy
+
+    model, batch = tiny_bert() if family == "hf" else tiny_cnn()
+    labels = torch.arange(len(next(iter(batch.values())))) % 3
+    calls = []
+    loss = loss_of(batch, labels)
+
+    def counted(m):
+        calls.append(1)
+        return loss(m)
+
+    scores = read_once(name, model, counted)
+    read = len(calls)
+    assert all(p.grad is None for p in model.parameters())  # the scored model is left as it was
+    for ratio in (0.25, 0.5):
+        cfg = PruneConfig(ratio=ratio, head_ratio=ratio, importance=name, recovery=None)
+        fresh, replayed = copy.deepcopy(model), copy.deepcopy(model)
+        prune_structured(fresh, batch, cfg, family, loss)
+        prune_structured(replayed, batch, cfg, family, scores)
+        a, b = fresh.state_dict(), replayed.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert sum(p.numel() for p in replayed.parameters()) < sum(p.numel() for p in model.parameters())
+    assert len(calls) == read == (1 if IMPORTANCES[name].needs_gradients else 0)
 
 
 @pytest.mark.parametrize("name", sorted(n for n, s in IMPORTANCES.items() if s.needs_gradients))

@@ -149,13 +149,48 @@ def make_importance(name: str, num_heads: dict[nn.Module, int], min_heads: int, 
     return Protected(importance_strategy(name).make(num_heads), num_heads, min_heads, min_channels)
 
 
+class ReadScores:
+    """What a gradient importance read on one model — its parameters' gradients, and the loss criterion's recorded
+    a x dL/da — by parameter and module name, for copies of that model: the pruning bisection prunes a dozen copies
+    of the same weights, whose loss backward would give the same gradients every time."""
+
+    def __init__(self, name: str, model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor]):
+        recorder = importance_strategy(name).make({})
+        model.zero_grad()
+        score_on(recorder, model, loss_fn)
+        names = {m: n for n, m in model.named_modules()}
+        self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        self.per_example = {names[m]: v for m, v in getattr(recorder, "per_example", {}).items()}
+        model.zero_grad(set_to_none=True)
+
+    def replay(self, imp, model: nn.Module) -> None:
+        """Leave on `model` (a copy of the scored one, unpruned) and in `imp` what `score_on` would have."""
+        params = dict(model.named_parameters())
+        for n, g in self.grads.items():
+            params[n].grad = g.clone()
+        recorder = getattr(imp, "inner", imp)
+        if isinstance(recorder, ActivationLossImportance):
+            modules = dict(model.named_modules())
+            recorder.per_example.update({modules[n]: v for n, v in self.per_example.items()})
+
+
+def read_once(name: str, model: nn.Module, loss_fn):
+    """For pruning several copies of `model`: what importance `name` reads on it (ReadScores), where that is a loss
+    backward; `loss_fn` itself where the criterion reads only weights."""
+    return ReadScores(name, model, loss_fn) if importance_strategy(name).needs_gradients else loss_fn
+
+
 def score_before_pruning(name: str, imp, model, loss_fn) -> None:
     """What importance `name` reads before it scores: for a gradient criterion, the caller's loss backward (with
-    `imp`'s hooks in place, if it has any); nothing for magnitude."""
+    `imp`'s hooks in place, if it has any) or, given ReadScores of an identical model, what that backward read;
+    nothing for magnitude."""
     if not importance_strategy(name).needs_gradients:
         return
     if loss_fn is None:
         raise ValueError(f"{name} importance needs a loss")
+    if isinstance(loss_fn, ReadScores):
+        loss_fn.replay(imp, model)
+        return
     model.zero_grad()
     score_on(imp, model, loss_fn)
 

@@ -28,6 +28,7 @@ from ..train.context import Context
 from ..train.distiller import distill_fit, evaluate, needs_live_teacher
 from ..train.losses import logit_kd_loss
 from .costs import Probe, make_budget, step_figures
+from .importance import read_once
 from .layers import base_with_depth, drop_layers
 from ..models.families import family_gaps
 from ..models.support import prune_refusals
@@ -139,13 +140,14 @@ def _width_multiple(cfg: PruneConfig, ctx: Context) -> int:
     return load_profile(ctx.recipe.profiles[0]).width_multiple
 
 
-def _ratio_for(model, target: float, cost, example, cfg: PruneConfig, family: str, importance_loss, round_to: int,
+def _ratio_for(model, target: float, cost, example, cfg: PruneConfig, family: str, scores, round_to: int,
                rounds: int = BISECTION_ROUNDS, seen: dict | None = None) -> float:
-    """The smallest ratio whose pruning brings cost(model) to <= target (bisection on copies); `seen` collects the
-    cost measured at each ratio probed."""
+    """The smallest ratio whose pruning brings cost(model) to <= target (bisection on copies, each scored with
+    `scores`: the importance loss, or what it read on `model`, importance.read_once); `seen` collects the cost
+    measured at each ratio probed."""
     def probe(ratio: float) -> tuple[list[str], float | None]:
         trial = copy.deepcopy(model).eval()
-        prune_structured(trial, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
+        prune_structured(trial, example, cfg, family, scores, ratio=ratio, round_to=round_to)
         narrow = below_minimum(trial, cfg)
         c = None if narrow else cost(trial)
         if seen is not None and c is not None:
@@ -210,10 +212,12 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
         cut = (layers is not None and k == 1) or cfg.hidden_ratio > 0  # the layers or hidden cut may meet the target
         fits = share >= 1.0 or (cut and budget.cost(model) <= target)
         seen: dict[float, float] = {}
-        ratio = 0.0 if fits else _ratio_for(model, target, budget.cost, example, cfg, family, importance_loss,
-                                            round_to, budget.rounds, seen)
+        # every trial of the bisection, and the step itself, prunes these weights: their gradients are read once
+        scores = None if fits else read_once(cfg.importance, model, importance_loss)
+        ratio = 0.0 if fits else _ratio_for(model, target, budget.cost, example, cfg, family, scores, round_to,
+                                            budget.rounds, seen)
         if ratio > 0:
-            prune_structured(model, example, cfg, family, importance_loss, ratio=ratio, round_to=round_to)
+            prune_structured(model, example, cfg, family, scores, ratio=ratio, round_to=round_to)
         step = {"step": k, "ratio": ratio, "budget": budget.name, "target": target,
                 **({"layers": layers} if layers and k == 1 else {}),
                 **({"estimated": budget.estimated} if budget.estimated else {}),

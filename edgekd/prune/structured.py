@@ -123,7 +123,8 @@ def prune_hidden(model: nn.Module, example_inputs: dict, cfg: PruneConfig, keep:
 def prune_structured(model: nn.Module, example_inputs: dict, cfg: PruneConfig, family: str,
                      importance_loss=None, ratio: float | None = None, round_to: int | None = None) -> None:
     """Prune `model` in place: `ratio` (default cfg.ratio) of the channels and heads, kept widths in
-    multiples of `round_to` (torch-pruning rounds each layer's channel count)."""
+    multiples of `round_to` (torch-pruning rounds each layer's channel count). `importance_loss`: the loss a
+    gradient importance reads, or ReadScores read on an identical model (importance.read_once)."""
     ratio = cfg.ratio if ratio is None else ratio
     if family == "bilstm-text":  # hidden units of each direction: torch-pruning cannot follow an LSTM (recurrent.py)
         prune_bilstm(model, ratio, cfg.importance, importance_loss, round_to, cfg.min_channels, cfg.max_layer_ratio)
