@@ -61,9 +61,10 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
         "stages.0.distill.transfer.augment.copies=1", "stages.1.prune.recovery.transfer.augment.copies=1",
         "stages.1.prune.steps=1", "stages.1.prune.recovery.max_train_examples=200", "stages.2.qat.max_train_examples=200",
         "stages.3.export.device_min_agreement=0.9",  # the subset-trained model, fully quantized for the NPU
-        # the HTP's emulation of the w8a16 build takes half a second per sentence; compare_teacher is off, so no
-        # teacher.onnx
-        "stages.3.export.htp_examples=12", "stages.3.export.teacher=false",
+        # the HTP's emulation of the w8a16 build takes half a second per sentence: a few show that Qualcomm's
+        # compiler takes this real model (what the HTP computes has its own tests: test_qnn, the NPU-profile e2e);
+        # compare_teacher is off, so no teacher.onnx
+        "stages.3.export.htp_examples=4", "stages.3.export.teacher=false",
         # near-tied logits of a subset-trained model: integer kernels that round differently from PyTorch's fake
         # quantization (AVX2 without VNNI) flip one or two of them
         "stages.3.export.min_agreement=0.97",
@@ -99,7 +100,7 @@ def test_flagship_recipe_runs_end_to_end_on_an_sst2_subset_given_as_a_users_own_
     assert (run / "devices" / "hexagon-npu-w8a16" / "model.onnx").is_file()  # the recipe's NPU build
     if importlib.util.find_spec("onnxruntime_qnn") is not None:  # checked by Qualcomm's compiler: wholly on the HTP
         htp = s["device_models"]["hexagon-npu-w8a16"]["htp"]
-        assert htp["examples"] == 12 and htp["placement"]["cpu_nodes"] == 0, htp
+        assert htp["examples"] == 4 and htp["placement"]["cpu_nodes"] == 0, htp
     lat = final["latency_ms"]["host-cpu"]
     assert {"seq128_t1", "seq128_t2"} <= set(lat)
     manifest = json.loads((run / "manifest.json").read_text())

@@ -48,14 +48,14 @@ def _distill_metrics(out):
 
 @pytest.mark.slow
 def test_sigkill_of_a_torchrun_run_mid_distillation_then_rerun_matches_uninterrupted(tmp_path, tiny_bert_dir,
-                                                                                      text_data_dir):
+                                                                                      text_data_dir, text_run):
     processes = 2
     ref_out, killed_out = tmp_path / "ref", tmp_path / "killed"
+    # the session run's teacher (the same key) is both runs' teacher: only distillation runs, is killed and resumed
+    for out in (ref_out, killed_out):
+        reuse_stages(text_run[0] / "out", out, ("teacher",))
     ref = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, ref_out), processes)
     assert ref.wait(timeout=600) == 0, ref.stderr.read()[-3000:]
-
-    # the uninterrupted run's teacher is the killed run's too (same key): only distillation is killed and resumed
-    reuse_stages(ref_out, killed_out, ("teacher",))
     proc = _run(_recipe(tmp_path, tiny_bert_dir, text_data_dir, killed_out), processes)
     # Wait until distillation has written a checkpoint, then kill -9 the launcher and every worker at once.
     deadline = time.time() + 300

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_text_recipe
+from conftest import reuse_stages, tiny_text_recipe
 from edgekd.configs import TrainConfig
 from edgekd.data.batching import Encoded
 from edgekd.train.loop import fit
@@ -75,9 +75,10 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_bert_dir, text_data_dir):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path, tiny_bert_dir, text_data_dir, text_run):
     r = tiny_text_recipe(tiny_bert_dir, text_data_dir, tmp_path / "out")
     r["stages"] = [{"distill": {**r["stages"][0]["distill"], "epochs": 200, "checkpoint_every": 1000}}]
+    reuse_stages(text_run[0] / "out", tmp_path / "out", ("teacher",))  # the session's teacher: only distillation runs
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(r))
     proc = subprocess.Popen([sys.executable, "-m", "edgekd.cli", "run", str(recipe)], stdout=subprocess.PIPE,
