@@ -285,6 +285,14 @@ def test_measurements_fork_from_one_parent_without_onnxruntime_that_is_replaced_
     assert latency._MeasuringParent._current is not parent
 
 
+def test_a_relative_model_path_reads_from_the_callers_folder_of_the_moment(tiny_onnx, tmp_path, monkeypatch):
+    feeds = [{"x": np.ones((1, 64), np.float32)}]
+    monkeypatch.chdir(tmp_path)
+    measure_latency(tiny_onnx, feeds, threads=1, warmup=0, runs=1)  # the measuring parent starts here
+    monkeypatch.chdir(tiny_onnx.parent)
+    assert measure_latency(Path(tiny_onnx.name), feeds, threads=1, warmup=0, runs=1)["runs"] == 1
+
+
 def test_text_feeds():
     ids = [[101, 7, 8, 102], [101, 102]]
     padded = text_feeds(ids, ["input_ids", "attention_mask"], seq_len=3, pad_id=0)

@@ -159,9 +159,9 @@ class _MeasuringParent:
     _current: "_MeasuringParent | None" = None
 
     def __init__(self) -> None:
-        # OpenBLAS (numpy) starts worker threads at import; a process forked from a single-threaded one is plain
         self.env = dict(os.environ)
         self.pid = os.getpid()
+        # one OpenBLAS thread: numpy's OpenBLAS starts workers at import, and a single-threaded process forks plainly
         self.proc = subprocess.Popen([sys.executable, "-m", "edgekd.devices.latency", "--serve"],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True, env={**self.env, "OPENBLAS_NUM_THREADS": "1"})
@@ -182,7 +182,8 @@ class _MeasuringParent:
                 if parent is not None and parent.pid == os.getpid():
                     parent.close()
                 parent = cls._current = cls()
-            request = {**args, "result": str(tmp / "result.json"), "output": str(tmp / "output.txt")}
+            # the caller's working folder now, not the parent's at its start: a relative model path reads the same
+            request = {**args, "cwd": os.getcwd(), "result": str(tmp / "result.json"), "output": str(tmp / "output.txt")}
             try:
                 parent.proc.stdin.write(json.dumps(request) + "\n")
                 parent.proc.stdin.flush()
@@ -228,6 +229,7 @@ def _serve() -> None:
                 out = os.open(request["output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
                 os.dup2(out, 1)
                 os.dup2(out, 2)
+                os.chdir(request["cwd"])
                 result = _child_run(request)
                 Path(request["result"]).write_text(json.dumps(result))
                 code = 0
