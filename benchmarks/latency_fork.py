@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .machine import host_facts, versions
+from .machine import commit, host_facts, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "benchmarks" / "results" / "latency-fork.json"
@@ -54,7 +54,7 @@ def main(run_dir: str, rounds: int = 16) -> None:
               f"{n['peak_memory_median_mb']:.2f} MB")
     RESULT.write_text(json.dumps({"run": str(run_dir), "rounds": rounds, "warmup": WARMUP, "runs": RUNS,
                                   "case": "batch 1, seq 128, 1 thread", "summary": summary,
-                                  "machine": host_facts(), "versions": versions()}, indent=2) + "\n")
+                                  "machine": host_facts(), "versions": versions(), "commit": commit()}, indent=2) + "\n")
     print(f"wrote {RESULT}")
 
 
