@@ -3,7 +3,7 @@
     python -m benchmarks.latency_fork runs/bench-mpnet-cpu          # about half a minute on a 2-core Zen 5
     python -m benchmarks.latency_fork runs/sst2-minilm --rounds 16
 
-Models: the run's shipped model (model.onnx) and its export stage's FP32 model, at seq 128, 1 thread, batch 1.
+Models: the run's INT8 export (model.onnx of its export stage) and its FP32 twin, at seq 128, 1 thread, batch 1.
 Each round measures every model once forked from the measuring parent and once in a new interpreter
 (`EDGEKD_LATENCY_FORK=0`), the order of the two paths swapped every round. Per path: the lowest and the median
 round p50, the median session creation, the peak memory. Results: benchmarks/results/latency-fork.json.
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .latency_repeatability import export_models
 from .machine import commit, host_facts, versions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,15 +26,9 @@ WARMUP, RUNS = 5, 100
 
 
 def main(run_dir: str, rounds: int = 16) -> None:
-    from edgekd.devices.feeds import model_input_names, text_feeds
     from edgekd.devices.latency import measure_latency
 
-    run = Path(run_dir)
-    export = next(run / a for a in json.loads((run / "run.json").read_text())["artifacts"] if "-export-" in a)
-    models = {"shipped": run / "model.onnx", "fp32": export / "model-fp32.onnx"}
-    rng = np.random.default_rng(0)
-    ids = [list(rng.integers(1000, 20000, 128)) for _ in range(8)]
-    feeds = {m: text_feeds(ids, model_input_names(p), seq_len=128, pad_id=0) for m, p in models.items()}
+    models, feeds = export_models(run_dir)  # the INT8 export and its FP32 twin, as latency_repeatability times them
     got: dict = {m: {"fork": [], "new-interpreter": []} for m in models}
     for r in range(rounds):
         for path in (("fork", "new-interpreter") if r % 2 == 0 else ("new-interpreter", "fork")):

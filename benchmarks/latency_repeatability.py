@@ -27,18 +27,24 @@ RESULT = ROOT / "benchmarks" / "results" / "latency-repeatability.json"
 REPEATS, WARMUP = 4, 10
 
 
-def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
-    """Single and pinned measurements take `runs` timed runs; the rounds protocol `rounds` of them."""
+def export_models(run_dir: str) -> tuple[dict[str, Path], dict[str, list[dict]]]:
+    """A run's INT8 export and its FP32 twin, and the feeds of each: 8 random sequences of 128 tokens."""
     from edgekd.devices.feeds import model_input_names, text_feeds
-    from edgekd.devices.latency import combine_rounds, measure_latency
 
     run = Path(run_dir)
     export = next(run / a for a in json.loads((run / "run.json").read_text())["artifacts"] if "-export-" in a)
     models = {"edgekd-int8": export / "model.onnx", "edgekd-fp32": export / "model-fp32.onnx"}
     rng = np.random.default_rng(0)
     ids = [list(rng.integers(1000, 20000, 128)) for _ in range(8)]
+    return models, {m: text_feeds(ids, model_input_names(p), 128) for m, p in models.items()}
+
+
+def main(run_dir: str, rounds: int = 5, runs: int = 50) -> None:
+    """Single and pinned measurements take `runs` timed runs; the rounds protocol `rounds` of them."""
+    from edgekd.devices.latency import combine_rounds, measure_latency
+
+    models, feeds = export_models(run_dir)
     cases = [(m, t) for m in models for t in (1, 2)]
-    feeds = {m: text_feeds(ids, model_input_names(p), 128) for m, p in models.items()}
     one = lambda m, t, pin=False: measure_latency(models[m], feeds[m], t, WARMUP, runs,  # noqa: E731
                                                   affinity=list(range(t)) if pin else None)
     got: dict[tuple, dict[str, list[float]]] = {c: {"single": [], "pinned": [], "rounds": []} for c in cases}

@@ -212,12 +212,13 @@ def _prune_to_budget(model, parent, cfg: PruneConfig, ctx: Context, key: str, ex
         cut = (layers is not None and k == 1) or cfg.hidden_ratio > 0  # the layers or hidden cut may meet the target
         fits = share >= 1.0 or (cut and budget.cost(model) <= target)
         seen: dict[float, float] = {}
-        # every trial of the bisection, and the step itself, prunes these weights: their gradients are read once
-        scores = None if fits else read_once(cfg.importance, model, importance_loss)
-        ratio = 0.0 if fits else _ratio_for(model, target, budget.cost, example, cfg, family, scores, round_to,
-                                            budget.rounds, seen)
-        if ratio > 0:
-            prune_structured(model, example, cfg, family, scores, ratio=ratio, round_to=round_to)
+        ratio = 0.0
+        if not fits:
+            # every trial of the bisection, and the step itself, prunes these weights: their gradients are read once
+            scores = read_once(cfg.importance, model, importance_loss)
+            ratio = _ratio_for(model, target, budget.cost, example, cfg, family, scores, round_to, budget.rounds, seen)
+            if ratio > 0:
+                prune_structured(model, example, cfg, family, scores, ratio=ratio, round_to=round_to)
         step = {"step": k, "ratio": ratio, "budget": budget.name, "target": target,
                 **({"layers": layers} if layers and k == 1 else {}),
                 **({"estimated": budget.estimated} if budget.estimated else {}),
