@@ -8,9 +8,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 from onnx import numpy_helper
 from transformers import BertConfig, BertForSequenceClassification
 
+import edgekd.export.attention_mask as attention_mask
 from edgekd.data.batching import Encoded
 from edgekd.errors import EdgekdError
 from edgekd.export.device import export_for_device
@@ -19,6 +21,8 @@ from edgekd.export.validate import validate_export
 from edgekd.devices.compat import check_compatibility, op_key
 from edgekd.devices.feeds import text_feeds
 from edgekd.devices.profiles import load_profile
+from edgekd.models.cnn import TextCNN
+from edgekd.models.rnn import TextBiLSTM
 from edgekd.quantize.fakequant import convert, quantizable_modules, set_mode
 
 SEQ = 16
@@ -137,6 +141,70 @@ def test_fake_quant_modes_are_restored_after_export(npu_export):
     model, _, _ = npu_export
     modes = {m.quant_mode for m in model.modules() if hasattr(m, "quant_mode")}
     assert modes == {"frozen"}
+
+
+def text_cnn():
+    torch.manual_seed(0)
+    return TextCNN(50, 16, [24, 24], 3, 2).eval()
+
+
+def onnx_and_torch_logits(model, path, feeds):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, f)[0] for f in feeds])
+    with torch.no_grad():
+        ref = np.concatenate([model(**{k: torch.from_numpy(v) for k, v in f.items()}).numpy() for f in feeds])
+    return got, ref
+
+
+@pytest.mark.parametrize("profile", ["hexagon-npu", "hexagon-npu-w8a16"])
+def test_text_cnn_builds_for_the_npu_with_its_own_padding_mask_and_16_bit_activations_after_its_embedding(
+        tmp_path, monkeypatch, profile):
+    """A text CNN has no attention: its export needs no mask wrapper and warns of none. Its max over real tokens once
+    filled padded positions with -1e4, which gave a uint8 build a step of ~40 and constant logits; in a w8a16 build the
+    embedding's 8-bit rows reached the convolution through a Transpose (a quantization violation)."""
+    said = []
+    monkeypatch.setattr(attention_mask, "log", said.append)
+    model = text_cnn()
+    facts = export_for_device(model, static_inputs(), tmp_path, load_profile(profile), calib_feeds(), 17)
+    assert said == [] and "attention_mask" not in facts["quantization"]
+    assert facts["compat"]["quantization_violations"] == [] and facts["compat"]["ok"]
+    got, ref = onnx_and_torch_logits(model, tmp_path / "model.onnx",
+                                     text_feeds(encoded(200, 2, lo=3, hi=14).ids, NAMES, SEQ))
+    assert (got.std(axis=0) > 0.5 * ref.std(axis=0)).all()  # measured 0.99 of it; 1e-5 with the -1e4 fill
+    assert (got.argmax(1) == ref.argmax(1)).mean() >= 0.95  # measured 0.99; 0.27 (uint8) and 0.92 (w8a16) before
+
+
+def test_the_text_students_pool_the_max_over_real_tokens_only():
+    """Padded positions are filled with a value the real ones reach or exceed (0 after a ReLU, -1 for an LSTM)."""
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (4, 10))
+    mask = torch.ones_like(ids)
+    mask[:, 6:] = 0
+    ids[:, 6:] = 0
+    cnn, lstm = text_cnn(), TextBiLSTM(50, 16, 12, 2).eval()
+    for model in (cnn, lstm):
+        model.classifier = nn.Identity()  # the pooled features themselves
+    with torch.no_grad():
+        features = cnn.convs(cnn.embeddings(ids).transpose(1, 2))
+        torch.testing.assert_close(cnn(input_ids=ids, attention_mask=mask), features[:, :, :6].max(dim=2).values)
+        # an LSTM reads the real tokens alone the same way (the backward one from the last real token)
+        torch.testing.assert_close(lstm(input_ids=ids, attention_mask=mask),
+                                   lstm(input_ids=ids[:, :6], attention_mask=mask[:, :6]))
+
+
+def test_a_device_build_is_as_long_as_the_longest_text_the_position_table_and_the_profile_allow(npu):
+    from edgekd.export.stage import device_length
+
+    assert npu.seq_lens == [128, 384]
+    assert device_length(text_cnn(), npu, 128) == 128  # no position table: 384 was padding only
+    assert device_length(text_cnn(), npu, 512) == 384
+    assert device_length(text_cnn(), npu, 64) == 64  # no profile length fits: the texts' own
+    bert = qat_bert()  # 512 positions
+    assert device_length(bert, npu, 256) == 128 and device_length(bert, npu, None) == 384
+    bert.config.max_position_embeddings = 160
+    assert device_length(bert, npu, 512) == 128
 
 
 def test_refuses_when_the_device_lacks_an_operator_and_names_it(tmp_path, npu):

@@ -183,6 +183,10 @@ def _overrides(qat: dict[str, dict], all_layers: list[str], mask: dict | None,
     return overrides, fact
 
 
+# Ops onnxruntime's QDQ quantizer gives the quantization parameters of their input (data movement).
+_SAME_TYPE_OPS = {"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Slice", "Split", "Expand", "Tile"}
+
+
 def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str, np.ndarray]],
               overrides: dict) -> dict:
     from onnxruntime.quantization import QuantType, quantize
@@ -200,6 +204,18 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
         tables = {i.name for i in graph.initializer} & {n.input[0] for n in graph.node if n.op_type == "Gather"}
         overrides = {**overrides, **{t: [{**(overrides.get(t) or [{}])[0], "quant_type": qtype[scheme.weight_dtype]}]
                                      for t in tables}}
+        # The rows a Gather reads keep the table's type; an op that only moves data (a text CNN's Transpose) would
+        # carry that 8-bit type on into the 16-bit graph, so its input is converted to the activation type first.
+        # (An Add, as in a transformer's embeddings, takes the 8-bit rows as they are.)
+        consumers: dict[str, list[str]] = {}
+        for n in graph.node:
+            for i in n.input:
+                consumers.setdefault(i, []).append(n.op_type)
+        for n in graph.node:
+            if n.op_type == "Gather" and n.input[0] in tables and \
+                    set(consumers.get(n.output[0], ())) & _SAME_TYPE_OPS:
+                overrides[n.output[0]] = [{"quant_type": qtype[scheme.weight_dtype],
+                                           "convert": {"quant_type": qtype[scheme.activation_dtype]}}]
     with quiet_ort():
         config = get_qnn_qdq_config(str(src), calibration_reader(feeds), activation_type=qtype[scheme.activation_dtype],
                                     weight_type=qtype[scheme.weight_dtype], per_channel=per_channel,

@@ -151,6 +151,17 @@ def _build(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, v
         return _build_layout(model, cfg, profile, parent, ctx, out, val_data, calibration, min_agreement, float_twin)
 
 
+def device_length(model, profile, max_length: int | None) -> int:
+    """The static sequence length of an integer NPU's build: the profile's longest that the model's position table
+    holds (trimmed to data.max_length unless export.vocabulary is full) and that a text reaches. preprocess.json
+    truncates every text at data.max_length (`max_length`), so a longer static input would only be padding that the
+    device computes on every call; a text CNN has no position table to say so."""
+    limits = [getattr(getattr(model, "config", None), "max_position_embeddings", None), max_length]
+    limit = min((n for n in limits if n), default=None)
+    fitting = [s for s in profile.seq_lens if limit is None or s <= limit]
+    return max(fitting) if fitting else limit
+
+
 def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: Path, val_data: Encoded,
                   calibration: Encoded, min_agreement: float, float_twin: bool) -> tuple[dict, dict]:
     """Export `model` to out/model.onnx as `profile` needs it and validate it against PyTorch.
@@ -164,12 +175,9 @@ def _build_layout(model, cfg: ExportConfig, profile, parent, ctx: Context, out: 
     static = cfg.static_shapes if cfg.static_shapes is not None else bool(profile and profile.static_shapes)
     seq_len = cfg.seq_len or (max(profile.seq_lens) if profile and static else 16)
     device = profile is not None and profile.quantization.scope == "full"
-    if device and not cfg.seq_len:  # an integer NPU: static shapes whatever export.static_shapes says, at the
-        # profile's longest sequence length that the model's position table holds (trimmed to data.max_length
-        # unless export.vocabulary is full)
-        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-        fitting = [s for s in profile.seq_lens if limit is None or s <= limit]
-        seq_len = max(fitting) if fitting else limit
+    if device and not cfg.seq_len:  # an integer NPU: static shapes whatever export.static_shapes says
+        seq_len = device_length(model, profile, ctx.recipe.data.max_length if ctx.task == "text-classification"
+                                else None)
     inputs = example_inputs(ctx.task, ctx.data.preprocess, seq_len)
     if device:
         facts = export_for_device(model, inputs, out, profile, encoded_feeds(calibration, list(inputs), seq_len),

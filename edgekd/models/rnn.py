@@ -39,7 +39,9 @@ class TextBiLSTM(nn.Module):
         bwd = torch.gather(bwd, 1, reverse[:, :, None].expand(-1, -1, bwd.shape[-1]))  # back to text order
         h = torch.cat([fwd, bwd], dim=-1)
         mask = attention_mask[:, :, None].to(h.dtype)
-        h = h * mask + (mask - 1.0) * 1e4  # max over real tokens only
+        # max over real tokens only: an LSTM's outputs lie in [-1, 1], so padded positions set to -1 never exceed it,
+        # and the tensor keeps that range for a quantizer (a -1e4 fill would make its 8-bit step ~40)
+        h = h * mask + (mask - 1.0)
         return self.classifier(h.max(dim=1).values)
 
 
