@@ -151,7 +151,9 @@ def write_results_md(result: dict, json_path: Path, md_path: Path) -> None:
     lines = [
         f"# SST-2 benchmark{title} ({result['mode']} mode)",
         "",
-        f"Measured {result['date']} at commit `{result['commit']}` on {m['cpu']} ({m['cores']} cores; ISA: {isa}); "
+        f"Measured {result['date']} at commit `{result['commit']}`"
+        + (f" (the checkout was at `{result['commit_at_end']}` when it ended)" if result.get("commit_at_end") else "")
+        + f" on {m['cpu']} ({m['cores']} cores; ISA: {isa}); "
         f"{', '.join(f'{k} {v}' for k, v in result['versions'].items())}. One run, one protocol: every case in "
         f"{result['protocol']['rounds']} fresh processes (p50 = the quietest round's median, p90 pooled); accuracy on "
         f"the {result['protocol']['test_examples']} sentences of `test.tsv`; the machine's INT8 case: the peer's dynamic "

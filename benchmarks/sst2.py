@@ -505,6 +505,7 @@ def main() -> None:
     run_dir = Path(args.run_dir or ROOT / "runs" / f"bench{stem.removeprefix('sst2')}-{args.mode}")
     out = Path(args.out or HERE / "results" / f"{stem}-{args.mode}.json")
     started = datetime.datetime.now(datetime.timezone.utc)
+    launched = commit()  # the code that runs: a commit made during the hours of the run is not it
     # the recipe's student first (its accuracy is the one the targets read, known before the other students' hours),
     # then the other students; the run folder's own report and manifest are then written again for the recipe's
     pipe = run_pipeline(args.mode, args.data, run_dir, args.set, args.teacher)
@@ -526,7 +527,8 @@ def main() -> None:
         "peer_dynamic_int8_speedup_vs_teacher_fp32_seq128_t1":
             teacher["latency_ms"]["seq128_t1"]["p50"] / peer["latency_ms"]["seq128_t1"]["p50"]}
     result = {"benchmark": f"{stem}-{args.mode}", "teacher": args.teacher, "mode": args.mode, "systems": systems,
-              "ratios": ratios(systems), "machine": host, "versions": versions(), "commit": commit(),
+              "ratios": ratios(systems), "machine": host, "versions": versions(), "commit": launched,
+              **({"commit_at_end": ended} if (ended := commit()) != launched else {}),
               "date": started.strftime("%Y-%m-%d"), "started": started.isoformat(timespec="seconds"),
               "wall_s": (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds(),
               "protocol": {"rounds": spec["rounds"], "runs": spec["runs"], "warmup": 10, "batch": 1,

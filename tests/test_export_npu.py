@@ -194,6 +194,20 @@ def test_the_text_students_pool_the_max_over_real_tokens_only():
                                    lstm(input_ids=ids[:, :6], attention_mask=mask[:, :6]))
 
 
+def test_a_trimmed_text_cnn_reads_its_row_map_as_int32_in_an_npu_build():
+    """The HTP rejects a Gather of int16 data (QNN error 3110): the full-size wide text CNN's `nearest` row map
+    stayed int16 in its w8a16 build (left on the CPU), the model's own `embeddings` being no nn.Embedding once
+    remapped."""
+    from edgekd.export.vocab import input_embeddings, int32_row_map, remap_embeddings
+
+    model = text_cnn()
+    remap_embeddings(model, np.arange(0, 50, 2), exclude={0})
+    assert input_embeddings(model) is model.embeddings and model.embeddings.row_of.dtype == torch.int16
+    with int32_row_map(model):
+        assert model.embeddings.row_of.dtype == torch.int32
+    assert model.embeddings.row_of.dtype == torch.int16  # the host build keeps the narrow map
+
+
 def test_a_device_build_is_as_long_as_the_longest_text_the_position_table_and_the_profile_allow(npu):
     from edgekd.export.stage import device_length
 

@@ -97,8 +97,8 @@ def input_embeddings(model: nn.Module) -> nn.Embedding | None:
     """The token embedding table of a Hugging Face model or an edgekd text student."""
     if hasattr(model, "get_input_embeddings"):
         return model.get_input_embeddings()
-    emb = getattr(model, "embeddings", None)
-    return emb if isinstance(emb, nn.Embedding) else None
+    emb = getattr(model, "embeddings", None)  # a text CNN or BiLSTM: trimmed by `nearest`, a RemappedEmbedding
+    return emb if isinstance(emb, (nn.Embedding, RemappedEmbedding)) else None
 
 
 def _slice_rows(emb: nn.Embedding, keep: np.ndarray) -> None:
