@@ -71,8 +71,9 @@ STAGES: dict[str, StageDescriptor] = {d.name: d for d in (
     StageDescriptor("export", ExportConfig, ".export.stage:run_export",
                     frozenset({"teacher", "distill", "prune", "qat"}), key_inputs=lambda r: {"profiles": r.profiles},
                     # 1: a wider-activation device build starts from the pre-QAT weights; 2: a text CNN's device build
-                    # (its padding mask, its embedding rows converted to 16 bits, its int32 row map, its static length data.max_length)
-                    revision=2),
+                    # (its padding mask, its embedding rows converted to 16 bits, its static length data.max_length);
+                    # 3: a trimmed text CNN's row map read as int32 on an integer NPU
+                    revision=3),
     StageDescriptor("profile", ProfileStageConfig, ".profile.stage:run_profile", frozenset({"export"}),
                     key_inputs=lambda r: {"profiles": r.profiles}),
 )}

@@ -157,3 +157,23 @@ def test_the_npu_baseline_is_onnxruntimes_qnn_ptq_of_the_pruned_student_compiled
     # built once: a second call reads its facts
     monkeypatch.setattr(npu_peer, "_build", lambda *a: pytest.fail("rebuilt a cached baseline"))
     assert npu_peer.qnn_ptq_peer(None, pipe.ctx, "hexagon-npu", tmp_path / "peer", 32, 30) == facts
+
+
+def test_a_trimmed_text_cnns_w8a16_build_runs_wholly_on_the_htp(tmp_path):
+    """The wide text CNN's build left two nodes on the CPU: its 8-bit embedding rows went on through a Transpose, and
+    its `nearest` row map stayed int16 (QNN error 3110 on that Gather)."""
+    import numpy as np
+
+    from test_export_npu import calib_feeds, static_inputs, text_cnn
+    from edgekd.devices.profiles import load_profile
+    from edgekd.export.device import export_for_device
+    from edgekd.export.vocab import int32_row_map, remap_embeddings
+
+    profile = load_profile("hexagon-npu-w8a16")
+    model = text_cnn()
+    remap_embeddings(model, np.arange(0, 50, 2), exclude={0})
+    with int32_row_map(model):  # as the export stage builds for an integer NPU
+        facts = export_for_device(model, static_inputs(), tmp_path, profile, calib_feeds(), 17)
+    assert facts["compat"]["quantization_violations"] == []
+    _, placement = qnn.htp_session(tmp_path / "model.onnx", profile)
+    assert placement["cpu_nodes"] == 0 and placement["partitions"] == 1, placement
