@@ -40,7 +40,6 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from ..models.families import layer_list
 from ..models.hf import logits_of
 from ..progress import log
 from ..models.onnx_graph import LogitsOnly, torch_to_onnx
@@ -70,12 +69,13 @@ def export_float(model: nn.Module, inputs: dict[str, torch.Tensor], path: Path, 
                   calib_feeds: list[dict[str, np.ndarray]]) -> tuple[onnx.ModelProto, dict | None]:
     """Float export; with the finite additive mask when the model takes attention_mask and honours it.
 
-    A model without transformer blocks (edgekd's text CNN and BiLSTM) uses attention_mask only to zero padded
-    positions, whose 0/1 values quantize exactly: it is exported as it is, with nothing to warn about.
+    A model that is no transformers model (edgekd's text CNN and BiLSTM, which have no attention) uses attention_mask
+    only to zero padded positions, whose 0/1 values quantize exactly: it is exported as it is, with nothing to warn
+    about.
     """
     names = list(inputs)
     model.eval()
-    if "attention_mask" in inputs and layer_list(model) is not None:
+    if "attention_mask" in inputs and getattr(model, "config", None) is not None:
         wrapper = AdditiveMaskLogits(model, names, _MASK_PLACEHOLDER)
         diff = _mask_wrapper_error(model, wrapper, names, calib_feeds)
         if diff is not None and diff <= 1e-3:
