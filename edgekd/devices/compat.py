@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from ..onnx_wiring import consumers_of
 from .flops import FLOAT_LINEAR, node_flops
 from .fold import fold_constants
 from .profiles import DeviceProfile
@@ -87,10 +88,7 @@ def _quantization_violations(graph: onnx.GraphProto, profile: DeviceProfile, inf
 def _float_ops(graph: onnx.GraphProto, info: TensorInfo, accelerated: list[onnx.NodeProto],
                producer: dict[str, onnx.NodeProto]) -> list[dict]:
     """Full scope: every op on the device reads its float inputs from DQ and writes float outputs only to Q."""
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(graph)
     graph_outputs = {o.name for o in graph.output}
 
     def is_float(name: str) -> bool:

@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import ModelError
+from ..onnx_wiring import consumers_of
 from .flops import FLOAT_LINEAR, INTEGER_LINEAR, LINEAR, linear_flops
 from .shapes import TensorInfo, fix_input_shapes, infer_shapes, tensor_info
 
@@ -70,10 +71,7 @@ def _node_costs(model: onnx.ModelProto) -> list[NodeCost]:
     info = tensor_info(model)
     producer = {o: n for n in g.node for o in n.output}
     constant = {i.name for i in g.initializer} | {""}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
 
     def quantized_source(name: str) -> int | None:
         """The int8/uint8 dtype behind a DequantizeLinear output, else None."""

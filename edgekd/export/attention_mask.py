@@ -43,6 +43,7 @@ from torch import nn
 from ..models.hf import logits_of
 from ..progress import log
 from ..models.onnx_graph import LogitsOnly, torch_to_onnx
+from ..onnx_wiring import consumers_of
 
 # Placeholder for M in the first export; replaced by the measured value (see the module doc).
 _MASK_PLACEHOLDER = 12345.0
@@ -135,10 +136,7 @@ def _locate_mask(raw: onnx.ModelProto) -> dict | None:
     if len(scale_muls) != 1:
         return None
     mul, k = scale_muls[0]
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
     adds, frontier = [], [mul.output[0]]
     while frontier:
         t = frontier.pop()

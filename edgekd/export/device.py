@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import EdgekdError
 from ..devices.profiles import DeviceProfile
 from ..devices.runtime import quiet_ort
+from ..onnx_wiring import consumers_of
 from ..progress import log
 from ..quantize.fakequant import OUTPUT_QUANT, QuantLinear, fake_quant_off
 from .attention_mask import export_float, fit_mask
@@ -207,13 +208,10 @@ def _quantize(src: Path, dst: Path, profile: DeviceProfile, feeds: list[dict[str
         # The rows a Gather reads keep the table's type; an op that only moves data (a text CNN's Transpose) would
         # carry that 8-bit type on into the 16-bit graph, so its input is converted to the activation type first.
         # (An Add, as in a transformer's embeddings, takes the 8-bit rows as they are.)
-        consumers: dict[str, list[str]] = {}
-        for n in graph.node:
-            for i in n.input:
-                consumers.setdefault(i, []).append(n.op_type)
+        consumers = consumers_of(graph)
         for n in graph.node:
             if n.op_type == "Gather" and n.input[0] in tables and \
-                    set(consumers.get(n.output[0], ())) & _SAME_TYPE_OPS:
+                    {c.op_type for c in consumers.get(n.output[0], ())} & _SAME_TYPE_OPS:
                 overrides[n.output[0]] = [{"quant_type": qtype[scheme.weight_dtype],
                                            "convert": {"quant_type": qtype[scheme.activation_dtype]}}]
     with quiet_ort():

@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..devices.kernels import optimized_graph
+from ..onnx_wiring import consumers_of
 
 # MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias): the bias is input 6
 _BIAS_INPUT = 6
@@ -36,10 +37,7 @@ def fold_matmul_biases(model) -> int:
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list] = {}
-    for n in g.node:
-        for name in n.input:
-            consumers.setdefault(name, []).append(n)
+    consumers = consumers_of(g)
     producers = {o: n for n in g.node for o in n.output}
     outputs = {o.name for o in g.output}
     drop = []

@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from ..onnx_wiring import consumers_of
+
 
 def _constants(g: onnx.GraphProto) -> dict[str, np.ndarray]:
     consts = {i.name: numpy_helper.to_array(i) for i in g.initializer}
@@ -53,10 +55,7 @@ def fold_weight_quantization(model: onnx.ModelProto) -> int:
     """Fold in place; returns the number of weights folded."""
     g = model.graph
     consts = _constants(g)
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
     remove: list[onnx.NodeProto] = []
     created: dict[str, np.ndarray] = {}
     folded = 0
@@ -113,10 +112,7 @@ def gather_quantized_rows(model: onnx.ModelProto) -> list[str]:
     """
     g = model.graph
     inits = {i.name: i for i in g.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            consumers.setdefault(i, []).append(n)
+    consumers = consumers_of(g)
     rewritten: list[str] = []
     for dq in [n for n in g.node if n.op_type == "DequantizeLinear"]:
         if dq.input[0] not in inits or dq.input[1] not in inits:
