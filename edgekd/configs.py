@@ -226,10 +226,13 @@ class StudentConfig(Strict):
     channels: list[int] = Field(default_factory=lambda: [32, 64], description="conv widths (kind=cnn)")
     kernel_size: int = Field(3, ge=1, le=15)
     embedding_dim: int = Field(128, ge=8, le=4096, description="token embedding width of a text CNN with its own "
-                               "embeddings (one initialised from the teacher's takes their width); a BiLSTM's LSTM "
-                               "input width (the teacher's embeddings projected down when narrower)")
+                               "embeddings or reduced from the teacher's (init_embeddings_from_teacher=svd; one that "
+                               "copies the teacher's takes their width); a BiLSTM's LSTM input width (the teacher's "
+                               "embeddings projected down when narrower, or reduced to it by svd)")
     lstm_hidden: int = Field(256, ge=8, le=4096, description="hidden units per direction of a BiLSTM student")
-    init_embeddings_from_teacher: bool = True
+    init_embeddings_from_teacher: bool | Literal["svd"] = Field(
+        True, description="kind=cnn / bilstm on text: start from the teacher's token embeddings (true: copied at their "
+        "width; svd: reduced to embedding_dim columns by truncated SVD, a smaller table; false: the student's own)")
     # unset, it stays out of the dumped config: the cache keys of earlier runs are unchanged
     finetune: FinetuneConfig | None = Field(
         None, exclude_if=lambda v: v is None, description="train the student on the task's own labels "
@@ -250,6 +253,9 @@ class StudentConfig(Strict):
         if self.kind != "pretrained" and (self.path or self.hub):
             raise ValueError(f"student.path / student.hub name a pretrained student; with student.kind: {self.kind} "
                              "the student is built from the teacher: remove them or set kind: pretrained")
+        if self.init_embeddings_from_teacher == "svd" and self.kind not in ("cnn", "bilstm"):
+            raise ValueError(f"student.init_embeddings_from_teacher: svd reduces the token embeddings a text CNN or "
+                             f"BiLSTM starts from; a {self.kind} student keeps the teacher's family and its embeddings")
         return self
 
 

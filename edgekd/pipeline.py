@@ -71,24 +71,40 @@ class Pipeline:
     def _check_family(self) -> None:
         """What the recipe asks of the teacher's family (its layers student and the stages after) that edgekd
         cannot do for it: refused now, not found out after training."""
-        from .models.hf import resolve_model_path
-        from .models.support import recipe_refusals, skeleton_from_config
+        from .models.support import recipe_refusals
 
-        t, student = self.recipe.teacher, self.recipe.student
+        student = self.recipe.student
         if student is not None and student.kind == "pretrained":
             self._check_pretrained_student()
             return
         if student is not None and student.kind not in ("layers", "config"):
-            return  # a CNN or BiLSTM student: no transformer part is asked of it
-        if t.path is not None:
-            skeleton = skeleton_from_config(folder=resolve_model_path(t.path))
-        elif t.config is not None:
-            skeleton = skeleton_from_config(config=t.config)
-        else:
-            return  # a hub teacher: its stages check the model they get
-        refused = recipe_refusals(self.recipe, skeleton) if skeleton is not None else []
+            # a CNN or BiLSTM student: no transformer part is asked of it, only (svd) a table narrower than the teacher's
+            if student.init_embeddings_from_teacher == "svd":
+                from .models.students import svd_refusal
+
+                emb = getattr(self._teacher_skeleton(), "get_input_embeddings", lambda: None)()
+                refusal = svd_refusal(student, emb.embedding_dim) if emb is not None else None
+                if refusal:
+                    raise EdgekdError(refusal)
+            return
+        skeleton = self._teacher_skeleton()
+        if skeleton is None:
+            return  # a hub teacher, or a model_type transformers does not know: its stages check the model they get
+        refused = recipe_refusals(self.recipe, skeleton)
         if refused:
             raise EdgekdError(" ".join(refused))
+
+    def _teacher_skeleton(self):
+        """The teacher's model without weights, from its folder's config or the recipe's; None for a hub teacher."""
+        from .models.hf import resolve_model_path
+        from .models.support import skeleton_from_config
+
+        t = self.recipe.teacher
+        if t.path is not None:
+            return skeleton_from_config(folder=resolve_model_path(t.path))
+        if t.config is not None:
+            return skeleton_from_config(config=t.config)
+        return None
 
     def _check_pretrained_student(self) -> None:
         """The pretrained student's folder, what the stages ask of its family, and intermediate terms across

@@ -102,6 +102,10 @@ class Recipe(Strict):
         if self.student is not None and self.student.kind == "bilstm":
             if self.task != "text-classification":
                 raise ValueError("student.kind=bilstm is a text student; use kind=cnn for an image task")
+        if self.student is not None and self.student.init_embeddings_from_teacher == "svd" \
+                and self.task != "text-classification":
+            raise ValueError("student.init_embeddings_from_teacher: svd reduces a text student's token embeddings; an "
+                             "image CNN has none: remove it")
         if self.task == "text-classification" and self.data.sklearn is not None:
             raise ValueError("data.sklearn=digits is an image data set; set task: image-classification")
         for i, entry in enumerate(self.stages):

@@ -107,34 +107,61 @@ def build_student(cfg: StudentConfig, teacher: nn.Module, teacher_spec: dict, ta
     vocab = emb.num_embeddings if emb is not None else None
     if vocab is None:
         raise ModelError("A text CNN student needs the teacher's vocabulary (its input embeddings).")
-    dim = cfg.embedding_dim
-    if cfg.init_embeddings_from_teacher and emb is not None:
-        dim = emb.embedding_dim  # reuse the teacher's token embeddings: a large head start for a CNN
+    table = _teacher_table(cfg, emb)
+    dim = table.shape[1] if table is not None else cfg.embedding_dim
     base = {"family": "cnn-text", "task": task, "cnn_config": {
         "vocab_size": vocab, "embedding_dim": dim, "channels": cfg.channels, "kernel_size": cfg.kernel_size,
         "num_labels": num_labels, "pad_id": pad_id}}
     student = build_cnn(base)
-    if cfg.init_embeddings_from_teacher and emb is not None:
+    if table is not None:
         with torch.no_grad():
-            student.embeddings.weight.copy_(emb.weight)
+            student.embeddings.weight.copy_(table)
     return student, base
 
 
+def _teacher_table(cfg: StudentConfig, emb: nn.Embedding) -> torch.Tensor | None:
+    """The token table a cross-architecture text student starts from: the teacher's own (`true`: at its width), or
+    reduced to `embedding_dim` columns by truncated SVD (`svd`); None for a table of the student's own."""
+    init = cfg.init_embeddings_from_teacher
+    if init is False:
+        return None
+    weight = emb.weight.detach().float()
+    if init is True:
+        return weight  # reuse the teacher's token embeddings: a large head start
+    refusal = svd_refusal(cfg, weight.shape[1])
+    if refusal:
+        raise ModelError(refusal)
+    # The rank-k table nearest the teacher's (Eckart-Young): its rows projected on the top right singular vectors.
+    # Not centred: a text student's first layer sees the rows as they are, their common offset included.
+    _, _, vh = torch.linalg.svd(weight, full_matrices=False)
+    return weight @ vh[:cfg.embedding_dim].T
+
+
+def svd_refusal(cfg: StudentConfig, teacher_width: int) -> str | None:
+    """Why `init_embeddings_from_teacher: svd` cannot reduce a table `teacher_width` wide to `embedding_dim`."""
+    if cfg.init_embeddings_from_teacher != "svd" or cfg.embedding_dim < teacher_width:
+        return None
+    return (f"student.init_embeddings_from_teacher=svd reduces the teacher's {teacher_width}-wide token embeddings to "
+            f"student.embedding_dim columns, but embedding_dim is {cfg.embedding_dim}: give a width under "
+            f"{teacher_width}, or init_embeddings_from_teacher: true to copy them at their width.")
+
+
 def _bilstm_student(cfg: StudentConfig, teacher: nn.Module, task: str, num_labels: int, pad_id: int):
-    """A BiLSTM on the teacher's token embeddings (copied; projected down to embedding_dim when that is narrower)."""
+    """A BiLSTM on the teacher's token embeddings (copied, then projected down to embedding_dim when that is
+    narrower; or reduced to embedding_dim by SVD)."""
     emb = teacher.get_input_embeddings() if hasattr(teacher, "get_input_embeddings") else None
     if emb is None:
         raise ModelError("A BiLSTM student needs the teacher's vocabulary (its input embeddings).")
-    from_teacher = cfg.init_embeddings_from_teacher
-    dim = emb.embedding_dim if from_teacher else cfg.embedding_dim
+    table = _teacher_table(cfg, emb)
+    dim = table.shape[1] if table is not None else cfg.embedding_dim
     base = {"family": "bilstm-text", "task": task, "rnn_config": {
         "vocab_size": emb.num_embeddings, "embedding_dim": dim, "hidden_size": cfg.lstm_hidden,
         "num_labels": num_labels, "pad_id": pad_id,
-        "projection_dim": cfg.embedding_dim if from_teacher and cfg.embedding_dim < dim else None}}
+        "projection_dim": cfg.embedding_dim if table is not None and cfg.embedding_dim < dim else None}}
     student = build_rnn(base)
-    if from_teacher:
+    if table is not None:
         with torch.no_grad():
-            student.embeddings.weight.copy_(emb.weight)
+            student.embeddings.weight.copy_(table)
     return student, base
 
 
