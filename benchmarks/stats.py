@@ -18,6 +18,8 @@ DIFFERENCES = (
     # the NPU builds against onnxruntime's QNN PTQ recipe of the same pruned student, both as the HTP computes them
     ("NPU build w8a8 against the QNN PTQ baseline", "peer-npu-qnn-ptq-w8a8", "edgekd-npu-w8a8"),
     ("NPU build w8a16 against the QNN PTQ baseline", "peer-npu-qnn-ptq-w8a16", "edgekd-npu-w8a16"),
+    # the text CNN on the teacher's token embeddings reduced by SVD against the same CNN on them copied
+    ("text CNN, SVD table against the copied one", "edgekd-cnn-wide-int8", "edgekd-cnn-svd640-int8"),
 )
 
 
