@@ -65,7 +65,7 @@ mpnet: setup
 # quick mode (from an empty run folder on 2 cores: 16.6 min on Zen 5, 23.4 on Zen 3; docs/benchmarks.md),
 # and the CPU-sized recipe with the other students (hours on 2 cores; MPNET_STUDENTS= measures the recipe's student
 # alone, the one the targets read).
-MPNET_STUDENTS ?= teacher-layers cnn-wide
+MPNET_STUDENTS ?= teacher-layers cnn-wide cnn-svd640
 bench-mpnet-quick: mpnet bench-env
 	$(PY) -m benchmarks.sst2 --teacher mpnet --mode quick --data $(SST2_DIR) --set teacher.path=$$($(PY) -m benchmarks.mpnet_teacher)
 bench-mpnet: mpnet bench-env
