@@ -308,14 +308,22 @@ def test_torchrun_two_processes_with_every_option_match_one_process(tmp_path, ti
     # an estimated profile: no pruning step or export is timed on this host (what DDP changes is training)
     r["profiles"] = ["x86-server-vnni"]
     runs = {}
-    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"])):
-        r["output"] = str(tmp_path / name)
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(r))
-        cmd = [sys.executable, *(launcher or []), "-m", "edgekd", "run", str(path)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                              env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"})
-        assert proc.returncode == 0, proc.stderr[-3000:]
+    # the one-process reference in this process (its modules are loaded: no interpreter start), one thread as each
+    # torchrun worker has; the two-process run as a user launches it
+    r["output"] = str(tmp_path / "one")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        Pipeline(validate_recipe(r)).run()
+    finally:
+        torch.set_num_threads(threads)
+    r["output"] = str(tmp_path / "two")
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(r))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "edgekd", "run", str(tmp_path / "two.yaml")], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, "EDGEKD_QUIET": "1", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in ("one", "two"):
         runs[name] = json.loads((tmp_path / name / "manifest.json").read_text())
     trained = [s for s in runs["two"]["stages"] if "train" in s["metrics"]]
     assert [s["stage"] for s in trained] == ["teacher", "teacher", "distill", "qat"]
