@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .machine import commit, host_facts, versions
 from .stats import describe, paired_intervals
-from .sst2 import ROOT, _arts, _shipped, bench_spec, measure, run_pipeline
+from .sst2 import ROOT, _arts, _shipped, bench_spec, measure, optimum_peer_dir, run_pipeline
 
 HERE = Path(__file__).resolve().parent
 STUDENTS = ("cnn-wide", "cnn-svd640")
@@ -36,7 +36,7 @@ def main() -> None:
     launched = commit()
     pipes = {v: run_pipeline("cpu", args.data, Path(args.run_dir), args.set, "mpnet", v) for v in STUDENTS}
     pipe = pipes[STUDENTS[0]]
-    peer = Path(args.run_dir) / "bench" / f"peer-teacher-dynamic-int8-{_arts(pipe)['teacher'].id}"
+    peer = optimum_peer_dir(Path(args.run_dir) / "bench", _arts(pipe)["teacher"].id)
     if not (peer / "facts.json").is_file():
         raise SystemExit(f"{peer}: Optimum's INT8 of this teacher is built by `make bench-mpnet` first")
     paths = {"teacher-fp32": _arts(pipe)["export"].path / "teacher.onnx",

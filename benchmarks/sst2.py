@@ -202,6 +202,11 @@ def _cached_ptq(src: Path, dst: Path, encoded, vnni: bool, op_types: list[str] |
     return json.loads(facts_file.read_text())
 
 
+def optimum_peer_dir(work: Path, teacher_id: str) -> Path:
+    """Where build_systems keeps Optimum's dynamic INT8 of a teacher artifact (its facts.json names the model file)."""
+    return work / f"peer-teacher-dynamic-int8-{teacher_id}"
+
+
 def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
                   variants: dict | None = None) -> tuple[dict, dict]:
     """{name: ONNX path} of every ONNX system, and facts about how each peer was made. `variants`: {student name:
@@ -219,7 +224,7 @@ def build_systems(pipe, work: Path, mode: str, spec: dict | None = None,
     facts: dict = {}
     paths = {"teacher-fp32": arts["export"].path / "teacher.onnx"}
     # the peer of the teacher, cached per teacher artifact
-    peer_dir = work / f"peer-teacher-dynamic-int8-{key}"
+    peer_dir = optimum_peer_dir(work, key)
     if not (peer_dir / "facts.json").is_file():
         tmp = work / f".tmp-{peer_dir.name}"
         shutil.rmtree(tmp, ignore_errors=True)

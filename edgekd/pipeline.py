@@ -82,8 +82,9 @@ class Pipeline:
             if student.init_embeddings_from_teacher == "svd":
                 from .models.students import svd_refusal
 
-                emb = getattr(self._teacher_skeleton(), "get_input_embeddings", lambda: None)()
-                refusal = svd_refusal(student, emb.embedding_dim) if emb is not None else None
+                skeleton = self._teacher_skeleton()
+                refusal = (svd_refusal(student, skeleton.get_input_embeddings().embedding_dim)
+                           if skeleton is not None else None)
                 if refusal:
                     raise EdgekdError(refusal)
             return
